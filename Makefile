@@ -1,0 +1,22 @@
+# Every target installs what it needs into .venv first.
+PY := .venv/bin/python
+WORKDIR ?= runs/geometry_synthetic
+
+.PHONY: install test main quick
+
+.venv/installed: setup.py
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: .venv/installed
+
+test: install
+	$(PY) -m pytest -q tests
+
+main: install
+	$(PY) -m c3_jax.main --config=configs/geometry_synthetic.py --workdir=$(WORKDIR)
+
+quick: install
+	$(PY) -m c3_jax.main --config=configs/geometry_synthetic.py:quick --workdir=$(WORKDIR)_quick

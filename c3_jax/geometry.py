@@ -1,0 +1,304 @@
+"""Geometry of the multi-modal contrastive space (Section 3, Appendices C, G, I).
+
+Effective dimension, the Table 1 gap statistics, the synthetic contrastive run,
+MLP dimensional collapse, Lemma 2's stable region and gap-distance shifts.
+All heavy work is jit/scan based; only per-block summaries come back to the host.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from c3_jax.c3 import normalize
+
+# ---------------------------------------------------------------------------
+# Effective dimension (Definition 1)
+
+
+@jax.jit
+def covariance_spectrum(x: jax.Array) -> jax.Array:
+    """Singular values (descending) of the covariance matrix of rows of ``x`` [n, d]."""
+    x = x.astype(jnp.float32)
+    xc = x - x.mean(0)
+    cov = (xc.T @ xc) / max(x.shape[0] - 1, 1)
+    # The covariance is symmetric PSD: its singular values are its eigenvalues.
+    return jnp.clip(jnp.linalg.eigvalsh(cov)[::-1], 0.0)
+
+
+def effective_dimension_of_spectrum(s, gamma: float = 0.99) -> int:
+    """Smallest d' whose leading singular values reach ``gamma`` of their sum."""
+    s = np.sort(np.asarray(s, np.float64))[::-1]
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma={gamma} must lie in (0, 1]")
+    frac = np.cumsum(s) / s.sum()
+    return int(np.searchsorted(frac, gamma - 1e-12) + 1)
+
+
+def effective_dimension(x, gamma: float = 0.99) -> int:
+    """Effective dimension d_e of a representation matrix ``x`` [n, d] (Definition 1)."""
+    return effective_dimension_of_spectrum(covariance_spectrum(jnp.asarray(x)), gamma)
+
+
+# ---------------------------------------------------------------------------
+# Table 1 / Figure 8 statistics
+
+STAT_NAMES = ("gap_length", "gap_direction", "gap_orthogonality", "noise_mean",
+              "noise_direction")
+COS_EDGES = np.linspace(-1.0, 1.0, 201)
+
+
+def group_indices(rng: jax.Array, n: int, group_size: int) -> np.ndarray:
+    """Random disjoint groups of pair indices, shape [n // group_size, group_size]."""
+    if n < 2 * group_size:
+        raise ValueError(f"need at least 2 groups of {group_size} pairs, got {n} pairs")
+    num_groups = n // group_size
+    perm = np.asarray(jax.random.permutation(rng, n))
+    return perm[: num_groups * group_size].reshape(num_groups, group_size)
+
+
+def _masked_moments(v: jax.Array, mask: jax.Array):
+    """(count, mean, M2, histogram on COS_EDGES) of the entries of ``v`` where ``mask``."""
+    w = mask.astype(v.dtype)
+    n = w.sum()
+    mean = (v * w).sum() / jnp.maximum(n, 1.0)
+    m2 = (jnp.square(v - mean) * w).sum()
+    hist, _ = jnp.histogram(v, bins=jnp.asarray(COS_EDGES, v.dtype), weights=w)
+    return n, mean, m2, hist
+
+
+def _combine_moments(n, mean, m2) -> dict:
+    """Chan et al. parallel combination of block moments, in float64."""
+    n, mean, m2 = (np.asarray(a, np.float64).ravel() for a in (n, mean, m2))
+    total = n.sum()
+    mu = (n * mean).sum() / total
+    var = (m2.sum() + (n * np.square(mean - mu)).sum()) / total
+    return {"mean": float(mu), "std": float(np.sqrt(max(var, 0.0))), "count": int(total)}
+
+
+def _cosine_matrix(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return normalize(a, eps) @ normalize(b, eps).T
+
+
+@jax.jit
+def _group_summaries(xg: jax.Array, yg: jax.Array):
+    """Per-group gap vector and within-group pair statistics for one group [m, d]."""
+    m = xg.shape[0]
+    d_j = xg - yg
+    gap = d_j.mean(0)
+    # Gap orthogonality: cos(d, r_jk) with r_jk = x_j - x_k over ordered pairs j != k.
+    a = xg @ gap
+    gram = xg @ xg.T
+    sq = jnp.diag(gram)
+    r_norm2 = sq[:, None] + sq[None, :] - 2.0 * gram
+    distinct = r_norm2 > 1e-10  # skips j == k and duplicated items (e.g. 5 captions per image)
+    r_norm = jnp.sqrt(jnp.where(distinct, r_norm2, 1.0))
+    orth = (a[:, None] - a[None, :]) / (r_norm * jnp.maximum(jnp.linalg.norm(gap), 1e-12))
+    # Noise direction: cos(eps_j, eps_k), j < k.
+    eps = d_j - gap
+    upper = jnp.triu(jnp.ones((m, m), bool), 1)
+    return gap, eps.sum(0), _masked_moments(orth, distinct), _masked_moments(
+        _cosine_matrix(eps, eps), upper)
+
+
+@functools.partial(jax.jit, static_argnames="block")
+def _pairwise_cos_moments(u: jax.Array, block: int = 256):
+    """Moments of cos(u_i, u_j) over i < j, computed in row blocks."""
+    g = u.shape[0]
+    pad = (-g) % block
+    un = jnp.pad(normalize(u), ((0, pad), (0, 0)))
+    rows = jnp.arange(g + pad).reshape(-1, block)
+    cols = jnp.arange(g)
+
+    def one(args):
+        ub, rb = args
+        mask = (cols[None, :] > rb[:, None]) & (rb[:, None] < g)
+        return _masked_moments(ub @ un[:g].T, mask)
+
+    return jax.lax.map(one, (un.reshape(-1, block, u.shape[1]), rows))
+
+
+def _summary(values: np.ndarray, bins: int = 50) -> dict:
+    values = np.asarray(values, np.float64)
+    hist, edges = np.histogram(values, bins=bins)
+    return {"mean": float(values.mean()), "std": float(values.std()), "count": int(values.size),
+            "hist": hist.tolist(), "edges": edges.tolist()}
+
+
+def _moment_summary(moments) -> dict:
+    n, mean, m2, hist = (np.asarray(a) for a in moments)
+    out = _combine_moments(n, mean, m2)
+    out["hist"] = hist.reshape(-1, len(COS_EDGES) - 1).sum(0).astype(np.int64).tolist()
+    out["edges"] = COS_EDGES.tolist()
+    return out
+
+
+def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
+                   normalize_inputs: bool = True, group_batch: int = 256) -> dict:
+    """The five statistics of Table 1 / Figure 8 on paired embeddings ``[n, d]``.
+
+    Pairs are split into random groups of ``group_size``. With individual gap
+    d_j = e_x_j - e_y_j, group gap d = E_j[d_j], image difference r_jk = e_x_j - e_x_k
+    and alignment noise eps_j = d_j - d, reports mean/std/histogram of
+    |d|, cos(d_i, d_j) (i < j), cos(d, r_jk) (j != k), E[eps] per dimension and
+    cos(eps_j, eps_k) (j < k, same group).
+    """
+    x, y = jnp.asarray(e_x, jnp.float32), jnp.asarray(e_y, jnp.float32)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"paired embeddings must both be [n, d]; got {x.shape} and {y.shape}")
+    if normalize_inputs:
+        x, y = normalize(x), normalize(y)
+    idx = jnp.asarray(group_indices(rng, x.shape[0], group_size))
+    per_group = lambda i: _group_summaries(x[i], y[i])
+    gaps, eps_sum, orth, noise_dir = jax.lax.map(per_group, idx, batch_size=group_batch)
+    gaps = np.asarray(gaps, np.float64)
+    noise_mean = np.asarray(eps_sum, np.float64).sum(0) / idx.size
+    return {
+        "num_groups": int(idx.shape[0]),
+        "group_size": group_size,
+        "gap_length": _summary(np.linalg.norm(gaps, axis=1)),
+        "gap_direction": _moment_summary(_pairwise_cos_moments(jnp.asarray(gaps, jnp.float32))),
+        "gap_orthogonality": _moment_summary(orth),
+        "noise_mean": _summary(noise_mean),
+        "noise_direction": _moment_summary(noise_dir),
+        "mean_gap_vector": gaps.mean(0),
+    }
+
+
+def modality_gap(e_x, e_y, normalize_inputs: bool = True) -> float:
+    """|mean(e_x) - mean(e_y)|: the l2 distance between the modality means."""
+    x, y = jnp.asarray(e_x), jnp.asarray(e_y)
+    if normalize_inputs:
+        x, y = normalize(x), normalize(y)
+    return float(jnp.linalg.norm(x.mean(0) - y.mean(0)))
+
+
+# ---------------------------------------------------------------------------
+# MLP dimensional collapse (Appendix I.2, Figure 13)
+
+
+def mlp_collapse(rng: jax.Array, num_inputs: int = 1000, width: int = 512, depth: int = 50,
+                 every: int = 5) -> dict:
+    """Feeds N(0, 1) inputs through ``depth`` Linear+ReLU blocks (Xavier-uniform, zero bias).
+
+    Returns the covariance spectrum and effective dimension (gamma=0.99 and 0.9) of
+    the input and of the features after every ``every`` layers.
+    """
+    k_in, k_w = jax.random.split(rng)
+    x0 = jax.random.normal(k_in, (num_inputs, width), jnp.float32)
+    limit = math.sqrt(6.0 / (width + width))
+    weights = jax.random.uniform(k_w, (depth, width, width), jnp.float32, -limit, limit)
+
+    @jax.jit
+    def run(x0, weights):
+        def layer(x, w):
+            x = jax.nn.relu(x @ w)
+            return x, x
+        _, feats = jax.lax.scan(layer, x0, weights)
+        feats = feats[every - 1::every]
+        return jnp.concatenate([covariance_spectrum(x0)[None], jax.vmap(covariance_spectrum)(feats)])
+
+    spectra = np.asarray(run(x0, weights), np.float64)
+    layers = [0] + list(range(every, depth + 1, every))
+    return {
+        "layers": layers,
+        "spectra": spectra,
+        "effective_dim": [effective_dimension_of_spectrum(s, 0.99) for s in spectra],
+        "effective_dim_gamma_0.9": [effective_dimension_of_spectrum(s, 0.9) for s in spectra],
+    }
+
+
+# ---------------------------------------------------------------------------
+# Lemma 2: stable region controlled by temperature (Figure 5)
+
+
+def required_margin(tau, delta: float, o):
+    """Margin r at which the loss bound log(1 + o exp(-r/tau)) equals ``delta`` (Lemma 2)."""
+    tau, o = np.asarray(tau, np.float64), np.asarray(o, np.float64)
+    return tau * np.log(o / np.expm1(delta))
+
+
+def margin_loss_bound(r, tau, o):
+    """Upper bound log(1 + o exp(-r/tau)) of one contrastive term at margin ``r``."""
+    return np.log1p(np.asarray(o, np.float64) * np.exp(-np.asarray(r, np.float64) / tau))
+
+
+# ---------------------------------------------------------------------------
+# Gap-distance sensitivity (Appendix G, Table 6)
+
+
+def orthogonal_shift(e, norm: float, rng: jax.Array, gamma: float = 0.99) -> np.ndarray:
+    """A constant vector c, |c| = ``norm``, orthogonal to the (effective) span of ``e``.
+
+    The span is that of the leading right-singular vectors of ``e`` holding ``gamma``
+    of its singular-value sum (all non-zero ones when gamma=1).
+    """
+    e = np.asarray(e, np.float64)
+    _, s, vt = np.linalg.svd(e, full_matrices=True)
+    k = effective_dimension_of_spectrum(s, gamma) if gamma < 1 else int((s > s[0] * 1e-10).sum())
+    if k >= e.shape[1]:
+        raise ValueError(f"embeddings span all {e.shape[1]} dimensions at gamma={gamma}; "
+                         "no orthogonal direction exists (lower gamma)")
+    complement = vt[k:]
+    coeffs = np.asarray(jax.random.normal(rng, (complement.shape[0],)), np.float64)
+    c = coeffs @ complement
+    return norm * c / np.linalg.norm(c)
+
+
+def shift(e: jax.Array, c: jax.Array) -> jax.Array:
+    """Applies a constant gap c to every embedding: e + c."""
+    return e + c
+
+
+# ---------------------------------------------------------------------------
+# Synthetic contrastive optimization (Section 3.1, Figure 4)
+
+
+def synthetic_embeddings(rng: jax.Array, num_pairs: int = 500, dim: int = 512, d_x: int = 25,
+                         d_y: int = 230):
+    """Image/text embeddings with orthogonal effective dims and constants elsewhere.
+
+    Image rows are N(0, 1) in dims [0, d_x), text rows in [d_x, d_x + d_y); every
+    other dimension holds a per-modality constant drawn from N(0, 1).
+    """
+    if d_x + d_y > dim:
+        raise ValueError(f"d_x + d_y = {d_x + d_y} exceeds dim = {dim}")
+    kx, ky, kcx, kcy = jax.random.split(rng, 4)
+    x = jnp.broadcast_to(jax.random.normal(kcx, (dim,)), (num_pairs, dim))
+    y = jnp.broadcast_to(jax.random.normal(kcy, (dim,)), (num_pairs, dim))
+    x = x.at[:, :d_x].set(jax.random.normal(kx, (num_pairs, d_x)))
+    y = y.at[:, d_x:d_x + d_y].set(jax.random.normal(ky, (num_pairs, d_y)))
+    return normalize(x), normalize(y)
+
+
+def contrastive_loss(x: jax.Array, y: jax.Array, tau: float) -> jax.Array:
+    """Symmetric InfoNCE over matched rows of normalized ``x`` and ``y`` (Lemma 1)."""
+    logits = (x @ y.T) / tau
+    diag = jnp.diagonal(logits)
+    row = jax.nn.logsumexp(logits, axis=1) - diag
+    col = jax.nn.logsumexp(logits, axis=0) - diag
+    return 0.5 * (row.mean() + col.mean())
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "tau", "lr"), donate_argnums=0)
+def contrastive_sgd_chunk(params, steps: int, tau: float, lr: float):
+    """``steps`` plain-SGD steps on the embeddings themselves (normalized in the loss)."""
+    loss_fn = lambda p: contrastive_loss(normalize(p[0]), normalize(p[1]), tau)
+
+    def step(p, _):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        return jax.tree.map(lambda a, g: a - lr * g, p, grads), loss
+
+    return jax.lax.scan(step, params, None, length=steps)
+
+
+def gap_report(x, y, ineffective: slice) -> dict:
+    """Modality gap of normalized embeddings, over all dims and over ``ineffective`` dims."""
+    x, y = normalize(jnp.asarray(x)), normalize(jnp.asarray(y))
+    diff = x.mean(0) - y.mean(0)
+    return {"gap": float(jnp.linalg.norm(diff)),
+            "gap_ineffective": float(jnp.linalg.norm(diff[ineffective]))}

@@ -1,0 +1,183 @@
+"""Config-driven geometry runs: synthetic contrastive run, MLP collapse, real embeddings."""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from c3_jax import c3, geometry, plots
+from c3_jax.workdir import Workdir
+
+FIELDS = {
+    "geometry_synthetic": {
+        "seed": int, "num_pairs": int, "dim": int, "d_x": int, "d_y": int, "tau": float,
+        "lr": float, "steps": int, "chunk": int, "gamma": float, "stable_delta": float},
+    "geometry_mlp_collapse": {
+        "seed": int, "num_inputs": int, "width": int, "depth": int, "every": int},
+    "geometry_embeddings": {
+        "embeddings": str, "x_key": str, "y_key": str, "seed": int, "group_size": int,
+        "gamma": float, "calibration_pairs": int},
+}
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+    """Measured float32 FLOP/s of an n x n matmul on the default device."""
+    a = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    mm(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = mm(a)
+    out.block_until_ready()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def _variances(x, y) -> dict:
+    x, y = c3.normalize(jnp.asarray(x)), c3.normalize(jnp.asarray(y))
+    return {"image": np.asarray(x.var(0)), "text": np.asarray(y.var(0))}
+
+
+def _train_synthetic(config, params, wd: Workdir, ineffective: slice):
+    """Runs config.steps SGD steps in scanned chunks; logs gap and loss per chunk."""
+    if config.steps % config.chunk:
+        raise ValueError(f"config.steps={config.steps} must be a multiple of config.chunk={config.chunk}")
+    losses = []
+    start = time.perf_counter()
+    with tqdm(total=config.steps, desc="contrastive SGD", unit="step") as bar:
+        for i in range(config.steps // config.chunk):
+            params, chunk_losses = geometry.contrastive_sgd_chunk(
+                params, config.chunk, config.tau, config.lr)
+            chunk_losses = np.asarray(chunk_losses)
+            losses.append(chunk_losses)
+            step = (i + 1) * config.chunk
+            wd.log_metrics(step, {"loss": float(chunk_losses[-1]),
+                                  **geometry.gap_report(*params, ineffective)})
+            bar.update(config.chunk)
+            bar.set_postfix(loss=f"{chunk_losses[-1]:.4f}")
+    return params, np.concatenate(losses), time.perf_counter() - start
+
+
+def run_synthetic(config, wd: Workdir) -> dict:
+    """Section 3.1 / Figure 4: the gap survives contrastive optimization."""
+    x, y = geometry.synthetic_embeddings(jax.random.PRNGKey(config.seed), config.num_pairs,
+                                         config.dim, config.d_x, config.d_y)
+    ineffective = slice(config.d_x + config.d_y, config.dim)
+    before, init_gap = _variances(x, y), geometry.gap_report(x, y, ineffective)
+    loss_init = float(geometry.contrastive_loss(x, y, config.tau))
+    spectra = {"image": geometry.covariance_spectrum(x), "text": geometry.covariance_spectrum(y)}
+    eff = {k: geometry.effective_dimension_of_spectrum(s, config.gamma) for k, s in spectra.items()}
+    params, losses, train_s = _train_synthetic(config, (x, y), wd, ineffective)
+    after, final_gap = _variances(*params), geometry.gap_report(*params, ineffective)
+    flops = 3 * 2 * config.num_pairs ** 2 * config.dim * config.steps
+    peak = matmul_peak_flops()
+    results = {
+        "effective_dim_x": eff["image"], "effective_dim_y": eff["text"],
+        "gap_init": init_gap["gap"], "gap_init_ineffective": init_gap["gap_ineffective"],
+        "gap_final": final_gap["gap"], "gap_final_ineffective": final_gap["gap_ineffective"],
+        "ineffective_variance_max_init": float(max(v[ineffective].max() for v in before.values())),
+        "ineffective_variance_max_final": float(max(v[ineffective].max() for v in after.values())),
+        "effective_variance_mean_final": float(np.mean(
+            [v[:ineffective.start].mean() for v in after.values()])),
+        "loss_init": loss_init, "loss_final": float(losses[-1]),
+        "steps": config.steps, "train_seconds": train_s,
+        "achieved_gflops": flops / train_s / 1e9, "matmul_peak_gflops": peak / 1e9,
+        "fraction_of_matmul_peak": flops / train_s / peak,
+        "stable_region": _stable_region(config, wd),
+    }
+    plots.per_dimension_variance(before, after, wd.file("variance_before_after.png"))
+    plots.spectra({k: np.asarray(s) for k, s in spectra.items()}, eff, wd.file("spectra.png"),
+                  "synthetic embeddings at initialization")
+    keep = np.unique(np.geomspace(1, len(losses), 400).astype(int)) - 1
+    plots.curves({"symmetric InfoNCE": (keep + 1, losses[keep])}, "step", "loss",
+                 wd.file("loss.png"), logy=True)
+    return results
+
+
+def _stable_region(config, wd: Workdir) -> dict:
+    """Lemma 2 / Figure 5: margin needed for loss <= delta against temperature."""
+    taus = np.linspace(0.01, 1.0, 100)
+    counts = sorted({1, 10, config.num_pairs - 1})
+    margins = {f"o={o}": geometry.required_margin(taus, config.stable_delta, o) for o in counts}
+    plots.stable_region(taus, margins, wd.file("stable_region.png"))
+    at = {f"o={o}": float(geometry.required_margin(config.tau, config.stable_delta, o))
+          for o in counts}
+    return {"delta": config.stable_delta, "tau": config.tau, "margin_at_tau": at}
+
+
+def run_mlp_collapse(config, wd: Workdir) -> dict:
+    """Appendix I.2 / Figure 13: deeper ReLU MLPs collapse to fewer effective dims."""
+    out = geometry.mlp_collapse(jax.random.PRNGKey(config.seed), config.num_inputs,
+                                config.width, config.depth, config.every)
+    labels = [f"layer {l}" for l in out["layers"]]
+    plots.spectra(dict(zip(labels, out["spectra"])), dict(zip(labels, out["effective_dim"])),
+                  wd.file("spectra.png"), "MLP features at initialization")
+    for layer, de in zip(out["layers"], out["effective_dim"]):
+        wd.log_metrics(layer, {"effective_dim": de})
+    return {k: v for k, v in out.items() if k != "spectra"}
+
+
+def load_pairs(config):
+    """Loads paired embeddings from an .npz (keys x_key, y_key) or 'x.npy,y.npy'."""
+    path = config.embeddings
+    if not path:
+        raise ValueError("set --config.embeddings=FILE.npz (arrays under config.x_key and "
+                         "config.y_key) or --config.embeddings=X.npy,Y.npy")
+    if "," in path:
+        files = path.split(",")
+        for f in files:
+            if not os.path.exists(f):
+                raise FileNotFoundError(f"embeddings file {f} does not exist")
+        x, y = (np.load(f, mmap_mode="r") for f in files)
+    else:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"embeddings file {path} does not exist")
+        with np.load(path) as data:
+            for key in (config.x_key, config.y_key):
+                if key not in data:
+                    raise KeyError(f"{path} holds {sorted(data.keys())}; no array {key!r} "
+                                   "(set config.x_key / config.y_key)")
+            x, y = data[config.x_key], data[config.y_key]
+    if x.ndim != 2 or x.shape != y.shape:
+        raise ValueError(f"paired embeddings must both be [n, d]; got {x.shape} and {y.shape}")
+    return x, y
+
+
+def run_embeddings(config, wd: Workdir) -> dict:
+    """Appendix C on user embeddings: effective dims, Table 1 statistics, calibrated sigma."""
+    start = time.perf_counter()
+    x_np, y_np = load_pairs(config)
+    x, y = jnp.asarray(x_np, jnp.float32), jnp.asarray(y_np, jnp.float32)
+    if not bool(jnp.isfinite(x).all() & jnp.isfinite(y).all()):
+        raise ValueError(f"{config.embeddings} contains NaN or Inf embeddings")
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    xn, yn = c3.normalize(x), c3.normalize(y)
+    del x, y
+    spectra = {"image": np.asarray(geometry.covariance_spectrum(xn)),
+               "text": np.asarray(geometry.covariance_spectrum(yn))}
+    eff = {k: geometry.effective_dimension_of_spectrum(s, config.gamma) for k, s in spectra.items()}
+    rng_stats, rng_cal = jax.random.split(jax.random.PRNGKey(config.seed))
+    stats = geometry.gap_statistics(xn, yn, rng_stats, config.group_size, normalize_inputs=False)
+    n_cal = min(config.calibration_pairs, xn.shape[0])
+    cal_idx = np.asarray(jax.random.choice(rng_cal, xn.shape[0], (n_cal,), replace=False))
+    calibrated = c3.calibrate_sigma(np.asarray(xn[cal_idx]), np.asarray(yn[cal_idx]))
+    gap = float(jnp.linalg.norm(xn.mean(0) - yn.mean(0)))
+    compute_s = time.perf_counter() - start
+    plots.gap_histograms(stats, wd.file("gap_statistics.png"))
+    plots.spectra(spectra, eff, wd.file("spectra.png"), os.path.basename(config.embeddings))
+    logging.info("loaded in %.1fs, computed in %.1fs", load_s, compute_s)
+    return {
+        "num_pairs": int(xn.shape[0]), "dim": int(xn.shape[1]),
+        "effective_dim_x": eff["image"], "effective_dim_y": eff["text"],
+        "modality_gap": gap,
+        "statistics": {k: stats[k] for k in geometry.STAT_NAMES},
+        "num_groups": stats["num_groups"], "group_size": config.group_size,
+        "sigma_calibrated": calibrated["sigma"], "sigma_calibration_pairs": n_cal,
+        "sigma_fixed_clip": c3.CLIP_SIGMA,
+        "load_seconds": load_s, "compute_seconds": compute_s,
+    }

@@ -1,0 +1,92 @@
+"""Entry point: python -m c3_jax.main --config=configs/X.py[:variant] --workdir=DIR."""
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Callable, Mapping
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from c3_jax.workdir import Workdir
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "ml_collections config file, optionally with ':variant'.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, results, figures.")
+
+# experiment name -> "module:function"; each module also defines FIELDS[experiment].
+EXPERIMENTS = {
+    "geometry_synthetic": "c3_jax.geometry_runs:run_synthetic",
+    "geometry_mlp_collapse": "c3_jax.geometry_runs:run_mlp_collapse",
+    "geometry_embeddings": "c3_jax.geometry_runs:run_embeddings",
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: unknown experiment, missing, unknown or mistyped field."""
+
+
+def _type_ok(value, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def validate(config: Mapping, fields: Mapping[str, type], experiment: str) -> None:
+    """Checks that ``config`` holds exactly ``fields`` (plus 'experiment'), with their types."""
+    present = set(config.keys()) - {"experiment"}
+    for name, expected in fields.items():
+        if name not in config:
+            raise ConfigError(f"config is missing field {name!r} ({expected.__name__}), "
+                              f"required by experiment {experiment!r}")
+        value = config[name]
+        if not _type_ok(value, expected):
+            raise ConfigError(f"config field {name!r} must be {expected.__name__}, got "
+                              f"{type(value).__name__} {value!r}")
+    unknown = sorted(present - set(fields))
+    if unknown:
+        raise ConfigError(f"config field(s) {unknown} are not used by experiment {experiment!r}; "
+                          f"its fields are {sorted(fields)}")
+
+
+def resolve(config) -> Callable:
+    """Returns the run function for ``config.experiment`` after validating the config."""
+    name = config.get("experiment") if hasattr(config, "get") else None
+    if name is None:
+        raise ConfigError(f"config has no 'experiment' field; set one of {sorted(EXPERIMENTS)}")
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {name!r}; known experiments: {sorted(EXPERIMENTS)}")
+    module_name, fn_name = EXPERIMENTS[name].split(":")
+    module = importlib.import_module(module_name)
+    validate(config, module.FIELDS[name], name)
+    return getattr(module, fn_name)
+
+
+def run(config, workdir: str) -> dict:
+    """Validates ``config``, runs its experiment in ``workdir`` and writes the outputs."""
+    fn = resolve(config)
+    wd = Workdir(workdir)
+    wd.write_json("config.json", config.to_dict())
+    wd.reset_metrics()
+    start = time.time()
+    results = fn(config, wd)
+    results["wall_time_s"] = time.time() - start
+    wd.write_json("results.json", results)
+    logging.info("results written to %s", wd.file("results.json"))
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as err:
+        raise app.UsageError(str(err)) from None
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,93 @@
+"""Figures of the geometry runs (Figures 4, 5, 8, 13 of the paper), saved as PNG."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_dimension_variance(before: dict, after: dict, path: str) -> str:
+    """Figure 4: per-dimension variance of both modalities, before and after training."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
+    for ax, (title, var) in zip(axes, (("before optimization", before), ("after optimization", after))):
+        for label, v in var.items():
+            ax.bar(np.arange(len(v)), v, width=1.0, alpha=0.6, label=label)
+        ax.set_title(f"per-dimension variance, {title}")
+        ax.set_xlabel("dimension")
+        ax.legend()
+    axes[0].set_ylabel("variance")
+    return _save(fig, path)
+
+
+def curves(series: dict, xlabel: str, ylabel: str, path: str, logy: bool = False) -> str:
+    """Line plot of named (x, y) series."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def spectra(spectra_by_label: dict, effective_dims: dict, path: str, title: str = "") -> str:
+    """Figures 3/12/13: normalized singular values with each effective dimension marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, s in spectra_by_label.items():
+        s = np.asarray(s, np.float64)
+        s = s / s.sum()
+        line, = ax.plot(np.arange(1, len(s) + 1), s, label=label)
+        de = effective_dims[label]
+        ax.plot([de], [s[de - 1]], "o", color="black", ms=4)
+        line.set_label(f"{label} (d_e={de})")
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("singular value / sum")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def gap_histograms(stats: dict, path: str) -> str:
+    """Figure 8: distributions of the five gap / noise statistics."""
+    titles = {"gap_length": "Gap length |d_i|", "gap_direction": "Gap direction cos(d_i, d_j)",
+              "gap_orthogonality": "Gap orthogonality cos(d_i, r_jk)",
+              "noise_mean": "Noise mean E[eps] per dim",
+              "noise_direction": "Noise direction cos(eps_j, eps_k)"}
+    fig, axes = plt.subplots(1, 5, figsize=(18, 3.2))
+    for ax, (key, title) in zip(axes, titles.items()):
+        s = stats[key]
+        edges, hist = np.asarray(s["edges"]), np.asarray(s["hist"], np.float64)
+        keep = np.nonzero(hist)[0]
+        lo, hi = (keep[0], keep[-1] + 1) if len(keep) else (0, len(hist))
+        ax.stairs(hist[lo:hi], edges[lo:hi + 1], fill=True, alpha=0.7)
+        ax.set_title(f"{title}\nmean {s['mean']:.3g}, std {s['std']:.2g}", fontsize=9)
+    return _save(fig, path)
+
+
+def stable_region(taus, margins: dict, path: str, r_max: float = 2.0) -> str:
+    """Figure 5: required margin vs temperature; the region above it is stable."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    top = None
+    for label, r in margins.items():
+        ax.plot(taus, r, label=label)
+        top = r if top is None else np.maximum(top, r)
+    ax.fill_between(taus, np.minimum(top, r_max), r_max, color="green", alpha=0.2,
+                    label="stable region (all curves)")
+    ax.set_ylim(0, r_max)
+    ax.set_xlabel("temperature tau")
+    ax.set_ylabel("margin r for loss <= delta")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,58 @@
+"""Run outputs in a workdir: config.json, metrics.jsonl, results.json and figures."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+def to_jsonable(value: Any) -> Any:
+    """Converts numpy/jax values nested in dicts and lists to plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
+        arr = np.asarray(value)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+class Workdir:
+    """Writes a run's files; creates the directory and checks it is writable."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(f"--workdir {self.path} cannot be created: {err}") from err
+        if not os.access(self.path, os.W_OK):
+            raise SystemExit(f"--workdir {self.path} is not writable; choose another directory")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def write_json(self, name: str, data: Any) -> str:
+        tmp = self.file(name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(to_jsonable(data), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, self.file(name))
+        return self.file(name)
+
+    def reset_metrics(self) -> None:
+        """Starts an empty metrics.jsonl (runs that resume append instead)."""
+        open(self.file("metrics.jsonl"), "w").close()
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        with open(self.file("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(to_jsonable({"step": int(step), **metrics})) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        with open(self.file(name)) as f:
+            return json.load(f)

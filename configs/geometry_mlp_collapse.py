@@ -1,0 +1,14 @@
+"""Appendix I.2 / Figure 13: dimensional collapse of randomly initialized ReLU MLPs."""
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.experiment = "geometry_mlp_collapse"
+    c.seed = 0
+    c.num_inputs = 1000
+    c.width = 512
+    c.depth = 50
+    c.every = 5
+    return c

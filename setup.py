@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="c3-jax",
+    version="0.1.0",
+    description="Connect, Collapse, Corrupt (ICLR 2024) in JAX/Flax: cross-modal tasks from "
+                "uni-modal data, and the geometry of contrastive spaces.",
+    packages=find_packages(include=["c3_jax", "c3_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax",
+        "optax",
+        "ml_collections",
+        "absl-py",
+        "numpy",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "scipy"]},
+)

@@ -1,0 +1,193 @@
+"""Geometry toolkit against closed forms, plain numpy and the paper's numbers."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from c3_jax import geometry
+
+
+def _with_covariance(rng, n, eigenvalues):
+    """Rows whose sample covariance is exactly R diag(eigenvalues) R^T."""
+    d = len(eigenvalues)
+    q, _ = np.linalg.qr(np.column_stack([np.ones(n), rng.normal(size=(n, d))]))
+    q = q[:, 1:]  # orthonormal columns, orthogonal to the all-ones vector: centered
+    r, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return np.sqrt(n - 1) * q @ np.diag(np.sqrt(eigenvalues)) @ r.T + 3.0
+
+
+@pytest.mark.parametrize("decay,gamma", [(0.8, 0.99), (0.95, 0.9), (0.5, 0.999)])
+def test_effective_dimension_known_spectrum(decay, gamma):
+    rng = np.random.default_rng(0)
+    lam = decay ** np.arange(64)
+    x = _with_covariance(rng, 2000, lam)
+    expected = int(np.argmax(np.cumsum(lam) / lam.sum() >= gamma) + 1)
+    np.testing.assert_allclose(geometry.covariance_spectrum(x), lam, rtol=2e-3, atol=1e-6)
+    assert geometry.effective_dimension(x, gamma) == expected
+
+
+def test_effective_dimension_of_low_rank_and_flat_spectra():
+    assert geometry.effective_dimension_of_spectrum(np.r_[np.ones(10), np.zeros(90)], 0.99) == 10
+    assert geometry.effective_dimension_of_spectrum(np.ones(100), 0.99) == 99
+    assert geometry.effective_dimension_of_spectrum(np.ones(100), 1.0) == 100
+
+
+def _numpy_gap_statistics(x, y, groups):
+    """Table 1 by its definitions, with plain loops over groups and pairs."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    cos = lambda a, b: a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    gaps, orth, noise_dir, eps_all = [], [], [], []
+    for g in groups:
+        d = (x[g] - y[g]).mean(0)
+        gaps.append(d)
+        eps = (x[g] - y[g]) - d
+        eps_all.append(eps)
+        for j, k in itertools.permutations(range(len(g)), 2):
+            orth.append(cos(d, x[g[j]] - x[g[k]]))
+        for j, k in itertools.combinations(range(len(g)), 2):
+            noise_dir.append(cos(eps[j], eps[k]))
+    gaps = np.array(gaps)
+    gap_dir = [cos(gaps[i], gaps[j]) for i, j in itertools.combinations(range(len(gaps)), 2)]
+    noise_mean = np.concatenate(eps_all).mean(0)
+    return {"gap_length": np.linalg.norm(gaps, axis=1), "gap_direction": np.array(gap_dir),
+            "gap_orthogonality": np.array(orth), "noise_mean": noise_mean,
+            "noise_direction": np.array(noise_dir)}
+
+
+def test_gap_statistics_match_plain_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(620, 24)) + 1.0
+    y = rng.normal(size=(620, 24)) - 0.5
+    key = jax.random.PRNGKey(3)
+    got = geometry.gap_statistics(x, y, key, group_size=20, group_batch=7)
+    ref = _numpy_gap_statistics(x, y, geometry.group_indices(key, 620, 20))
+    assert got["num_groups"] == 31
+    for name, values in ref.items():
+        assert got[name]["count"] == values.size, name
+        np.testing.assert_allclose(got[name]["mean"], values.mean(), atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(got[name]["std"], values.std(), rtol=1e-4, atol=2e-7,
+                                   err_msg=name)
+    hist, _ = np.histogram(ref["noise_direction"], bins=geometry.COS_EDGES)
+    assert np.abs(np.asarray(got["noise_direction"]["hist"]) - hist).sum() <= 4  # bin-edge ties
+
+
+def test_gap_statistics_recover_planted_gap_and_noise():
+    """e_x - e_y = c + eps with c orthogonal to the span and eps ~ N(0, sigma^2 I)."""
+    rng = np.random.default_rng(2)
+    n, d, k, sigma, m = 20_000, 256, 64, 0.02, 100
+    y = np.zeros((n, d))
+    y[:, :k] = rng.normal(size=(n, k)) / np.sqrt(k)
+    c = np.zeros(d)
+    c[k:] = rng.normal(size=d - k)
+    c *= 0.8 / np.linalg.norm(c)
+    x = y + c + sigma * rng.normal(size=(n, d))
+    s = geometry.gap_statistics(x, y, jax.random.PRNGKey(0), group_size=m,
+                                normalize_inputs=False)
+    # |d_i|^2 = |c|^2 + |mean eps|^2, E|mean eps|^2 = d sigma^2 / m.
+    assert s["gap_length"]["mean"] == pytest.approx(np.sqrt(0.64 + d * sigma ** 2 / m), rel=2e-3)
+    assert s["gap_direction"]["mean"] > 0.99
+    assert abs(s["gap_orthogonality"]["mean"]) < 1e-3
+    assert s["gap_orthogonality"]["std"] < 0.05
+    assert abs(s["noise_mean"]["mean"]) < 1e-6 and s["noise_mean"]["std"] < 1e-6
+    # Residuals of m Gaussians about their mean: cos has mean -1/(m-1), std ~ 1/sqrt(d).
+    assert s["noise_direction"]["mean"] == pytest.approx(-1 / (m - 1), abs=1e-3)
+    assert s["noise_direction"]["std"] == pytest.approx(1 / np.sqrt(d), rel=0.05)
+    np.testing.assert_allclose(s["mean_gap_vector"], c, atol=5 * sigma / np.sqrt(n))
+
+
+def _probabilities(x, y, tau):
+    s = x @ y.T / tau
+    p_y_given_x = np.exp(s) / np.exp(s).sum(1, keepdims=True)  # [k, i] = p(y_i | x_k)
+    p_x_given_y = np.exp(s) / np.exp(s).sum(0, keepdims=True)  # [k, i] = p(x_k | y_i)
+    return p_y_given_x, p_x_given_y
+
+
+def test_contrastive_gradient_closed_form():
+    """Autodiff of the symmetric InfoNCE equals the chain rule of Appendix B.1."""
+    rng = np.random.default_rng(3)
+    n, d, tau = 12, 8, 0.3
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    grad_x = np.asarray(jax.grad(geometry.contrastive_loss)(jnp.asarray(x), jnp.asarray(y), tau))
+    pyx, pxy = _probabilities(x, y, tau)
+    expected = ((pyx + pxy) @ y - 2 * y) / (2 * n * tau)
+    np.testing.assert_allclose(grad_x, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_lemma1_gradient_under_equal_presence():
+    """Lemma 1's form holds when sum_i p(x_k|y_i) = 1 (points equally spaced on a circle)."""
+    n, tau, phi = 16, 0.2, 0.3
+    theta = 2 * np.pi * np.arange(n) / n
+    x = np.stack([np.cos(theta), np.sin(theta), np.full(n, 0.5)], 1)
+    y = np.stack([np.cos(theta + phi), np.sin(theta + phi), np.full(n, -0.5)], 1)
+    grad_x = np.asarray(jax.grad(geometry.contrastive_loss)(jnp.asarray(x), jnp.asarray(y), tau))
+    pyx, pxy = _probabilities(x, y, tau)
+    np.testing.assert_allclose(pxy.sum(1), 1, atol=1e-12)
+    alpha = pyx + pxy
+    lemma = (alpha[:, :, None] * (y[None, :, :] - y[:, None, :])).sum(1) / (2 * n * tau)
+    np.testing.assert_allclose(grad_x, lemma, atol=1e-6)
+    # No gradient along the constant (ineffective) third dimension.
+    np.testing.assert_allclose(grad_x[:, 2], 0, atol=1e-6)
+
+
+def test_synthetic_embeddings_match_section_3_setup():
+    x, y = geometry.synthetic_embeddings(jax.random.PRNGKey(0), 500, 512, 25, 230)
+    np.testing.assert_allclose(jnp.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert geometry.effective_dimension(x) == 25
+    # Random constants differ per seed; the paper reports 1.21 / 0.99 for its draw.
+    gaps = [geometry.gap_report(*geometry.synthetic_embeddings(jax.random.PRNGKey(s)),
+                                slice(255, 512)) for s in range(8)]
+    assert np.mean([g["gap"] for g in gaps]) == pytest.approx(1.21, abs=0.05)
+    assert np.mean([g["gap_ineffective"] for g in gaps]) == pytest.approx(0.99, abs=0.05)
+
+
+def test_contrastive_sgd_aligns_spans_and_keeps_the_gap():
+    x, y = geometry.synthetic_embeddings(jax.random.PRNGKey(1), 100, 64, 5, 20)
+    loss0 = float(geometry.contrastive_loss(x, y, 0.07))
+    gap0 = geometry.gap_report(x, y, slice(25, 64))
+    (xt, yt), losses = geometry.contrastive_sgd_chunk((x + 0, y + 0), 300, 0.07, 0.1)
+    assert float(losses[-1]) < 0.2 * loss0
+    xt, yt = np.asarray(geometry.normalize(xt)), np.asarray(geometry.normalize(yt))
+    # Ineffective dims keep ~zero variance; the gap there is not closed.
+    effective_var = min(xt[:, :5].var(0).mean(), yt[:, 5:25].var(0).mean())
+    assert max(xt[:, 25:].var(0).max(), yt[:, 25:].var(0).max()) < 0.1 * effective_var
+    assert geometry.gap_report(xt, yt, slice(25, 64))["gap_ineffective"] > 0.6 * gap0["gap_ineffective"]
+
+
+def test_mlp_collapse_deeper_is_more_collapsed():
+    out = geometry.mlp_collapse(jax.random.PRNGKey(0), num_inputs=400, width=128, depth=30,
+                                every=5)
+    dims = out["effective_dim"]
+    assert out["layers"] == [0, 5, 10, 15, 20, 25, 30]
+    x0 = np.asarray(jax.random.normal(jax.random.split(jax.random.PRNGKey(0))[0], (400, 128)))
+    assert dims[0] == geometry.effective_dimension_of_spectrum(
+        np.linalg.eigvalsh(np.cov(x0.T)), 0.99)
+    assert all(a >= b for a, b in zip(dims[1:], dims[2:]))
+    assert dims[-1] < dims[0] / 4
+
+
+def test_stable_region_margin_is_exact_for_tied_negatives():
+    tau, delta = 0.07, 0.01
+    for o in (1, 10, 499):
+        r = geometry.required_margin(tau, delta, o)
+        logits = np.r_[1.0, np.full(o, 1.0 - r), np.full(50, -1e3)] / tau
+        loss = -(logits[0] - np.log(np.exp(logits - logits.max()).sum()) - logits.max())
+        assert loss == pytest.approx(delta, rel=1e-9)
+        assert geometry.margin_loss_bound(r, tau, o) == pytest.approx(delta, rel=1e-9)
+    taus = np.linspace(0.01, 1, 50)
+    assert np.all(np.diff(geometry.required_margin(taus, delta, 10)) > 0)
+
+
+def test_orthogonal_shift():
+    rng = np.random.default_rng(4)
+    e = np.zeros((300, 32))
+    e[:, :10] = rng.normal(size=(300, 10))
+    c = geometry.orthogonal_shift(e, 0.6, jax.random.PRNGKey(0), gamma=1.0)
+    assert np.linalg.norm(c) == pytest.approx(0.6)
+    np.testing.assert_allclose(e @ c, 0, atol=1e-9)
+    shifted = np.asarray(geometry.shift(jnp.asarray(e), jnp.asarray(c)))
+    np.testing.assert_allclose(shifted.mean(0) - e.mean(0), c, atol=1e-6)
+    with pytest.raises(ValueError, match="no orthogonal direction"):
+        geometry.orthogonal_shift(rng.normal(size=(100, 8)), 1.0, jax.random.PRNGKey(0), 1.0)
