@@ -284,10 +284,18 @@ def contrastive_loss(x: jax.Array, y: jax.Array, tau: float) -> jax.Array:
     return 0.5 * (row.mean() + col.mean())
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "tau", "lr"), donate_argnums=0)
-def contrastive_sgd_chunk(params, steps: int, tau: float, lr: float):
-    """``steps`` plain-SGD steps on the embeddings themselves (normalized in the loss)."""
-    loss_fn = lambda p: contrastive_loss(normalize(p[0]), normalize(p[1]), tau)
+@functools.partial(jax.jit, static_argnames=("steps", "tau", "lr", "normalize_in_loss"),
+                   donate_argnums=0)
+def contrastive_sgd_chunk(params, steps: int, tau: float, lr: float,
+                          normalize_in_loss: bool = False):
+    """``steps`` plain-SGD steps on the embeddings themselves.
+
+    By default the loss is Lemma 1's, on the embeddings as they are (unit-normalized
+    once, before optimization, as Section 3.1 describes); ``normalize_in_loss``
+    instead normalizes inside the loss, the way a CLIP head does.
+    """
+    prep = normalize if normalize_in_loss else (lambda e: e)
+    loss_fn = lambda p: contrastive_loss(prep(p[0]), prep(p[1]), tau)
 
     def step(p, _):
         loss, grads = jax.value_and_grad(loss_fn)(p)

@@ -16,7 +16,8 @@ from c3_jax.workdir import Workdir
 FIELDS = {
     "geometry_synthetic": {
         "seed": int, "num_pairs": int, "dim": int, "d_x": int, "d_y": int, "tau": float,
-        "lr": float, "steps": int, "chunk": int, "gamma": float, "stable_delta": float},
+        "lr": float, "steps": int, "chunk": int, "gamma": float, "stable_delta": float,
+        "normalize_in_loss": bool},
     "geometry_mlp_collapse": {
         "seed": int, "num_inputs": int, "width": int, "depth": int, "every": int},
     "geometry_embeddings": {
@@ -51,7 +52,7 @@ def _train_synthetic(config, params, wd: Workdir, ineffective: slice):
     with tqdm(total=config.steps, desc="contrastive SGD", unit="step") as bar:
         for i in range(config.steps // config.chunk):
             params, chunk_losses = geometry.contrastive_sgd_chunk(
-                params, config.chunk, config.tau, config.lr)
+                params, config.chunk, config.tau, config.lr, config.normalize_in_loss)
             chunk_losses = np.asarray(chunk_losses)
             losses.append(chunk_losses)
             step = (i + 1) * config.chunk

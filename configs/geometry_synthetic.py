@@ -16,6 +16,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.chunk = 1_000        # steps per jitted lax.scan call
     c.gamma = 0.99
     c.stable_delta = 0.01  # Lemma 2: loss level regarded as converged
+    # False: Lemma 1's loss on the embeddings, unit-normalized once before optimization
+    # (Section 3.1). True: normalize inside the loss, like a CLIP head.
+    c.normalize_in_loss = False
     if arg == "quick":
         c.steps = 20_000
     elif arg:

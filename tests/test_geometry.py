@@ -143,11 +143,13 @@ def test_synthetic_embeddings_match_section_3_setup():
     assert np.mean([g["gap_ineffective"] for g in gaps]) == pytest.approx(0.99, abs=0.05)
 
 
-def test_contrastive_sgd_aligns_spans_and_keeps_the_gap():
+@pytest.mark.parametrize("normalize_in_loss", [False, True])
+def test_contrastive_sgd_aligns_spans_and_keeps_the_gap(normalize_in_loss):
     x, y = geometry.synthetic_embeddings(jax.random.PRNGKey(1), 100, 64, 5, 20)
     loss0 = float(geometry.contrastive_loss(x, y, 0.07))
     gap0 = geometry.gap_report(x, y, slice(25, 64))
-    (xt, yt), losses = geometry.contrastive_sgd_chunk((x + 0, y + 0), 300, 0.07, 0.1)
+    (xt, yt), losses = geometry.contrastive_sgd_chunk((x + 0, y + 0), 300, 0.07, 0.1,
+                                                        normalize_in_loss)
     assert float(losses[-1]) < 0.2 * loss0
     xt, yt = np.asarray(geometry.normalize(xt)), np.asarray(geometry.normalize(yt))
     # Ineffective dims keep ~zero variance; the gap there is not closed.

@@ -1,0 +1,107 @@
+"""The absl entry point: config validation, dispatch and run outputs."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from c3_jax import main
+from configs import geometry_embeddings, geometry_mlp_collapse, geometry_synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "c3_jax.main", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_experiment_is_named():
+    with pytest.raises(main.ConfigError, match="unknown experiment 'nope'.*geometry_synthetic"):
+        main.resolve(ml_collections.ConfigDict({"experiment": "nope"}))
+
+
+def test_missing_field_is_named():
+    c = geometry_synthetic.get_config()
+    del c["tau"]
+    with pytest.raises(main.ConfigError, match="missing field 'tau' \\(float\\)"):
+        main.resolve(c)
+
+
+def test_wrong_type_is_named():
+    c = geometry_mlp_collapse.get_config()
+    c.unlock()
+    c.depth = "fifty"
+    with pytest.raises(main.ConfigError, match="'depth' must be int, got str 'fifty'"):
+        main.resolve(c)
+
+
+def test_unknown_field_is_named():
+    c = geometry_synthetic.get_config()
+    c.stepz = 3
+    with pytest.raises(main.ConfigError, match="\\['stepz'\\] are not used"):
+        main.resolve(c)
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(ValueError, match="unknown variant 'slow'"):
+        geometry_synthetic.get_config("slow")
+
+
+def test_cli_override_of_wrong_type_fails_naming_the_field(tmp_path):
+    out = _cli("--config=configs/geometry_mlp_collapse.py", "--config.depth=abc",
+               f"--workdir={tmp_path}")
+    assert out.returncode != 0
+    assert "depth" in out.stderr
+
+
+def test_synthetic_run_writes_outputs(tmp_path):
+    out = _cli("--config=configs/geometry_synthetic.py:quick", "--config.steps=200",
+               "--config.chunk=100", "--config.num_pairs=100", f"--workdir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.load(open(tmp_path / "results.json"))
+    for key in ("effective_dim_x", "effective_dim_y", "gap_init", "gap_init_ineffective",
+                "gap_final", "gap_final_ineffective", "ineffective_variance_max_final",
+                "loss_init", "loss_final", "achieved_gflops"):
+        assert key in results, key
+    assert results["effective_dim_x"] == 25 and results["loss_final"] < results["loss_init"]
+    config = json.load(open(tmp_path / "config.json"))
+    assert config["steps"] == 200 and config["experiment"] == "geometry_synthetic"
+    metrics = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [100, 200]
+    for png in ("variance_before_after.png", "spectra.png", "loss.png", "stable_region.png"):
+        assert (tmp_path / png).stat().st_size > 1000, png
+
+
+def test_mlp_collapse_run(tmp_path):
+    c = geometry_mlp_collapse.get_config()
+    c.num_inputs, c.width, c.depth = 200, 64, 10
+    results = main.run(c, str(tmp_path))
+    assert results["layers"] == [0, 5, 10]
+    assert (tmp_path / "spectra.png").exists()
+
+
+def test_embeddings_run_and_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 32)) + 2.0
+    y = rng.normal(size=(1000, 32)) - 1.0
+    np.savez(tmp_path / "pairs.npz", image=x, text=y)
+    c = geometry_embeddings.get_config()
+    c.embeddings, c.x_key, c.y_key = str(tmp_path / "pairs.npz"), "image", "text"
+    results = main.run(c, str(tmp_path / "run"))
+    assert results["num_groups"] == 10 and results["sigma_calibration_pairs"] == 100
+    gap = np.linalg.norm((x / np.linalg.norm(x, axis=1, keepdims=True)).mean(0)
+                         - (y / np.linalg.norm(y, axis=1, keepdims=True)).mean(0))
+    assert results["modality_gap"] == pytest.approx(gap, rel=1e-5)
+    assert (tmp_path / "run" / "gap_statistics.png").exists()
+    c.y_key = "caption"
+    with pytest.raises(KeyError, match="no array 'caption'"):
+        main.run(c, str(tmp_path / "run2"))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.where(np.arange(32) == 3, np.nan, y))
+    c.embeddings = f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        main.run(c, str(tmp_path / "run3"))
