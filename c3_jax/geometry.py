@@ -21,13 +21,31 @@ from c3_jax.c3 import normalize
 
 
 @jax.jit
-def covariance_spectrum(x: jax.Array) -> jax.Array:
-    """Singular values (descending) of the covariance matrix of rows of ``x`` [n, d]."""
+def _covariance_spectrum_jit(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     xc = x - x.mean(0)
     cov = (xc.T @ xc) / max(x.shape[0] - 1, 1)
     # The covariance is symmetric PSD: its singular values are its eigenvalues.
     return jnp.clip(jnp.linalg.eigvalsh(cov)[::-1], 0.0)
+
+
+def covariance_spectrum(x, overwrite_input: bool = False) -> jax.Array:
+    """Singular values (descending) of the covariance matrix of rows of ``x`` [n, d].
+
+    Host numpy input on a CPU backend goes through BLAS, whose ``xc.T @ xc`` is a
+    symmetric rank-k update (half the FLOPs of the general matmul XLA runs). With
+    ``overwrite_input`` a float32 numpy ``x`` is centered in place instead of copied.
+    """
+    if isinstance(x, np.ndarray) and jax.default_backend() == "cpu":
+        mean = x.mean(0, dtype=np.float64).astype(np.float32)
+        if overwrite_input and x.dtype == np.float32 and x.flags.writeable:
+            xc = x
+            xc -= mean
+        else:
+            xc = x.astype(np.float32) - mean
+        cov = (xc.T @ xc).astype(np.float64) / max(x.shape[0] - 1, 1)
+        return jnp.asarray(np.maximum(np.linalg.eigvalsh(cov)[::-1], 0.0))
+    return _covariance_spectrum_jit(jnp.asarray(x))
 
 
 def effective_dimension_of_spectrum(s, gamma: float = 0.99) -> int:
@@ -62,13 +80,19 @@ def group_indices(rng: jax.Array, n: int, group_size: int) -> np.ndarray:
 
 
 def _masked_moments(v: jax.Array, mask: jax.Array):
-    """(count, mean, M2, histogram on COS_EDGES) of the entries of ``v`` where ``mask``."""
+    """Per-group (count, mean, M2) of ``v`` [g, m, m] where ``mask``, and their histogram."""
     w = mask.astype(v.dtype)
-    n = w.sum()
-    mean = (v * w).sum() / jnp.maximum(n, 1.0)
-    m2 = (jnp.square(v - mean) * w).sum()
-    hist, _ = jnp.histogram(v, bins=jnp.asarray(COS_EDGES, v.dtype), weights=w)
-    return n, mean, m2, hist
+    n = w.sum((1, 2))
+    mean = (v * w).sum((1, 2)) / jnp.maximum(n, 1.0)
+    m2 = (jnp.square(v - mean[:, None, None]) * w).sum((1, 2))
+    return n, mean, m2, _cos_histogram(v, w)
+
+
+def _cos_histogram(v: jax.Array, w: jax.Array) -> jax.Array:
+    """Weighted counts of ``v`` in the uniform COS_EDGES bins (edges [-1, 1], clipped)."""
+    bins = len(COS_EDGES) - 1
+    idx = jnp.clip(jnp.floor((v + 1.0) * (bins / 2.0)).astype(jnp.int32), 0, bins - 1)
+    return jnp.zeros(bins, jnp.float32).at[idx.ravel()].add(w.ravel().astype(jnp.float32))
 
 
 def _combine_moments(n, mean, m2) -> dict:
@@ -85,24 +109,26 @@ def _cosine_matrix(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 @jax.jit
-def _group_summaries(xg: jax.Array, yg: jax.Array):
-    """Per-group gap vector and within-group pair statistics for one group [m, d]."""
-    m = xg.shape[0]
+def _chunk_summaries(xg: jax.Array, yg: jax.Array):
+    """Gap vectors, noise sums and pair-statistic moments for a chunk of groups [g, m, d]."""
+    m = xg.shape[1]
     d_j = xg - yg
-    gap = d_j.mean(0)
+    gap = d_j.mean(1)
     # Gap orthogonality: cos(d, r_jk) with r_jk = x_j - x_k over ordered pairs j != k.
-    a = xg @ gap
-    gram = xg @ xg.T
-    sq = jnp.diag(gram)
-    r_norm2 = sq[:, None] + sq[None, :] - 2.0 * gram
+    a = jnp.einsum("gmd,gd->gm", xg, gap)
+    gram = jnp.einsum("gmd,gnd->gmn", xg, xg)
+    sq = jnp.diagonal(gram, axis1=1, axis2=2)
+    r_norm2 = sq[:, :, None] + sq[:, None, :] - 2.0 * gram
     distinct = r_norm2 > 1e-10  # skips j == k and duplicated items (e.g. 5 captions per image)
-    r_norm = jnp.sqrt(jnp.where(distinct, r_norm2, 1.0))
-    orth = (a[:, None] - a[None, :]) / (r_norm * jnp.maximum(jnp.linalg.norm(gap), 1e-12))
+    gap_norm = jnp.maximum(jnp.linalg.norm(gap, axis=-1), 1e-12)[:, None, None]
+    orth = (a[:, :, None] - a[:, None, :]) / (jnp.sqrt(jnp.where(distinct, r_norm2, 1.0)) * gap_norm)
     # Noise direction: cos(eps_j, eps_k), j < k.
-    eps = d_j - gap
-    upper = jnp.triu(jnp.ones((m, m), bool), 1)
-    return gap, eps.sum(0), _masked_moments(orth, distinct), _masked_moments(
-        _cosine_matrix(eps, eps), upper)
+    eps = d_j - gap[:, None, :]
+    eps_gram = jnp.einsum("gmd,gnd->gmn", eps, eps)
+    eps_norm = jnp.sqrt(jnp.maximum(jnp.diagonal(eps_gram, axis1=1, axis2=2), 1e-24))
+    noise_cos = eps_gram / (eps_norm[:, :, None] * eps_norm[:, None, :])
+    upper = jnp.broadcast_to(jnp.triu(jnp.ones((m, m), bool), 1), noise_cos.shape)
+    return gap, eps.sum((0, 1)), _masked_moments(orth, distinct), _masked_moments(noise_cos, upper)
 
 
 @functools.partial(jax.jit, static_argnames="block")
@@ -117,7 +143,8 @@ def _pairwise_cos_moments(u: jax.Array, block: int = 256):
     def one(args):
         ub, rb = args
         mask = (cols[None, :] > rb[:, None]) & (rb[:, None] < g)
-        return _masked_moments(ub @ un[:g].T, mask)
+        n, mean, m2, hist = _masked_moments((ub @ un[:g].T)[None], mask[None])
+        return n[0], mean[0], m2[0], hist
 
     return jax.lax.map(one, (un.reshape(-1, block, u.shape[1]), rows))
 
@@ -138,7 +165,8 @@ def _moment_summary(moments) -> dict:
 
 
 def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
-                   normalize_inputs: bool = True, group_batch: int = 256) -> dict:
+                   normalize_inputs: bool = True, group_batch: int = 128,
+                   progress: bool = False) -> dict:
     """The five statistics of Table 1 / Figure 8 on paired embeddings ``[n, d]``.
 
     Pairs are split into random groups of ``group_size``. With individual gap
@@ -146,25 +174,36 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
     and alignment noise eps_j = d_j - d, reports mean/std/histogram of
     |d|, cos(d_i, d_j) (i < j), cos(d, r_jk) (j != k), E[eps] per dimension and
     cos(eps_j, eps_k) (j < k, same group).
+
+    Inputs may be host arrays (numpy, memory-mapped): groups are gathered and sent to
+    the device ``group_batch`` at a time, so the data never needs to fit on the device.
     """
-    x, y = jnp.asarray(e_x, jnp.float32), jnp.asarray(e_y, jnp.float32)
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"paired embeddings must both be [n, d]; got {x.shape} and {y.shape}")
-    if normalize_inputs:
-        x, y = normalize(x), normalize(y)
-    idx = jnp.asarray(group_indices(rng, x.shape[0], group_size))
-    per_group = lambda i: _group_summaries(x[i], y[i])
-    gaps, eps_sum, orth, noise_dir = jax.lax.map(per_group, idx, batch_size=group_batch)
-    gaps = np.asarray(gaps, np.float64)
-    noise_mean = np.asarray(eps_sum, np.float64).sum(0) / idx.size
+    if e_x.shape != e_y.shape or len(e_x.shape) != 2:
+        raise ValueError(f"paired embeddings must both be [n, d]; got {e_x.shape} and {e_y.shape}")
+    idx = group_indices(rng, e_x.shape[0], group_size)
+    prep = (lambda e: normalize(jnp.asarray(e, jnp.float32))) if normalize_inputs else (
+        lambda e: jnp.asarray(e, jnp.float32))
+    parts = []
+    chunks = range(0, idx.shape[0], group_batch)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="gap statistics", unit="chunk")
+    for start in chunks:
+        rows = idx[start:start + group_batch]
+        gather = lambda e: prep(np.take(e, rows.ravel(), axis=0).reshape(*rows.shape, -1))
+        parts.append(_chunk_summaries(gather(e_x), gather(e_y)))
+    gaps = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
+    eps_sums = [p[1] for p in parts]
+    stack = lambda k: [np.concatenate([np.ravel(p[k][i]) for p in parts]) for i in range(4)]
+    noise_mean = np.sum([np.asarray(e, np.float64) for e in eps_sums], 0) / idx.size
     return {
         "num_groups": int(idx.shape[0]),
         "group_size": group_size,
         "gap_length": _summary(np.linalg.norm(gaps, axis=1)),
         "gap_direction": _moment_summary(_pairwise_cos_moments(jnp.asarray(gaps, jnp.float32))),
-        "gap_orthogonality": _moment_summary(orth),
+        "gap_orthogonality": _moment_summary(stack(2)),
         "noise_mean": _summary(noise_mean),
-        "noise_direction": _moment_summary(noise_dir),
+        "noise_direction": _moment_summary(stack(3)),
         "mean_gap_vector": gaps.mean(0),
     }
 
@@ -200,7 +239,8 @@ def mlp_collapse(rng: jax.Array, num_inputs: int = 1000, width: int = 512, depth
             return x, x
         _, feats = jax.lax.scan(layer, x0, weights)
         feats = feats[every - 1::every]
-        return jnp.concatenate([covariance_spectrum(x0)[None], jax.vmap(covariance_spectrum)(feats)])
+        return jnp.concatenate([_covariance_spectrum_jit(x0)[None],
+                                jax.vmap(_covariance_spectrum_jit)(feats)])
 
     spectra = np.asarray(run(x0, weights), np.float64)
     layers = [0] + list(range(every, depth + 1, every))

@@ -25,6 +25,12 @@ def test_effective_dimension_known_spectrum(decay, gamma):
     x = _with_covariance(rng, 2000, lam)
     expected = int(np.argmax(np.cumsum(lam) / lam.sum() >= gamma) + 1)
     np.testing.assert_allclose(geometry.covariance_spectrum(x), lam, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        geometry.covariance_spectrum(x.astype(np.float32), overwrite_input=True), lam,
+        rtol=2e-3, atol=1e-6)
+    # The jitted path (device arrays) and the host BLAS path agree.
+    np.testing.assert_allclose(geometry.covariance_spectrum(jnp.asarray(x, jnp.float32)), lam,
+                               rtol=2e-3, atol=1e-6)
     assert geometry.effective_dimension(x, gamma) == expected
 
 

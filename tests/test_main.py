@@ -32,9 +32,8 @@ def test_missing_field_is_named():
 
 
 def test_wrong_type_is_named():
-    c = geometry_mlp_collapse.get_config()
-    c.unlock()
-    c.depth = "fifty"
+    # ConfigDict locks a field's type once set, so a wrong type comes from the file itself.
+    c = ml_collections.ConfigDict({**geometry_mlp_collapse.get_config().to_dict(), "depth": "fifty"})
     with pytest.raises(main.ConfigError, match="'depth' must be int, got str 'fifty'"):
         main.resolve(c)
 
