@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,7 +57,8 @@ def effective_dimension_of_spectrum(s, gamma: float = 0.99) -> int:
 
 def effective_dimension(x, gamma: float = 0.99) -> int:
     """Effective dimension d_e of a representation matrix ``x`` [n, d] (Definition 1)."""
-    return effective_dimension_of_spectrum(covariance_spectrum(jnp.asarray(x)), gamma)
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    return effective_dimension_of_spectrum(covariance_spectrum(x), gamma)
 
 
 # ---------------------------------------------------------------------------
@@ -104,10 +103,6 @@ def _combine_moments(n, mean, m2) -> dict:
     return {"mean": float(mu), "std": float(np.sqrt(max(var, 0.0))), "count": int(total)}
 
 
-def _cosine_matrix(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
-    return normalize(a, eps) @ normalize(b, eps).T
-
-
 @jax.jit
 def _chunk_summaries(xg: jax.Array, yg: jax.Array):
     """Gap vectors, noise sums and pair-statistic moments for a chunk of groups [g, m, d]."""
@@ -119,7 +114,8 @@ def _chunk_summaries(xg: jax.Array, yg: jax.Array):
     gram = jnp.einsum("gmd,gnd->gmn", xg, xg)
     sq = jnp.diagonal(gram, axis1=1, axis2=2)
     r_norm2 = sq[:, :, None] + sq[:, None, :] - 2.0 * gram
-    distinct = r_norm2 > 1e-10  # skips j == k and duplicated items (e.g. 5 captions per image)
+    # Skips j == k and duplicated items (e.g. 5 captions per image), up to float32 rounding.
+    distinct = r_norm2 > 1e-5 * (sq[:, :, None] + sq[:, None, :])
     gap_norm = jnp.maximum(jnp.linalg.norm(gap, axis=-1), 1e-12)[:, None, None]
     orth = (a[:, :, None] - a[:, None, :]) / (jnp.sqrt(jnp.where(distinct, r_norm2, 1.0)) * gap_norm)
     # Noise direction: cos(eps_j, eps_k), j < k.
