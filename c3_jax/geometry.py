@@ -66,7 +66,8 @@ def effective_dimension(x, gamma: float = 0.99) -> int:
 
 STAT_NAMES = ("gap_length", "gap_direction", "gap_orthogonality", "noise_mean",
               "noise_direction")
-COS_EDGES = np.linspace(-1.0, 1.0, 201)
+HIST_BINS = 1000
+COS_EDGES = np.linspace(-1.0, 1.0, HIST_BINS + 1)
 
 
 def group_indices(rng: jax.Array, n: int, group_size: int) -> np.ndarray:
@@ -78,20 +79,21 @@ def group_indices(rng: jax.Array, n: int, group_size: int) -> np.ndarray:
     return perm[: num_groups * group_size].reshape(num_groups, group_size)
 
 
-def _masked_moments(v: jax.Array, mask: jax.Array):
-    """Per-group (count, mean, M2) of ``v`` [g, m, m] where ``mask``, and their histogram."""
+def _masked_moments(v: jax.Array, mask: jax.Array, lo=-1.0, hi=1.0):
+    """Per-group (count, mean, M2) of ``v`` [g, m, m] where ``mask``, and their histogram
+    in HIST_BINS uniform bins over [lo, hi]."""
     w = mask.astype(v.dtype)
     n = w.sum((1, 2))
     mean = (v * w).sum((1, 2)) / jnp.maximum(n, 1.0)
     m2 = (jnp.square(v - mean[:, None, None]) * w).sum((1, 2))
-    return n, mean, m2, _cos_histogram(v, w)
+    return n, mean, m2, _histogram(v, w, lo, hi)
 
 
-def _cos_histogram(v: jax.Array, w: jax.Array) -> jax.Array:
-    """Weighted counts of ``v`` in the uniform COS_EDGES bins (edges [-1, 1], clipped)."""
-    bins = len(COS_EDGES) - 1
-    idx = jnp.clip(jnp.floor((v + 1.0) * (bins / 2.0)).astype(jnp.int32), 0, bins - 1)
-    return jnp.zeros(bins, jnp.float32).at[idx.ravel()].add(w.ravel().astype(jnp.float32))
+def _histogram(v: jax.Array, w: jax.Array, lo, hi) -> jax.Array:
+    """Weighted counts of ``v`` in HIST_BINS uniform bins over [lo, hi] (outliers clipped)."""
+    scaled = (v - lo) * (HIST_BINS / (hi - lo))
+    idx = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, HIST_BINS - 1)
+    return jnp.zeros(HIST_BINS, jnp.float32).at[idx.ravel()].add(w.ravel().astype(jnp.float32))
 
 
 def _combine_moments(n, mean, m2) -> dict:
@@ -128,8 +130,8 @@ def _chunk_summaries(xg: jax.Array, yg: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnames="block")
-def _pairwise_cos_moments(u: jax.Array, block: int = 256):
-    """Moments of cos(u_i, u_j) over i < j, computed in row blocks."""
+def _pairwise_cos_moments(u: jax.Array, lo=-1.0, hi=1.0, block: int = 256):
+    """Moments and [lo, hi] histogram of cos(u_i, u_j) over i < j, in row blocks."""
     g = u.shape[0]
     pad = (-g) % block
     un = jnp.pad(normalize(u), ((0, pad), (0, 0)))
@@ -139,7 +141,7 @@ def _pairwise_cos_moments(u: jax.Array, block: int = 256):
     def one(args):
         ub, rb = args
         mask = (cols[None, :] > rb[:, None]) & (rb[:, None] < g)
-        n, mean, m2, hist = _masked_moments((ub @ un[:g].T)[None], mask[None])
+        n, mean, m2, hist = _masked_moments((ub @ un[:g].T)[None], mask[None], lo, hi)
         return n[0], mean[0], m2[0], hist
 
     return jax.lax.map(one, (un.reshape(-1, block, u.shape[1]), rows))
@@ -152,12 +154,21 @@ def _summary(values: np.ndarray, bins: int = 50) -> dict:
             "hist": hist.tolist(), "edges": edges.tolist()}
 
 
-def _moment_summary(moments) -> dict:
+def _moment_summary(moments, lo: float = -1.0, hi: float = 1.0) -> dict:
     n, mean, m2, hist = (np.asarray(a) for a in moments)
     out = _combine_moments(n, mean, m2)
-    out["hist"] = hist.reshape(-1, len(COS_EDGES) - 1).sum(0).astype(np.int64).tolist()
-    out["edges"] = COS_EDGES.tolist()
+    out["hist"] = hist.reshape(-1, HIST_BINS).sum(0).astype(np.int64).tolist()
+    out["edges"] = np.linspace(lo, hi, HIST_BINS + 1).tolist()
     return out
+
+
+def _gap_direction_summary(gaps: np.ndarray) -> dict:
+    """cos(d_i, d_j) over group pairs; a second pass bins it around its own spread."""
+    u = jnp.asarray(gaps, jnp.float32)
+    first = _combine_moments(*_pairwise_cos_moments(u)[:3])
+    half = max(6 * first["std"], 1e-6)
+    lo, hi = max(first["mean"] - half, -1.0), min(first["mean"] + half, 1.0)
+    return _moment_summary(_pairwise_cos_moments(u, lo, hi), lo, hi)
 
 
 def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
@@ -196,7 +207,7 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
         "num_groups": int(idx.shape[0]),
         "group_size": group_size,
         "gap_length": _summary(np.linalg.norm(gaps, axis=1)),
-        "gap_direction": _moment_summary(_pairwise_cos_moments(jnp.asarray(gaps, jnp.float32))),
+        "gap_direction": _gap_direction_summary(gaps),
         "gap_orthogonality": _moment_summary(stack(2)),
         "noise_mean": _summary(noise_mean),
         "noise_direction": _moment_summary(stack(3)),
