@@ -16,6 +16,9 @@ setup(
         "numpy",
         "matplotlib",
         "tqdm",
+        "safetensors",
     ],
-    extras_require={"test": ["pytest", "scipy"]},
+    # torch and transformers are the independent references the tests compare against.
+    # Pin torch: this workplace serves a local CPU build of exactly 2.13.0.
+    extras_require={"test": ["pytest", "scipy", "transformers>=5", "torch==2.13.0"]},
 )

@@ -1,0 +1,107 @@
+"""Flax CLIP and GPT-2 against the PyTorch models of transformers, on tiny checkpoints."""
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from c3_jax.models import clip, gpt2
+
+EOS = 98
+
+
+def _features(out):
+    """transformers returns a tensor (4.x) or an output with pooler_output (5.x)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _tiny_clip(path, act="quick_gelu", eos=EOS, safetensors=True):
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                         num_hidden_layers=2, max_position_embeddings=16, hidden_act=act,
+                         eos_token_id=eos),
+        vision_config=dict(hidden_size=48, intermediate_size=40, num_attention_heads=4,
+                           num_hidden_layers=2, image_size=30, patch_size=6, hidden_act=act),
+        projection_dim=24)
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    model.save_pretrained(path, safe_serialization=safetensors)
+    return model
+
+
+def _text_batch(rng, eos=EOS, length=12):
+    ids = rng.integers(0, 90, size=(3, length))
+    mask = np.ones_like(ids)
+    for row, end in enumerate((11, 6, 3)):
+        ids[row, end] = eos
+        mask[row, end + 1:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("act,safetensors", [("quick_gelu", True), ("gelu", False)])
+def test_clip_matches_transformers(tmp_path, act, safetensors):
+    ref = _tiny_clip(tmp_path, act, safetensors=safetensors)
+    module, params = clip.from_pretrained(str(tmp_path))
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(size=(2, 3, 30, 30)).astype(np.float32)
+    ids, mask = _text_batch(rng)
+    with torch.no_grad():
+        want_img = _features(ref.get_image_features(pixel_values=torch.tensor(pixels))).numpy()
+        want_txt = _features(ref.get_text_features(input_ids=torch.tensor(ids),
+                                                   attention_mask=torch.tensor(mask))).numpy()
+    got_img = module.apply({"params": params}, pixels, method="encode_image")
+    got_txt = module.apply({"params": params}, ids, mask, method="encode_text")
+    np.testing.assert_allclose(got_img, want_img, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_txt, want_txt, rtol=1e-4, atol=1e-5)
+
+
+def test_clip_legacy_eos_pools_at_highest_id(tmp_path):
+    ref = _tiny_clip(tmp_path, eos=2)
+    module, params = clip.from_pretrained(str(tmp_path))
+    ids, mask = _text_batch(np.random.default_rng(1), eos=98)  # 98 is the highest id per row
+    with torch.no_grad():
+        want = _features(ref.get_text_features(input_ids=torch.tensor(ids),
+                                               attention_mask=torch.tensor(mask))).numpy()
+    got = module.apply({"params": params}, ids, mask, method="encode_text")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _tiny_gpt2(path, safetensors=True):
+    config = transformers.GPT2Config(vocab_size=99, n_positions=32, n_embd=32, n_layer=2,
+                                     n_head=4)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(path, safe_serialization=safetensors)
+    return model
+
+
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_gpt2_matches_transformers(tmp_path, safetensors):
+    ref = _tiny_gpt2(tmp_path, safetensors)
+    module, params = gpt2.from_pretrained(str(tmp_path))
+    ids = np.random.default_rng(2).integers(0, 99, size=(2, 9))
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(module.apply({"params": params}, ids), want, rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_prefix_embeddings_with_padding(tmp_path):
+    ref = _tiny_gpt2(tmp_path)
+    module, params = gpt2.from_pretrained(str(tmp_path))
+    embeds = np.random.default_rng(3).normal(size=(2, 7, 32)).astype(np.float32)
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        want = ref(inputs_embeds=torch.tensor(embeds), attention_mask=torch.tensor(mask)).logits
+    got = module.apply({"params": params}, inputs_embeds=embeds, attention_mask=mask)
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(got)[valid], want.numpy()[valid], rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        clip.from_pretrained(str(tmp_path / "nowhere"))
+    _tiny_gpt2(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="not a CLIPModel checkpoint"):
+        clip.from_pretrained(str(tmp_path / "gpt2"))
+    (tmp_path / "gpt2" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
+        gpt2.from_pretrained(str(tmp_path / "gpt2"))
