@@ -65,23 +65,72 @@ def test_clip_legacy_eos_pools_at_highest_id(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def _tiny_gpt2(path, safetensors=True):
-    config = transformers.GPT2Config(vocab_size=99, n_positions=32, n_embd=32, n_layer=2,
-                                     n_head=4)
+GPT2_CONFIGS = {
+    "gelu_new": dict(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4),
+    "gelu_inner": dict(vocab_size=99, n_positions=40, n_embd=24, n_layer=3, n_head=2, n_inner=50,
+                       activation_function="gelu", layer_norm_epsilon=1e-6),
+}
+
+
+def _tiny_gpt2(path, safetensors=True, name="gelu_new"):
+    config = transformers.GPT2Config(**GPT2_CONFIGS[name])
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()
     model.save_pretrained(path, safe_serialization=safetensors)
     return model
 
 
-@pytest.mark.parametrize("safetensors", [True, False])
-def test_gpt2_matches_transformers(tmp_path, safetensors):
-    ref = _tiny_gpt2(tmp_path, safetensors)
+@pytest.mark.parametrize("name,safetensors", [("gelu_new", True), ("gelu_new", False),
+                                              ("gelu_inner", True)])
+def test_gpt2_matches_transformers(tmp_path, name, safetensors):
+    ref = _tiny_gpt2(tmp_path, safetensors, name)
     module, params = gpt2.from_pretrained(str(tmp_path))
     ids = np.random.default_rng(2).integers(0, 99, size=(2, 9))
     with torch.no_grad():
         want = ref(input_ids=torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(module.apply({"params": params}, ids), want, rtol=1e-4, atol=1e-4)
+
+
+def _until_eos(tokens, eos):
+    tokens = list(np.asarray(tokens))
+    return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def _full_forward_greedy(module, params, embeds, steps):
+    """Greedy decoding that recomputes the whole sequence at every step (no cache)."""
+    wte = params["wte"]["embedding"]
+    out = []
+    for _ in range(steps):
+        logits = module.apply({"params": params}, inputs_embeds=embeds)
+        token = np.asarray(logits[:, -1]).argmax(-1)
+        out.append(token)
+        embeds = np.concatenate([embeds, np.asarray(wte)[token][:, None]], 1)
+    return np.stack(out, 1)
+
+
+@pytest.mark.parametrize("name", list(GPT2_CONFIGS))
+def test_greedy_kv_cache_matches_full_forward_and_generate(tmp_path, name):
+    ref = _tiny_gpt2(tmp_path, name=name)
+    module, params = gpt2.from_pretrained(str(tmp_path))
+    ids = np.random.default_rng(4).integers(0, 99, size=(3, 5))
+    eos, steps = 7, 12
+    got = np.asarray(gpt2.greedy_generate(module, params, prompt_ids=ids, max_new_tokens=steps,
+                                          eos_id=eos))
+    embeds = np.asarray(params["wte"]["embedding"])[ids]
+    full = _full_forward_greedy(module, params, embeds, steps)
+    with torch.no_grad():
+        hf = ref.generate(torch.tensor(ids), max_new_tokens=steps, do_sample=False,
+                          eos_token_id=eos, pad_token_id=eos).numpy()[:, ids.shape[1]:]
+    for row in range(3):
+        assert _until_eos(got[row], eos) == _until_eos(full[row], eos)
+        assert _until_eos(got[row], eos) == _until_eos(hf[row], eos)
+    # Prefix embeddings, as the captioner feeds GPT-2.
+    prefix = np.random.default_rng(5).normal(size=(2, 4, module.config.width)).astype(np.float32)
+    got = np.asarray(gpt2.greedy_generate(module, params, prompt_embeds=prefix,
+                                          max_new_tokens=steps, eos_id=eos))
+    full = _full_forward_greedy(module, params, prefix, steps)
+    for row in range(2):
+        assert _until_eos(got[row], eos) == _until_eos(full[row], eos)
 
 
 def test_gpt2_prefix_embeddings_with_padding(tmp_path):

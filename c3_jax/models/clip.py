@@ -78,7 +78,7 @@ class VisionTower(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, t.width)).astype(x.dtype), x], 1)
         x = x + pos.astype(x.dtype)
         x = nn.LayerNorm(epsilon=t.eps, dtype=self.dtype, name="pre_ln")(x)
-        x = _encoder(t, self.dtype)(x)
+        x, _ = _encoder(t, self.dtype)(x)
         return nn.LayerNorm(epsilon=t.eps, dtype=self.dtype, name="post_ln")(x[:, 0])
 
 
@@ -98,7 +98,7 @@ class TextTower(nn.Module):
                          (c.max_positions, t.width))
         x = x + pos[:length].astype(x.dtype)
         mask = combine_masks(causal_mask(length), padding_mask(attention_mask))
-        x = _encoder(t, self.dtype)(x, mask)
+        x, _ = _encoder(t, self.dtype)(x, mask)
         x = nn.LayerNorm(epsilon=t.eps, dtype=self.dtype, name="final_ln")(x)
         # Legacy configs (eos id 2) pool at the highest token id, like Hugging Face.
         eot = (jnp.argmax(input_ids, -1) if c.eos_token_id == 2

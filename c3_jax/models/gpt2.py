@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -36,14 +37,19 @@ class GPT2Config:
 
 
 class GPT2(nn.Module):
-    """GPT-2 LM head model with tied input/output embeddings; returns logits [B, L, V]."""
+    """GPT-2 LM head model with tied input/output embeddings; returns logits [B, L, V].
+
+    For incremental decoding pass ``cache`` (from ``init_cache``) and the position
+    ``index`` of the first new token; ``attention_mask`` then covers all cache slots
+    [B, S], and the call returns ``(logits, cache)``.
+    """
     config: GPT2Config = GPT2Config()
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids: Optional[jax.Array] = None,
                  inputs_embeds: Optional[jax.Array] = None,
-                 attention_mask: Optional[jax.Array] = None) -> jax.Array:
+                 attention_mask: Optional[jax.Array] = None, cache=None, index=0):
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -51,15 +57,52 @@ class GPT2(nn.Module):
                        embedding_init=nn.initializers.normal(0.02))
         x = wte(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
         length = x.shape[1]
-        if length > c.max_positions:
-            raise ValueError(f"sequence length {length} exceeds max_positions={c.max_positions}")
+        slots = length if cache is None else cache[0][0].shape[1]
+        if slots > c.max_positions:
+            raise ValueError(f"sequence length {slots} exceeds max_positions={c.max_positions}")
         wpe = self.param("wpe", nn.initializers.normal(0.01), (c.max_positions, c.width))
-        x = x + wpe[:length].astype(x.dtype)
-        mask = combine_masks(causal_mask(length), padding_mask(attention_mask))
-        x = Encoder(c.depth, c.heads, c.mlp_dim or 4 * c.width, c.act, c.eps, self.dtype,
-                    name="encoder")(x, mask)
+        positions = index + jnp.arange(length)
+        x = x + jnp.take(wpe, positions, axis=0).astype(x.dtype)
+        causal = (jnp.arange(slots)[None, :] <= positions[:, None])[None, None]
+        mask = combine_masks(causal, padding_mask(attention_mask))
+        x, cache = Encoder(c.depth, c.heads, c.mlp_dim or 4 * c.width, c.act, c.eps, self.dtype,
+                           name="encoder")(x, mask, cache, index)
         x = nn.LayerNorm(epsilon=c.eps, dtype=self.dtype, name="ln_f")(x)
-        return wte.attend(x).astype(jnp.float32)
+        logits = wte.attend(x).astype(jnp.float32)
+        return logits if cache is None else (logits, cache)
+
+
+def init_cache(config: GPT2Config, batch: int, slots: int, dtype=jnp.float32):
+    """Empty key/value cache for ``slots`` positions: one (k, v) pair per layer."""
+    shape = (batch, slots, config.heads, config.width // config.heads)
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.depth))
+
+
+@functools.partial(jax.jit, static_argnames=("module", "max_new_tokens", "eos_id"))
+def greedy_generate(module: GPT2, params, prompt_ids: Optional[jax.Array] = None,
+                    prompt_embeds: Optional[jax.Array] = None, *, max_new_tokens: int,
+                    eos_id: int) -> jax.Array:
+    """Greedy decoding with the KV cache after an unpadded prompt (token ids or prefix
+    embeddings); tokens after the first ``eos_id`` are ``eos_id``. Returns [B, max_new_tokens]."""
+    prompt = prompt_embeds if prompt_ids is None else prompt_ids
+    batch, length = prompt.shape[:2]
+    slots = length + max_new_tokens
+    cache = init_cache(module.config, batch, slots, module.dtype)
+    apply = lambda cache, index, **inputs: module.apply(
+        {"params": params}, attention_mask=jnp.ones((batch, slots), jnp.int32), cache=cache,
+        index=index, **inputs)
+    inputs = {"input_ids": prompt_ids} if prompt_ids is not None else {"inputs_embeds": prompt}
+    logits, cache = apply(cache, 0, **inputs)
+    first = jnp.argmax(logits[:, -1], -1)
+
+    def step(carry, i):
+        token, done, cache = carry
+        logits, cache = apply(cache, length + i, input_ids=token[:, None])
+        nxt = jnp.where(done, eos_id, jnp.argmax(logits[:, -1], -1))
+        return (nxt, done | (nxt == eos_id), cache), nxt
+
+    _, rest = jax.lax.scan(step, (first, first == eos_id, cache), jnp.arange(max_new_tokens - 1))
+    return jnp.concatenate([first[:, None], rest.T], 1)
 
 
 def convert_hf(sd: dict, config: GPT2Config) -> dict:

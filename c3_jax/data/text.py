@@ -1,0 +1,45 @@
+"""Tokenizers from checkpoint directories, and caption encoding with EOS and padding."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+def load_tokenizer(path: str):
+    """``transformers.AutoTokenizer`` from a local directory, with a clear error if files are missing."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    files = set(os.listdir(path))
+    if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files:
+        raise FileNotFoundError(f"{path} has no tokenizer.json nor vocab.json + merges.txt "
+                                f"(found: {sorted(files)})")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+def encode_captions(tokenizer, captions: Sequence[str], max_length: int,
+                    truncate: bool = False):
+    """Token ids ``[N, max_length]`` int32 with EOS appended and right padding, and the mask.
+
+    Padding slots hold the EOS id and mask 0, so no real token is mistaken for padding.
+    Empty captions are an error; over-long ones too unless ``truncate``.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token; captions need one appended")
+    ids = np.full((len(captions), max_length), eos, np.int32)
+    mask = np.zeros((len(captions), max_length), np.int32)
+    for i, caption in enumerate(captions):
+        if not caption or not caption.strip():
+            raise ValueError(f"caption {i} is empty")
+        tokens = tokenizer(caption, add_special_tokens=False)["input_ids"] + [eos]
+        if len(tokens) > max_length:
+            if not truncate:
+                raise ValueError(f"caption {i} has {len(tokens)} tokens with EOS, over "
+                                 f"max_length={max_length} (raise it or set truncate): {caption!r}")
+            tokens = tokens[:max_length]
+        ids[i, :len(tokens)] = tokens
+        mask[i, :len(tokens)] = 1
+    return ids, mask
