@@ -1,0 +1,68 @@
+"""Images/s of our Flax CLIP image tower vs transformers.CLIPModel (PyTorch), same config.
+
+ViT-B/32 with random weights (the architecture is what costs time), float32, the same
+batch of 224x224 images on both sides, warm-up excluded; PyTorch in eval() under
+torch.no_grad() with its default threads. Our weights are the PyTorch model's, loaded
+through from_pretrained, and the features are checked to match before timing.
+Prints one JSON line per comparison.
+"""
+import argparse
+import json
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from c3_jax.geometry_runs import matmul_peak_flops
+from c3_jax.models import clip
+
+
+def _rate(fn, batch: int, seconds: float) -> float:
+    fn()  # warm-up (and compile)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or runs < 2:
+        fn()
+        runs += 1
+    return runs * batch / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args()
+
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    ref = transformers.CLIPModel(transformers.CLIPConfig(
+        vision_config={"patch_size": 32})).eval()  # ViT-B/32 defaults
+    with tempfile.TemporaryDirectory() as d:
+        ref.save_pretrained(d)
+        module, params = clip.from_pretrained(d)
+    pixels = np.random.default_rng(0).normal(size=(args.batch, 3, 224, 224)).astype(np.float32)
+    encode = jax.jit(lambda p, x: module.apply({"params": p}, x, method="encode_image"))
+    x = jnp.asarray(pixels)
+    tx = torch.tensor(pixels)
+
+    def theirs():
+        with torch.no_grad():
+            out = ref.get_image_features(pixel_values=tx)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    diff = float(np.abs(np.asarray(encode(params, x)) - theirs().numpy()).max())
+    assert diff < 1e-3, f"features differ by {diff}"
+    ours = _rate(lambda: encode(params, x).block_until_ready(), args.batch, args.seconds)
+    reference = _rate(theirs, args.batch, args.seconds)
+    print(json.dumps({
+        "name": "clip_vit_b32_image_features_flax_jit", "reference_name": "transformers_clipmodel_torch",
+        "ours": ours, "reference": reference, "unit": "images/s", "ratio": ours / reference,
+        "batch": args.batch, "max_abs_feature_diff": diff, "torch_threads": torch.get_num_threads(),
+        "matmul_peak_gflops": matmul_peak_flops() / 1e9, "device": jax.devices()[0].device_kind,
+    }))
+
+
+if __name__ == "__main__":
+    main()
