@@ -1,0 +1,97 @@
+"""Frozen-encoder embedding extraction, data-parallel over all devices, into TFDS datasets."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from PIL import Image
+from tqdm.auto import tqdm
+
+from c3_jax.data import builders
+from c3_jax.data.images import ImagePreprocessor
+from c3_jax.models import clip
+
+
+def _data_parallel(fn: Callable, params, batches, desc: str) -> np.ndarray:
+    """Applies jitted ``fn(params, *arrays)`` to host batches sharded over all devices."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    params = jax.device_put(params, replicated)
+    step = jax.jit(fn, in_shardings=(replicated, shard), out_shardings=shard)
+    ndev, out = len(jax.devices()), []
+    for arrays in tqdm(batches, desc=desc, unit="batch"):
+        n = len(arrays[0])
+        pad = (-n) % ndev  # pad the last batch to a multiple of the device count
+        arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
+        out.append(np.asarray(step(params, arrays))[:n])
+    return np.concatenate(out)
+
+
+def encode_images(module: clip.CLIP, params, preprocess: ImagePreprocessor,
+                  paths: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """CLIP image features [n, projection_dim] of image files."""
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"image {p} does not exist")
+    batches = ((preprocess.batch([Image.open(p) for p in paths[i:i + batch_size]]),)
+               for i in range(0, len(paths), batch_size))
+    fn = lambda prm, a: module.apply({"params": prm}, a[0], method="encode_image")
+    return _data_parallel(fn, params, batches, "image embeddings")
+
+
+def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
+                 batch_size: int = 1024) -> np.ndarray:
+    """CLIP text features [n, projection_dim]; texts are padded/truncated to the model's context."""
+    length = module.config.max_positions
+
+    def batches():
+        for i in range(0, len(texts), batch_size):
+            tok = tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
+                            max_length=length, return_tensors="np")
+            yield tok["input_ids"].astype(np.int32), tok["attention_mask"].astype(np.int32)
+
+    fn = lambda prm, a: module.apply({"params": prm}, a[0], a[1], method="encode_text")
+    return _data_parallel(fn, params, batches(), "text embeddings")
+
+
+def karpathy_split(annotation_file: str) -> dict:
+    """{split: [(image path relative to the image root, [captions], cocoid)]} of the Karpathy
+    ``dataset_coco.json``; restval is merged into train, as the reference does."""
+    if not os.path.exists(annotation_file):
+        raise FileNotFoundError(f"{annotation_file} does not exist (the Karpathy dataset_coco.json)")
+    with open(annotation_file) as f:
+        images = json.load(f)["images"]
+    out: dict = {}
+    for im in images:
+        split = "train" if im["split"] == "restval" else im["split"]
+        path = os.path.join(im.get("filepath", ""), im["filename"])
+        out.setdefault(split, []).append((path, [s["raw"] for s in im["sentences"]],
+                                          im.get("cocoid", len(out.get(split, ())))))
+    return out
+
+
+def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir: str,
+                 name: str = "coco_karpathy_clip", captions_per_image: int = 5,
+                 batch_size: int = 256) -> str:
+    """Writes per caption: its image's embedding, the caption embedding, caption and ids."""
+    from c3_jax.data.text import load_tokenizer
+    module, params = clip.from_pretrained(clip_dir)
+    preprocess, tokenizer = ImagePreprocessor.from_pretrained(clip_dir), load_tokenizer(clip_dir)
+    splits, captions = {}, {}
+    for split, items in karpathy_split(annotation_file).items():
+        img = encode_images(module, params, preprocess,
+                            [os.path.join(image_root, p) for p, _, _ in items], batch_size)
+        caps = [c[:captions_per_image] for _, c, _ in items]
+        flat = [c for cs in caps for c in cs]
+        owner = np.repeat(np.arange(len(items)), [len(cs) for cs in caps])
+        splits[split] = {"image_embedding": img[owner].astype(np.float32),
+                         "text_embedding": encode_texts(module, params, tokenizer, flat,
+                                                        batch_size).astype(np.float32),
+                         "image_id": np.asarray([items[o][2] for o in owner], np.int64)}
+        captions[split] = flat
+    return builders.build_pairs_dataset(name, data_dir, splits, captions)
