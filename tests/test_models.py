@@ -1,4 +1,6 @@
 """Flax CLIP and GPT-2 against the PyTorch models of transformers, on tiny checkpoints."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,13 @@ def test_gpt2_prefix_embeddings_with_padding(tmp_path):
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         clip.from_pretrained(str(tmp_path / "nowhere"))
+    _tiny_clip(tmp_path / "clip")
+    config_file = tmp_path / "clip" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["projection_dim"] = 20  # the weights say 24
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="wrong shapes.*visual_projection"):
+        clip.from_pretrained(str(tmp_path / "clip"))
     _tiny_gpt2(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="not a CLIPModel checkpoint"):
         clip.from_pretrained(str(tmp_path / "gpt2"))
