@@ -1,6 +1,7 @@
 """Flax CLIP and GPT-2 against the PyTorch models of transformers, on tiny checkpoints."""
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -101,9 +102,10 @@ def _until_eos(tokens, eos):
 def _full_forward_greedy(module, params, embeds, steps):
     """Greedy decoding that recomputes the whole sequence at every step (no cache)."""
     wte = params["wte"]["embedding"]
+    forward = jax.jit(lambda e: module.apply({"params": params}, inputs_embeds=e))
     out = []
     for _ in range(steps):
-        logits = module.apply({"params": params}, inputs_embeds=embeds)
+        logits = forward(embeds)
         token = np.asarray(logits[:, -1]).argmax(-1)
         out.append(token)
         embeds = np.concatenate([embeds, np.asarray(wte)[token][:, None]], 1)
