@@ -78,20 +78,25 @@ def karpathy_split(annotation_file: str) -> dict:
 def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir: str,
                  name: str = "coco_karpathy_clip", captions_per_image: int = 5,
                  batch_size: int = 256) -> str:
-    """Writes per caption: its image's embedding, the caption embedding, caption and ids."""
+    """Writes one example per image: its embedding, its first ``captions_per_image``
+    caption embeddings [k, d], those captions and the COCO id."""
     from c3_jax.data.text import load_tokenizer
     module, params = clip.from_pretrained(clip_dir)
     preprocess, tokenizer = ImagePreprocessor.from_pretrained(clip_dir), load_tokenizer(clip_dir)
+    k = captions_per_image
     splits, captions = {}, {}
     for split, items in karpathy_split(annotation_file).items():
-        img = encode_images(module, params, preprocess,
-                            [os.path.join(image_root, p) for p, _, _ in items], batch_size)
-        caps = [c[:captions_per_image] for _, c, _ in items]
-        flat = [c for cs in caps for c in cs]
-        owner = np.repeat(np.arange(len(items)), [len(cs) for cs in caps])
-        splits[split] = {"image_embedding": img[owner].astype(np.float32),
-                         "text_embedding": encode_texts(module, params, tokenizer, flat,
-                                                        batch_size).astype(np.float32),
-                         "image_id": np.asarray([items[o][2] for o in owner], np.int64)}
-        captions[split] = flat
+        short = [(p, len(c)) for p, c, _ in items if len(c) < k]
+        if short:
+            raise ValueError(f"{len(short)} {split} images have fewer than {k} captions, "
+                             f"e.g. {short[0]}; lower captions_per_image")
+        caps = [c[:k] for _, c, _ in items]
+        text = encode_texts(module, params, tokenizer, [c for cs in caps for c in cs], batch_size)
+        splits[split] = {
+            "image_embedding": encode_images(module, params, preprocess,
+                                             [os.path.join(image_root, p) for p, _, _ in items],
+                                             batch_size).astype(np.float32),
+            "text_embedding": text.reshape(len(items), k, -1).astype(np.float32),
+            "image_id": np.asarray([i for _, _, i in items], np.int64)}
+        captions[split] = caps
     return builders.build_pairs_dataset(name, data_dir, splits, captions)

@@ -84,3 +84,31 @@ def test_global_batch_over_devices():
     out = pipeline.global_batch(local, NamedSharding(mesh, P("data")))
     assert out["x"].shape == (8, 3) and out["x"].sharding.spec == P("data")
     np.testing.assert_array_equal(out["x"], local["x"])
+
+
+class _WordTokenizer:
+    """Stands in for a Hugging Face tokenizer: one id per word, EOS = 0."""
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [len(w) for w in text.split()]}
+
+
+def test_caption_batches_are_padded_with_mask(tmp_path):
+    from c3_jax.data.text import encode_captions
+    captions = {"train": ["a b", "ccc dd e", "ffff"] * 4, "test": ["x"] * 5}
+    splits = {"train": {"image_id": np.arange(12)}, "test": {"image_id": np.arange(5)}}
+    path = builders.build_pairs_dataset("toy_pairs", str(tmp_path), splits, captions)
+    tok = _WordTokenizer()
+
+    def tokenize(ex):
+        ids, mask = encode_captions(tok, [ex["caption"].decode()], max_length=6)
+        return {"index": ex["index"], "ids": ids[0], "mask": mask[0]}
+
+    batch = next(iter(pipeline.make_loader(builders.data_source(path, "train"), 4, seed=0,
+                                           shard_index=0, shard_count=1, transform=tokenize)))
+    assert batch["ids"].shape == batch["mask"].shape == (4, 6)
+    for ids, mask, i in zip(batch["ids"], batch["mask"], batch["index"]):
+        words = captions["train"][i].split()
+        assert ids[:len(words) + 1].tolist() == [len(w) for w in words] + [0]
+        assert mask.tolist() == [1] * (len(words) + 1) + [0] * (5 - len(words))

@@ -165,3 +165,15 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "gpt2" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
         gpt2.from_pretrained(str(tmp_path / "gpt2"))
+
+
+def test_bfloat16_compute_keeps_float32_params(tmp_path):
+    _tiny_gpt2(tmp_path)
+    module, params = gpt2.from_pretrained(str(tmp_path))
+    module16, _ = gpt2.from_pretrained(str(tmp_path), dtype=jax.numpy.bfloat16)
+    ids = np.random.default_rng(6).integers(0, 99, size=(2, 9))
+    full = np.asarray(module.apply({"params": params}, ids))
+    half = np.asarray(module16.apply({"params": params}, ids))
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
+    assert np.abs(half - full).max() < 0.05 * np.abs(full).max()
+    assert (half.argmax(-1) == full.argmax(-1)).mean() > 0.9

@@ -10,7 +10,10 @@ import tensorflow_datasets as tfds
 
 
 class _ArrayPairs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Rows of named arrays (embeddings, ids) plus optional captions, one example per row."""
+    """Rows of named arrays (embeddings, ids) plus optional captions, one example per row.
+
+    A row's caption is one string, or a fixed-length list of strings (e.g. an image's
+    5 reference captions)."""
     VERSION = tfds.core.Version("1.0.0")
 
     def __init__(self, *, splits: Mapping[str, Mapping[str, np.ndarray]],
@@ -24,7 +27,10 @@ class _ArrayPairs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     for k, v in first.items()}
         features["index"] = np.int64
         if self._captions:
-            features["caption"] = tfds.features.Text()
+            first_caption = next(iter(self._captions.values()))[0]
+            features["caption"] = (tfds.features.Text() if isinstance(first_caption, str) else
+                                   tfds.features.Sequence(tfds.features.Text(),
+                                                          length=len(first_caption)))
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
                                      disable_shuffling=True)
 
