@@ -21,6 +21,7 @@ setup(
         "tensorflow-datasets",  # array_record datasets, read without TensorFlow
         "grain",
         "array_record",
+        "orbax-checkpoint",
     ],
     # torch and transformers are the independent references the tests compare against.
     # Pin torch: this workplace serves a local CPU build of exactly 2.13.0.

@@ -19,6 +19,7 @@ EXPERIMENTS = {
     "geometry_synthetic": "c3_jax.geometry_runs:run_synthetic",
     "geometry_mlp_collapse": "c3_jax.geometry_runs:run_mlp_collapse",
     "geometry_embeddings": "c3_jax.geometry_runs:run_embeddings",
+    "embeddings_dataset": "c3_jax.data.dataset_runs:run_embeddings_dataset",
 }
 
 

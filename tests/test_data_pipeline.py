@@ -112,3 +112,50 @@ def test_caption_batches_are_padded_with_mask(tmp_path):
         words = captions["train"][i].split()
         assert ids[:len(words) + 1].tolist() == [len(w) for w in words] + [0]
         assert mask.tolist() == [1] * (len(words) + 1) + [0] * (5 - len(words))
+
+
+def test_iterator_state_round_trips_through_orbax(tmp_path):
+    import grain
+    import orbax.checkpoint as ocp
+    path = builders.build_pairs_dataset("toy_pairs", str(tmp_path / "data"),
+                                        _splits(np.random.default_rng(5)))
+    src = builders.data_source(path, "train")
+    loader = lambda: pipeline.make_loader(src, 4, seed=1, shard_index=0, shard_count=1)
+    it = iter(loader())
+    next(it), next(it)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+    want = next(it)["index"].tolist()
+    fresh = iter(loader())
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+    assert next(fresh)["index"].tolist() == want
+
+
+def test_embeddings_dataset_command(tmp_path):
+    import json
+    import subprocess
+    import sys
+    rng = np.random.default_rng(6)
+    audio, text = rng.normal(size=(6, 16)).astype(np.float32), rng.normal(size=(6, 16))
+    np.savez(tmp_path / "clotho.npz", **{"train/audio_embedding": audio[:4],
+                                         "train/text_embedding": text[:4],
+                                         "test/audio_embedding": audio[4:],
+                                         "test/text_embedding": text[4:]})
+    (tmp_path / "captions.json").write_text(json.dumps(
+        {"train": ["rain", "a dog barks", "wind", "birds"], "test": ["a car", "a bell"]}))
+    out = subprocess.run(
+        [sys.executable, "-m", "c3_jax.main", "--config=configs/embeddings_dataset.py",
+         f"--config.embeddings={tmp_path / 'clotho.npz'}",
+         f"--config.captions={tmp_path / 'captions.json'}", "--config.name=clotho_imagebind",
+         f"--config.data_dir={tmp_path / 'data'}", f"--workdir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+        cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["splits"] == {"train": 4, "test": 2}
+    test = builders.data_source(result["dataset_dir"], "test")
+    np.testing.assert_array_equal(test[1]["audio_embedding"], audio[5])
+    np.testing.assert_array_equal(test[1]["text_embedding"], text[5].astype(np.float32))
+    assert test[1]["caption"] == b"a bell"

@@ -63,17 +63,23 @@ def _check_splits(splits, captions):
                              f"{next(iter(lengths.values()))} rows")
 
 
+def _storage(a: np.ndarray) -> np.ndarray:
+    """Floating arrays are stored as float32 (embeddings need no more); others as they are."""
+    return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+
+
 def build_pairs_dataset(name: str, data_dir: str,
                         splits: Mapping[str, Mapping[str, np.ndarray]],
                         captions: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """Writes ``splits`` ({split: {field: [n, ...] array}}) as TFDS dataset ``name``.
 
-    Rows keep their order (example i is row i). TFDS writes into an ``incomplete.*``
+    Rows keep their order (example i is row i); floating arrays are stored as float32. TFDS writes into an ``incomplete.*``
     directory and renames it when done, so a failed build never looks complete.
     Returns the dataset directory, readable with ``tfds.builder_from_directory``.
     """
     _check_splits(splits, captions)
-    splits = {s: {k: np.asarray(v) for k, v in arrays.items()} for s, arrays in splits.items()}
+    splits = {s: {k: _storage(np.asarray(v)) for k, v in arrays.items()}
+              for s, arrays in splits.items()}
     cls = types.new_class(name, (_ArrayPairs,), {"skip_registration": True},
                           lambda ns: ns.update(name=name))
     builder = cls(splits=splits, captions=captions, data_dir=data_dir,

@@ -1,0 +1,29 @@
+"""Config-driven dataset building: precomputed embeddings (any space) -> TFDS dataset."""
+from __future__ import annotations
+
+import json
+import os
+
+from c3_jax.data import builders
+from c3_jax.workdir import Workdir
+
+FIELDS = {"embeddings_dataset": {"embeddings": str, "captions": str, "name": str,
+                                 "data_dir": str}}
+
+
+def run_embeddings_dataset(config, wd: Workdir) -> dict:
+    """Writes the arrays of an .npz keyed '<split>/<field>' (plus optional captions) as TFDS."""
+    splits = builders.load_npz_splits(config.embeddings)
+    captions = None
+    if config.captions:
+        if not os.path.exists(config.captions):
+            raise FileNotFoundError(f"captions file {config.captions} does not exist")
+        with open(config.captions) as f:
+            captions = json.load(f)
+        missing = sorted(set(splits) - set(captions))
+        if missing:
+            raise ValueError(f"{config.captions} has no captions for split(s) {missing}")
+    path = builders.build_pairs_dataset(config.name, config.data_dir, splits, captions)
+    return {"dataset_dir": path,
+            "splits": {s: len(next(iter(a.values()))) for s, a in splits.items()},
+            "fields": {s: {k: list(v.shape[1:]) for k, v in a.items()} for s, a in splits.items()}}
