@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import os
 
+from typing import Callable
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -61,3 +64,15 @@ def check_tree(params, expected, what: str):
         raise ValueError(f"{what}: checkpoint does not fit the architecture; missing {missing[:5]}, "
                          f"unexpected {extra[:5]}, wrong shapes "
                          f"{[(k, got[k], want[k]) for k in wrong[:5]]}")
+
+
+def load_pretrained(path: str, config_from_hf: Callable, make_module: Callable,
+                    convert: Callable, example_inputs: Callable, what: str):
+    """Config, module and checked params of a Hugging Face checkpoint directory."""
+    config = config_from_hf(read_config(path))
+    module = make_module(config)
+    params = jax.tree.map(jnp.asarray, convert(read_state_dict(path), config))
+    expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
+                              *example_inputs(config))["params"]
+    check_tree(params, expected, f"{what} checkpoint {path}")
+    return module, params

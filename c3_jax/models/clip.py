@@ -180,12 +180,7 @@ def convert_hf(sd: dict, config: CLIPConfig) -> dict:
 
 def from_pretrained(path: str, dtype=jnp.float32):
     """Loads a Hugging Face CLIPModel directory: returns ``(module, params)``."""
-    config = CLIPConfig.from_hf(checkpoint.read_config(path))
-    module = CLIP(config, dtype)
-    params = jax.tree.map(jnp.asarray, convert_hf(checkpoint.read_state_dict(path), config))
-    size = config.image_size
-    expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                              jnp.zeros((1, config.num_channels, size, size)),
-                              jnp.zeros((1, 2), jnp.int32))["params"]
-    checkpoint.check_tree(params, expected, f"CLIP checkpoint {path}")
-    return module, params
+    example = lambda c: (jnp.zeros((1, c.num_channels, c.image_size, c.image_size)),
+                         jnp.zeros((1, 2), jnp.int32))
+    return checkpoint.load_pretrained(path, CLIPConfig.from_hf, lambda c: CLIP(c, dtype),
+                                      convert_hf, example, "CLIP")

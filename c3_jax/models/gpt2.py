@@ -129,10 +129,6 @@ def convert_hf(sd: dict, config: GPT2Config) -> dict:
 
 def from_pretrained(path: str, dtype=jnp.float32):
     """Loads a Hugging Face GPT-2 directory: returns ``(module, params)``."""
-    config = GPT2Config.from_hf(checkpoint.read_config(path))
-    module = GPT2(config, dtype)
-    params = jax.tree.map(jnp.asarray, convert_hf(checkpoint.read_state_dict(path), config))
-    expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                              jnp.zeros((1, 2), jnp.int32))["params"]
-    checkpoint.check_tree(params, expected, f"GPT-2 checkpoint {path}")
-    return module, params
+    return checkpoint.load_pretrained(path, GPT2Config.from_hf, lambda c: GPT2(c, dtype),
+                                      convert_hf, lambda c: (jnp.zeros((1, 2), jnp.int32),),
+                                      "GPT-2")
