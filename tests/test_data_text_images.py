@@ -67,3 +67,42 @@ def test_tokenizer_and_caption_encoding(tmp_path):
 def test_tokenizer_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         text.load_tokenizer(str(tmp_path))
+
+
+def _byte_chars():
+    """The 256 printable characters byte-level BPE vocabularies use for bytes."""
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    out, extra = [], 0
+    for b in range(256):
+        out.append(chr(b) if b in printable else chr(256 + extra))
+        extra += b not in printable
+    return out
+
+
+def _tiny_clip_tokenizer_files(path):
+    """vocab.json + merges.txt in CLIP's format (words end in '</w>'), no tokenizer.json."""
+    import json
+    chars = _byte_chars()
+    merges = ["r e", "re d</w>", "c i", "ci r", "cir c", "circ l", "circl e</w>", "a </w>"]
+    vocab = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
+    vocab += ["</w>", "<|startoftext|>", "<|endoftext|>"]
+    path.mkdir(exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+
+
+def test_clip_tokenizer_from_vocab_and_merges(tmp_path):
+    _tiny_clip_tokenizer_files(tmp_path / "clip")
+    ours = text.load_tokenizer(str(tmp_path / "clip"))
+    ref = transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "clip"))
+    for caption in ["a red circle", "A RED  circle!", "circles are red"]:
+        assert ours(caption)["input_ids"] == ref(caption)["input_ids"]
+    got = ours(["a red circle", "red"], padding="max_length", max_length=8)
+    want = ref(["a red circle", "red"], padding="max_length", max_length=8)
+    assert got["input_ids"] == want["input_ids"]
+    assert got["attention_mask"] == want["attention_mask"]
+    assert ours("a red circle")["input_ids"][-1] == ref.eos_token_id
