@@ -200,9 +200,8 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
         gather = lambda e: prep(np.take(e, rows.ravel(), axis=0).reshape(*rows.shape, -1))
         parts.append(_chunk_summaries(gather(e_x), gather(e_y)))
     gaps = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
-    eps_sums = [p[1] for p in parts]
     stack = lambda k: [np.concatenate([np.ravel(p[k][i]) for p in parts]) for i in range(4)]
-    noise_mean = np.sum([np.asarray(e, np.float64) for e in eps_sums], 0) / idx.size
+    noise_mean = np.sum([np.asarray(p[1], np.float64) for p in parts], 0) / idx.size
     return {
         "num_groups": int(idx.shape[0]),
         "group_size": group_size,
@@ -213,14 +212,6 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
         "noise_direction": _moment_summary(stack(3)),
         "mean_gap_vector": gaps.mean(0),
     }
-
-
-def modality_gap(e_x, e_y, normalize_inputs: bool = True) -> float:
-    """|mean(e_x) - mean(e_y)|: the l2 distance between the modality means."""
-    x, y = jnp.asarray(e_x), jnp.asarray(e_y)
-    if normalize_inputs:
-        x, y = normalize(x), normalize(y)
-    return float(jnp.linalg.norm(x.mean(0) - y.mean(0)))
 
 
 # ---------------------------------------------------------------------------
