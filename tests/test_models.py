@@ -149,6 +149,22 @@ def test_gpt2_prefix_embeddings_with_padding(tmp_path):
     np.testing.assert_allclose(np.asarray(got)[valid], want.numpy()[valid], rtol=1e-4, atol=1e-4)
 
 
+def test_gpt2_prefix_before_token_ids_matches_transformers(tmp_path):
+    ref = _tiny_gpt2(tmp_path)
+    module, params = gpt2.from_pretrained(str(tmp_path))
+    rng = np.random.default_rng(7)
+    prefix = rng.normal(size=(2, 3, 32)).astype(np.float32)
+    ids = rng.integers(0, 99, size=(2, 6))
+    mask = np.array([[1] * 9, [1] * 7 + [0] * 2])
+    with torch.no_grad():
+        tokens = ref.transformer.wte(torch.tensor(ids))
+        want = ref(inputs_embeds=torch.cat([torch.tensor(prefix), tokens], 1),
+                   attention_mask=torch.tensor(mask)).logits.numpy()
+    got = np.asarray(module.apply({"params": params}, ids, attention_mask=mask, prefix=prefix))
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-4)
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         clip.from_pretrained(str(tmp_path / "nowhere"))

@@ -39,9 +39,11 @@ class GPT2Config:
 class GPT2(nn.Module):
     """GPT-2 LM head model with tied input/output embeddings; returns logits [B, L, V].
 
-    For incremental decoding pass ``cache`` (from ``init_cache``) and the position
-    ``index`` of the first new token; ``attention_mask`` then covers all cache slots
-    [B, S], and the call returns ``(logits, cache)``.
+    ``prefix`` [B, P, width] embeddings (e.g. a ClipCap mapper's output) are placed
+    before the tokens; ``attention_mask`` then covers prefix and tokens. For incremental
+    decoding pass ``cache`` (from ``init_cache``) and the position ``index`` of the first
+    new token; ``attention_mask`` then covers all cache slots [B, S], and the call
+    returns ``(logits, cache)``.
     """
     config: GPT2Config = GPT2Config()
     dtype: Any = jnp.float32
@@ -49,13 +51,16 @@ class GPT2(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Optional[jax.Array] = None,
                  inputs_embeds: Optional[jax.Array] = None,
-                 attention_mask: Optional[jax.Array] = None, cache=None, index=0):
+                 attention_mask: Optional[jax.Array] = None, cache=None, index=0,
+                 prefix: Optional[jax.Array] = None):
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         wte = nn.Embed(c.vocab_size, c.width, dtype=self.dtype, name="wte",
                        embedding_init=nn.initializers.normal(0.02))
         x = wte(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        if prefix is not None:
+            x = jnp.concatenate([prefix.astype(self.dtype), x], axis=1)
         length = x.shape[1]
         slots = length if cache is None else cache[0][0].shape[1]
         if slots > c.max_positions:
