@@ -22,8 +22,12 @@ setup(
         "grain",
         "array_record",
         "orbax-checkpoint",
+        "transformers>=5",  # tokenizers only (AutoTokenizer from a local directory)
+        "tokenizers",
+        "pycocoevalcap>=1.2",  # caption metrics; needs a Java runtime
+        "tensorboardX",  # TensorBoard event files without TensorFlow
     ],
-    # torch and transformers are the independent references the tests compare against.
+    # torch (with transformers' models) is the independent reference the tests compare against.
     # Pin torch: this workplace serves a local CPU build of exactly 2.13.0.
-    extras_require={"test": ["pytest", "scipy", "transformers>=5", "torch==2.13.0"]},
+    extras_require={"test": ["pytest", "scipy", "torch==2.13.0"]},
 )

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import time
 from typing import Callable, Mapping
 
@@ -20,7 +22,11 @@ EXPERIMENTS = {
     "geometry_mlp_collapse": "c3_jax.geometry_runs:run_mlp_collapse",
     "geometry_embeddings": "c3_jax.geometry_runs:run_embeddings",
     "embeddings_dataset": "c3_jax.data.dataset_runs:run_embeddings_dataset",
+    "caption": "c3_jax.train.captioning:run_caption",
+    "caption_gap_sensitivity": "c3_jax.train.captioning:run_gap_sensitivity",
 }
+# Experiments that resume from the checkpoints in their workdir (and keep its metrics).
+RESUMABLE = {"caption", "caption_gap_sensitivity"}
 
 
 class ConfigError(ValueError):
@@ -65,12 +71,26 @@ def resolve(config) -> Callable:
     return getattr(module, fn_name)
 
 
+def _check_same_run(wd: Workdir, config: dict) -> None:
+    """A resumable run's workdir must hold nothing or a run of the same config."""
+    if not os.path.exists(wd.file("config.json")):
+        return
+    old = wd.read_json("config.json")
+    if old != json.loads(json.dumps(config)):
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise ConfigError(f"--workdir {wd.path} holds a run of another config (fields {changed} "
+                          "differ); resume it with its own config or use a new --workdir")
+
+
 def run(config, workdir: str) -> dict:
     """Validates ``config``, runs its experiment in ``workdir`` and writes the outputs."""
     fn = resolve(config)
     wd = Workdir(workdir)
+    if config.experiment in RESUMABLE:
+        _check_same_run(wd, config.to_dict())
+    else:
+        wd.reset_metrics()
     wd.write_json("config.json", config.to_dict())
-    wd.reset_metrics()
     start = time.time()
     results = fn(config, wd)
     results["wall_time_s"] = time.time() - start

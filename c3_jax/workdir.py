@@ -49,6 +49,21 @@ class Workdir:
         """Starts an empty metrics.jsonl (runs that resume append instead)."""
         open(self.file("metrics.jsonl"), "w").close()
 
+    def truncate_metrics(self, step: int) -> None:
+        """Keeps the metrics of steps <= ``step`` (a resumed run re-logs the later ones)."""
+        rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        tmp = self.file("metrics.jsonl.tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, self.file("metrics.jsonl"))
+
+    def read_metrics(self) -> list:
+        """The rows of metrics.jsonl (none if it does not exist)."""
+        if not os.path.exists(self.file("metrics.jsonl")):
+            return []
+        with open(self.file("metrics.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
     def log_metrics(self, step: int, metrics: dict) -> None:
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(to_jsonable({"step": int(step), **metrics})) + "\n")

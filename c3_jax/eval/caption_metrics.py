@@ -1,0 +1,187 @@
+"""COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) via pycocoevalcap.
+
+Both sides are tokenized with pycocoevalcap's PTBTokenizer (lower-cased, punctuation
+dropped), as the COCO caption evaluation server does. METEOR, the tokenizer and SPICE
+are Java programs: a JRE on PATH is required. The METEOR JVM takes ~5 s to load its
+paraphrase table, so one instance is started lazily and reused across calls. SPICE needs
+the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap would download on first use; this
+module never downloads anything and reports SPICE as skipped when they are absent.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import threading
+from typing import Hashable, Mapping, Sequence
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice import get_stanford_models as _spice_models
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+_CORENLP_URL = f"http://nlp.stanford.edu/software/{_spice_models.CORENLP}.zip"
+
+_meteor: Meteor | None = None
+_meteor_lock = threading.Lock()
+
+
+def score_captions(predictions: Mapping[Hashable, str],
+                   references: Mapping[Hashable, Sequence[str]],
+                   spice: bool = True) -> dict:
+    """Corpus-level COCO caption scores of one predicted caption per id against its references."""
+    ids = _check_inputs(predictions, references)
+    if shutil.which("java") is None:
+        raise RuntimeError("Caption metrics need Java (PTBTokenizer, METEOR and SPICE are Java "
+                           "programs): install a JRE, e.g. `apt-get install default-jre-headless`.")
+    # Integer keys: SPICE round-trips ids through JSON and sorts them; scores don't depend on keys.
+    gts = _tokenize({i: list(references[k]) for i, k in enumerate(ids)})
+    res = _tokenize({i: [predictions[k]] for i, k in enumerate(ids)})
+    empty_refs = [ids[i] for i, refs in gts.items() if any(not r for r in refs)]
+    if empty_refs:
+        raise ValueError(f"References empty after PTB tokenization (blank or punctuation only) "
+                         f"for ids {_preview(empty_refs)}")
+
+    out: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        out.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
+        out["METEOR"] = _meteor_score(gts, res)
+        out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+        skip = _spice_skip_reason(spice)
+        if skip is None:
+            score, skip = _spice_score(gts, res)
+            if score is not None:
+                out["SPICE"] = score
+        if skip is not None:
+            out["SPICE_skipped"] = skip
+    return out
+
+
+def _check_inputs(predictions: Mapping[Hashable, str],
+                  references: Mapping[Hashable, Sequence[str]]) -> list:
+    """Validate ids and types; return the ids in prediction order."""
+    if not predictions:
+        raise ValueError("No predictions to score")
+    missing = [k for k in references if k not in predictions]
+    extra = [k for k in predictions if k not in references]
+    if missing or extra:
+        raise ValueError(f"Prediction and reference ids differ: {len(missing)} id(s) without a "
+                         f"prediction {_preview(missing)}, {len(extra)} prediction id(s) without "
+                         f"references {_preview(extra)}")
+    for k, caption in predictions.items():
+        if not isinstance(caption, str):
+            raise TypeError(f"Prediction for id {k!r} must be a str, got {type(caption).__name__}")
+    for k, refs in references.items():
+        if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"References for id {k!r} must be a sequence of str, got {refs!r:.80}")
+        if len(refs) == 0:
+            raise ValueError(f"No references for id {k!r}")
+    return list(predictions)
+
+
+def _preview(ids: list, n: int = 10) -> str:
+    """At most n ids, for error messages."""
+    return repr(ids[:n])[:-1] + (", ...]" if len(ids) > n else "]")
+
+
+def _tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
+    """PTB-tokenize captions; blank ones stay '' without going through the tokenizer."""
+    # Any line break (\r, \u2028, ...) would split a caption into two tokenizer lines and
+    # shift every later caption onto the wrong id: fold all whitespace to single spaces.
+    flat = {k: [" ".join(c.split()) for c in caps] for k, caps in captions.items()}
+    to_tokenize = {(k, j): [{"caption": c}] for k, caps in flat.items()
+                   for j, c in enumerate(caps) if c}
+    tokenized = PTBTokenizer().tokenize(to_tokenize) if to_tokenize else {}
+    if tokenized.keys() != to_tokenize.keys() or any(len(v) != 1 for v in tokenized.values()):
+        raise RuntimeError("PTBTokenizer output does not line up with its input captions")
+    return {k: [tokenized[(k, j)][0] if c else "" for j, c in enumerate(caps)]
+            for k, caps in flat.items()}
+
+
+def _meteor_score(gts: dict, res: dict) -> float:
+    """Corpus METEOR with a lazily started, reused METEOR JVM."""
+    global _meteor
+    with _meteor_lock:
+        if _meteor is None or _meteor.meteor_p.poll() is not None:
+            _meteor = Meteor()
+        try:
+            return float(_meteor.compute_score(gts, res)[0])
+        except Exception as e:
+            broken, _meteor = _meteor, None
+            _close_meteor(broken)
+            raise RuntimeError("METEOR (java -jar meteor-1.5.jar) failed; is Java >= 8 installed "
+                               "and is 2 GB of memory free for its JVM?") from e
+
+
+def _close_meteor(meteor: Meteor | None = None) -> None:
+    """Kill a METEOR JVM (default: the cached one), leaving its lock free for Meteor.__del__."""
+    meteor = meteor if meteor is not None else _meteor
+    if meteor is None:
+        return
+    if meteor.lock.locked():  # compute_score raised while holding it; __del__ would deadlock
+        meteor.lock.release()
+    meteor.meteor_p.kill()
+    meteor.meteor_p.wait()
+
+
+atexit.register(_close_meteor)
+
+
+def _spice_jars() -> list[str]:
+    """Paths of the CoreNLP jars that SPICE needs and pycocoevalcap would otherwise download."""
+    lib = os.path.join(os.path.abspath(_spice_models.SPICEDIR), _spice_models.SPICELIB)
+    return [os.path.join(lib, f"{_spice_models.JAR}{suffix}.jar") for suffix in ("", "-models")]
+
+
+def _spice_skip_reason(spice: bool) -> str | None:
+    """Why SPICE cannot run without touching the network, or None if it can."""
+    if not spice:
+        return "disabled (spice=False)"
+    missing = [p for p in _spice_jars() if not os.path.exists(p)]
+    if missing:
+        return (f"Stanford CoreNLP models missing: {', '.join(missing)}. Get them from "
+                f"{_CORENLP_URL} (copy {_spice_models.JAR}.jar and {_spice_models.JAR}-models.jar "
+                f"into {os.path.dirname(missing[0])}), or run `python -m "
+                f"pycocoevalcap.spice.get_stanford_models` once (downloads ~400 MB).")
+    return None
+
+
+def _spice_score(gts: dict, res: dict) -> tuple[float | None, str | None]:
+    """Corpus SPICE, or (None, reason) if the SPICE jar fails."""
+    from pycocoevalcap.spice.spice import Spice  # Spice() only downloads when the jars are absent
+    try:
+        return float(Spice().compute_score(gts, res)[0]), None
+    except subprocess.CalledProcessError as e:
+        return None, (f"SPICE jar failed ({e}); spice-1.0.jar is known to fail on Java >= 16 "
+                      f"(its fst cache needs --add-opens); Java 8 or 11 works.")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def rouge_n(predictions: Sequence[str], references: Sequence[Sequence[str]], n: int = 1) -> float:
+    """Mean ROUGE-N F1 (n-gram overlap, best reference per caption; lower-cased words)."""
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
+    grams = lambda words: collections.Counter(zip(*(words[i:] for i in range(n))))
+    total = 0.0
+    for pred, refs in zip(predictions, references):
+        p, best = grams(_words(pred)), 0.0
+        for ref in refs:
+            r = grams(_words(ref))
+            overlap = sum((p & r).values())
+            if overlap:
+                prec, rec = overlap / sum(p.values()), overlap / sum(r.values())
+                best = max(best, 2 * prec * rec / (prec + rec))
+        total += best
+    return total / len(predictions)

@@ -1,0 +1,100 @@
+"""Caption data for the captioner: (embedding, caption) pairs from a TFDS embeddings dataset.
+
+A row of the dataset holds one or more captions and either one embedding per caption
+([k, d], e.g. CLIP text embeddings) or one for the row ([d], e.g. the image embedding,
+paired with each of its captions). Rows are flattened into pairs, one per caption.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from c3_jax import c3
+from c3_jax.data.text import encode_captions
+
+
+def _captions(example, field: str) -> list:
+    value = example[field]
+    items = [value] if isinstance(value, (bytes, str)) else list(value)
+    return [c.decode() if isinstance(c, bytes) else str(c) for c in items]
+
+
+class CaptionPairs:
+    """Random-access (embedding, caption) pairs over ``rows`` of a data source."""
+
+    def __init__(self, source, embedding_field: str, caption_field: str = "caption",
+                 rows: Optional[Sequence[int]] = None):
+        if len(source) == 0:
+            raise ValueError("the split is empty")
+        first = source[0]
+        for field in (embedding_field, caption_field):
+            if field not in first:
+                raise KeyError(f"dataset has no field {field!r}; it has {sorted(first)}")
+        self.source, self.field, self.caption_field = source, embedding_field, caption_field
+        self.k = len(_captions(first, caption_field))
+        self.per_caption = np.ndim(first[embedding_field]) == 2
+        if self.per_caption and first[embedding_field].shape[0] != self.k:
+            raise ValueError(f"{embedding_field!r} has {first[embedding_field].shape[0]} rows "
+                             f"for {self.k} captions")
+        self.rows = np.arange(len(source)) if rows is None else np.asarray(rows)
+        self.dim = first[embedding_field].shape[-1]
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.k
+
+    def __repr__(self) -> str:  # grain checks it when restoring an iterator
+        digest = hashlib.sha1(np.ascontiguousarray(self.rows, np.int64).tobytes()).hexdigest()[:12]
+        return (f"CaptionPairs({self.source!r}, field={self.field!r}, "
+                f"captions={self.caption_field!r}, rows={len(self.rows)}:{digest})")
+
+    def __getitem__(self, i: int) -> dict:
+        row, j = divmod(int(i), self.k)
+        ex = self.source[int(self.rows[row])]
+        e = ex[self.field][j] if self.per_caption else ex[self.field]
+        return {"embedding": np.asarray(e, np.float32),
+                "caption": _captions(ex, self.caption_field)[j]}
+
+
+def tokenize_fn(tokenizer, max_length: int, truncate: bool) -> Callable[[dict], dict]:
+    """Maps a pair to {'embedding', 'ids', 'mask'} (EOS appended, padded) for batching."""
+    def tokenize(pair: dict) -> dict:
+        ids, mask = encode_captions(tokenizer, [pair["caption"]], max_length, truncate)
+        return {"embedding": pair["embedding"], "ids": ids[0], "mask": mask[0]}
+    return tokenize
+
+
+def fraction_rows(num_rows: int, fraction: float, seed: int) -> np.ndarray:
+    """The first ``fraction`` of a seeded permutation of rows (semi-supervised subsets)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_fraction={fraction} must be in (0, 1]")
+    count = max(1, int(round(fraction * num_rows)))
+    return np.sort(np.random.default_rng(seed).permutation(num_rows)[:count])
+
+
+def field_mean(source, field: str, batch: int = 1024, desc: str = "") -> np.ndarray:
+    """Mean of the normalized ``field`` embeddings over a split (every caption's, if [k, d])."""
+    acc = c3.RunningMean()
+    for start in tqdm(range(0, len(source), batch), desc=desc or f"mean of {field}",
+                      unit="batch", leave=False):
+        rows = [source[i][field] for i in range(start, min(start + batch, len(source)))]
+        acc.update(np.concatenate([np.reshape(r, (-1, np.shape(r)[-1])) for r in rows]))
+    return acc.result().astype(np.float32)
+
+
+def eval_rows(source, field: str, caption_field: str, limit: int = 0):
+    """Embeddings [n, d] (the row's embedding, or its first caption's) and each row's
+    reference captions, for the first ``limit`` rows (all when 0)."""
+    n = len(source) if limit <= 0 else min(limit, len(source))
+    embeddings, references = [], []
+    for i in range(n):
+        ex = source[i]
+        e = np.asarray(ex[field], np.float32)
+        embeddings.append(e[0] if e.ndim == 2 else e)
+        references.append(_captions(ex, caption_field))
+    embeddings = np.stack(embeddings)
+    if not np.isfinite(embeddings).all():
+        raise ValueError(f"{field!r} embeddings contain NaN or Inf")
+    return embeddings, references

@@ -1,0 +1,487 @@
+"""C^3 captioning: a ClipCap prefix captioner trained on one modality's embeddings (text,
+for uni-modal training) and evaluated on another's (images, audio, video).
+
+The C^3 transform runs inside one sharded, jitted train step; checkpoints hold the
+state, the data-iterator position and (through the step) the noise RNG, so a run
+resumes exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from tqdm.auto import tqdm
+
+from c3_jax import c3
+from c3_jax.data import builders, pipeline
+from c3_jax.data.text import load_tokenizer
+from c3_jax.models import checkpoint, clipcap, decoding, gpt2
+from c3_jax.train import caption_data as cd
+from c3_jax.train import state as st
+from c3_jax.workdir import Workdir
+
+_MODEL = {"gpt2": str, "gpt2_from_scratch": bool, "freeze_gpt": bool, "mapper": str,
+          "prefix_length": int, "clip_length": int, "mapper_depth": int, "dtype": str}
+_DATA = {"dataset_dir": str, "train_split": str, "val_split": str, "test_split": str,
+         "train_field": str, "eval_field": str, "caption_field": str,
+         "max_caption_tokens": int, "truncate_captions": bool, "train_fraction": float}
+_TRAIN = {"variant": str, "noise_sigma": float, "batch_size": int, "num_epochs": int,
+          "max_steps": int, "lr": float, "warmup_steps": int, "weight_decay": float,
+          "grad_accum": int, "fsdp": int, "seed": int, "log_every": int,
+          "checkpoint_every": int, "keep_checkpoints": int, "val_batches": int,
+          "init_from": str, "restore_from": str}
+_EVAL = {"decode": str, "beam_size": int, "max_decode_tokens": int, "stop_at_period": bool,
+         "eval_batch_size": int, "eval_max_examples": int, "spice": bool}
+FIELDS = {"caption": {**_MODEL, **_DATA, **_TRAIN, **_EVAL},
+          "caption_gap_sensitivity": {**_MODEL, **_DATA, **_TRAIN, **_EVAL,
+                                      "shift_norms": str, "shift_gamma": float}}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def base_config(experiment: str = "caption"):
+    """The paper's COCO captioning setup (DESIGN.md); config files adjust it."""
+    import ml_collections
+    c = ml_collections.ConfigDict()
+    c.experiment = experiment
+    # Model: CLIP ViT-B/32 (512-d) -> MLP mapper -> 10-token prefix -> GPT-2 small, fine-tuned.
+    c.gpt2, c.gpt2_from_scratch, c.freeze_gpt = "checkpoints/gpt2", False, False
+    c.mapper, c.prefix_length, c.clip_length, c.mapper_depth = "mlp", 10, 10, 8
+    c.dtype = "float32"
+    # Data: a dataset written by c3_jax.embed.extract_coco (Karpathy split, restval in train).
+    c.dataset_dir = "data/coco_karpathy_clip/1.0.0"
+    c.train_split, c.val_split, c.test_split = "train", "val", "test"
+    c.train_field, c.eval_field, c.caption_field = "text_embedding", "image_embedding", "caption"
+    c.max_caption_tokens, c.truncate_captions, c.train_fraction = 40, True, 1.0
+    # Training: AdamW lr 2e-5, 5000 warmup steps then linear decay, batch 40, 10 epochs.
+    c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA
+    c.batch_size, c.num_epochs, c.max_steps = 40, 10, 0
+    c.lr, c.warmup_steps, c.weight_decay, c.grad_accum = 2e-5, 5000, 0.01, 1
+    c.fsdp, c.seed = 1, 0
+    c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
+    c.init_from, c.restore_from = "", ""
+    # Evaluation: greedy decoding up to 67 tokens, stopping at EOS or '.', like the reference.
+    c.decode, c.beam_size, c.max_decode_tokens, c.stop_at_period = "greedy", 5, 67, True
+    c.eval_batch_size, c.eval_max_examples, c.spice = 256, 0, True
+    if experiment == "caption_gap_sensitivity":
+        c.variant = "c1"
+        c.shift_norms = "0,0.2,0.4,0.6,0.8,1.0,1.5,2.0"  # Table 6
+        c.shift_gamma = 0.99
+    return c
+
+
+# ---------------------------------------------------------------------------
+# Model and optimizer
+
+
+def build_model(config, dim: int):
+    """The ClipCap module, its initial params (GPT-2 pretrained unless from scratch) and
+    which params train."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype={config.dtype!r}; expected one of {sorted(DTYPES)}")
+    dtype = DTYPES[config.dtype]
+    if config.gpt2_from_scratch:
+        hf = checkpoint.read_config(config.gpt2)
+        gpt_config, gpt_params = gpt2.GPT2Config.from_hf(hf), None
+    else:
+        gpt_module, gpt_params = gpt2.from_pretrained(config.gpt2, dtype)
+        gpt_config = gpt_module.config
+    mapper = clipcap.MapperConfig(config.mapper, config.prefix_length, config.clip_length,
+                                  config.mapper_depth)
+    model = clipcap.ClipCap(mapper, gpt_config, dtype)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, dim)), ids,
+                                 jnp.ones_like(ids))["params"]
+    if gpt_params is not None:
+        params = {**params, "gpt": gpt_params}
+    trainable = {"mapper": jax.tree.map(lambda _: True, params["mapper"]),
+                 "gpt": jax.tree.map(lambda _: not config.freeze_gpt, params["gpt"])}
+    return model, params, trainable
+
+
+def make_optimizer(config, total_updates: int, trainable) -> optax.GradientTransformation:
+    return st.adamw(config.lr, config.warmup_steps, total_updates, config.weight_decay,
+                    trainable if config.freeze_gpt else None, config.grad_accum)
+
+
+def transform_of(config) -> c3.C3Transform:
+    return c3.variant(config.variant, config.noise_sigma)
+
+
+# ---------------------------------------------------------------------------
+# Jitted steps
+
+
+def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
+                    state_sharding):
+    """One sharded step: C^3 transform of the batch, masked caption loss, AdamW update."""
+    prefix_length = model.mapper.prefix_length
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def step(state: st.TrainState, batch: dict, mean, gap_direction, key):
+        rng = jax.random.fold_in(key, state.step)
+
+        def loss_fn(params):
+            e = c3.apply_transform(transform, batch["embedding"], mean, rng=rng, train=True,
+                                   gap_direction=gap_direction)
+            logits = model.apply({"params": params}, e, batch["ids"], batch["mask"])
+            return clipcap.caption_loss(logits, batch["ids"], batch["mask"], prefix_length)
+
+        (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
+        return st.TrainState(state.step + 1, params, opt_state), metrics
+
+    batch_sh = st.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(state_sharding, batch_sh, repl, repl, repl),
+                   out_shardings=(state_sharding, repl), donate_argnums=0)
+
+
+def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh):
+    """Summed caption NLL and token count of a batch (no noise), for validation."""
+    prefix_length = model.mapper.prefix_length
+
+    def fn(params, batch, mean):
+        e = c3.apply_transform(transform, batch["embedding"], mean, train=False)
+        logits = model.apply({"params": params}, e, batch["ids"], batch["mask"])
+        loss, count = clipcap.caption_loss(logits, batch["ids"], batch["mask"], prefix_length)
+        return loss * count, count
+
+    return jax.jit(fn, in_shardings=(None, st.batch_sharding(mesh), None))
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+class _Run:
+    """What training and evaluation share: config, mesh, data sources, tokenizer, model."""
+
+    def __init__(self, config, wd: Workdir):
+        self.config, self.wd = config, wd
+        st.maybe_initialize_distributed()
+        self.mesh = st.make_mesh(config.fsdp)
+        self.train_source = builders.data_source(config.dataset_dir, config.train_split)
+        rows = (None if config.train_fraction >= 1 else
+                cd.fraction_rows(len(self.train_source), config.train_fraction, config.seed))
+        self.pairs = cd.CaptionPairs(self.train_source, config.train_field,
+                                     config.caption_field, rows)
+        self.tokenizer = load_tokenizer(config.gpt2)
+        self.model, self.params, self.trainable = build_model(config, self.pairs.dim)
+        self.transform = transform_of(config)
+        self.means = {}
+
+    def mean(self, field: str) -> np.ndarray:
+        """Modality mean of ``field`` over the whole training split (Algorithm 1)."""
+        if field not in self.means:
+            self.means[field] = cd.field_mean(self.train_source, field)
+        return self.means[field]
+
+    def tokenize(self):
+        return cd.tokenize_fn(self.tokenizer, self.config.max_caption_tokens,
+                              self.config.truncate_captions)
+
+    def gap_direction(self) -> np.ndarray:
+        """Mean eval-modality minus mean train-modality embedding (span_only noise)."""
+        return self.mean(self.config.eval_field) - self.mean(self.config.train_field)
+
+
+def _check_batch(config, pairs) -> int:
+    n = jax.device_count()
+    if config.batch_size % n or config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the "
+                         f"{n} devices")
+    if len(pairs) < config.batch_size:
+        raise ValueError(f"{len(pairs)} training pairs are fewer than batch_size="
+                         f"{config.batch_size}")
+    return config.batch_size // jax.process_count()
+
+
+def total_steps(config, num_pairs: int) -> int:
+    """Micro-steps of the run: ``max_steps``, or ``num_epochs`` over the pairs."""
+    return config.max_steps if config.max_steps > 0 else (
+        config.num_epochs * (num_pairs // config.batch_size))
+
+
+def _loader(run: _Run, pairs, local_batch: int, seed: int, epochs=None, shuffle=True):
+    return pipeline.make_loader(pairs, local_batch, seed, shuffle=shuffle, num_epochs=epochs,
+                                transform=run.tokenize())
+
+
+def _validation_loss(run: _Run, params, eval_loss, mean) -> Optional[float]:
+    config = run.config
+    if config.val_batches <= 0 or not config.val_split:
+        return None
+    source = builders.data_source(config.dataset_dir, config.val_split)
+    pairs = cd.CaptionPairs(source, config.train_field, config.caption_field)
+    batch = min(config.batch_size, len(pairs) // jax.device_count() * jax.device_count())
+    if batch == 0:
+        return None
+    loader = _loader(run, pairs, batch // jax.process_count(), 0, epochs=1, shuffle=False)
+    total, count = 0.0, 0.0
+    for i, local in enumerate(loader):
+        if i >= config.val_batches:
+            break
+        s, c = eval_loss(params, pipeline.global_batch(local, st.batch_sharding(run.mesh)), mean)
+        total, count = total + float(s), count + float(c)
+    return total / max(count, 1.0)
+
+
+def _initial_state(run: _Run, tx, shardings) -> st.TrainState:
+    params = run.params
+    if run.config.init_from:
+        params = restore_run_params(run, run.config.init_from)
+    params = jax.device_put(params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    return st.TrainState(step, params, opt_state)
+
+
+def _state_shardings(run: _Run, tx):
+    abstract = jax.eval_shape(lambda p: st.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+                              run.params)
+    return abstract, st.state_shardings(run.mesh, abstract)
+
+
+def train(run: _Run) -> tuple:
+    """Trains (or resumes) in ``run.wd``; returns (params, training summary)."""
+    config, wd = run.config, run.wd
+    local_batch = _check_batch(config, run.pairs)
+    steps = total_steps(config, len(run.pairs))
+    tx = make_optimizer(config, max(steps // config.grad_accum, 1), run.trainable)
+    abstract, shardings = _state_shardings(run, tx)
+    mean = run.mean(config.train_field)
+    gap = run.gap_direction() if run.transform.noise == "span_only" else np.zeros_like(mean)
+    step_fn = make_train_step(run.model, tx, run.transform, run.mesh, shardings)
+    eval_loss = make_eval_loss(run.model, run.transform, run.mesh)
+    data = iter(_loader(run, run.pairs, local_batch, config.seed))
+    ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    start = ckpts.latest_step() or 0
+    if start:
+        state = ckpts.restore(st.abstract(abstract, shardings), data)
+        logging.info("resumed from step %d in %s", start, ckpts.directory)
+    else:
+        state = _initial_state(run, tx, shardings)
+    wd.truncate_metrics(start)
+    key = jax.random.key(config.seed)
+    writer = _tensorboard(wd)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step")
+    summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs)}
+    for i in bar:
+        batch = pipeline.global_batch(next(data), st.batch_sharding(run.mesh))
+        state, metrics = step_fn(state, batch, mean, gap, key)
+        done = i + 1
+        if done % config.log_every == 0 or done == steps:
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _log(wd, writer, done, host)
+            bar.set_postfix(loss=f"{host['loss']:.4f}")
+            summary["final_loss"] = host["loss"]
+        if done % config.checkpoint_every == 0 or done == steps:
+            val = _validation_loss(run, state.params, eval_loss, mean)
+            if val is not None:
+                _log(wd, writer, done, {"val_loss": val})
+                summary["val_loss"] = val
+            ckpts.save(done, state, data, best_value=val)
+    ckpts.wait()
+    ckpts.close()
+    if writer is not None:
+        writer.close()
+    return state.params, summary
+
+
+def _tensorboard(wd: Workdir):
+    if jax.process_index() != 0:
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        logging.warning("tensorboardX is not installed; metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(wd.file("tensorboard"))
+
+
+def _log(wd: Workdir, writer, step: int, metrics: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    wd.log_metrics(step, metrics)
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(k, v, step)
+
+
+def restore_run_params(run: _Run, run_dir: str):
+    """Params of another run's checkpoint (its best by validation, else its latest)."""
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory; pass the --workdir "
+                                "of a finished captioning run")
+    tx = make_optimizer(run.config, 1, run.trainable)
+    abstract, shardings = _state_shardings(run, tx)
+    return st.restore_params(directory, st.abstract(abstract, shardings))
+
+
+# ---------------------------------------------------------------------------
+# Decoding and evaluation
+
+
+def _stop_ids(tokenizer, at_period: bool) -> tuple:
+    stops = [tokenizer.eos_token_id]
+    if at_period:
+        period = tokenizer(".", add_special_tokens=False)["input_ids"]
+        if len(period) == 1:
+            stops.append(period[0])
+    return tuple(sorted(set(stops)))
+
+
+def _decode_text(tokenizer, tokens: np.ndarray, stops: tuple) -> str:
+    tokens = list(tokens)
+    for i, t in enumerate(tokens):
+        if t in stops:
+            tokens = tokens[:i + (t != tokenizer.eos_token_id)]  # keep '.', drop EOS
+            break
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def generate(run: _Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray],
+             shift: Optional[np.ndarray] = None) -> list:
+    """Captions of raw ``embeddings`` [n, d]: C^3 transform (eval mode: normalize, and
+    collapse with ``mean``), optional constant ``shift``, mapper, then decoding."""
+    config = run.config
+    decoder = gpt2.GPT2(run.model.gpt, run.model.dtype)
+    stops = _stop_ids(run.tokenizer, config.stop_at_period)
+    mean = jnp.zeros(embeddings.shape[1]) if mean is None else jnp.asarray(mean)
+    shift = jnp.zeros(embeddings.shape[1]) if shift is None else jnp.asarray(shift)
+    transform = dataclasses.replace(run.transform, noise="none")
+    prefix_fn = jax.jit(lambda p, e: run.model.apply(
+        {"params": p}, c3.apply_transform(transform, e, mean) + shift, method="prefix"))
+    decode = _decoder(config, decoder, stops, run.tokenizer.eos_token_id)
+    sharding = st.batch_sharding(run.mesh)
+    batch, n, out = _eval_batch(config), len(embeddings), []
+    for start in tqdm(range(0, n, batch), desc="captions", unit="batch", leave=False):
+        chunk = embeddings[start:start + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
+        e = jax.make_array_from_callback(padded.shape, sharding, lambda idx: padded[idx])
+        tokens = st.to_host(decode(params["gpt"], prefix_fn(params, e)))[:len(chunk)]
+        out.extend(_decode_text(run.tokenizer, row, stops) for row in tokens)
+    return out
+
+
+def _eval_batch(config) -> int:
+    n = jax.device_count()
+    return max(n, config.eval_batch_size // n * n)
+
+
+def _decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int):
+    if config.decode == "greedy":
+        return lambda p, prefix: decoding.greedy(module, p, prompt_embeds=prefix,
+                                                 max_new_tokens=config.max_decode_tokens,
+                                                 stop_ids=stops, pad_id=pad_id)
+    if config.decode == "beam":
+        return lambda p, prefix: decoding.beam_search(
+            module, p, prompt_embeds=prefix, beam_size=config.beam_size,
+            max_new_tokens=config.max_decode_tokens, stop_ids=stops, pad_id=pad_id)[0]
+    raise ValueError(f"decode={config.decode!r}; expected 'greedy' or 'beam'")
+
+
+def evaluate(run: _Run, params) -> dict:
+    """Captions the test split's ``eval_field`` embeddings (collapsed with that modality's
+    mean when the variant collapses) and scores them against the references."""
+    from c3_jax.eval.caption_metrics import score_captions
+    config = run.config
+    source = builders.data_source(config.dataset_dir, config.test_split)
+    embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
+                                    config.eval_max_examples)
+    _check_width(embeddings, run.pairs.dim, config.eval_field)
+    mean = run.mean(config.eval_field) if run.transform.collapse else None
+    captions = generate(run, params, embeddings, mean)
+    metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
+                             spice=config.spice)
+    run.wd.write_json("captions_test.json", [{"prediction": c, "references": r}
+                                            for c, r in zip(captions, refs)])
+    return {"metrics": metrics, "num_test": len(captions),
+            "samples": [{"prediction": c, "reference": r[0]} for c, r in
+                        zip(captions[:5], refs[:5])]}
+
+
+def _check_width(embeddings: np.ndarray, dim: int, field: str) -> None:
+    if embeddings.shape[1] != dim:
+        raise ValueError(f"{field!r} embeddings are {embeddings.shape[1]}-d but the captioner "
+                         f"was built for {dim}-d training embeddings")
+
+
+# ---------------------------------------------------------------------------
+# Experiments
+
+
+def _train_or_restore(run: _Run) -> tuple:
+    if run.config.restore_from:
+        return restore_run_params(run, run.config.restore_from), {"restored_from":
+                                                                  run.config.restore_from}
+    return train(run)
+
+
+def run_caption(config, wd: Workdir) -> dict:
+    """Train on ``train_field`` (text: uni-modal), evaluate on ``eval_field`` (images)."""
+    run = _Run(config, wd)
+    params, summary = _train_or_restore(run)
+    result = evaluate(run, params)
+    _plot_loss(wd)
+    return {**summary, **result, "variant": config.variant, "sigma": config.noise_sigma}
+
+
+def run_gap_sensitivity(config, wd: Workdir) -> dict:
+    """Appendix G / Table 6: trained on ``train_field``, evaluated on the test split's same
+    modality shifted by a constant c orthogonal to its span, for each |c|."""
+    from c3_jax import geometry
+    from c3_jax.eval.caption_metrics import rouge_n, score_captions
+    run = _Run(config, wd)
+    params, summary = _train_or_restore(run)
+    source = builders.data_source(config.dataset_dir, config.test_split)
+    embeddings, _ = cd.eval_rows(source, config.train_field, config.caption_field,
+                                 config.eval_max_examples)
+    own = [[r] for r in _first_captions(source, config)]
+    mean = run.mean(config.train_field) if run.transform.collapse else None
+    unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
+                                     jax.random.key(config.seed), config.shift_gamma)
+    rows = {}
+    for norm in _floats(config.shift_norms):
+        captions = generate(run, params, embeddings, mean, shift=norm * unit)
+        scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)), spice=False)
+        rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1), "ROUGE-L": scores["ROUGE-L"],
+                             "METEOR": scores["METEOR"], "sample": captions[0]}
+    _plot_gap_sensitivity(rows, wd)
+    return {**summary, "by_gap_distance": rows}
+
+
+def _first_captions(source, config) -> list:
+    n = len(source) if config.eval_max_examples <= 0 else min(config.eval_max_examples,
+                                                                len(source))
+    return [cd._captions(source[i], config.caption_field)[0] for i in range(n)]
+
+
+def _floats(text: str) -> list:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"shift_norms={text!r} must be comma-separated numbers") from None
+
+
+def _plot_loss(wd: Workdir) -> None:
+    from c3_jax import plots
+    rows = [r for r in wd.read_metrics() if "loss" in r]
+    if rows:
+        plots.curves({"train loss": ([r["step"] for r in rows], [r["loss"] for r in rows])},
+                     "step", "caption loss", wd.file("loss.png"))
+
+
+def _plot_gap_sensitivity(rows: dict, wd: Workdir) -> None:
+    from c3_jax import plots
+    norms = [float(k) for k in rows]
+    plots.curves({m: (norms, [rows[k][m] for k in rows]) for m in ("ROUGE-1", "ROUGE-L", "METEOR")},
+                 "gap distance |c|", "score", wd.file("gap_sensitivity.png"))

@@ -1,0 +1,185 @@
+"""The captioner end to end on a tiny fake COCO: extraction -> text-only training ->
+image evaluation -> metrics; exact resume after SIGKILL; 1 vs 8 devices."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+from c3_jax import embed, main
+from c3_jax.models import clipcap
+from configs import coco_caption
+from test_embed import WORDS, _clip_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPT_WORDS = WORDS + ["."]
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def _gpt2_dir(path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(GPT_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>",
+                                         unk_token="<unk>").save_pretrained(path)
+    torch.manual_seed(1)
+    config = transformers.GPT2Config(vocab_size=len(GPT_WORDS), n_positions=32, n_embd=32,
+                                     n_layer=2, n_head=4, eos_token_id=1, bos_token_id=1)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+
+
+def _coco(root, n=16):
+    """Karpathy-style json + images: a coloured square, captions naming its colour."""
+    (root / "images").mkdir(parents=True)
+    images = []
+    for i in range(n):
+        color = list(COLORS)[i % 3]
+        img = np.full((36, 36, 3), 128, np.uint8)
+        img[8:28, 8:28] = COLORS[color]
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        side = ["left", "right"][i % 2]
+        sentences = [f"a {color} square .", f"the {color} square on the {side} .",
+                     f"a {color} square on the {side} .", f"the {color} square .",
+                     f"a square on the {side} ."]
+        split = ["train"] * 10 + ["restval"] * 2 + ["val"] * 2 + ["test"] * 2
+        images.append({"filepath": "images", "filename": f"{i}.png", "split": split[i],
+                       "cocoid": i, "sentences": [{"raw": s} for s in sentences]})
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caption_world")
+    _clip_dir(root / "clip")
+    _gpt2_dir(root / "gpt2")
+    _coco(root / "coco")
+    dataset = embed.extract_coco(str(root / "clip"), str(root / "coco" / "dataset_coco.json"),
+                                 str(root / "coco"), str(root / "data"), batch_size=8)
+    return {"root": root, "dataset": dataset, "gpt2": str(root / "gpt2")}
+
+
+def tiny_config(world, variant="c3", **overrides):
+    c = coco_caption.get_config(variant)
+    c.unlock()
+    c.update(dict(dataset_dir=world["dataset"], gpt2=world["gpt2"], batch_size=8, max_steps=12,
+                  warmup_steps=3, lr=1e-3, log_every=1, checkpoint_every=4, val_batches=2,
+                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False))
+    c.update(overrides)
+    return c
+
+
+def _params(workdir):
+    """The latest checkpoint's params of a run, as numpy."""
+    from c3_jax.train import state as st
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, "checkpoints", "latest")
+    with ocp.CheckpointManager(path) as mngr:
+        restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"]["params"]), mngr.latest_step()
+
+
+def test_text_only_training_then_image_captions_and_restore_for_eval(world, tmp_path):
+    config = tiny_config(world)
+    results = main.run(config, str(tmp_path / "train"))
+    metrics = results["metrics"]
+    for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        assert np.isfinite(metrics[key]), key
+    assert "SPICE_skipped" in metrics
+    assert results["num_test"] == 2 and results["steps"] == 12
+    rows = [json.loads(line) for line in open(tmp_path / "train" / "metrics.jsonl")]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    assert any("val_loss" in r for r in rows)
+    assert (tmp_path / "train" / "loss.png").exists()
+    assert os.listdir(tmp_path / "train" / "checkpoints" / "best")
+    captions = json.loads((tmp_path / "train" / "captions_test.json").read_text())
+    # Evaluation only, from the trained run's checkpoint: the same captions.
+    again = tiny_config(world, restore_from=str(tmp_path / "train"))
+    main.run(again, str(tmp_path / "eval"))
+    assert json.loads((tmp_path / "eval" / "captions_test.json").read_text()) == captions
+    assert not (tmp_path / "eval" / "checkpoints").exists()
+
+
+def test_caption_loss_is_masked_next_token_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3 + 4, 5)).astype(np.float32)
+    ids = rng.integers(0, 5, size=(2, 4))
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+    loss, count = clipcap.caption_loss(logits, ids, mask, prefix_length=3)
+    want, n = 0.0, 0
+    for b in range(2):
+        for t in range(4):
+            if mask[b, t]:
+                row = logits[b, 3 - 1 + t].astype(np.float64)
+                want -= row[ids[b, t]] - np.log(np.exp(row).sum())
+                n += 1
+    assert int(count) == n
+    np.testing.assert_allclose(float(loss), want / n, rtol=1e-5)
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    import ml_collections
+    from c3_jax import main
+    from c3_jax.train import state as st
+    kill_at = int(sys.argv[3])
+    save = st.Checkpoints.save
+    def save_then_die(self, step, *args, **kwargs):
+        save(self, step, *args, **kwargs)
+        if step == kill_at:
+            self.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+    st.Checkpoints.save = save_then_die
+    config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
+    main.run(config, sys.argv[2])
+""")
+
+
+def _run_script(config, workdir, kill_at, devices=1):
+    path = os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".json")
+    with open(path, "w") as f:
+        json.dump(config.to_dict(), f)
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, path, workdir, str(kill_at)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path):
+    config = tiny_config(world, max_steps=10, checkpoint_every=3, eval_max_examples=1,
+                         val_batches=0)
+    straight = _run_script(config, str(tmp_path / "straight"), kill_at=-1)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _run_script(config, str(tmp_path / "killed"), kill_at=6)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (tmp_path / "killed" / "results.json").exists()
+    resumed = _run_script(config, str(tmp_path / "killed"), kill_at=-1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == 6
+    want, step = _params(str(tmp_path / "straight"))
+    got, step2 = _params(str(tmp_path / "killed"))
+    assert step == step2 == 10
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
+    lines = lambda d: [json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")]
+    assert [r["loss"] for r in lines("killed")] == [r["loss"] for r in lines("straight")]
+
+
+def test_eight_devices_give_the_loss_curve_of_one(world, tmp_path):
+    base = dict(max_steps=6, eval_max_examples=1, val_batches=0)
+    losses = {}
+    for name, devices, fsdp in (("one", 1, 1), ("eight", 8, 1), ("fsdp", 8, 2)):
+        config = tiny_config(world, fsdp=fsdp, **base)
+        out = _run_script(config, str(tmp_path / name), kill_at=-1, devices=devices)
+        assert out.returncode == 0, out.stderr[-3000:]
+        losses[name] = [json.loads(x)["loss"] for x in open(tmp_path / name / "metrics.jsonl")]
+    np.testing.assert_allclose(losses["eight"], losses["one"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses["fsdp"], losses["one"], rtol=1e-5, atol=1e-6)
