@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "geometry_mlp_collapse": "c3_jax.geometry_runs:run_mlp_collapse",
     "geometry_embeddings": "c3_jax.geometry_runs:run_embeddings",
     "embeddings_dataset": "c3_jax.data.dataset_runs:run_embeddings_dataset",
+    "coco_extract": "c3_jax.data.dataset_runs:run_coco_extract",
     "caption": "c3_jax.train.captioning:run_caption",
     "caption_gap_sensitivity": "c3_jax.train.captioning:run_gap_sensitivity",
 }

@@ -6,5 +6,5 @@ from c3_jax.train.captioning import base_config
 
 def get_config(arg: str = ""):
     if arg:
-        raise ValueError(f"caption_gap_sensitivity has no variants (got {arg!r})")
+        raise ValueError(f"unknown variant {arg!r}: caption_gap_sensitivity has no variants")
     return base_config("caption_gap_sensitivity")

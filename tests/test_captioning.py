@@ -13,7 +13,7 @@ import torch
 import transformers
 from PIL import Image
 
-from c3_jax import embed, main
+from c3_jax import main
 from c3_jax.models import clipcap
 from configs import coco_caption
 from test_embed import WORDS, _clip_dir
@@ -60,9 +60,19 @@ def world(tmp_path_factory):
     _clip_dir(root / "clip")
     _gpt2_dir(root / "gpt2")
     _coco(root / "coco")
-    dataset = embed.extract_coco(str(root / "clip"), str(root / "coco" / "dataset_coco.json"),
-                                 str(root / "coco"), str(root / "data"), batch_size=8)
-    return {"root": root, "dataset": dataset, "gpt2": str(root / "gpt2")}
+    out = _cli("--config=configs/coco_extract.py", f"--config.clip={root / 'clip'}",
+               f"--config.annotations={root / 'coco' / 'dataset_coco.json'}",
+               f"--config.image_root={root / 'coco'}", f"--config.data_dir={root / 'data'}",
+               "--config.batch_size=8", f"--workdir={root / 'extract'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((root / "extract" / "results.json").read_text())
+    assert results["splits"] == {"train": 12, "val": 2, "test": 2}  # restval in train
+    return {"root": root, "dataset": results["dataset_dir"], "gpt2": str(root / "gpt2")}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "c3_jax.main", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
 
 
 def tiny_config(world, variant="c3", **overrides):
@@ -86,26 +96,53 @@ def _params(workdir):
     return jax.tree.map(np.asarray, restored["state"]["params"]), mngr.latest_step()
 
 
-def test_text_only_training_then_image_captions_and_restore_for_eval(world, tmp_path):
-    config = tiny_config(world)
-    results = main.run(config, str(tmp_path / "train"))
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    """A text-only C3 run on the tiny world: (its workdir, its results)."""
+    workdir = tmp_path_factory.mktemp("trained") / "train"
+    return workdir, main.run(tiny_config(world), str(workdir))
+
+
+def test_text_only_training_then_image_captions_and_restore_for_eval(world, trained, tmp_path):
+    train_dir, results = trained
     metrics = results["metrics"]
     for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert np.isfinite(metrics[key]), key
     assert "SPICE_skipped" in metrics
     assert results["num_test"] == 2 and results["steps"] == 12
-    rows = [json.loads(line) for line in open(tmp_path / "train" / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(train_dir / "metrics.jsonl")]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 12 and losses[-1] < losses[0]
     assert any("val_loss" in r for r in rows)
-    assert (tmp_path / "train" / "loss.png").exists()
-    assert os.listdir(tmp_path / "train" / "checkpoints" / "best")
-    captions = json.loads((tmp_path / "train" / "captions_test.json").read_text())
-    # Evaluation only, from the trained run's checkpoint: the same captions.
-    again = tiny_config(world, restore_from=str(tmp_path / "train"))
-    main.run(again, str(tmp_path / "eval"))
+    assert (train_dir / "loss.png").exists()
+    assert os.listdir(train_dir / "checkpoints" / "best")
+    captions = json.loads((train_dir / "captions_test.json").read_text())
+    # Evaluation only, from the trained run's checkpoint, by the command line: same captions.
+    again = tiny_config(world, restore_from=str(train_dir))
+    out = _cli("--config=configs/coco_caption.py:c3", f"--workdir={tmp_path / 'eval'}",
+               *[f"--config.{k}={v}" for k, v in again.items()
+                 if k != "experiment" and v != coco_caption.get_config("c3")[k]])
+    assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "captions_test.json").read_text()) == captions
     assert not (tmp_path / "eval" / "checkpoints").exists()
+
+
+def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(world, trained,
+                                                                       tmp_path):
+    train_dir, _ = trained
+    # lr 0: the fine-tuned params must be exactly the text-trained run's best params.
+    config = tiny_config(world, "finetune", init_from=str(train_dir), train_fraction=0.5,
+                         lr=0.0, max_steps=2, checkpoint_every=2, eval_max_examples=1)
+    results = main.run(config, str(tmp_path / "ft"))
+    assert results["train_pairs"] == 6 * 5  # half of the 12 training images, 5 captions each
+    from c3_jax.train import state as st
+    import orbax.checkpoint as ocp
+    with ocp.CheckpointManager(train_dir / "checkpoints" / "best") as mngr:
+        best = mngr.restore(mngr.best_step(), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))["state"]["params"]
+    got, _ = _params(str(tmp_path / "ft"))
+    for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), b)
 
 
 def test_caption_loss_is_masked_next_token_cross_entropy():
@@ -183,3 +220,52 @@ def test_eight_devices_give_the_loss_curve_of_one(world, tmp_path):
         losses[name] = [json.loads(x)["loss"] for x in open(tmp_path / name / "metrics.jsonl")]
     np.testing.assert_allclose(losses["eight"], losses["one"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses["fsdp"], losses["one"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module,variants", [
+    ("coco_caption", ["", "c1", "c2_collapse", "c2_corrupt", "span_only", "supervised",
+                      "finetune", "transformer,beam", "c1,beam"]),
+    ("imagebind_caption", ["audio", "video,c1", "image,c2_corrupt"]),
+    ("caption_gap_sensitivity", [""])])
+def test_every_caption_config_variant_validates(module, variants):
+    import importlib
+    for v in variants:
+        main.resolve(importlib.import_module(f"configs.{module}").get_config(v))
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        importlib.import_module(f"configs.{module}").get_config("nope")
+
+
+def test_gap_sensitivity_reports_scores_per_gap_distance(world, tmp_path):
+    from configs import caption_gap_sensitivity
+    c = caption_gap_sensitivity.get_config()
+    c.update(dict(dataset_dir=world["dataset"], gpt2=world["gpt2"], batch_size=8, max_steps=4,
+                  warmup_steps=1, lr=1e-3, log_every=2, checkpoint_every=4, val_batches=0,
+                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False,
+                  shift_norms="0,1", shift_gamma=0.9))
+    results = main.run(c, str(tmp_path / "gap"))
+    rows = results["by_gap_distance"]
+    assert set(rows) == {"0", "1"}
+    for row in rows.values():
+        assert all(0 <= row[m] <= 1 for m in ("ROUGE-1", "ROUGE-L", "METEOR"))
+    assert (tmp_path / "gap" / "gap_sensitivity.png").exists()
+
+
+def test_imagebind_audio_captioning_from_precomputed_embeddings(world, tmp_path):
+    from c3_jax.data import builders
+    from configs import imagebind_caption
+    rng = np.random.default_rng(0)
+    words = ["rain falls .", "a dog barks .", "the wind .", "a red car ."]
+    splits, captions = {}, {}
+    for split, n in (("train", 16), ("test", 4)):
+        splits[split] = {"text_embedding": rng.normal(size=(n, 24)).astype(np.float32),
+                         "audio_embedding": rng.normal(size=(n, 24)).astype(np.float32)}
+        captions[split] = [words[i % 4] for i in range(n)]
+    dataset = builders.build_pairs_dataset("clotho_imagebind", str(tmp_path / "data"), splits,
+                                           captions)
+    c = imagebind_caption.get_config("audio")
+    c.update(dict(dataset_dir=dataset, gpt2=world["gpt2"], batch_size=8, max_steps=4,
+                  warmup_steps=1, log_every=2, checkpoint_every=4, val_split="", val_batches=0,
+                  max_caption_tokens=8, max_decode_tokens=6, eval_batch_size=8, spice=False))
+    results = main.run(c, str(tmp_path / "run"))
+    assert results["num_test"] == 4 and np.isfinite(results["metrics"]["BLEU-1"])
+    assert results["train_pairs"] == 16

@@ -4,11 +4,15 @@ from __future__ import annotations
 import json
 import os
 
+import tensorflow_datasets as tfds
+
 from c3_jax.data import builders
 from c3_jax.workdir import Workdir
 
 FIELDS = {"embeddings_dataset": {"embeddings": str, "captions": str, "name": str,
-                                 "data_dir": str}}
+                                 "data_dir": str},
+          "coco_extract": {"clip": str, "annotations": str, "image_root": str, "name": str,
+                           "data_dir": str, "captions_per_image": int, "batch_size": int}}
 
 
 def run_embeddings_dataset(config, wd: Workdir) -> dict:
@@ -27,3 +31,14 @@ def run_embeddings_dataset(config, wd: Workdir) -> dict:
     return {"dataset_dir": path,
             "splits": {s: len(next(iter(a.values()))) for s, a in splits.items()},
             "fields": {s: {k: list(v.shape[1:]) for k, v in a.items()} for s, a in splits.items()}}
+
+
+def run_coco_extract(config, wd: Workdir) -> dict:
+    """CLIP image and caption embeddings of MS-COCO (Karpathy split) as a TFDS dataset."""
+    from c3_jax import embed
+    del wd
+    path = embed.extract_coco(config.clip, config.annotations, config.image_root,
+                              config.data_dir, config.name, config.captions_per_image,
+                              config.batch_size)
+    splits = tfds.builder_from_directory(path).info.splits
+    return {"dataset_dir": path, "splits": {s: splits[s].num_examples for s in splits}}

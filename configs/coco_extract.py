@@ -1,0 +1,23 @@
+"""Connect: CLIP ViT-B/32 image and caption embeddings of MS-COCO (Karpathy split, restval
+merged into train) into a TFDS dataset that configs/coco_caption.py reads.
+
+--config.clip: a Hugging Face CLIP directory (e.g. openai/clip-vit-base-patch32);
+--config.annotations: Karpathy's dataset_coco.json; --config.image_root: the folder holding
+train2014/ and val2014/. Writes <data_dir>/<name>/1.0.0.
+"""
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    if arg:
+        raise ValueError(f"unknown variant {arg!r}: coco_extract has no variants")
+    c = ml_collections.ConfigDict()
+    c.experiment = "coco_extract"
+    c.clip = "checkpoints/clip-vit-base-patch32"
+    c.annotations = "data/coco/dataset_coco.json"
+    c.image_root = "data/coco"
+    c.name = "coco_karpathy_clip"
+    c.data_dir = "data"
+    c.captions_per_image = 5
+    c.batch_size = 256
+    return c
