@@ -269,3 +269,57 @@ def test_imagebind_audio_captioning_from_precomputed_embeddings(world, tmp_path)
     results = main.run(c, str(tmp_path / "run"))
     assert results["num_test"] == 4 and np.isfinite(results["metrics"]["BLEU-1"])
     assert results["train_pairs"] == 16
+
+
+def _tiny_step_setup(accumulate, dtype="float32", batch=8):
+    from c3_jax import c3
+    from c3_jax.models import gpt2
+    from c3_jax.train import captioning, state as st
+    gpt = gpt2.GPT2Config(vocab_size=20, max_positions=16, width=16, depth=1, heads=2)
+    model = clipcap.ClipCap(clipcap.MapperConfig("mlp", 2), gpt,
+                            captioning.DTYPES[dtype])
+    rng = np.random.default_rng(0)
+    data = {"embedding": rng.normal(size=(batch, 6)).astype(np.float32),
+            "ids": rng.integers(0, 20, size=(batch, 5)).astype(np.int32),
+            "mask": np.ones((batch, 5), np.int32)}
+    params = model.init(jax.random.key(0), data["embedding"], data["ids"], data["mask"])["params"]
+    tx = st.adamw(1e-2, 1, 10, 0.01, accumulate=accumulate)
+    mesh = st.make_mesh(1)
+    abstract = jax.eval_shape(lambda p: st.TrainState(jax.numpy.zeros((), "int32"), p,
+                                                      tx.init(p)), params)
+    sh = st.state_shardings(mesh, abstract)
+    step = captioning.make_train_step(model, tx, c3.variant("c3", 0.0), mesh, sh)
+    state = st.TrainState(jax.numpy.zeros((), "int32"), params, tx.init(params))
+    mean = np.zeros(6, np.float32)
+    return step, state, data, mean, mesh
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    from c3_jax.data import pipeline
+    from c3_jax.train import state as st
+    big, state, data, mean, mesh = _tiny_step_setup(1, batch=16)
+    key, zero = jax.random.key(0), np.zeros(6, np.float32)
+    put = lambda d: pipeline.global_batch(d, st.batch_sharding(mesh))
+    want, _ = big(state, put(data), mean, zero, key)
+    small, state2, _, _, _ = _tiny_step_setup(2, batch=16)
+    half = lambda i: {k: v[i * 8:(i + 1) * 8] for k, v in data.items()}
+    mid, _ = small(state2, put(half(0)), mean, zero, key)
+    fresh = _tiny_step_setup(2, batch=16)[1]  # state2 was donated
+    for a, b in zip(jax.tree.leaves(mid.params), jax.tree.leaves(fresh.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # no update after 1 of 2
+    got, _ = small(mid, put(half(1)), mean, zero, key)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_step_keeps_float32_params_and_close_loss():
+    from c3_jax.data import pipeline
+    from c3_jax.train import state as st
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        step, state, data, mean, mesh = _tiny_step_setup(1, dtype)
+        new, metrics = step(state, pipeline.global_batch(data, st.batch_sharding(mesh)), mean,
+                            np.zeros(6, np.float32), jax.random.key(0))
+        assert all(p.dtype == np.float32 for p in jax.tree.leaves(new.params))
+        losses[dtype] = float(metrics["loss"])
+    assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]
