@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -81,33 +80,6 @@ def init_cache(config: GPT2Config, batch: int, slots: int, dtype=jnp.float32):
     """Empty key/value cache for ``slots`` positions: one (k, v) pair per layer."""
     shape = (batch, slots, config.heads, config.width // config.heads)
     return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.depth))
-
-
-@functools.partial(jax.jit, static_argnames=("module", "max_new_tokens", "eos_id"))
-def greedy_generate(module: GPT2, params, prompt_ids: Optional[jax.Array] = None,
-                    prompt_embeds: Optional[jax.Array] = None, *, max_new_tokens: int,
-                    eos_id: int) -> jax.Array:
-    """Greedy decoding with the KV cache after an unpadded prompt (token ids or prefix
-    embeddings); tokens after the first ``eos_id`` are ``eos_id``. Returns [B, max_new_tokens]."""
-    prompt = prompt_embeds if prompt_ids is None else prompt_ids
-    batch, length = prompt.shape[:2]
-    slots = length + max_new_tokens
-    cache = init_cache(module.config, batch, slots, module.dtype)
-    apply = lambda cache, index, **inputs: module.apply(
-        {"params": params}, attention_mask=jnp.ones((batch, slots), jnp.int32), cache=cache,
-        index=index, **inputs)
-    inputs = {"input_ids": prompt_ids} if prompt_ids is not None else {"inputs_embeds": prompt}
-    logits, cache = apply(cache, 0, **inputs)
-    first = jnp.argmax(logits[:, -1], -1)
-
-    def step(carry, i):
-        token, done, cache = carry
-        logits, cache = apply(cache, length + i, input_ids=token[:, None])
-        nxt = jnp.where(done, eos_id, jnp.argmax(logits[:, -1], -1))
-        return (nxt, done | (nxt == eos_id), cache), nxt
-
-    _, rest = jax.lax.scan(step, (first, first == eos_id, cache), jnp.arange(max_new_tokens - 1))
-    return jnp.concatenate([first[:, None], rest.T], 1)
 
 
 def convert_hf(sd: dict, config: GPT2Config) -> dict:
