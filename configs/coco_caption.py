@@ -25,8 +25,9 @@ def get_config(arg: str = ""):
         elif part == "finetune":
             # Image-caption pairs, image embeddings (not text, as the reference appears to do);
             # the image mean collapses them when the variant collapses.
+            # Section 4.1: the same 10 epochs, lr 2e-5 and 5K warmup steps as pre-training
+            # (warmup is capped at the run's length), early stopping on val (best/).
             c.train_field, c.train_fraction = "image_embedding", 0.01
-            c.num_epochs, c.warmup_steps = 10, 500
         elif part == "transformer":
             c.mapper, c.prefix_length, c.freeze_gpt = "transformer", 40, True
         elif part == "beam":
