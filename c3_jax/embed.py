@@ -17,7 +17,7 @@ from c3_jax.data.images import ImagePreprocessor
 from c3_jax.models import clip
 
 
-def _data_parallel(fn: Callable, params, batches, desc: str) -> np.ndarray:
+def data_parallel(fn: Callable, params, batches, desc: str) -> np.ndarray:
     """Applies jitted ``fn(params, *arrays)`` to host batches sharded over all devices."""
     mesh = Mesh(np.array(jax.devices()), ("data",))
     shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
@@ -41,7 +41,7 @@ def encode_images(module: clip.CLIP, params, preprocess: ImagePreprocessor,
     batches = ((preprocess.batch([Image.open(p) for p in paths[i:i + batch_size]]),)
                for i in range(0, len(paths), batch_size))
     fn = lambda prm, a: module.apply({"params": prm}, a[0], method="encode_image")
-    return _data_parallel(fn, params, batches, "image embeddings")
+    return data_parallel(fn, params, batches, "image embeddings")
 
 
 def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
@@ -56,7 +56,7 @@ def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
             yield tok["input_ids"].astype(np.int32), tok["attention_mask"].astype(np.int32)
 
     fn = lambda prm, a: module.apply({"params": prm}, a[0], a[1], method="encode_text")
-    return _data_parallel(fn, params, batches(), "text embeddings")
+    return data_parallel(fn, params, batches(), "text embeddings")
 
 
 def karpathy_split(annotation_file: str) -> dict:

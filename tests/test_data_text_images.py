@@ -106,3 +106,15 @@ def test_clip_tokenizer_from_vocab_and_merges(tmp_path):
     assert got["input_ids"] == want["input_ids"]
     assert got["attention_mask"] == want["attention_mask"]
     assert ours("a red circle")["input_ids"][-1] == ref.eos_token_id
+
+
+def test_word_tokenizer_round_trips_captions(tmp_path):
+    from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokenizer
+    captions = ["A red circle on the left.", "a blue square , above a star ."]
+    build_word_tokenizer(captions, str(tmp_path / "tok"))
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    assert tok.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "<eos>", "<unk>"]
+    ids, mask = encode_captions(tok, captions, max_length=10)
+    assert tok.decode(ids[0][mask[0] == 1], skip_special_tokens=True) == "a red circle on the left ."
+    assert ids[0].tolist()[:8] == tok("a red circle on the left.")["input_ids"] + [1]
+    assert tok("a green circle")["input_ids"][1] == tok.unk_token_id

@@ -43,3 +43,23 @@ def encode_captions(tokenizer, captions: Sequence[str], max_length: int,
         ids[i, :len(tokens)] = tokens
         mask[i, :len(tokens)] = 1
     return ids, mask
+
+
+WORD_SPECIALS = ("<pad>", "<eos>", "<unk>")
+
+
+def build_word_tokenizer(captions: Sequence[str], path: str):
+    """A word-level tokenizer (words and punctuation) over ``captions``, saved to ``path`` as
+    a Hugging Face tokenizer directory: ids 0-2 are <pad>, <eos>, <unk>; returns it."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    split = pre_tokenizers.Whitespace()
+    words = sorted({w for c in captions for w, _ in split.pre_tokenize_str(c.lower())})
+    vocab = {w: i for i, w in enumerate(list(WORD_SPECIALS) + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = split
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                  unk_token="<unk>")
+    out.save_pretrained(path)
+    return out

@@ -23,10 +23,11 @@ def _captions(example, field: str) -> list:
 
 
 class CaptionPairs:
-    """Random-access (embedding, caption) pairs over ``rows`` of a data source."""
+    """Random-access (embedding, caption) pairs over ``rows`` of a data source; the
+    embedding (or any other per-row input, e.g. an image) is returned as ``output_key``."""
 
     def __init__(self, source, embedding_field: str, caption_field: str = "caption",
-                 rows: Optional[Sequence[int]] = None):
+                 rows: Optional[Sequence[int]] = None, output_key: str = "embedding"):
         if len(source) == 0:
             raise ValueError("the split is empty")
         first = source[0]
@@ -34,8 +35,9 @@ class CaptionPairs:
             if field not in first:
                 raise KeyError(f"dataset has no field {field!r}; it has {sorted(first)}")
         self.source, self.field, self.caption_field = source, embedding_field, caption_field
+        self.output_key = output_key
         self.k = len(_captions(first, caption_field))
-        self.per_caption = np.ndim(first[embedding_field]) == 2
+        self.per_caption = np.ndim(first[embedding_field]) == 2  # [k, d]: one per caption
         if self.per_caption and first[embedding_field].shape[0] != self.k:
             raise ValueError(f"{embedding_field!r} has {first[embedding_field].shape[0]} rows "
                              f"for {self.k} captions")
@@ -53,16 +55,18 @@ class CaptionPairs:
     def __getitem__(self, i: int) -> dict:
         row, j = divmod(int(i), self.k)
         ex = self.source[int(self.rows[row])]
-        e = ex[self.field][j] if self.per_caption else ex[self.field]
-        return {"embedding": np.asarray(e, np.float32),
-                "caption": _captions(ex, self.caption_field)[j]}
+        e = np.asarray(ex[self.field][j] if self.per_caption else ex[self.field])
+        if np.issubdtype(e.dtype, np.floating):
+            e = e.astype(np.float32)
+        return {self.output_key: e, "caption": _captions(ex, self.caption_field)[j]}
 
 
 def tokenize_fn(tokenizer, max_length: int, truncate: bool) -> Callable[[dict], dict]:
-    """Maps a pair to {'embedding', 'ids', 'mask'} (EOS appended, padded) for batching."""
+    """Replaces a pair's caption by 'ids' and 'mask' (EOS appended, padded) for batching."""
     def tokenize(pair: dict) -> dict:
         ids, mask = encode_captions(tokenizer, [pair["caption"]], max_length, truncate)
-        return {"embedding": pair["embedding"], "ids": ids[0], "mask": mask[0]}
+        out = {k: v for k, v in pair.items() if k != "caption"}
+        return {**out, "ids": ids[0], "mask": mask[0]}
     return tokenize
 
 
