@@ -1,8 +1,8 @@
 # Every target installs what it needs into .venv first.
 PY := .venv/bin/python
-WORKDIR ?= runs/geometry_synthetic
+WORKDIR ?= runs/shapes_caption
 
-.PHONY: install test main quick
+.PHONY: install test main quick geometry
 
 .venv/installed: setup.py
 	python3 -m venv .venv
@@ -16,7 +16,10 @@ test: install
 	$(PY) -m pytest -q tests
 
 main: install
-	$(PY) -m c3_jax.main --config=configs/geometry_synthetic.py --workdir=$(WORKDIR)
+	$(PY) -m c3_jax.main --config=configs/shapes_caption.py --workdir=$(WORKDIR)
 
 quick: install
-	$(PY) -m c3_jax.main --config=configs/geometry_synthetic.py:quick --workdir=$(WORKDIR)_quick
+	$(PY) -m c3_jax.main --config=configs/shapes_caption.py:quick --workdir=$(WORKDIR)_quick
+
+geometry: install
+	$(PY) -m c3_jax.main --config=configs/geometry_synthetic.py --workdir=runs/geometry_synthetic

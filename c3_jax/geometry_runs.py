@@ -158,38 +158,49 @@ def _normalize_rows_inplace(e: np.ndarray, name: str) -> np.ndarray:
     return e
 
 
-def run_embeddings(config, wd: Workdir) -> dict:
-    """Appendix C on user embeddings: effective dims, Table 1 statistics, calibrated sigma."""
+def pair_geometry(x: np.ndarray, y: np.ndarray, wd: Workdir, *, seed: int, group_size: int,
+                  calibration_pairs: int, gamma: float, title: str = "",
+                  names: tuple = ("x", "y")) -> dict:
+    """Appendix C on paired embeddings (float32, owned, normalized here in place):
+    effective dims, Table 1 statistics, the gap, calibrated sigma, and their figures."""
     start = time.perf_counter()
-    # Writable float32 arrays we own (normalized in place); copies only memory maps.
-    x, y = (np.require(a, np.float32, ["C", "W", "O"]) for a in load_pairs(config))
-    load_s = time.perf_counter() - start
-    start = time.perf_counter()
-    x, y = _normalize_rows_inplace(x, config.x_key), _normalize_rows_inplace(y, config.y_key)
-    rng_stats, rng_cal = jax.random.split(jax.random.PRNGKey(config.seed))
-    stats = geometry.gap_statistics(x, y, rng_stats, config.group_size, normalize_inputs=False,
+    x, y = _normalize_rows_inplace(x, names[0]), _normalize_rows_inplace(y, names[1])
+    rng_stats, rng_cal = jax.random.split(jax.random.PRNGKey(seed))
+    stats = geometry.gap_statistics(x, y, rng_stats, group_size, normalize_inputs=False,
                                     progress=True)
     stats_s = time.perf_counter() - start
-    n_cal = min(config.calibration_pairs, x.shape[0])
+    n_cal = min(calibration_pairs, x.shape[0])
     cal_idx = np.asarray(jax.random.choice(rng_cal, x.shape[0], (n_cal,), replace=False))
     calibrated = c3.calibrate_sigma(x[cal_idx], y[cal_idx])
     gap = float(np.linalg.norm(x.mean(0, dtype=np.float64) - y.mean(0, dtype=np.float64)))
     # Last use of x and y: center them in place rather than copying 2 x n x d floats.
     spectra = {"image": np.asarray(geometry.covariance_spectrum(x, overwrite_input=True)),
                "text": np.asarray(geometry.covariance_spectrum(y, overwrite_input=True))}
-    eff = {k: geometry.effective_dimension_of_spectrum(s, config.gamma) for k, s in spectra.items()}
+    eff = {k: geometry.effective_dimension_of_spectrum(s, gamma) for k, s in spectra.items()}
     compute_s = time.perf_counter() - start
     plots.gap_histograms(stats, wd.file("gap_statistics.png"))
-    plots.spectra(spectra, eff, wd.file("spectra.png"), os.path.basename(config.embeddings))
-    logging.info("loaded in %.1fs, computed in %.1fs (Table 1 statistics %.1fs)", load_s,
-                 compute_s, stats_s)
+    plots.spectra(spectra, eff, wd.file("spectra.png"), title)
+    logging.info("computed in %.1fs (Table 1 statistics %.1fs)", compute_s, stats_s)
     return {
         "num_pairs": int(x.shape[0]), "dim": int(x.shape[1]), "stats_seconds": stats_s,
         "effective_dim_x": eff["image"], "effective_dim_y": eff["text"],
         "modality_gap": gap,
         "statistics": {k: stats[k] for k in geometry.STAT_NAMES},
-        "num_groups": stats["num_groups"], "group_size": config.group_size,
+        "num_groups": stats["num_groups"], "group_size": group_size,
         "sigma_calibrated": calibrated["sigma"], "sigma_calibration_pairs": n_cal,
-        "sigma_fixed_clip": c3.CLIP_SIGMA,
-        "load_seconds": load_s, "compute_seconds": compute_s,
+        "sigma_fixed_clip": c3.CLIP_SIGMA, "compute_seconds": compute_s,
     }
+
+
+def run_embeddings(config, wd: Workdir) -> dict:
+    """Appendix C on user embeddings: effective dims, Table 1 statistics, calibrated sigma."""
+    start = time.perf_counter()
+    # Writable float32 arrays we own (normalized in place); copies only memory maps.
+    x, y = (np.require(a, np.float32, ["C", "W", "O"]) for a in load_pairs(config))
+    load_s = time.perf_counter() - start
+    report = pair_geometry(x, y, wd, seed=config.seed, group_size=config.group_size,
+                           calibration_pairs=config.calibration_pairs, gamma=config.gamma,
+                           title=os.path.basename(config.embeddings),
+                           names=(config.x_key, config.y_key))
+    logging.info("loaded in %.1fs", load_s)
+    return {**report, "load_seconds": load_s}

@@ -1,5 +1,7 @@
-"""Figures of the geometry runs (Figures 4, 5, 8, 13 of the paper), saved as PNG."""
+"""Figures (Figures 4, 5, 8, 13 of the paper; curves; captioned samples), saved as PNG."""
 from __future__ import annotations
+
+import textwrap
 
 import matplotlib
 
@@ -90,4 +92,17 @@ def stable_region(taus, margins: dict, path: str, r_max: float = 2.0) -> str:
     ax.set_xlabel("temperature tau")
     ax.set_ylabel("margin r for loss <= delta")
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def captioned_images(images, captions: dict, path: str) -> str:
+    """A row of images, each with one caption per named source underneath."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6 + 0.55 * len(captions)))
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(images[i], interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        text = "\n".join(f"{name}: {textwrap.fill(caps[i], 34)}" for name, caps in captions.items())
+        ax.set_xlabel(text, fontsize=6.5, loc="left")
     return _save(fig, path)

@@ -90,8 +90,9 @@ class _WordTokenizer:
     """Stands in for a Hugging Face tokenizer: one id per word, EOS = 0."""
     eos_token_id = 0
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [len(w) for w in text.split()]}
+    def __call__(self, texts, add_special_tokens=False):
+        one = lambda text: [len(w) for w in text.split()]
+        return {"input_ids": one(texts) if isinstance(texts, str) else [one(t) for t in texts]}
 
 
 def test_caption_batches_are_padded_with_mask(tmp_path):

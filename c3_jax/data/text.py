@@ -29,16 +29,21 @@ def encode_captions(tokenizer, captions: Sequence[str], max_length: int,
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token; captions need one appended")
-    ids = np.full((len(captions), max_length), eos, np.int32)
-    mask = np.zeros((len(captions), max_length), np.int32)
     for i, caption in enumerate(captions):
         if not caption or not caption.strip():
             raise ValueError(f"caption {i} is empty")
-        tokens = tokenizer(caption, add_special_tokens=False)["input_ids"] + [eos]
+    ids = np.full((len(captions), max_length), eos, np.int32)
+    mask = np.zeros((len(captions), max_length), np.int32)
+    if not len(captions):
+        return ids, mask
+    encoded = tokenizer(list(captions), add_special_tokens=False)["input_ids"]  # one batched call
+    for i, tokens in enumerate(encoded):
+        tokens = tokens + [eos]
         if len(tokens) > max_length:
             if not truncate:
                 raise ValueError(f"caption {i} has {len(tokens)} tokens with EOS, over "
-                                 f"max_length={max_length} (raise it or set truncate): {caption!r}")
+                                 f"max_length={max_length} (raise it or set truncate): "
+                                 f"{captions[i]!r}")
             tokens = tokens[:max_length]
         ids[i, :len(tokens)] = tokens
         mask[i, :len(tokens)] = 1

@@ -43,6 +43,15 @@ class CaptionPairs:
                              f"for {self.k} captions")
         self.rows = np.arange(len(source)) if rows is None else np.asarray(rows)
         self.dim = first[embedding_field].shape[-1]
+        self.ids = self.mask = None
+
+    def tokenize(self, tokenizer, max_length: int, truncate: bool) -> "CaptionPairs":
+        """Encodes every caption once (EOS appended, padded); items then carry 'ids' and
+        'mask' instead of the caption text."""
+        captions = [c for r in tqdm(self.rows, desc="read captions", unit="row", leave=False)
+                    for c in _captions(self.source[int(r)], self.caption_field)]
+        self.ids, self.mask = encode_captions(tokenizer, captions, max_length, truncate)
+        return self
 
     def __len__(self) -> int:
         return len(self.rows) * self.k
@@ -50,7 +59,8 @@ class CaptionPairs:
     def __repr__(self) -> str:  # grain checks it when restoring an iterator
         digest = hashlib.sha1(np.ascontiguousarray(self.rows, np.int64).tobytes()).hexdigest()[:12]
         return (f"CaptionPairs({self.source!r}, field={self.field!r}, "
-                f"captions={self.caption_field!r}, rows={len(self.rows)}:{digest})")
+                f"captions={self.caption_field!r}, rows={len(self.rows)}:{digest}, "
+                f"tokens={None if self.ids is None else self.ids.shape})")
 
     def __getitem__(self, i: int) -> dict:
         row, j = divmod(int(i), self.k)
@@ -58,16 +68,9 @@ class CaptionPairs:
         e = np.asarray(ex[self.field][j] if self.per_caption else ex[self.field])
         if np.issubdtype(e.dtype, np.floating):
             e = e.astype(np.float32)
+        if self.ids is not None:
+            return {self.output_key: e, "ids": self.ids[i], "mask": self.mask[i]}
         return {self.output_key: e, "caption": _captions(ex, self.caption_field)[j]}
-
-
-def tokenize_fn(tokenizer, max_length: int, truncate: bool) -> Callable[[dict], dict]:
-    """Replaces a pair's caption by 'ids' and 'mask' (EOS appended, padded) for batching."""
-    def tokenize(pair: dict) -> dict:
-        ids, mask = encode_captions(tokenizer, [pair["caption"]], max_length, truncate)
-        out = {k: v for k, v in pair.items() if k != "caption"}
-        return {**out, "ids": ids[0], "mask": mask[0]}
-    return tokenize
 
 
 def fraction_rows(num_rows: int, fraction: float, seed: int) -> np.ndarray:

@@ -160,6 +160,9 @@ def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh):
 # Training
 
 
+_MEANS: dict = {}  # (dataset dir, split, field) -> modality mean
+
+
 class _Run:
     """What training and evaluation share: config, mesh, data sources, tokenizer, model."""
 
@@ -170,22 +173,23 @@ class _Run:
         self.train_source = builders.data_source(config.dataset_dir, config.train_split)
         rows = (None if config.train_fraction >= 1 else
                 cd.fraction_rows(len(self.train_source), config.train_fraction, config.seed))
-        self.pairs = cd.CaptionPairs(self.train_source, config.train_field,
-                                     config.caption_field, rows)
         self.tokenizer = load_tokenizer(config.gpt2)
+        self.pairs = self.caption_pairs(self.train_source, config.train_field, rows)
         self.model, self.params, self.trainable = build_model(config, self.pairs.dim)
         self.transform = transform_of(config)
-        self.means = {}
 
     def mean(self, field: str) -> np.ndarray:
-        """Modality mean of ``field`` over the whole training split (Algorithm 1)."""
-        if field not in self.means:
-            self.means[field] = cd.field_mean(self.train_source, field)
-        return self.means[field]
+        """Modality mean of ``field`` over the whole training split (Algorithm 1); kept for
+        later runs on the same dataset in this process."""
+        key = (os.path.abspath(self.config.dataset_dir), self.config.train_split, field)
+        if key not in _MEANS:
+            _MEANS[key] = cd.field_mean(self.train_source, field)
+        return _MEANS[key]
 
-    def tokenize(self):
-        return cd.tokenize_fn(self.tokenizer, self.config.max_caption_tokens,
-                              self.config.truncate_captions)
+    def caption_pairs(self, source, field: str, rows=None) -> cd.CaptionPairs:
+        """(embedding, tokenized caption) pairs of a split."""
+        return cd.CaptionPairs(source, field, self.config.caption_field, rows).tokenize(
+            self.tokenizer, self.config.max_caption_tokens, self.config.truncate_captions)
 
     def gap_direction(self) -> np.ndarray:
         """Mean eval-modality minus mean train-modality embedding (span_only noise)."""
@@ -209,9 +213,8 @@ def total_steps(config, num_pairs: int) -> int:
         config.num_epochs * (num_pairs // config.batch_size))
 
 
-def _loader(run: _Run, pairs, local_batch: int, seed: int, epochs=None, shuffle=True):
-    return pipeline.make_loader(pairs, local_batch, seed, shuffle=shuffle, num_epochs=epochs,
-                                transform=run.tokenize())
+def _loader(pairs, local_batch: int, seed: int, epochs=None, shuffle=True):
+    return pipeline.make_loader(pairs, local_batch, seed, shuffle=shuffle, num_epochs=epochs)
 
 
 def _validation_loss(run: _Run, params, eval_loss, mean) -> Optional[float]:
@@ -219,11 +222,11 @@ def _validation_loss(run: _Run, params, eval_loss, mean) -> Optional[float]:
     if config.val_batches <= 0 or not config.val_split:
         return None
     source = builders.data_source(config.dataset_dir, config.val_split)
-    pairs = cd.CaptionPairs(source, config.train_field, config.caption_field)
+    pairs = run.caption_pairs(source, config.train_field)
     batch = min(config.batch_size, len(pairs) // jax.device_count() * jax.device_count())
     if batch == 0:
         return None
-    loader = _loader(run, pairs, batch // jax.process_count(), 0, epochs=1, shuffle=False)
+    loader = _loader(pairs, batch // jax.process_count(), 0, epochs=1, shuffle=False)
     total, count = 0.0, 0.0
     for i, local in enumerate(loader):
         if i >= config.val_batches:
@@ -260,7 +263,7 @@ def train(run: _Run) -> tuple:
     gap = run.gap_direction() if run.transform.noise == "span_only" else np.zeros_like(mean)
     step_fn = make_train_step(run.model, tx, run.transform, run.mesh, shardings)
     eval_loss = make_eval_loss(run.model, run.transform, run.mesh)
-    data = iter(_loader(run, run.pairs, local_batch, config.seed))
+    data = iter(_loader(run.pairs, local_batch, config.seed))
     ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     start = ckpts.latest_step() or 0
     if start:

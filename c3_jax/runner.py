@@ -1,0 +1,96 @@
+"""Running an experiment: config validation, dispatch, and the workdir's run outputs."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from typing import Callable, Mapping
+
+from absl import logging
+
+from c3_jax.workdir import Workdir
+
+# experiment name -> "module:function"; each module also defines FIELDS[experiment].
+EXPERIMENTS = {
+    "geometry_synthetic": "c3_jax.geometry_runs:run_synthetic",
+    "geometry_mlp_collapse": "c3_jax.geometry_runs:run_mlp_collapse",
+    "geometry_embeddings": "c3_jax.geometry_runs:run_embeddings",
+    "embeddings_dataset": "c3_jax.data.dataset_runs:run_embeddings_dataset",
+    "coco_extract": "c3_jax.data.dataset_runs:run_coco_extract",
+    "caption": "c3_jax.train.captioning:run_caption",
+    "caption_gap_sensitivity": "c3_jax.train.captioning:run_gap_sensitivity",
+    "shapes_caption": "c3_jax.shapes_runs:run_shapes_caption",
+}
+# Experiments that resume from the checkpoints in their workdir (and keep its metrics).
+RESUMABLE = {"caption", "caption_gap_sensitivity", "shapes_caption"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: unknown experiment, missing, unknown or mistyped field."""
+
+
+def _type_ok(value, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def validate(config: Mapping, fields: Mapping[str, type], experiment: str) -> None:
+    """Checks that ``config`` holds exactly ``fields`` (plus 'experiment'), with their types."""
+    present = set(config.keys()) - {"experiment"}
+    for name, expected in fields.items():
+        if name not in config:
+            raise ConfigError(f"config is missing field {name!r} ({expected.__name__}), "
+                              f"required by experiment {experiment!r}")
+        value = config[name]
+        if not _type_ok(value, expected):
+            raise ConfigError(f"config field {name!r} must be {expected.__name__}, got "
+                              f"{type(value).__name__} {value!r}")
+    unknown = sorted(present - set(fields))
+    if unknown:
+        raise ConfigError(f"config field(s) {unknown} are not used by experiment {experiment!r}; "
+                          f"its fields are {sorted(fields)}")
+
+
+def resolve(config) -> Callable:
+    """Returns the run function for ``config.experiment`` after validating the config."""
+    name = config.get("experiment") if hasattr(config, "get") else None
+    if name is None:
+        raise ConfigError(f"config has no 'experiment' field; set one of {sorted(EXPERIMENTS)}")
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {name!r}; known experiments: {sorted(EXPERIMENTS)}")
+    module_name, fn_name = EXPERIMENTS[name].split(":")
+    module = importlib.import_module(module_name)
+    validate(config, module.FIELDS[name], name)
+    return getattr(module, fn_name)
+
+
+def _check_same_run(wd: Workdir, config: dict) -> None:
+    """A resumable run's workdir must hold nothing or a run of the same config."""
+    if not os.path.exists(wd.file("config.json")):
+        return
+    old = wd.read_json("config.json")
+    if old != json.loads(json.dumps(config)):
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise ConfigError(f"--workdir {wd.path} holds a run of another config (fields {changed} "
+                          "differ); resume it with its own config or use a new --workdir")
+
+
+def run(config, workdir: str) -> dict:
+    """Validates ``config``, runs its experiment in ``workdir`` and writes the outputs."""
+    fn = resolve(config)
+    wd = Workdir(workdir)
+    if config.experiment in RESUMABLE:
+        _check_same_run(wd, config.to_dict())
+    else:
+        wd.reset_metrics()
+    wd.write_json("config.json", config.to_dict())
+    start = time.time()
+    results = fn(config, wd)
+    results["wall_time_s"] = time.time() - start
+    wd.write_json("results.json", results)
+    logging.info("results written to %s", wd.file("results.json"))
+    return results

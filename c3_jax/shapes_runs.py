@@ -1,0 +1,242 @@
+"""The built-in world, end to end: Connect (train a small CLIP) -> geometry of the learned
+space -> captioners trained on text embeddings only, per C^3 variant and seed -> captions of
+test images scored by COCO metrics and by attribute accuracy against the ground truth."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from c3_jax import geometry_runs, plots, runner
+from c3_jax.data import builders, shapes
+from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokenizer
+from c3_jax.models import clip
+from c3_jax.train import captioning, connect
+from c3_jax.train import caption_data as cd
+from c3_jax.workdir import Workdir
+
+FIELDS = {"shapes_caption": {
+    "seed": int, "seeds": int, "variants": str, "image_size": int, "two_object_fraction": float,
+    "connect_size": int, "train_size": int, "val_size": int, "test_size": int,
+    "clip_width": int, "clip_depth": int, "clip_heads": int, "patch_size": int,
+    "projection_dim": int, "connect_steps": int, "connect_batch": int, "connect_lr": float,
+    "gpt_width": int, "gpt_depth": int, "gpt_heads": int, "prefix_length": int,
+    "caption_steps": int, "caption_batch": int, "caption_lr": float, "caption_warmup": int,
+    "noise_sigma": float, "calibration_pairs": int, "max_decode_tokens": int,
+    "eval_batch_size": int}}
+MAX_TOKENS = 20  # the longest world caption: 16 words, a comma, '.', EOS
+# variant -> (C^3 variant, training field, sigma: "fixed" | "calibrated")
+VARIANTS = {"c1": ("c1", "text_embedding", "fixed"),
+            "c2_collapse": ("c2_collapse", "text_embedding", "fixed"),
+            "c2_corrupt": ("c2_corrupt", "text_embedding", "fixed"),
+            "c3": ("c3", "text_embedding", "fixed"),
+            "c3_calibrated": ("c3", "text_embedding", "calibrated"),
+            "supervised": ("c1", "image_embedding", "fixed")}
+METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy",
+           "exact_match")
+
+
+def _world(config, wd: Workdir) -> str:
+    path = wd.file(os.path.join("data", "shapes_world", "1.0.0"))
+    if os.path.isdir(path):
+        return path
+    sizes = {"connect": config.connect_size, "train": config.train_size,
+             "val": config.val_size, "test": config.test_size}
+    return shapes.build_dataset(wd.file("data"), sizes, config.seed, config.image_size,
+                                two_object_fraction=config.two_object_fraction)
+
+
+def _all_captions(source) -> list:
+    return [c for i in range(len(source)) for c in cd._captions(source[i], "caption")]
+
+
+def _tokenizer(world: str, wd: Workdir):
+    """A word-level tokenizer of the connect and train captions (shared by CLIP and GPT-2)."""
+    path = wd.file("tokenizer")
+    if not os.path.isdir(path):
+        texts = [c for s in ("connect", "train")
+                 for c in _all_captions(builders.data_source(world, s))]
+        build_word_tokenizer(texts, path)
+    return load_tokenizer(path)
+
+
+def _clip_model(config, tokenizer) -> clip.CLIP:
+    tower = clip.Tower(config.clip_width, config.clip_depth, config.clip_heads,
+                       4 * config.clip_width, "gelu")
+    return clip.CLIP(clip.CLIPConfig(text=tower, vision=tower,
+                                     projection_dim=config.projection_dim,
+                                     vocab_size=len(tokenizer), max_positions=MAX_TOKENS,
+                                     eos_token_id=tokenizer.eos_token_id,
+                                     image_size=config.image_size,
+                                     patch_size=config.patch_size))
+
+
+def _connect(config, world: str, tokenizer, wd: Workdir):
+    model = _clip_model(config, tokenizer)
+    pairs = connect.image_pairs(builders.data_source(world, "connect")).tokenize(
+        tokenizer, MAX_TOKENS, truncate=False)
+    cfg = connect.ConnectConfig(steps=config.connect_steps, batch_size=config.connect_batch,
+                                lr=config.connect_lr, seed=config.seed)
+    return model, connect.train(model, pairs, cfg, wd, wd.file("connect"))
+
+
+def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> str:
+    """The frozen CLIP's embeddings of the train/val/test splits, in COCO's layout."""
+    path = wd.file(os.path.join("data", "shapes_clip", "1.0.0"))
+    if os.path.isdir(path):
+        return path
+    splits, captions = {}, {}
+    for split in ("train", "val", "test"):
+        src = builders.data_source(world, split)
+        rows = [src[i] for i in range(len(src))]
+        caps = [cd._captions(r, "caption") for r in rows]
+        ids, mask = encode_captions(tokenizer, [c for cs in caps for c in cs], MAX_TOKENS)
+        text = connect.encode(model, params, ids=ids, mask=mask)
+        images = np.stack([r["image"] for r in rows])
+        splits[split] = {
+            "image_embedding": connect.encode(model, params, images=images),
+            "text_embedding": text.reshape(len(rows), len(caps[0]), -1),
+            **{k: np.asarray([r[k] for r in rows]) for k in ("num_objects",) + shapes.ATTRIBUTES}}
+        captions[split] = caps
+    return builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
+
+
+def _geometry(config, dataset: str, wd: Workdir) -> dict:
+    """Effective dims, the gap, Table 1 statistics and calibrated sigma on test pairs
+    (each image with its first caption); calibration uses val pairs."""
+    test = builders.data_source(dataset, "test")
+    x = np.stack([np.asarray(test[i]["image_embedding"], np.float32) for i in range(len(test))])
+    y = np.stack([np.asarray(test[i]["text_embedding"][0], np.float32) for i in range(len(test))])
+    group = min(100, max(2, len(x) // 5))  # Table 1 uses groups of 100
+    report = geometry_runs.pair_geometry(x, y, wd, seed=config.seed, group_size=group,
+                                         calibration_pairs=config.calibration_pairs, gamma=0.99,
+                                         title="shapes world, learned CLIP space",
+                                         names=("image", "text"))
+    return report
+
+
+def _gpt2_dir(config, tokenizer, wd: Workdir) -> str:
+    """A GPT-2 config (trained from scratch) with the world's tokenizer."""
+    path = wd.file("gpt2")
+    os.makedirs(path, exist_ok=True)
+    tokenizer.save_pretrained(path)
+    hf = {"model_type": "gpt2", "vocab_size": len(tokenizer), "n_positions": 64,
+          "n_embd": config.gpt_width, "n_layer": config.gpt_depth, "n_head": config.gpt_heads,
+          "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+          "eos_token_id": tokenizer.eos_token_id}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    return path
+
+
+def _captioner_config(config, dataset: str, gpt2_dir: str, name: str, seed: int,
+                      sigma_calibrated: float):
+    variant, field, sigma = VARIANTS[name]
+    c = captioning.base_config("caption")
+    c.update(dict(
+        gpt2=gpt2_dir, gpt2_from_scratch=True, prefix_length=config.prefix_length,
+        dataset_dir=dataset, train_field=field, max_caption_tokens=MAX_TOKENS,
+        truncate_captions=False, variant=variant,
+        noise_sigma=sigma_calibrated if sigma == "calibrated" else config.noise_sigma,
+        batch_size=config.caption_batch, max_steps=config.caption_steps, lr=config.caption_lr,
+        warmup_steps=config.caption_warmup, seed=seed, log_every=50,
+        checkpoint_every=config.caption_steps, val_batches=4,
+        max_decode_tokens=config.max_decode_tokens, eval_batch_size=config.eval_batch_size,
+        spice=False))
+    return c
+
+
+def _variants(config) -> list:
+    names = [v.strip() for v in config.variants.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    return names
+
+
+def _train_captioner(config, dataset, gpt2_dir, name, seed, sigma, attrs, wd: Workdir) -> dict:
+    """One captioner run in its own workdir (reused when finished); adds attribute accuracy."""
+    sub = wd.file(os.path.join("captioners", f"{name}_seed{seed}"))
+    if not os.path.exists(os.path.join(sub, "results.json")):
+        runner.run(_captioner_config(config, dataset, gpt2_dir, name, seed, sigma), sub)
+    sub_wd = Workdir(sub)
+    result = sub_wd.read_json("results.json")
+    captions = [r["prediction"] for r in sub_wd.read_json("captions_test.json")]
+    acc = shapes.attribute_accuracy(captions, attrs)
+    return {**result["metrics"], "attribute_accuracy": acc["mean"],
+            "exact_match": acc["exact_match"], "per_attribute": acc, "captions": captions,
+            "final_loss": result.get("final_loss")}
+
+
+def _test_attributes(dataset: str) -> dict:
+    test = builders.data_source(dataset, "test")
+    keys = ("num_objects",) + shapes.ATTRIBUTES
+    return {k: np.asarray([int(test[i][k]) for i in range(len(test))]) for k in keys}
+
+
+def _aggregate(runs: dict) -> dict:
+    """{variant: {metric: {mean, std, per_seed}}} over seeds."""
+    out = {}
+    for name, seeds in runs.items():
+        out[name] = {}
+        for m in METRICS:
+            vals = np.asarray([r[m] for r in seeds], np.float64)
+            out[name][m] = {"mean": float(vals.mean()), "std": float(vals.std()),
+                            "per_seed": vals.tolist()}
+        per_attr = {k: float(np.nanmean([r["per_attribute"][k] for r in seeds]))
+                    for k in seeds[0]["per_attribute"]}
+        out[name]["per_attribute"] = per_attr
+    return out
+
+
+def _results_table(agg: dict, chance: dict, seeds: int) -> str:
+    head = "| variant | " + " | ".join(METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    for name, row in agg.items():
+        cells = [f"{100 * row[m]['mean']:.1f} ± {100 * row[m]['std']:.1f}" for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| chance (most frequent value) | " + " | ".join(
+        "" if m not in ("attribute_accuracy", "exact_match") else
+        f"{100 * chance['mean' if m == 'attribute_accuracy' else 'exact_match']:.1f}"
+        for m in METRICS) + " |")
+    return (f"Scores × 100 on the test split, mean ± std over {seeds} seed(s).\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int = 8) -> str:
+    src = builders.data_source(world, "test")
+    images = [np.asarray(src[i]["image"]) for i in range(count)]
+    captions = {name: seeds[0]["captions"][:count] for name, seeds in runs.items()}
+    truth = [cd._captions(src[i], "caption")[0] for i in range(count)]
+    return plots.captioned_images(images, {"truth": truth, **captions}, wd.file("samples.png"))
+
+
+def run_shapes_caption(config, wd: Workdir) -> dict:
+    """Connect -> Collapse -> Corrupt on the built-in world; see the module docstring."""
+    world = _world(config, wd)
+    tokenizer = _tokenizer(world, wd)
+    model, params = _connect(config, world, tokenizer, wd)
+    dataset = _embed_splits(config, world, tokenizer, model, params, wd)
+    geometry = _geometry(config, dataset, wd)
+    logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f",
+                 geometry["modality_gap"], geometry["effective_dim_x"],
+                 geometry["effective_dim_y"], geometry["sigma_calibrated"])
+    gpt2_dir = _gpt2_dir(config, tokenizer, wd)
+    attrs = _test_attributes(dataset)
+    runs = {name: [_train_captioner(config, dataset, gpt2_dir, name, config.seed + s,
+                                    geometry["sigma_calibrated"], attrs, wd)
+                   for s in range(config.seeds)]
+            for name in _variants(config)}
+    agg = _aggregate(runs)
+    chance = shapes.chance_accuracy(attrs)
+    table = _results_table(agg, chance, config.seeds)
+    with open(wd.file("RESULTS.md"), "w") as f:
+        f.write("# Shapes world: captioning images from text-only training\n\n" + table)
+    print("\n" + table)
+    _samples_png(dataset, world, runs, wd)
+    return {"variants": agg, "chance": chance, "geometry": geometry,
+            "sigma_calibrated": geometry["sigma_calibrated"], "sigma_fixed": config.noise_sigma,
+            "seeds": config.seeds, "num_test": int(len(attrs["shape"]))}

@@ -1,0 +1,132 @@
+"""Connect: contrastive pretraining of a small CLIP (image and text towers) on image-caption
+pairs, then frozen-encoder embeddings of every split."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from tqdm.auto import tqdm
+
+from c3_jax.data import pipeline
+from c3_jax.models import clip
+from c3_jax.train import caption_data as cd
+from c3_jax.train import state as st
+from c3_jax.workdir import Workdir
+
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectConfig:
+    """Contrastive training of a CLIP on (image, caption) pairs."""
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+
+def pixels(images: jax.Array) -> jax.Array:
+    """uint8 images [B, H, W, 3] -> normalized float NCHW, the towers' input."""
+    x = images.astype(jnp.float32) / 255.0
+    return jnp.transpose((x - PIXEL_MEAN) / PIXEL_STD, (0, 3, 1, 2))
+
+
+def clip_loss(image_features: jax.Array, text_features: jax.Array,
+              logit_scale: jax.Array) -> jax.Array:
+    """CLIP's symmetric InfoNCE over a batch of normalized features (scale capped at 100)."""
+    x = image_features / jnp.linalg.norm(image_features, axis=-1, keepdims=True)
+    y = text_features / jnp.linalg.norm(text_features, axis=-1, keepdims=True)
+    logits = jnp.exp(jnp.minimum(logit_scale, jnp.log(100.0))) * x @ y.T
+    labels = jnp.arange(x.shape[0])
+    ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
+    return 0.5 * (ce(logits) + ce(logits.T))
+
+
+def make_step(model: clip.CLIP, tx, mesh, shardings):
+    """One sharded contrastive step on {'image', 'ids', 'mask'}."""
+    def step(state: st.TrainState, batch: dict):
+        def loss_fn(params):
+            img, txt = model.apply({"params": params}, pixels(batch["image"]), batch["ids"],
+                                   batch["mask"])
+            return clip_loss(img, txt, params["logit_scale"])
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "temperature": 1.0 / jnp.exp(params["logit_scale"])}
+        return st.TrainState(state.step + 1, params, opt_state), metrics
+
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step, in_shardings=(shardings, st.batch_sharding(mesh)),
+                   out_shardings=(shardings, repl), donate_argnums=0)
+
+
+def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: Workdir,
+          directory: str):
+    """Trains (or resumes, or reloads when finished) the CLIP on tokenized (image, caption)
+    ``pairs`` with checkpoints in ``directory``; returns params."""
+    mesh = st.make_mesh(1)
+    cfg = model.config
+    example = (jnp.zeros((1, 3, cfg.image_size, cfg.image_size)), jnp.zeros((1, 2), jnp.int32))
+    params = jax.jit(model.init)(jax.random.key(config.seed), *example)["params"]
+    tx = st.adamw(config.lr, config.warmup_steps, config.steps, config.weight_decay)
+    abstract = jax.eval_shape(lambda p: st.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+                              params)
+    shardings = st.state_shardings(mesh, abstract)
+    data = iter(pipeline.make_loader(pairs, config.batch_size // jax.process_count(),
+                                     config.seed))
+    ckpts = st.Checkpoints(directory)
+    start = ckpts.latest_step() or 0
+    if start:
+        state = ckpts.restore(st.abstract(abstract, shardings), data)
+        logging.info("Connect: resumed from step %d", start)
+    else:
+        state = st.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        state = jax.device_put(state, shardings)
+    step_fn = make_step(model, tx, mesh, shardings)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="connect",
+               unit="step")
+    for i in bar:
+        state, metrics = step_fn(state, pipeline.global_batch(next(data),
+                                                              st.batch_sharding(mesh)))
+        done = i + 1
+        if done % config.log_every == 0 or done == config.steps:
+            host = {f"connect_{k}": float(v) for k, v in jax.device_get(metrics).items()}
+            wd.log_metrics(done, host)
+            bar.set_postfix(loss=f"{host['connect_loss']:.3f}")
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            ckpts.save(done, state, data)
+    ckpts.wait()
+    ckpts.close()
+    return state.params
+
+
+def encode(model: clip.CLIP, params, images: Optional[np.ndarray] = None,
+           ids: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None,
+           batch_size: int = 1024) -> np.ndarray:
+    """Frozen features of uint8 ``images`` or of token ``ids``/``mask``, data-parallel."""
+    from c3_jax import embed
+    if images is not None:
+        fn = lambda p, a: model.apply({"params": p}, pixels(a[0]), method="encode_image")
+        arrays = (images,)
+    else:
+        fn = lambda p, a: model.apply({"params": p}, a[0], a[1], method="encode_text")
+        arrays = (ids, mask)
+    batches = (tuple(a[i:i + batch_size] for a in arrays)
+               for i in range(0, len(arrays[0]), batch_size))
+    return embed.data_parallel(fn, params, batches, "image features" if images is not None
+                               else "text features")
+
+
+def image_pairs(source) -> cd.CaptionPairs:
+    """(image, caption) pairs of a world split: each image with each of its captions."""
+    return cd.CaptionPairs(source, "image", output_key="image")

@@ -1,0 +1,50 @@
+"""The built-in world's main job (':quick') end to end, and Connect's loss."""
+import json
+import os
+
+import numpy as np
+
+from c3_jax import runner
+from c3_jax.train import connect
+from configs import shapes_caption
+
+
+def test_clip_loss_matches_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    scale = np.log(1 / 0.07)
+    got = float(connect.clip_loss(x.astype(np.float32), y.astype(np.float32), scale))
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+    logits = np.exp(scale) * xn @ yn.T
+    ce = lambda z: np.mean(np.log(np.exp(z).sum(1)) - np.diag(z))
+    np.testing.assert_allclose(got, 0.5 * (ce(logits) + ce(logits.T)), rtol=1e-5)
+    # The scale is capped at 100, as CLIP clamps it.
+    capped = float(connect.clip_loss(x.astype(np.float32), y.astype(np.float32), np.log(1e4)))
+    big = 100 * xn @ yn.T
+    np.testing.assert_allclose(capped, 0.5 * (ce(big) + ce(big.T)), rtol=1e-5)
+
+
+def test_quick_main_job_writes_every_output(tmp_path):
+    config = shapes_caption.get_config("quick")
+    results = runner.run(config, str(tmp_path))
+    for name in ("config.json", "metrics.jsonl", "results.json", "RESULTS.md", "samples.png",
+                 "gap_statistics.png", "spectra.png"):
+        assert (tmp_path / name).exists(), name
+    variants = [v for v in config.variants.split(",")]
+    assert sorted(results["variants"]) == sorted(variants)
+    for name, row in results["variants"].items():
+        for metric in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy"):
+            assert np.isfinite(row[metric]["mean"]), (name, metric)
+            assert 0 <= row[metric]["mean"] <= 10, (name, metric)  # CIDEr may exceed 1
+    geometry = results["geometry"]
+    assert geometry["modality_gap"] > 0 and geometry["sigma_calibrated"] > 0
+    assert geometry["effective_dim_x"] >= 1 and "gap_orthogonality" in geometry["statistics"]
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert all(f"| {v} |" in table for v in variants)
+    connect_rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any("connect_loss" in r for r in connect_rows)
+    # Re-running the same command reuses everything (Connect checkpoint, captioners).
+    again = runner.run(config, str(tmp_path))
+    assert again["variants"] == json.loads(json.dumps(results["variants"]))
+    assert os.path.isdir(tmp_path / "connect" / "latest")
