@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 from absl import logging
 

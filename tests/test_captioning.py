@@ -87,7 +87,6 @@ def tiny_config(world, variant="c3", **overrides):
 
 def _params(workdir):
     """The latest checkpoint's params of a run, as numpy."""
-    from c3_jax.train import state as st
     import orbax.checkpoint as ocp
     path = os.path.join(workdir, "checkpoints", "latest")
     with ocp.CheckpointManager(path) as mngr:
@@ -135,7 +134,6 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(world, t
                          lr=0.0, max_steps=2, checkpoint_every=2, eval_max_examples=1)
     results = main.run(config, str(tmp_path / "ft"))
     assert results["train_pairs"] == 6 * 5  # half of the 12 training images, 5 captions each
-    from c3_jax.train import state as st
     import orbax.checkpoint as ocp
     with ocp.CheckpointManager(train_dir / "checkpoints" / "best") as mngr:
         best = mngr.restore(mngr.best_step(), args=ocp.args.Composite(

@@ -7,7 +7,7 @@ paired with each of its captions). Rows are flattened into pairs, one per captio
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm

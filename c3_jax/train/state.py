@@ -6,7 +6,6 @@ from typing import Any, Optional
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
