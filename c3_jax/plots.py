@@ -106,3 +106,21 @@ def captioned_images(images, captions: dict, path: str) -> str:
         text = "\n".join(f"{name}: {textwrap.fill(caps[i], 34)}" for name, caps in captions.items())
         ax.set_xlabel(text, fontsize=6.5, loc="left")
     return _save(fig, path)
+
+
+def image_grid(rows: dict, column_titles, path: str) -> str:
+    """Named rows of images under one title per column (e.g. the caption they came from)."""
+    n_rows, n_cols = len(rows), len(column_titles)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.45 * n_cols, 1.25 * n_rows + 1.0),
+                             squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.imshow(images[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+            if r == 0:
+                ax.set_title(textwrap.fill(column_titles[c], 22), fontsize=5.5)
+    return _save(fig, path)

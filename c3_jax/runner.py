@@ -21,9 +21,11 @@ EXPERIMENTS = {
     "caption": "c3_jax.train.captioning:run_caption",
     "caption_gap_sensitivity": "c3_jax.train.captioning:run_gap_sensitivity",
     "shapes_caption": "c3_jax.shapes_runs:run_shapes_caption",
+    "generate": "c3_jax.train.generation:run_generate",
+    "shapes_t2i": "c3_jax.shapes_t2i:run_shapes_t2i",
 }
 # Experiments that resume from the checkpoints in their workdir (and keep its metrics).
-RESUMABLE = {"caption", "caption_gap_sensitivity", "shapes_caption"}
+RESUMABLE = {"caption", "caption_gap_sensitivity", "shapes_caption", "generate", "shapes_t2i"}
 
 
 class ConfigError(ValueError):
@@ -79,8 +81,9 @@ def _check_same_run(wd: Workdir, config: dict) -> None:
                           "differ); resume it with its own config or use a new --workdir")
 
 
-def run(config, workdir: str) -> dict:
-    """Validates ``config``, runs its experiment in ``workdir`` and writes the outputs."""
+def run(config, workdir: str, **objects) -> dict:
+    """Validates ``config``, runs its experiment in ``workdir`` and writes the outputs;
+    ``objects`` (e.g. an in-memory encoder) go to the experiment's run function."""
     fn = resolve(config)
     wd = Workdir(workdir)
     if config.experiment in RESUMABLE:
@@ -89,7 +92,7 @@ def run(config, workdir: str) -> dict:
         wd.reset_metrics()
     wd.write_json("config.json", config.to_dict())
     start = time.time()
-    results = fn(config, wd)
+    results = fn(config, wd, **objects)
     results["wall_time_s"] = time.time() - start
     wd.write_json("results.json", results)
     logging.info("results written to %s", wd.file("results.json"))

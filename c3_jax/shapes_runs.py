@@ -83,7 +83,8 @@ def _connect(config, world: str, tokenizer, wd: Workdir):
 
 
 def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> str:
-    """The frozen CLIP's embeddings of the train/val/test splits, in COCO's layout."""
+    """The frozen CLIP's embeddings of the train/val/test splits (with the images), in
+    COCO's layout."""
     path = wd.file(os.path.join("data", "shapes_clip", "1.0.0"))
     if os.path.isdir(path):
         return path
@@ -96,11 +97,20 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> 
         text = connect.encode(model, params, ids=ids, mask=mask)
         images = np.stack([r["image"] for r in rows])
         splits[split] = {
-            "image_embedding": connect.encode(model, params, images=images),
+            "image": images, "image_embedding": connect.encode(model, params, images=images),
             "text_embedding": text.reshape(len(rows), len(caps[0]), -1),
             **{k: np.asarray([r[k] for r in rows]) for k in ("num_objects",) + shapes.ATTRIBUTES}}
         captions[split] = caps
     return builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
+
+
+def connected_world(config, wd: Workdir) -> tuple:
+    """World -> tokenizer -> Connect -> embeddings: (the CLIP module, its params, the
+    world's dataset dir, the embeddings dataset dir); each step is reused when done."""
+    world = _world(config, wd)
+    tokenizer = _tokenizer(world, wd)
+    model, params = _connect(config, world, tokenizer, wd)
+    return model, params, world, _embed_splits(config, world, tokenizer, model, params, wd)
 
 
 def _geometry(config, dataset: str, wd: Workdir) -> dict:
@@ -170,7 +180,7 @@ def _train_captioner(config, dataset, gpt2_dir, name, seed, sigma, attrs, wd: Wo
             "final_loss": result.get("final_loss")}
 
 
-def _test_attributes(dataset: str) -> dict:
+def test_attributes(dataset: str) -> dict:
     test = builders.data_source(dataset, "test")
     keys = ("num_objects",) + shapes.ATTRIBUTES
     return {k: np.asarray([int(test[i][k]) for i in range(len(test))]) for k in keys}
@@ -215,16 +225,14 @@ def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int =
 
 def run_shapes_caption(config, wd: Workdir) -> dict:
     """Connect -> Collapse -> Corrupt on the built-in world; see the module docstring."""
-    world = _world(config, wd)
-    tokenizer = _tokenizer(world, wd)
-    model, params = _connect(config, world, tokenizer, wd)
-    dataset = _embed_splits(config, world, tokenizer, model, params, wd)
+    tokenizer = _tokenizer(_world(config, wd), wd)
+    _, _, world, dataset = connected_world(config, wd)
     geometry = _geometry(config, dataset, wd)
     logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f",
                  geometry["modality_gap"], geometry["effective_dim_x"],
                  geometry["effective_dim_y"], geometry["sigma_calibrated"])
     gpt2_dir = _gpt2_dir(config, tokenizer, wd)
-    attrs = _test_attributes(dataset)
+    attrs = test_attributes(dataset)
     runs = {name: [_train_captioner(config, dataset, gpt2_dir, name, config.seed + s,
                                     geometry["sigma_calibrated"], attrs, wd)
                    for s in range(config.seeds)]

@@ -157,14 +157,19 @@ def abstract(tree, shardings=None):
                         tree, shardings)
 
 
-def restore_params(directory: str, abstract_state: TrainState, best: bool = True) -> Any:
-    """Params of a finished run's checkpoint (``best`` if it has one, else ``latest``)."""
+def restore_state(directory: str, abstract_state, best: bool = True) -> Any:
+    """The state of a finished run's checkpoint (``best`` if it has one, else ``latest``)."""
     ckpts = Checkpoints(directory)
     try:
         use_best = best and ckpts.best.best_step() is not None
-        return ckpts.restore(abstract_state, best=use_best).params
+        return ckpts.restore(abstract_state, best=use_best)
     finally:
         ckpts.close()
+
+
+def restore_params(directory: str, abstract_state: TrainState, best: bool = True) -> Any:
+    """Params of a finished run's checkpoint (``best`` if it has one, else ``latest``)."""
+    return restore_state(directory, abstract_state, best).params
 
 
 def to_host(tree) -> Any:

@@ -1,0 +1,128 @@
+"""Text-to-image on the built-in world: the CLIP of Connect (shared with shapes_caption),
+a LAFITE StyleGAN2 trained on ``train`` images only per C^3 variant, images generated from
+``test`` captions, scored by Fréchet distance in the CLIP image space and by the attribute
+accuracy a probe classifier (trained on real images) reads from them."""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from c3_jax import plots, runner, shapes_runs
+from c3_jax.data import builders, shapes
+from c3_jax.eval import shapes_probe
+from c3_jax.train import connect, generation
+from c3_jax.workdir import Workdir
+
+_WORLD = {k: v for k, v in shapes_runs.FIELDS["shapes_caption"].items()
+          if k in ("seed", "image_size", "two_object_fraction", "connect_size", "train_size",
+                   "val_size", "test_size", "clip_width", "clip_depth", "clip_heads",
+                   "patch_size", "projection_dim", "connect_steps", "connect_batch",
+                   "connect_lr")}
+FIELDS = {"shapes_t2i": {
+    **_WORLD, "variants": str, "noise_sigma": float, "gan_steps": int, "gan_batch": int,
+    "gan_lr": float, "z_dim": int, "w_dim": int, "mapping_layers": int, "cond_hidden": int,
+    "channel_base": int, "channel_max": int, "r1_gamma": float, "r1_every": int,
+    "itd_weight": float, "itc_weight": float, "ema_kimg": float, "probe_steps": int,
+    "num_samples": int}}
+VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3")
+METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_score")
+
+
+def _encoder(model, params) -> generation.Encoder:
+    """The world's CLIP image tower on images in [-1, 1]."""
+    fn = lambda p, x: model.apply({"params": p}, connect.pixels((x + 1.0) * 127.5),
+                                  method="encode_image")
+    return generation.Encoder(fn, params)
+
+
+def _generator_config(config, dataset: str, variant: str):
+    c = generation.base_config()
+    c.update(dict(
+        clip="", z_dim=config.z_dim, w_dim=config.w_dim, mapping_layers=config.mapping_layers,
+        cond_hidden=config.cond_hidden, channel_base=config.channel_base,
+        channel_max=config.channel_max, dataset_dir=dataset, variant=variant,
+        noise_sigma=config.noise_sigma, batch_size=config.gan_batch,
+        max_steps=config.gan_steps, lr=config.gan_lr, r1_gamma=config.r1_gamma,
+        r1_every=config.r1_every, itd_weight=config.itd_weight, itc_weight=config.itc_weight,
+        ema_kimg=config.ema_kimg, ema_rampup=0.05, seed=config.seed,
+        log_every=max(config.gan_steps // 20, 1), checkpoint_every=config.gan_steps,
+        eval_max_examples=0, eval_batch_size=250, num_samples=config.num_samples))
+    return c
+
+
+def _split(world: str, split: str) -> tuple:
+    """Images [n, R, R, 3] and attribute arrays of a world split."""
+    src = builders.data_source(world, split)
+    rows = [src[i] for i in range(len(src))]
+    keys = ("num_objects",) + shapes.ATTRIBUTES
+    return (np.stack([np.asarray(r["image"]) for r in rows]),
+            {k: np.asarray([int(r[k]) for r in rows]) for k in keys})
+
+
+def _variants(config) -> list:
+    names = [v.strip() for v in config.variants.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    return names
+
+
+def _generate_variant(config, dataset, variant, encoder, probe, test_attrs, wd) -> dict:
+    """One generator run in its own workdir (reused when finished), scored by the probe."""
+    sub = wd.file(os.path.join("generators", variant))
+    if not os.path.exists(os.path.join(sub, "results.json")):
+        runner.run(_generator_config(config, dataset, variant), sub, encoder=encoder)
+    result = Workdir(sub).read_json("results.json")
+    images = np.load(os.path.join(sub, "generated_test.npy"))
+    acc = shapes_probe.probe_accuracy(probe, images, test_attrs)
+    return {**result["metrics"], "attribute_accuracy": acc["mean"],
+            "exact_match": acc["exact_match"], "per_attribute": acc, "images": images}
+
+
+def _table(rows: dict, ceiling: dict, chance: dict) -> str:
+    lines = ["| variant | attribute acc. | exact match | CLIP-space FD | CLIP score |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {100 * r['attribute_accuracy']:.1f} | "
+                     f"{100 * r['exact_match']:.1f} | {r['clip_frechet_distance']:.4f} | "
+                     f"{r['clip_score']:.3f} |")
+    lines.append(f"| real test images (probe ceiling) | {100 * ceiling['mean']:.1f} | "
+                 f"{100 * ceiling['exact_match']:.1f} | 0 | |")
+    lines.append(f"| chance (most frequent value) | {100 * chance['mean']:.1f} | "
+                 f"{100 * chance['exact_match']:.1f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _samples_png(real, captions, rows: dict, wd: Workdir, count: int) -> str:
+    grid = {"real": real[:count], **{n: r["images"][:count] for n, r in rows.items()}}
+    return plots.image_grid(grid, captions[:count], wd.file("samples.png"))
+
+
+def run_shapes_t2i(config, wd: Workdir) -> dict:
+    """Connect -> generators trained on images only -> images from test captions."""
+    model, params, world, dataset = shapes_runs.connected_world(config, wd)
+    encoder = _encoder(model, jax.device_put(params))
+    train_images, train_attrs = _split(world, "train")
+    test_images, test_attrs = _split(world, "test")
+    probe = shapes_probe.train_probe(train_images, train_attrs, steps=config.probe_steps,
+                                     seed=config.seed)
+    ceiling = shapes_probe.probe_accuracy(probe, test_images, test_attrs)
+    logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
+    rows = {v: _generate_variant(config, dataset, v, encoder, probe, test_attrs, wd)
+            for v in _variants(config)}
+    chance = shapes.chance_accuracy(test_attrs)
+    table = _table(rows, ceiling, chance)
+    with open(wd.file("RESULTS.md"), "w") as f:
+        f.write("# Shapes world: images from test captions, generators trained on images "
+                "only\n\n" + table)
+    print("\n" + table)
+    test = builders.data_source(world, "test")
+    captions = [shapes_runs.cd._captions(test[i], "caption")[0]
+                for i in range(min(config.num_samples, len(test)))]
+    _samples_png(test_images, captions, rows, wd, config.num_samples)
+    return {"variants": {n: {k: v for k, v in r.items() if k != "images"}
+                         for n, r in rows.items()},
+            "probe_ceiling": ceiling, "chance": chance, "num_test": int(len(test_images))}

@@ -1,0 +1,492 @@
+"""C^3 text-to-image: a LAFITE-conditioned StyleGAN2 trained on image embeddings only
+(Collapse with the image mean, Corrupt with noise) and evaluated from text embeddings
+(Collapse with the text mean).
+
+One jitted, sharded step updates the discriminator (non-saturating logistic loss, LAFITE's
+contrastive term on real images, lazy R1) and the generator (non-saturating loss, LAFITE's
+contrastive terms between discriminator features / the frozen CLIP's embedding of the
+generated image and the condition), then the EMA generator. Noise, latents and the C^3
+noise come from the seed folded with the step, and checkpoints hold the data-iterator
+position, so a run resumes exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from tqdm.auto import tqdm
+
+from c3_jax import c3
+from c3_jax.data import builders, pipeline
+from c3_jax.models import stylegan2
+from c3_jax.train import caption_data as cd
+from c3_jax.train import state as st
+from c3_jax.workdir import Workdir
+
+_MODEL = {"clip": str, "z_dim": int, "w_dim": int, "mapping_layers": int,
+          "cond_hidden": int, "channel_base": int, "channel_max": int, "mbstd_group": int}
+_DATA = {"dataset_dir": str, "train_split": str, "test_split": str, "image_field": str,
+         "train_field": str, "eval_field": str, "caption_field": str}
+_TRAIN = {"variant": str, "noise_sigma": float, "batch_size": int, "max_steps": int,
+          "lr": float, "beta1": float, "beta2": float, "r1_gamma": float, "r1_every": int,
+          "itd_weight": float, "itc_weight": float, "temperature": float, "ema_kimg": float,
+          "ema_rampup": float, "fsdp": int, "seed": int, "log_every": int,
+          "checkpoint_every": int, "keep_checkpoints": int, "restore_from": str}
+_EVAL = {"eval_max_examples": int, "eval_batch_size": int, "inception_weights": str,
+         "num_samples": int}
+FIELDS = {"generate": {**_MODEL, **_DATA, **_TRAIN, **_EVAL}}
+
+
+def base_config():
+    """The paper's COCO text-to-image setup (Appendix F, DESIGN.md); configs adjust it."""
+    import ml_collections
+    c = ml_collections.ConfigDict()
+    c.experiment = "generate"
+    # Frozen CLIP ViT-B/32 (Hugging Face directory) for LAFITE's itc term and CLIP-space FD.
+    c.clip = "checkpoints/clip-vit-base-patch32"
+    c.z_dim, c.w_dim, c.mapping_layers, c.cond_hidden = 512, 512, 8, 512
+    c.channel_base, c.channel_max, c.mbstd_group = 32768, 512, 4
+    # Data: rows with an image, its CLIP image embedding and its captions' text embeddings.
+    c.dataset_dir = "data/coco_lafite_clip/1.0.0"
+    c.train_split, c.test_split = "train", "test"
+    c.image_field, c.train_field, c.eval_field = "image", "image_embedding", "text_embedding"
+    c.caption_field = "caption"
+    # Training: batch 16, Adam lr 2.5e-3, betas (0, 0.99), R1 gamma 10 every 16 steps,
+    # contrastive terms at temperature 0.5, EMA over 10k images.
+    c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA
+    c.batch_size, c.max_steps = 16, 750_000
+    c.lr, c.beta1, c.beta2 = 2.5e-3, 0.0, 0.99
+    c.r1_gamma, c.r1_every = 10.0, 16
+    c.itd_weight, c.itc_weight, c.temperature = 5.0, 10.0, 0.5
+    c.ema_kimg, c.ema_rampup = 10.0, 0.0
+    c.fsdp, c.seed = 1, 0
+    c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 5000, 2
+    c.restore_from = ""
+    # Evaluation: 30k samples from test captions; FID/IS when the Inception file is given.
+    c.eval_max_examples, c.eval_batch_size = 30_000, 250
+    c.inception_weights, c.num_samples = "", 16
+    return c
+
+
+@flax.struct.dataclass
+class GANState:
+    """Everything a generation checkpoint holds besides the data iterator."""
+    step: jax.Array
+    g_params: dict
+    d_params: dict
+    g_opt: optax.OptState
+    d_opt: optax.OptState
+    ema: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The loss weights and schedules the jitted step depends on (static)."""
+    batch_size: int
+    r1_gamma: float = 10.0
+    r1_every: int = 16
+    itd_weight: float = 5.0
+    itc_weight: float = 10.0
+    temperature: float = 0.5
+    ema_kimg: float = 10.0
+    ema_rampup: float = 0.0
+
+    @classmethod
+    def from_config(cls, config) -> "StepConfig":
+        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+
+def gan_config(config, cond_dim: int, resolution: int) -> stylegan2.GANConfig:
+    return stylegan2.GANConfig(resolution=resolution, cond_dim=cond_dim, z_dim=config.z_dim,
+                               w_dim=config.w_dim, mapping_layers=config.mapping_layers,
+                               cond_hidden=config.cond_hidden,
+                               channel_base=config.channel_base,
+                               channel_max=config.channel_max, mbstd_group=config.mbstd_group)
+
+
+def optimizer(config) -> optax.GradientTransformation:
+    """StyleGAN2's Adam (lr 2.5e-3, betas (0, 0.99), eps 1e-8), for G and for D."""
+    return optax.adam(config.lr, b1=config.beta1, b2=config.beta2, eps=1e-8)
+
+
+# ---------------------------------------------------------------------------
+# Losses and the step
+
+
+def contrastive_loss(features: jax.Array, cond: jax.Array, temperature: float) -> jax.Array:
+    """Symmetric InfoNCE between normalized ``features`` and their conditions (LAFITE)."""
+    logits = c3.normalize(features) @ c3.normalize(cond).T / temperature
+    labels = jnp.arange(logits.shape[0])
+    ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
+    return 0.5 * (ce(logits) + ce(logits.T))
+
+
+def r1_penalty(d_apply: Callable, d_params, real: jax.Array, cond: jax.Array) -> jax.Array:
+    """Mean over the batch of |grad_x D(x, c)|^2 at real images."""
+    grad = jax.grad(lambda x: d_apply(d_params, x, cond)[0].sum())(real)
+    return jnp.square(grad).sum(axis=(1, 2, 3)).mean()
+
+
+def ema_beta(cfg: StepConfig, step: jax.Array) -> jax.Array:
+    """StyleGAN2's EMA decay: half-life of ``ema_kimg`` thousand images (with rampup)."""
+    half_life = jnp.asarray(cfg.ema_kimg * 1000.0, jnp.float32)
+    if cfg.ema_rampup > 0:
+        seen = (step + 1).astype(jnp.float32) * cfg.batch_size
+        half_life = jnp.minimum(half_life, seen * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch_size / jnp.maximum(half_life, 1e-8))
+
+
+def to_unit_range(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
+                    encode: Callable, transform: c3.C3Transform, cfg: StepConfig,
+                    g_tx, d_tx, mesh, shardings):
+    """One sharded G+D step on {'image' uint8, 'embedding'}; ``encode(images [-1, 1])`` is
+    the frozen CLIP image embedding (for the itc term)."""
+    z_dim = gen.config.z_dim
+    d_apply = lambda p, x, c: disc.apply({"params": p}, x, c)
+
+    def d_loss_fn(d_params, real, fake, cond, step):
+        fake_logits, _ = d_apply(d_params, fake, cond)
+        real_logits, real_feat = d_apply(d_params, real, cond)
+        adv = jax.nn.softplus(fake_logits).mean() + jax.nn.softplus(-real_logits).mean()
+        itd = contrastive_loss(real_feat, cond, cfg.temperature)
+        r1 = jax.lax.cond(step % cfg.r1_every == 0,
+                          lambda: r1_penalty(d_apply, d_params, real, cond), lambda: 0.0)
+        loss = adv + cfg.itd_weight * itd + 0.5 * cfg.r1_gamma * cfg.r1_every * r1
+        return loss, {"d_adv": adv, "d_itd": itd, "r1": r1}
+
+    def g_loss_fn(g_params, d_params, z, cond, noise_rng, mean):
+        fake = gen.apply({"params": g_params}, z, cond, noise_rng)
+        logits, feat = d_apply(d_params, fake, cond)
+        adv = jax.nn.softplus(-logits).mean()
+        itd = contrastive_loss(feat, cond, cfg.temperature)
+        clip_emb = c3.apply_transform(transform, encode(fake), mean)
+        itc = contrastive_loss(clip_emb, cond, cfg.temperature)
+        loss = adv + cfg.itd_weight * itd + cfg.itc_weight * itc
+        return loss, {"g_adv": adv, "g_itd": itd, "g_itc": itc}
+
+    def step(state: GANState, batch: dict, mean, gap_direction, key):
+        keys = jax.random.split(jax.random.fold_in(key, state.step), 5)
+        b = batch["embedding"].shape[0]
+        cond = c3.apply_transform(transform, batch["embedding"], mean, rng=keys[0], train=True,
+                                  gap_direction=gap_direction)
+        real = to_unit_range(batch["image"])
+        fake = gen.apply({"params": state.g_params}, jax.random.normal(keys[1], (b, z_dim)),
+                         cond, keys[2])
+        d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(
+            state.d_params, real, jax.lax.stop_gradient(fake), cond, state.step)
+        d_updates, d_opt = d_tx.update(d_grads, state.d_opt, state.d_params)
+        d_params = optax.apply_updates(state.d_params, d_updates)
+        (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+            state.g_params, d_params, jax.random.normal(keys[3], (b, z_dim)), cond, keys[4],
+            mean)
+        g_updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
+        g_params = optax.apply_updates(state.g_params, g_updates)
+        beta = ema_beta(cfg, state.step)
+        ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema, g_params)
+        metrics = {**d_metrics, **g_metrics, "g_loss": g_loss,
+                   "g_grad_norm": optax.global_norm(g_grads),
+                   "d_grad_norm": optax.global_norm(d_grads)}
+        return GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema), metrics
+
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step, in_shardings=(shardings, st.batch_sharding(mesh), repl, repl, repl),
+                   out_shardings=(shardings, repl), donate_argnums=0)
+
+
+def make_generate(gen: stylegan2.Generator, transform: c3.C3Transform, mesh):
+    """(params, embeddings, mean, key) -> uint8 images, conditioned on transformed
+    embeddings (no noise: evaluation)."""
+    def fn(params, embedding, mean, key):
+        cond = c3.apply_transform(transform, embedding, mean)
+        z_key, noise_key = jax.random.split(key)
+        z = jax.random.normal(z_key, (embedding.shape[0], gen.config.z_dim))
+        return to_uint8(gen.apply({"params": params}, z, cond, noise_key))
+
+    sh = st.batch_sharding(mesh)
+    return jax.jit(fn, in_shardings=(None, sh, None, None), out_shardings=sh)
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+class ImageRows:
+    """Random-access {'image', 'embedding'} rows of a split (the training pairs)."""
+
+    def __init__(self, source, image_field: str, embedding_field: str):
+        first = source[0]
+        for field in (image_field, embedding_field):
+            if field not in first:
+                raise KeyError(f"dataset has no field {field!r}; it has {sorted(first)}")
+        shape = np.shape(first[image_field])
+        if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3:
+            raise ValueError(f"{image_field!r} must hold square RGB images [R, R, 3], got {shape}")
+        if np.ndim(first[embedding_field]) != 1:
+            raise ValueError(f"{embedding_field!r} must hold one embedding per row, got shape "
+                             f"{np.shape(first[embedding_field])}")
+        self.source, self.image_field, self.field = source, image_field, embedding_field
+        self.resolution, self.dim = shape[0], np.shape(first[embedding_field])[0]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __repr__(self) -> str:  # grain checks it when restoring an iterator
+        key = f"{self.source!r}|{self.image_field}|{self.field}"
+        return f"ImageRows({hashlib.sha1(key.encode()).hexdigest()[:12]}, n={len(self)})"
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.source[int(i)]
+        return {"image": np.asarray(ex[self.image_field], np.uint8),
+                "embedding": np.asarray(ex[self.field], np.float32)}
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+class Encoder:
+    """A frozen image encoder for the itc term and CLIP-space statistics:
+    ``fn(params, images in [-1, 1] NHWC) -> embeddings``."""
+
+    def __init__(self, fn: Callable, params):
+        self.fn, self.params = fn, params
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.fn(self.params, images)
+
+
+def clip_encoder(path: str) -> Encoder:
+    """The image tower of a Hugging Face CLIP directory, with CLIP's preprocessing."""
+    from c3_jax.data.images import ImagePreprocessor
+    from c3_jax.models import clip
+    module, params = clip.from_pretrained(path)
+    prep = ImagePreprocessor.from_pretrained(path)
+    mean, std = jnp.asarray(prep.mean), jnp.asarray(prep.std)
+
+    def fn(p, images):
+        size = module.config.image_size
+        x = jax.image.resize((images + 1.0) / 2.0, (images.shape[0], size, size, 3), "bilinear")
+        x = jnp.transpose((x - mean) / std, (0, 3, 1, 2))
+        return module.apply({"params": p}, x, method="encode_image")
+
+    return Encoder(fn, params)
+
+
+class _Run:
+    """What training and evaluation share: config, mesh, data, models, transform."""
+
+    def __init__(self, config, wd: Workdir, encoder: Optional[Encoder] = None):
+        self.config, self.wd = config, wd
+        st.maybe_initialize_distributed()
+        self.mesh = st.make_mesh(config.fsdp)
+        self.train_source = builders.data_source(config.dataset_dir, config.train_split)
+        self.rows = ImageRows(self.train_source, config.image_field, config.train_field)
+        self.encoder = encoder or clip_encoder(config.clip)
+        self.gan = gan_config(config, self.rows.dim, self.rows.resolution)
+        self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
+        self.transform = c3.variant(config.variant, config.noise_sigma)
+        self.tx = optimizer(config)
+        self._means: dict = {}
+
+    def mean(self, field: str) -> np.ndarray:
+        """Modality mean of ``field`` over the training split (Algorithm 1)."""
+        if field not in self._means:
+            self._means[field] = cd.field_mean(self.train_source, field)
+        return self._means[field]
+
+    def init_state(self) -> GANState:
+        cfg = self.gan
+        z, c = jnp.zeros((2, cfg.z_dim)), jnp.zeros((2, cfg.cond_dim))
+        img = jnp.zeros((2, cfg.resolution, cfg.resolution, 3))
+        g_key, d_key = jax.random.split(jax.random.key(self.config.seed))
+        g = self.gen.init(g_key, z, c)["params"]
+        d = self.disc.init(d_key, img, c)["params"]
+        return GANState(jnp.zeros((), jnp.int32), g, d, self.tx.init(g), self.tx.init(d), g)
+
+    def shardings(self):
+        abstract = jax.eval_shape(self.init_state)
+        return abstract, st.state_shardings(self.mesh, abstract)
+
+
+def _check_batch(config, rows: ImageRows) -> int:
+    n = jax.device_count()
+    if config.batch_size % n:
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the {n} devices")
+    if config.batch_size % config.mbstd_group and config.batch_size > config.mbstd_group:
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
+                         f"mbstd_group={config.mbstd_group}")
+    if len(rows) < config.batch_size:
+        raise ValueError(f"{len(rows)} training images are fewer than batch_size="
+                         f"{config.batch_size}")
+    return config.batch_size // jax.process_count()
+
+
+def train(run: _Run) -> tuple:
+    """Trains (or resumes) in ``run.wd``; returns (the EMA generator params, summary)."""
+    config, wd = run.config, run.wd
+    local_batch = _check_batch(config, run.rows)
+    abstract, shardings = run.shardings()
+    mean = run.mean(config.train_field)
+    gap = (run.mean(config.eval_field) - mean if run.transform.noise == "span_only"
+           else np.zeros_like(mean))
+    step_fn = make_train_step(run.gen, run.disc, run.encoder, run.transform,
+                              StepConfig.from_config(config), run.tx, run.tx, run.mesh,
+                              shardings)
+    data = iter(pipeline.make_loader(run.rows, local_batch, config.seed))
+    ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    start = ckpts.latest_step() or 0
+    if start:
+        state = ckpts.restore(st.abstract(abstract, shardings), data)
+        logging.info("resumed from step %d in %s", start, ckpts.directory)
+    else:
+        state = jax.jit(run.init_state, out_shardings=shardings)()
+    wd.truncate_metrics(start)
+    key = jax.random.key(config.seed)
+    steps = config.max_steps
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train G+D", unit="step")
+    summary = {"steps": steps, "resumed_from": start, "train_images": len(run.rows)}
+    for i in bar:
+        batch = pipeline.global_batch(next(data), st.batch_sharding(run.mesh))
+        state, metrics = step_fn(state, batch, mean, gap, key)
+        done = i + 1
+        if done % config.log_every == 0 or done == steps:
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if jax.process_index() == 0:
+                wd.log_metrics(done, host)
+            bar.set_postfix(g=f"{host['g_adv']:.3f}", d=f"{host['d_adv']:.3f}")
+            summary["final_metrics"] = host
+        if done % config.checkpoint_every == 0 or done == steps:
+            ckpts.save(done, state, data)
+    ckpts.wait()
+    ckpts.close()
+    return state.ema, summary
+
+
+def restore_ema(run: _Run, run_dir: str):
+    """The EMA generator of another run's latest checkpoint (evaluation only)."""
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory; pass the --workdir "
+                                "of a finished generation run")
+    abstract, shardings = run.shardings()
+    return st.restore_state(directory, st.abstract(abstract, shardings)).ema
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: generate from the other modality's embeddings
+
+
+def _batches(source, config, limit: int):
+    """(text embeddings [b, d] of each row's first caption, real images, captions) batches."""
+    n = len(source) if limit <= 0 else min(limit, len(source))
+    size = config.eval_batch_size
+    for start in range(0, n, size):
+        rows = [source[i] for i in range(start, min(start + size, n))]
+        e = np.stack([np.asarray(r[config.eval_field], np.float32) for r in rows])
+        e = e[:, 0] if e.ndim == 3 else e
+        if not np.isfinite(e).all():
+            raise ValueError(f"{config.eval_field!r} embeddings contain NaN or Inf")
+        images = np.stack([np.asarray(r[config.image_field], np.uint8) for r in rows])
+        yield e, images, [cd._captions(r, config.caption_field)[0] for r in rows]
+
+
+def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
+    extra = -len(x) % multiple
+    return x if not extra else np.concatenate([x, np.repeat(x[-1:], extra, 0)])
+
+
+def evaluate(run: _Run, params, limit: int = 0) -> dict:
+    """Images from the test split's text embeddings (first caption of each row): Fréchet
+    distance to the real test images in the encoder's (CLIP) space, CLIP score, and FID/IS
+    when ``inception_weights`` is set; returns metrics, samples and generated images."""
+    from c3_jax.eval import image_metrics as im
+    config = run.config
+    source = builders.data_source(config.dataset_dir, config.test_split)
+    mean = run.mean(config.eval_field)  # Collapse with the *text* mean at test time
+    generate = make_generate(run.gen, run.transform, run.mesh)
+    encode = jax.jit(lambda p, x: run.encoder.fn(p, to_unit_range(x)))
+    inception = _inception(config.inception_weights)
+    stats = {k: im.FeatureStats() for k in ("clip_fake", "clip_real", "inc_fake", "inc_real")}
+    logits, clip_scores, images, captions = [], [], [], []
+    key = jax.random.key(config.seed + 1)
+    total = len(source) if limit <= 0 else min(limit, len(source))
+    for i, (e, real, caps) in enumerate(tqdm(_batches(source, config, limit), desc="generate",
+                                             unit="batch", total=-(-total // config.eval_batch_size))):
+        fake = np.asarray(generate(params, _pad(e, jax.device_count()), mean,
+                                   jax.random.fold_in(key, i)))[: len(e)]
+        f_fake = np.asarray(encode(run.encoder.params, fake))
+        stats["clip_fake"].update(f_fake)
+        stats["clip_real"].update(np.asarray(encode(run.encoder.params, real)))
+        clip_scores.append(np.sum(_unit(f_fake) * _unit(e), -1))
+        if inception is not None:
+            for name, batch in (("inc_fake", fake), ("inc_real", real)):
+                feats, lg = inception(batch)
+                stats[name].update(feats)
+                if name == "inc_fake":
+                    logits.append(lg)
+        images.append(fake)
+        captions += caps
+    metrics = {"clip_frechet_distance": im.frechet_distance_of_stats(stats["clip_fake"],
+                                                                     stats["clip_real"]),
+               "clip_score": float(np.mean(np.concatenate(clip_scores))),
+               "num_generated": stats["clip_fake"].count}
+    if inception is None:
+        metrics["FID_skipped"] = ("no inception_weights file given (the standard FID "
+                                  "Inception weights, pt_inception-2015-12-05-6726825d.pth)")
+    else:
+        metrics["FID"] = im.frechet_distance_of_stats(stats["inc_fake"], stats["inc_real"])
+        metrics["IS"], metrics["IS_std"] = im.inception_score(np.concatenate(logits))
+    return {"metrics": metrics, "images": np.concatenate(images), "captions": captions}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _inception(path: str):
+    """A jitted (uint8 images) -> (pool features, logits) of the FID Inception, or None."""
+    if not path:
+        return None
+    from c3_jax.eval import image_metrics as im
+    return im.inception_features(path)
+
+
+def run_generate(config, wd: Workdir, encoder: Optional[Encoder] = None) -> dict:
+    """Trains on one modality's embeddings (or restores with ``restore_from``) and
+    generates from the other's; writes samples.png and the metrics."""
+    from c3_jax import plots
+    run = _Run(config, wd, encoder)
+    if config.restore_from:
+        params, summary = restore_ema(run, config.restore_from), {"restored_from":
+                                                                  config.restore_from}
+    else:
+        params, summary = train(run)
+        rows = wd.read_metrics()
+        plots.curves({k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])
+                      for k in ("d_adv", "g_adv", "g_itd", "g_itc")},
+                     "step", "loss", wd.file("losses.png"))
+    out = evaluate(run, params, config.eval_max_examples)
+    n = min(config.num_samples, len(out["images"]))
+    plots.captioned_images(list(out["images"][:n]), {"text": out["captions"][:n]},
+                           wd.file("samples.png"))
+    np.save(wd.file("generated_test.npy"), out["images"])
+    logging.info("text-to-image metrics: %s", out["metrics"])
+    return {**summary, "metrics": out["metrics"], "variant": config.variant}
