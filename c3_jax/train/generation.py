@@ -300,11 +300,20 @@ class _Run:
         self.train_source = builders.data_source(config.dataset_dir, config.train_split)
         self.rows = ImageRows(self.train_source, config.image_field, config.train_field)
         self.encoder = encoder or clip_encoder(config.clip)
+        self._check_encoder()
         self.gan = gan_config(config, self.rows.dim, self.rows.resolution)
         self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
         self.transform = c3.variant(config.variant, config.noise_sigma)
         self.tx = optimizer(config)
         self._means: dict = {}
+
+    def _check_encoder(self) -> None:
+        r = self.rows.resolution
+        out = jax.eval_shape(self.encoder, jax.ShapeDtypeStruct((1, r, r, 3), jnp.float32))
+        if out.shape[-1] != self.rows.dim:
+            raise ValueError(f"the image encoder gives {out.shape[-1]}-d embeddings but "
+                             f"{self.config.train_field!r} is {self.rows.dim}-d; use the CLIP "
+                             "that embedded the dataset")
 
     def mean(self, field: str) -> np.ndarray:
         """Modality mean of ``field`` over the training split (Algorithm 1)."""

@@ -1,0 +1,136 @@
+"""The text-to-image trainer end to end on a tiny dataset with a tiny Hugging Face CLIP:
+image-only training -> generation from text -> metrics; restore-for-eval; exact resume after
+SIGKILL; 1 vs 8 devices; the shapes world's ':quick' run."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from c3_jax import main, runner
+from c3_jax.data import builders
+from c3_jax.train import generation
+from configs import coco_t2i, shapes_t2i
+from test_captioning import _cli, _run_script
+from test_embed import _clip_dir
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """16 train / 8 test rows: 16x16 images, 16-d image and text embeddings (the tiny CLIP's width), 2 captions."""
+    root = tmp_path_factory.mktemp("t2i_world")
+    _clip_dir(root / "clip")
+    rng = np.random.default_rng(0)
+    splits, captions = {}, {}
+    for split, n in (("train", 16), ("test", 8)):
+        splits[split] = {
+            "image": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.uint8),
+            "image_embedding": (rng.normal(size=(n, 16)) + 1.0).astype(np.float32),
+            "text_embedding": (rng.normal(size=(n, 2, 16)) - 1.0).astype(np.float32)}
+        captions[split] = [[f"a red circle {i}", f"a circle {i}"] for i in range(n)]
+    dataset = builders.build_pairs_dataset("tiny_t2i", str(root / "data"), splits, captions)
+    return {"root": root, "dataset": dataset, "clip": str(root / "clip")}
+
+
+def tiny_config(world, variant="c3", **overrides):
+    c = coco_t2i.get_config(variant)
+    c.update(dict(clip=world["clip"], dataset_dir=world["dataset"], z_dim=8, w_dim=8,
+                  mapping_layers=2, cond_hidden=8, channel_base=64, channel_max=8,
+                  batch_size=8, max_steps=6, r1_every=2, log_every=1, checkpoint_every=3,
+                  eval_max_examples=0, eval_batch_size=8, num_samples=4))
+    c.update(overrides)
+    return c
+
+
+def _params(workdir):
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, "checkpoints", "latest")
+    with ocp.CheckpointManager(path) as mngr:
+        restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"]), mngr.latest_step()
+
+
+def test_image_only_training_then_generation_from_text_and_restore_for_eval(world, tmp_path):
+    results = main.run(tiny_config(world), str(tmp_path / "train"))
+    metrics = results["metrics"]
+    assert metrics["num_generated"] == 8
+    assert np.isfinite(metrics["clip_frechet_distance"]) and metrics["clip_frechet_distance"] > 0
+    assert -1 <= metrics["clip_score"] <= 1 and "FID_skipped" in metrics
+    rows = [json.loads(x) for x in open(tmp_path / "train" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r[k]) for r in rows for k in ("d_adv", "g_adv", "g_itc", "r1"))
+    assert [r["r1"] > 0 for r in rows] == [True, False] * 3  # lazy R1 every 2 steps
+    for name in ("samples.png", "losses.png", "config.json", "results.json"):
+        assert (tmp_path / "train" / name).exists(), name
+    images = np.load(tmp_path / "train" / "generated_test.npy")
+    assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
+    # Evaluation only, from the trained run's EMA generator, through the command line.
+    again = tiny_config(world, restore_from=str(tmp_path / "train"))
+    out = _cli("--config=configs/coco_t2i.py:c3", f"--workdir={tmp_path / 'eval'}",
+               *[f"--config.{k}={v}" for k, v in again.items()
+                 if k != "experiment" and v != coco_t2i.get_config("c3")[k]])
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "eval" / "generated_test.npy"), images)
+    assert not (tmp_path / "eval" / "checkpoints").exists()
+
+
+def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path):
+    config = tiny_config(world, max_steps=8, checkpoint_every=3)
+    straight = _run_script(config, str(tmp_path / "straight"), kill_at=-1)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _run_script(config, str(tmp_path / "killed"), kill_at=6)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run_script(config, str(tmp_path / "killed"), kill_at=-1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == 6
+    want, step = _params(str(tmp_path / "straight"))
+    got, step2 = _params(str(tmp_path / "killed"))
+    assert step == step2 == 8
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
+    lines = lambda d: [json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")]
+    assert lines("killed") == lines("straight")
+
+
+def test_eight_devices_give_the_losses_of_one(world, tmp_path):
+    curves = {}
+    for name, devices, fsdp in (("one", 1, 1), ("eight", 8, 1), ("fsdp", 8, 2)):
+        config = tiny_config(world, fsdp=fsdp, max_steps=4, checkpoint_every=4)
+        out = _run_script(config, str(tmp_path / name), kill_at=-1, devices=devices)
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")]
+        curves[name] = [[r[k] for k in ("d_adv", "g_adv", "g_itd", "g_itc")] for r in rows]
+    np.testing.assert_allclose(curves["eight"], curves["one"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(curves["fsdp"], curves["one"], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_inputs_get_clear_errors(world, tmp_path):
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        coco_t2i.get_config("nope")
+    with pytest.raises(KeyError, match="no field 'pixels'"):
+        main.run(tiny_config(world, image_field="pixels"), str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="multiple of the 8 devices"):
+        main.run(tiny_config(world, batch_size=4), str(tmp_path / "b"))
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        main.run(tiny_config(world, restore_from=str(tmp_path)), str(tmp_path / "c"))
+
+
+def test_every_t2i_config_variant_validates():
+    for v in ("", "c1", "c2_collapse", "c2_corrupt", "c3", "lafite"):
+        runner.resolve(coco_t2i.get_config(v))
+    runner.resolve(shapes_t2i.get_config())
+    runner.resolve(shapes_t2i.get_config("quick"))
+
+
+def test_quick_shapes_t2i_writes_every_output(tmp_path):
+    config = shapes_t2i.get_config("quick")
+    config.variants = "c1,c3"
+    results = runner.run(config, str(tmp_path))
+    for name in ("RESULTS.md", "samples.png", "results.json"):
+        assert (tmp_path / name).exists(), name
+    assert sorted(results["variants"]) == ["c1", "c3"]
+    for row in results["variants"].values():
+        assert 0 <= row["attribute_accuracy"] <= 1 and np.isfinite(row["clip_frechet_distance"])
+    assert 0 < results["probe_ceiling"]["mean"] <= 1 and 0 < results["chance"]["mean"] < 1
