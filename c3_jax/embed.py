@@ -44,6 +44,15 @@ def encode_images(module: clip.CLIP, params, preprocess: ImagePreprocessor,
     return data_parallel(fn, params, batches, "image embeddings")
 
 
+def square_images(paths: Sequence[str], size: int) -> np.ndarray:
+    """uint8 [n, size, size, 3]: each image's shortest edge resized to ``size`` (bicubic),
+    centre-cropped."""
+    prep = ImagePreprocessor(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    out = [np.round(prep(Image.open(p)).transpose(1, 2, 0) * 255.0)
+           for p in tqdm(paths, desc=f"images at {size}px", unit="image")]
+    return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+
+
 def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
                  batch_size: int = 1024) -> np.ndarray:
     """CLIP text features [n, projection_dim]; texts are padded/truncated to the model's context."""
@@ -77,9 +86,11 @@ def karpathy_split(annotation_file: str) -> dict:
 
 def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir: str,
                  name: str = "coco_karpathy_clip", captions_per_image: int = 5,
-                 batch_size: int = 256) -> str:
+                 batch_size: int = 256, image_size: int = 0) -> str:
     """Writes one example per image: its embedding, its first ``captions_per_image``
-    caption embeddings [k, d], those captions and the COCO id."""
+    caption embeddings [k, d], those captions, the COCO id and, when ``image_size`` > 0,
+    the image itself (uint8, shortest edge resized, centre-cropped square: for
+    text-to-image)."""
     from c3_jax.data.text import load_tokenizer
     module, params = clip.from_pretrained(clip_dir)
     preprocess, tokenizer = ImagePreprocessor.from_pretrained(clip_dir), load_tokenizer(clip_dir)
@@ -98,5 +109,8 @@ def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir:
                                              batch_size).astype(np.float32),
             "text_embedding": text.reshape(len(items), k, -1).astype(np.float32),
             "image_id": np.asarray([i for _, _, i in items], np.int64)}
+        if image_size > 0:
+            splits[split]["image"] = square_images(
+                [os.path.join(image_root, p) for p, _, _ in items], image_size)
         captions[split] = caps
     return builders.build_pairs_dataset(name, data_dir, splits, captions)

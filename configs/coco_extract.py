@@ -3,7 +3,8 @@ merged into train) into a TFDS dataset that configs/coco_caption.py reads.
 
 --config.clip: a Hugging Face CLIP directory (e.g. openai/clip-vit-base-patch32);
 --config.annotations: Karpathy's dataset_coco.json; --config.image_root: the folder holding
-train2014/ and val2014/. Writes <data_dir>/<name>/1.0.0.
+train2014/ and val2014/; --config.image_size=256 also stores the images (for
+configs/coco_t2i.py). Writes <data_dir>/<name>/1.0.0.
 """
 import ml_collections
 
@@ -20,4 +21,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data_dir = "data"
     c.captions_per_image = 5
     c.batch_size = 256
+    c.image_size = 0  # > 0 also stores the images at this size (text-to-image: 256)
     return c

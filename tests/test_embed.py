@@ -75,3 +75,16 @@ def test_extract_coco_equals_the_encoder_applied_directly(tmp_path):
                                 method="encode_text")
         np.testing.assert_allclose(ex["image_embedding"], want_img, atol=1e-5)
         np.testing.assert_allclose(ex["text_embedding"], want_txt, atol=1e-5)
+
+
+def test_extract_coco_stores_square_images_for_text_to_image(tmp_path):
+    _clip_dir(tmp_path / "clip")
+    _coco_folder(tmp_path / "coco")
+    path = embed.extract_coco(str(tmp_path / "clip"), str(tmp_path / "coco" / "dataset_coco.json"),
+                              str(tmp_path / "coco"), str(tmp_path / "data"),
+                              captions_per_image=2, batch_size=2, image_size=16)
+    for ex in builders.data_source(path, "test"):
+        i = int(ex["image_id"]) - 100
+        pil = Image.open(tmp_path / "coco" / "val2014" / f"img{i}.png").convert("RGB")
+        want = np.asarray(pil.resize((20, 16), Image.BICUBIC))[:, 2:18]  # 52x40 -> 20x16 -> crop
+        np.testing.assert_array_equal(ex["image"], want)

@@ -52,28 +52,59 @@ def _params(workdir):
     return jax.tree.map(np.asarray, restored["state"]), mngr.latest_step()
 
 
-def test_image_only_training_then_generation_from_text_and_restore_for_eval(world, tmp_path):
-    results = main.run(tiny_config(world), str(tmp_path / "train"))
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    """An image-only C3 run on the tiny world: (its workdir, its results)."""
+    workdir = tmp_path_factory.mktemp("trained") / "train"
+    return workdir, main.run(tiny_config(world), str(workdir))
+
+
+def test_image_only_training_then_generation_from_text_and_restore_for_eval(world, trained,
+                                                                           tmp_path):
+    train_dir, results = trained
     metrics = results["metrics"]
     assert metrics["num_generated"] == 8
     assert np.isfinite(metrics["clip_frechet_distance"]) and metrics["clip_frechet_distance"] > 0
     assert -1 <= metrics["clip_score"] <= 1 and "FID_skipped" in metrics
-    rows = [json.loads(x) for x in open(tmp_path / "train" / "metrics.jsonl")]
+    rows = [json.loads(x) for x in open(train_dir / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(r[k]) for r in rows for k in ("d_adv", "g_adv", "g_itc", "r1"))
     assert [r["r1"] > 0 for r in rows] == [True, False] * 3  # lazy R1 every 2 steps
     for name in ("samples.png", "losses.png", "config.json", "results.json"):
-        assert (tmp_path / "train" / name).exists(), name
-    images = np.load(tmp_path / "train" / "generated_test.npy")
+        assert (train_dir / name).exists(), name
+    images = np.load(train_dir / "generated_test.npy")
     assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
     # Evaluation only, from the trained run's EMA generator, through the command line.
-    again = tiny_config(world, restore_from=str(tmp_path / "train"))
+    again = tiny_config(world, restore_from=str(train_dir))
     out = _cli("--config=configs/coco_t2i.py:c3", f"--workdir={tmp_path / 'eval'}",
                *[f"--config.{k}={v}" for k, v in again.items()
                  if k != "experiment" and v != coco_t2i.get_config("c3")[k]])
     assert out.returncode == 0, out.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "eval" / "generated_test.npy"), images)
     assert not (tmp_path / "eval" / "checkpoints").exists()
+
+
+def test_fid_and_inception_score_with_a_weights_file(world, trained, tmp_path):
+    import torch
+    from c3_jax.eval import image_metrics as im
+    from c3_jax.models import inception
+    from test_image_metrics import _random_state_dict
+    path = str(tmp_path / inception.WEIGHTS_FILE)
+    torch.save(_random_state_dict(), path)
+    config = tiny_config(world, restore_from=str(trained[0]), inception_weights=path)
+    metrics = main.run(config, str(tmp_path / "eval"))["metrics"]
+    # The same statistics computed directly from the generated and the real test images.
+    fn = inception.make_feature_fn(*inception.load_fid_inception(path))
+    fake = np.load(tmp_path / "eval" / "generated_test.npy")
+    test = builders.data_source(world["dataset"], "test")
+    real = np.stack([np.asarray(test[i]["image"]) for i in range(len(test))])
+    (f_fake, logits), (f_real, _) = fn(fake), fn(real)
+    want = im.frechet_distance_of_stats(im.FeatureStats().update(np.asarray(f_fake)),
+                                        im.FeatureStats().update(np.asarray(f_real)))
+    np.testing.assert_allclose(metrics["FID"], want, rtol=1e-6)
+    np.testing.assert_allclose(metrics["IS"], im.inception_score(np.asarray(logits), 8)[0],
+                               rtol=1e-6)
+    assert "FID_skipped" not in metrics
 
 
 def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path):

@@ -12,7 +12,8 @@ from c3_jax.workdir import Workdir
 FIELDS = {"embeddings_dataset": {"embeddings": str, "captions": str, "name": str,
                                  "data_dir": str},
           "coco_extract": {"clip": str, "annotations": str, "image_root": str, "name": str,
-                           "data_dir": str, "captions_per_image": int, "batch_size": int}}
+                           "data_dir": str, "captions_per_image": int, "batch_size": int,
+                           "image_size": int}}
 
 
 def run_embeddings_dataset(config, wd: Workdir) -> dict:
@@ -39,6 +40,6 @@ def run_coco_extract(config, wd: Workdir) -> dict:
     del wd
     path = embed.extract_coco(config.clip, config.annotations, config.image_root,
                               config.data_dir, config.name, config.captions_per_image,
-                              config.batch_size)
+                              config.batch_size, config.image_size)
     splits = tfds.builder_from_directory(path).info.splits
     return {"dataset_dir": path, "splits": {s: splits[s].num_examples for s in splits}}

@@ -462,7 +462,8 @@ def evaluate(run: _Run, params, limit: int = 0) -> dict:
                                   "Inception weights, pt_inception-2015-12-05-6726825d.pth)")
     else:
         metrics["FID"] = im.frechet_distance_of_stats(stats["inc_fake"], stats["inc_real"])
-        metrics["IS"], metrics["IS_std"] = im.inception_score(np.concatenate(logits))
+        logits = np.concatenate(logits)
+        metrics["IS"], metrics["IS_std"] = im.inception_score(logits, min(10, len(logits)))
     return {"metrics": metrics, "images": np.concatenate(images), "captions": captions}
 
 
@@ -474,8 +475,9 @@ def _inception(path: str):
     """A jitted (uint8 images) -> (pool features, logits) of the FID Inception, or None."""
     if not path:
         return None
-    from c3_jax.eval import image_metrics as im
-    return im.inception_features(path)
+    from c3_jax.models import inception
+    fn = inception.make_feature_fn(*inception.load_fid_inception(path))
+    return lambda images: tuple(np.asarray(a) for a in fn(images))
 
 
 def run_generate(config, wd: Workdir, encoder: Optional[Encoder] = None) -> dict:
