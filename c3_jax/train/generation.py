@@ -65,7 +65,7 @@ def base_config():
     c.batch_size, c.max_steps = 16, 750_000
     c.lr, c.beta1, c.beta2 = 2.5e-3, 0.0, 0.99
     c.r1_gamma, c.r1_every = 10.0, 16
-    c.itd_weight, c.itc_weight, c.temperature = 5.0, 10.0, 0.5
+    c.itd_weight, c.itc_weight, c.temperature = 10.0, 10.0, 0.5
     c.ema_kimg, c.ema_rampup = 10.0, 0.0
     c.fsdp, c.seed = 1, 0
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 5000, 2
@@ -158,17 +158,17 @@ def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
                     encode: Callable, transform: c3.C3Transform, cfg: StepConfig,
                     g_tx, d_tx, mesh, shardings):
     """One sharded G+D step on {'image' uint8, 'embedding'}; ``encode(images [-1, 1])`` is
-    the frozen CLIP image embedding (for the itc term)."""
+    the frozen CLIP image embedding (for the itc term). ``with_r1`` (static: two compiled
+    variants, StyleGAN2's lazy regularization) adds the R1 penalty to the D loss."""
     z_dim = gen.config.z_dim
     d_apply = lambda p, x, c: disc.apply({"params": p}, x, c)
 
-    def d_loss_fn(d_params, real, fake, cond, step):
+    def d_loss_fn(d_params, real, fake, cond, with_r1: bool):
         fake_logits, _ = d_apply(d_params, fake, cond)
         real_logits, real_feat = d_apply(d_params, real, cond)
         adv = jax.nn.softplus(fake_logits).mean() + jax.nn.softplus(-real_logits).mean()
         itd = contrastive_loss(real_feat, cond, cfg.temperature)
-        r1 = jax.lax.cond(step % cfg.r1_every == 0,
-                          lambda: r1_penalty(d_apply, d_params, real, cond), lambda: 0.0)
+        r1 = r1_penalty(d_apply, d_params, real, cond) if with_r1 else jnp.zeros(())
         loss = adv + cfg.itd_weight * itd + 0.5 * cfg.r1_gamma * cfg.r1_every * r1
         return loss, {"d_adv": adv, "d_itd": itd, "r1": r1}
 
@@ -182,7 +182,7 @@ def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
         loss = adv + cfg.itd_weight * itd + cfg.itc_weight * itc
         return loss, {"g_adv": adv, "g_itd": itd, "g_itc": itc}
 
-    def step(state: GANState, batch: dict, mean, gap_direction, key):
+    def step(state: GANState, batch: dict, mean, gap_direction, key, with_r1: bool):
         keys = jax.random.split(jax.random.fold_in(key, state.step), 5)
         b = batch["embedding"].shape[0]
         cond = c3.apply_transform(transform, batch["embedding"], mean, rng=keys[0], train=True,
@@ -191,7 +191,7 @@ def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
         fake = gen.apply({"params": state.g_params}, jax.random.normal(keys[1], (b, z_dim)),
                          cond, keys[2])
         d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(
-            state.d_params, real, jax.lax.stop_gradient(fake), cond, state.step)
+            state.d_params, real, jax.lax.stop_gradient(fake), cond, with_r1)
         d_updates, d_opt = d_tx.update(d_grads, state.d_opt, state.d_params)
         d_params = optax.apply_updates(state.d_params, d_updates)
         (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
@@ -202,13 +202,13 @@ def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
         beta = ema_beta(cfg, state.step)
         ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema, g_params)
         metrics = {**d_metrics, **g_metrics, "g_loss": g_loss,
-                   "g_grad_norm": optax.global_norm(g_grads),
-                   "d_grad_norm": optax.global_norm(d_grads)}
+                   "g_grad_norm": optax.tree.norm(g_grads),
+                   "d_grad_norm": optax.tree.norm(d_grads)}
         return GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema), metrics
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(step, in_shardings=(shardings, st.batch_sharding(mesh), repl, repl, repl),
-                   out_shardings=(shardings, repl), donate_argnums=0)
+                   out_shardings=(shardings, repl), static_argnums=5, donate_argnums=0)
 
 
 def make_generate(gen: stylegan2.Generator, transform: c3.C3Transform, mesh):
@@ -374,7 +374,7 @@ def train(run: _Run) -> tuple:
     summary = {"steps": steps, "resumed_from": start, "train_images": len(run.rows)}
     for i in bar:
         batch = pipeline.global_batch(next(data), st.batch_sharding(run.mesh))
-        state, metrics = step_fn(state, batch, mean, gap, key)
+        state, metrics = step_fn(state, batch, mean, gap, key, i % config.r1_every == 0)
         done = i + 1
         if done % config.log_every == 0 or done == steps:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
