@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 WORKDIR ?= runs/shapes_caption
 
-.PHONY: install test main quick geometry
+.PHONY: install test main quick geometry t2i
 
 .venv/installed: setup.py
 	python3 -m venv .venv
@@ -23,3 +23,6 @@ quick: install
 
 geometry: install
 	$(PY) -m c3_jax.main --config=configs/geometry_synthetic.py --workdir=runs/geometry_synthetic
+
+t2i: install
+	$(PY) -m c3_jax.main --config=configs/shapes_t2i.py --workdir=runs/shapes_t2i
