@@ -85,14 +85,20 @@ def tiny_config(world, variant="c3", **overrides):
     return c
 
 
-def _params(workdir):
-    """The latest checkpoint's params of a run, as numpy."""
+def latest_state(workdir):
+    """The latest checkpoint's state of a run (as numpy) and its step."""
     import orbax.checkpoint as ocp
     path = os.path.join(workdir, "checkpoints", "latest")
     with ocp.CheckpointManager(path) as mngr:
         restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
             state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, restored["state"]["params"]), mngr.latest_step()
+    return jax.tree.map(np.asarray, restored["state"]), mngr.latest_step()
+
+
+def _params(workdir):
+    """The latest checkpoint's params of a run, as numpy."""
+    state, step = latest_state(workdir)
+    return state["params"], step
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 image-only training -> generation from text -> metrics; restore-for-eval; exact resume after
 SIGKILL; 1 vs 8 devices; the shapes world's ':quick' run."""
 import json
-import os
 
 import jax
 import numpy as np
@@ -10,9 +9,8 @@ import pytest
 
 from c3_jax import main, runner
 from c3_jax.data import builders
-from c3_jax.train import generation
 from configs import coco_t2i, shapes_t2i
-from test_captioning import _cli, _run_script
+from test_captioning import _cli, _run_script, latest_state
 from test_embed import _clip_dir
 
 
@@ -41,15 +39,6 @@ def tiny_config(world, variant="c3", **overrides):
                   eval_max_examples=0, eval_batch_size=8, num_samples=4))
     c.update(overrides)
     return c
-
-
-def _params(workdir):
-    import orbax.checkpoint as ocp
-    path = os.path.join(workdir, "checkpoints", "latest")
-    with ocp.CheckpointManager(path) as mngr:
-        restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, restored["state"]), mngr.latest_step()
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +105,8 @@ def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path):
     resumed = _run_script(config, str(tmp_path / "killed"), kill_at=-1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == 6
-    want, step = _params(str(tmp_path / "straight"))
-    got, step2 = _params(str(tmp_path / "killed"))
+    want, step = latest_state(str(tmp_path / "straight"))
+    got, step2 = latest_state(str(tmp_path / "killed"))
     assert step == step2 == 8
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b)
