@@ -28,6 +28,7 @@ from c3_jax import c3
 from c3_jax.data import builders, pipeline
 from c3_jax.models import stylegan2
 from c3_jax.train import caption_data as cd
+from c3_jax.train import connect
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -122,11 +123,9 @@ def optimizer(config) -> optax.GradientTransformation:
 
 
 def contrastive_loss(features: jax.Array, cond: jax.Array, temperature: float) -> jax.Array:
-    """Symmetric InfoNCE between normalized ``features`` and their conditions (LAFITE)."""
-    logits = c3.normalize(features) @ c3.normalize(cond).T / temperature
-    labels = jnp.arange(logits.shape[0])
-    ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
-    return 0.5 * (ce(logits) + ce(logits.T))
+    """Symmetric InfoNCE between normalized ``features`` and their conditions (LAFITE):
+    CLIP's loss at a fixed temperature."""
+    return connect.clip_loss(features, cond, jnp.log(1.0 / temperature))
 
 
 def r1_penalty(d_apply: Callable, d_params, real: jax.Array, cond: jax.Array) -> jax.Array:
