@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from c3_jax.data import builders
 from c3_jax.data.images import ImagePreprocessor
 from c3_jax.models import clip
+from c3_jax.train import state as st
 
 
 def data_parallel(fn: Callable, params, batches, desc: str) -> np.ndarray:
@@ -28,7 +29,10 @@ def data_parallel(fn: Callable, params, batches, desc: str) -> np.ndarray:
         n = len(arrays[0])
         pad = (-n) % ndev  # pad the last batch to a multiple of the device count
         arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
-        out.append(np.asarray(step(params, arrays))[:n])
+        # Every process holds the whole batch; each places its devices' rows.
+        arrays = tuple(jax.make_array_from_callback(a.shape, shard, lambda i, a=a: a[i])
+                       for a in arrays)
+        out.append(st.to_host(step(params, arrays))[:n])
     return np.concatenate(out)
 
 

@@ -11,8 +11,10 @@ import numpy as np  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
+    import jax
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if jax.process_index() == 0:  # one writer when several processes share the workdir
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

@@ -15,6 +15,7 @@ from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokeniz
 from c3_jax.models import clip
 from c3_jax.train import captioning, connect
 from c3_jax.train import caption_data as cd
+from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
 FIELDS = {"shapes_caption": {
@@ -40,12 +41,15 @@ METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy
 
 def _world(config, wd: Workdir) -> str:
     path = wd.file(os.path.join("data", "shapes_world", "1.0.0"))
-    if os.path.isdir(path):
+    if st.agreed(os.path.isdir(path)):
         return path
     sizes = {"connect": config.connect_size, "train": config.train_size,
              "val": config.val_size, "test": config.test_size}
-    return shapes.build_dataset(wd.file("data"), sizes, config.seed, config.image_size,
-                                two_object_fraction=config.two_object_fraction)
+    if wd.primary:  # with several processes, process 0 builds it and the others wait
+        path = shapes.build_dataset(wd.file("data"), sizes, config.seed, config.image_size,
+                                    two_object_fraction=config.two_object_fraction)
+    st.barrier("shapes world")
+    return path
 
 
 def _all_captions(source) -> list:
@@ -55,10 +59,12 @@ def _all_captions(source) -> list:
 def _tokenizer(world: str, wd: Workdir):
     """A word-level tokenizer of the connect and train captions (shared by CLIP and GPT-2)."""
     path = wd.file("tokenizer")
-    if not os.path.isdir(path):
-        texts = [c for s in ("connect", "train")
-                 for c in _all_captions(builders.data_source(world, s))]
-        build_word_tokenizer(texts, path)
+    if not st.agreed(os.path.isdir(path)):
+        if wd.primary:
+            texts = [c for s in ("connect", "train")
+                     for c in _all_captions(builders.data_source(world, s))]
+            build_word_tokenizer(texts, path)
+        st.barrier("shapes tokenizer")
     return load_tokenizer(path)
 
 
@@ -86,7 +92,7 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> 
     """The frozen CLIP's embeddings of the train/val/test splits (with the images), in
     COCO's layout."""
     path = wd.file(os.path.join("data", "shapes_clip", "1.0.0"))
-    if os.path.isdir(path):
+    if st.agreed(os.path.isdir(path)):
         return path
     splits, captions = {}, {}
     for split in ("train", "val", "test"):
@@ -101,7 +107,10 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> 
             "text_embedding": text.reshape(len(rows), len(caps[0]), -1),
             **{k: np.asarray([r[k] for r in rows]) for k in ("num_objects",) + shapes.ATTRIBUTES}}
         captions[split] = caps
-    return builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
+    if wd.primary:  # every process encoded (data-parallel); process 0 writes
+        path = builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
+    st.barrier("shapes embeddings")
+    return path
 
 
 def connected_world(config, wd: Workdir) -> tuple:
@@ -130,6 +139,9 @@ def _geometry(config, dataset: str, wd: Workdir) -> dict:
 def _gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     """A GPT-2 config (trained from scratch) with the world's tokenizer."""
     path = wd.file("gpt2")
+    if not wd.primary:
+        st.barrier("shapes gpt2")
+        return path
     os.makedirs(path, exist_ok=True)
     tokenizer.save_pretrained(path)
     hf = {"model_type": "gpt2", "vocab_size": len(tokenizer), "n_positions": 64,
@@ -138,6 +150,7 @@ def _gpt2_dir(config, tokenizer, wd: Workdir) -> str:
           "eos_token_id": tokenizer.eos_token_id}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
+    st.barrier("shapes gpt2")
     return path
 
 
@@ -158,18 +171,19 @@ def _captioner_config(config, dataset: str, gpt2_dir: str, name: str, seed: int,
     return c
 
 
-def _variants(config) -> list:
-    names = [v.strip() for v in config.variants.split(",") if v.strip()]
-    unknown = sorted(set(names) - set(VARIANTS))
+def variant_names(text: str, known) -> list:
+    """The comma-separated variant names of a config field, each checked against ``known``."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(known)}")
     return names
 
 
 def _train_captioner(config, dataset, gpt2_dir, name, seed, sigma, attrs, wd: Workdir) -> dict:
     """One captioner run in its own workdir (reused when finished); adds attribute accuracy."""
     sub = wd.file(os.path.join("captioners", f"{name}_seed{seed}"))
-    if not os.path.exists(os.path.join(sub, "results.json")):
+    if not st.agreed(os.path.exists(os.path.join(sub, "results.json"))):
         runner.run(_captioner_config(config, dataset, gpt2_dir, name, seed, sigma), sub)
     sub_wd = Workdir(sub)
     result = sub_wd.read_json("results.json")
@@ -236,12 +250,13 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
     runs = {name: [_train_captioner(config, dataset, gpt2_dir, name, config.seed + s,
                                     geometry["sigma_calibrated"], attrs, wd)
                    for s in range(config.seeds)]
-            for name in _variants(config)}
+            for name in variant_names(config.variants, VARIANTS)}
     agg = _aggregate(runs)
     chance = shapes.chance_accuracy(attrs)
     table = _results_table(agg, chance, config.seeds)
-    with open(wd.file("RESULTS.md"), "w") as f:
-        f.write("# Shapes world: captioning images from text-only training\n\n" + table)
+    if wd.primary:
+        with open(wd.file("RESULTS.md"), "w") as f:
+            f.write("# Shapes world: captioning images from text-only training\n\n" + table)
     print("\n" + table)
     _samples_png(dataset, world, runs, wd)
     return {"variants": agg, "chance": chance, "geometry": geometry,

@@ -62,14 +62,6 @@ def _split(world: str, split: str) -> tuple:
             {k: np.asarray([int(r[k]) for r in rows]) for k in keys})
 
 
-def _variants(config) -> list:
-    names = [v.strip() for v in config.variants.split(",") if v.strip()]
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    return names
-
-
 def _generate_variant(config, dataset, variant, encoder, probe, test_attrs, wd) -> dict:
     """One generator run in its own workdir (reused when finished), scored by the probe."""
     sub = wd.file(os.path.join("generators", variant))
@@ -112,7 +104,7 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     ceiling = shapes_probe.probe_accuracy(probe, test_images, test_attrs)
     logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
     rows = {v: _generate_variant(config, dataset, v, encoder, probe, test_attrs, wd)
-            for v in _variants(config)}
+            for v in shapes_runs.variant_names(config.variants, VARIANTS)}
     chance = shapes.chance_accuracy(test_attrs)
     table = _table(rows, ceiling, chance)
     with open(wd.file("RESULTS.md"), "w") as f:

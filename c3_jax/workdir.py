@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -22,11 +22,21 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-class Workdir:
-    """Writes a run's files; creates the directory and checks it is writable."""
+def _is_primary() -> bool:
+    import jax
+    return jax.process_index() == 0
 
-    def __init__(self, path: str):
+
+class Workdir:
+    """Writes a run's files; creates the directory and checks it is writable.
+
+    With several JAX processes sharing a workdir only process 0 (``primary``) writes;
+    the others' writes are no-ops, and reads see process 0's files.
+    """
+
+    def __init__(self, path: str, primary: Optional[bool] = None):
         self.path = os.path.abspath(path)
+        self.primary = _is_primary() if primary is None else primary
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as err:
@@ -38,6 +48,8 @@ class Workdir:
         return os.path.join(self.path, name)
 
     def write_json(self, name: str, data: Any) -> str:
+        if not self.primary:
+            return self.file(name)
         tmp = self.file(name + ".tmp")
         with open(tmp, "w") as f:
             json.dump(to_jsonable(data), f, indent=2, sort_keys=True)
@@ -47,10 +59,14 @@ class Workdir:
 
     def reset_metrics(self) -> None:
         """Starts an empty metrics.jsonl (runs that resume append instead)."""
+        if not self.primary:
+            return
         open(self.file("metrics.jsonl"), "w").close()
 
     def truncate_metrics(self, step: int) -> None:
         """Keeps the metrics of steps <= ``step`` (a resumed run re-logs the later ones)."""
+        if not self.primary:
+            return
         rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
         tmp = self.file("metrics.jsonl.tmp")
         with open(tmp, "w") as f:
@@ -65,6 +81,8 @@ class Workdir:
             return [json.loads(line) for line in f if line.strip()]
 
     def log_metrics(self, step: int, metrics: dict) -> None:
+        if not self.primary:
+            return
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(to_jsonable({"step": int(step), **metrics})) + "\n")
 

@@ -1,4 +1,6 @@
 """TFDS builders (array_record, no TensorFlow) and the grain pipeline."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -160,3 +162,94 @@ def test_embeddings_dataset_command(tmp_path):
     np.testing.assert_array_equal(test[1]["audio_embedding"], audio[5])
     np.testing.assert_array_equal(test[1]["text_embedding"], text[5].astype(np.float32))
     assert test[1]["caption"] == b"a bell"
+
+
+def _stream(src, shard_count, batches, seed=3, epochs=None, start_state=None):
+    """``batches`` global batches assembled from ``shard_count`` loaders' slices."""
+    its = [iter(pipeline.make_loader(src, 12 // shard_count, seed=seed, num_epochs=epochs,
+                                     shard_index=p, shard_count=shard_count))
+           for p in range(shard_count)]
+    if start_state is not None:
+        for it in its:
+            it.set_state(start_state)
+    out = [np.concatenate([next(it)["index"] for it in its]) for _ in range(batches)]
+    return out, its
+
+
+@pytest.mark.parametrize("shard_count", [1, 2, 3, 4])
+def test_every_process_count_assembles_the_same_global_batches(tmp_path, shard_count):
+    import grain.python as grain
+    path = builders.build_pairs_dataset("toy_pairs", str(tmp_path), _splits(np.random.default_rng(7)))
+    src = builders.data_source(path, "train")
+    # Reference: grain's own single-process shuffled order, cut into batches of 12.
+    order = grain.IndexSampler(24, grain.ShardOptions(0, 1, True), shuffle=True, seed=3)
+    want = np.array([order[i].record_key for i in range(12 * 5)]).reshape(5, 12)
+    got, its = _stream(src, shard_count, 5)  # 5 batches: crosses two epoch boundaries
+    np.testing.assert_array_equal(np.stack(got), want)
+    # The position is the number of global batches, the same on every process.
+    assert len({it.get_state() for it in its}) == 1
+    assert json.loads(its[0].get_state())["global_batches"] == 5
+
+
+def test_position_saved_with_one_process_count_resumes_with_another(tmp_path):
+    path = builders.build_pairs_dataset("toy_pairs", str(tmp_path), _splits(np.random.default_rng(8)))
+    src = builders.data_source(path, "train")
+    want, _ = _stream(src, 1, 7)
+    _, its = _stream(src, 2, 3)
+    state = its[1].get_state()
+    for count in (1, 3, 4):
+        got, _ = _stream(src, count, 4, start_state=state)
+        np.testing.assert_array_equal(np.stack(got), np.stack(want[3:]))
+    with pytest.raises(ValueError, match="does not match this pipeline: order"):
+        _stream(src, 2, 1, seed=4, start_state=state)
+    other_batch = iter(pipeline.make_loader(src, 4, seed=3, shard_index=0, shard_count=2))
+    with pytest.raises(ValueError, match="global_batch is 12 in the checkpoint and 8 here"):
+        other_batch.set_state(state)
+
+
+def test_finite_epochs_end_together_on_every_process(tmp_path):
+    path = builders.build_pairs_dataset("toy_pairs", str(tmp_path), _splits(np.random.default_rng(9)))
+    src = builders.data_source(path, "train")
+    # 24 records, global batch 10: two full batches on every process, the rest dropped.
+    for count in (1, 2, 5):
+        loaders = [pipeline.make_loader(src, 10 // count, seed=0, num_epochs=1, shard_index=p,
+                                        shard_count=count) for p in range(count)]
+        assert [len(list(loader)) for loader in loaders] == [2] * count
+    short = pipeline.make_loader(src, 10, seed=0, num_epochs=1, shard_index=0, shard_count=1,
+                                 drop_remainder=False, shuffle=False)
+    assert [len(b["index"]) for b in short] == [10, 10, 4]
+    with pytest.raises(ValueError, match="drop_remainder=False needs one process"):
+        pipeline.make_loader(src, 5, seed=0, shard_index=0, shard_count=2, drop_remainder=False)
+
+
+def test_position_saved_by_the_previous_grain_pipeline_resumes_at_the_same_batch(tmp_path):
+    """Runs saved before positions became process-count independent (grain's handler, a
+    ShardByJaxProcess DataLoader) resume at the batch they would have read next."""
+    import grain
+    import grain.python as gp
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    from c3_jax.train import state as st
+    path = builders.build_pairs_dataset("toy_pairs", str(tmp_path / "data"),
+                                        _splits(np.random.default_rng(10)))
+    src = builders.data_source(path, "train")
+    sampler = gp.IndexSampler(len(src), shard_options=gp.ShardByJaxProcess(drop_remainder=True),
+                              shuffle=True, num_epochs=None, seed=5)
+    old = iter(gp.DataLoader(data_source=src, sampler=sampler,
+                             operations=[gp.Batch(4, drop_remainder=True)], worker_count=0))
+    for _ in range(7):  # crosses an epoch boundary
+        next(old)
+    state = st.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.ones(3)}, ())
+    with ocp.CheckpointManager(tmp_path / "ckpt" / "latest") as mngr:
+        mngr.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             data=grain.checkpoint.CheckpointSave(old)))
+        mngr.wait_until_finished()
+    new = iter(pipeline.make_loader(src, 4, seed=5))
+    ckpts = st.Checkpoints(str(tmp_path / "ckpt"))
+    try:
+        restored = ckpts.restore(st.abstract(state), new)
+    finally:
+        ckpts.close()
+    np.testing.assert_array_equal(restored.params["w"], np.ones(3))
+    assert [next(new)["index"].tolist() for _ in range(3)] == [
+        next(old)["index"].tolist() for _ in range(3)]

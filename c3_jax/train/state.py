@@ -23,24 +23,70 @@ class TrainState:
     opt_state: Any
 
 
+def barrier(name: str) -> None:
+    """Waits for every process (no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def agreed(value: bool) -> bool:
+    """Process 0's ``value`` on every process (e.g. whether a file exists, so that all
+    processes take the same branch)."""
+    if jax.process_count() == 1:
+        return bool(value)
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(value))))
+
+
 def maybe_initialize_distributed() -> None:
     """Starts JAX's multi-controller runtime when the environment describes several processes.
 
-    Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM and TPU
-    pods are auto-detected by ``jax.distributed.initialize()`` itself.
+    Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (a loopback
+    coordinator keeps the coordinator and CPU collectives on 127.0.0.1). Auto-detected by
+    ``jax.distributed.initialize()`` itself: SLURM jobs of several tasks, GKE TPU pods, and
+    any environment when C3_DISTRIBUTED=1 (e.g. Cloud TPU VM slices, launch/tpu_pod.sh).
     """
     explicit = os.environ.get("JAX_COORDINATOR_ADDRESS")
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
     tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
-    if jax.distributed.is_initialized() or not (explicit or slurm or tpu_pod):
+    forced = os.environ.get("C3_DISTRIBUTED", "0") not in ("", "0")
+    if jax.distributed.is_initialized() or not (explicit or slurm or tpu_pod or forced):
         return
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process
+    if explicit and not all(os.environ.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")):
+        raise ValueError(f"JAX_COORDINATOR_ADDRESS={explicit} is set, so JAX_NUM_PROCESSES and "
+                         "JAX_PROCESS_ID must be set too (launch/local_multiprocess.sh sets all "
+                         "three)")
     if explicit:
+        local = explicit.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
+        if local:  # processes of one machine (launch/local_multiprocess.sh, tests)
+            _gloo_on_loopback()
         jax.distributed.initialize(explicit, int(os.environ["JAX_NUM_PROCESSES"]),
-                                   int(os.environ["JAX_PROCESS_ID"]))
+                                   int(os.environ["JAX_PROCESS_ID"]),
+                                   coordinator_bind_address=explicit if local else None)
     else:
         jax.distributed.initialize()
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _gloo_on_loopback() -> None:
+    """Makes JAX's CPU collectives (gloo) listen on 127.0.0.1 rather than on the address
+    of the machine's hostname (jaxlib has no setting for it; skipped if its API differs)."""
+    import functools
+    import inspect
+    try:
+        from jax._src import xla_bridge
+        make = xla_bridge._jax.make_gloo_tcp_collectives
+        if "hostname" not in (make.__doc__ or "") and "hostname" not in str(
+                inspect.signature(make)):
+            return
+    except (AttributeError, ImportError, TypeError, ValueError):
+        return
+    if not isinstance(make, functools.partial):
+        xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(make, hostname="127.0.0.1")
 
 
 def make_mesh(fsdp: int = 1) -> Mesh:
@@ -48,7 +94,10 @@ def make_mesh(fsdp: int = 1) -> Mesh:
     n = jax.device_count()
     if fsdp < 1 or n % fsdp:
         raise ValueError(f"fsdp={fsdp} must divide the device count {n}")
-    return Mesh(np.asarray(jax.devices()).reshape(n // fsdp, fsdp), DATA_AXES)
+    # Devices grouped by process, so that process p holds rows [p*L, (p+1)*L) of a batch
+    # split over (data, fsdp): the slice its data loader reads (data/pipeline.py).
+    devices = sorted(jax.devices(), key=lambda d: d.process_index)
+    return Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), DATA_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -98,24 +147,35 @@ class Checkpoints:
     """Orbax checkpoints of a run: ``latest/`` (periodic, for resuming) and, when a
     validation metric is given, ``best/`` (the best by it, for evaluation).
 
-    Each holds the TrainState and, if given, the grain iterator's position.
+    Each holds the TrainState and, if given, the data iterator's position. Every process
+    calls save/restore (Orbax writes each array shard once); the position of a
+    ``pipeline.GlobalBatchIterator`` is one JSON item, the same for any process count, so
+    a run saved with N processes resumes with M.
     """
 
     def __init__(self, directory: str, keep: int = 2, best_mode: str = "min"):
         self.directory = os.path.abspath(directory)
-        opts = lambda **kw: ocp.CheckpointManagerOptions(create=True, **kw)
+        # Distinct barrier names: with several processes, 'latest' and 'best' saving the
+        # same step at once would otherwise share Orbax's barrier key (and fail).
+        opts = lambda name, **kw: ocp.CheckpointManagerOptions(
+            create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=name), **kw)
         self.latest = ocp.CheckpointManager(os.path.join(self.directory, "latest"),
-                                            options=opts(max_to_keep=keep))
+                                            options=opts("latest", max_to_keep=keep))
         self.best = ocp.CheckpointManager(
             os.path.join(self.directory, "best"),
-            options=opts(max_to_keep=1, best_fn=lambda m: m["value"], best_mode=best_mode))
+            options=opts("best", max_to_keep=1, best_fn=lambda m: m["value"],
+                         best_mode=best_mode))
 
     @staticmethod
     def _args(state, data_iter, restore: bool):
-        import grain
         item = ocp.args.StandardRestore(state) if restore else ocp.args.StandardSave(state)
         args = {"state": item}
-        if data_iter is not None:
+        if data_iter is not None and hasattr(data_iter, "position"):
+            args["data"] = ocp.args.JsonRestore() if restore else ocp.args.JsonSave(
+                data_iter.position())
+        elif data_iter is not None:  # a plain grain iterator: one file per process
+            import grain
             cls = grain.checkpoint.CheckpointRestore if restore else grain.checkpoint.CheckpointSave
             args["data"] = cls(data_iter)
         return ocp.args.Composite(**args)
@@ -138,7 +198,15 @@ class Checkpoints:
         if step is None:
             raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in "
                                     f"{manager.directory}")
-        return manager.restore(step, args=self._args(abstract_state, data_iter, True))["state"]
+        position = data_iter is not None and hasattr(data_iter, "set_position")
+        legacy = _legacy_batches(os.path.join(str(manager.directory), str(step), "data"),
+                                 data_iter) if position else None
+        restored = manager.restore(step, args=self._args(
+            abstract_state, None if legacy is not None else data_iter, True))
+        if position:
+            data_iter.set_position(restored["data"] if legacy is None else
+                                   {**data_iter.position(), "global_batches": legacy})
+        return restored["state"]
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -147,6 +215,25 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _legacy_batches(directory: str, data_iter) -> Optional[int]:
+    """Global batches read according to a data position saved by grain's own handler (one
+    process, before positions became process-count independent); None if not that format."""
+    import glob
+    import json
+    files = glob.glob(os.path.join(directory, "process_*-of-*.json"))
+    if not files:
+        return None
+    if len(files) > 1 or not files[0].endswith("process_0-of-1.json"):
+        raise ValueError(f"{directory} holds per-process data positions of an older multi-"
+                         "process run, whose batches differ from this version's; start the "
+                         "run in a new --workdir")
+    with open(files[0]) as f:
+        state = json.load(f)
+    # One process read records 0..last of the same seeded order, in global batches.
+    records = int(state["last_seen_indices"]["0"]) + 1
+    return records // data_iter.position()["global_batch"]
 
 
 def abstract(tree, shardings=None):

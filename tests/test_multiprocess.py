@@ -1,0 +1,178 @@
+"""Several JAX processes train exactly like one: the captioner on the tiny fake COCO of
+test_captioning with 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo
+collectives) gives the losses and parameters of 1 process x 8 devices, and a checkpoint
+written with one process count resumes with the other."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from test_captioning import ROOT, tiny_config, world  # noqa: F401 (fixture)
+
+STEPS, HALF = 12, 6
+DEVICES = 8
+
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import ml_collections
+    from c3_jax import main
+    from c3_jax.train import state as st
+    stop_at = int(sys.argv[3])
+
+    class Stop(Exception):
+        pass
+
+    save = st.Checkpoints.save
+    def save_then_stop(self, step, *args, **kwargs):
+        save(self, step, *args, **kwargs)
+        if step == stop_at:  # every process: leave cleanly after this checkpoint
+            self.wait()
+            raise Stop
+    st.Checkpoints.save = save_then_stop
+    config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
+    try:
+        main.run(config, sys.argv[2])
+    except Stop:
+        sys.exit(3)
+    finally:
+        import jax
+        print(f"RAN AS process {jax.process_index()} of {jax.process_count()} with "
+              f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(config, workdir: str, processes: int, stop_at: int = -1) -> list:
+    """Runs ``config`` in ``workdir`` as ``processes`` JAX processes sharing 8 CPU devices
+    on this machine; returns [(exit code, log)] per process."""
+    path = workdir + f".{processes}p.json"
+    with open(path, "w") as f:
+        json.dump(config.to_dict(), f)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // processes}")
+    procs = []
+    for p in range(processes):
+        if processes > 1:
+            env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                   "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(p)}
+        log = open(f"{workdir}.{processes}p.{p}.log", "w+")
+        procs.append((subprocess.Popen([sys.executable, "-c", _SCRIPT, path, workdir,
+                                        str(stop_at)], env=env, cwd=ROOT, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    try:  # until all exit, or one fails (the others would wait for it in a collective)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            codes = [proc.poll() for proc, _ in procs]
+            if None not in codes or any(c not in (None, 0, 3) for c in codes):
+                break
+            time.sleep(0.5)
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    out = []
+    for proc, log in procs:
+        log.seek(0)
+        out.append((proc.returncode, log.read()))
+        log.close()
+    return out
+
+
+def _ok(results: list, code: int = 0) -> None:
+    for p, (rc, log) in enumerate(results):
+        assert rc == code, f"process {p} exited {rc}:\n{log[-4000:]}"
+
+
+def _params(workdir) -> tuple:
+    """The latest checkpoint's params (saved by any number of processes) and its step."""
+    import orbax.checkpoint as ocp
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest")) as mngr:
+        step = mngr.latest_step()
+    path = os.path.join(workdir, "checkpoints", "latest", str(step), "state")
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(path).item_metadata)
+    params = checkpointer.restore(path, target)["params"]
+    return jax.tree.map(np.asarray, params), step
+
+
+def _losses(workdir, key="loss") -> list:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r[key] for r in map(json.loads, f) if key in r]
+
+
+def _assert_same_run(got_dir, want_dir) -> None:
+    for key, count in (("loss", STEPS), ("val_loss", STEPS // HALF)):
+        np.testing.assert_allclose(_losses(got_dir, key), _losses(want_dir, key), rtol=1e-5)
+        assert len(_losses(got_dir, key)) == count, key
+    (want, want_step), (got, got_step) = _params(str(want_dir)), _params(str(got_dir))
+    assert want_step == got_step == STEPS
+    leaves = jax.tree.leaves_with_path(want)
+    assert len(leaves) == len(jax.tree.leaves(got))
+    for (path, a), b in zip(leaves, jax.tree.leaves(got)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def config(world):  # noqa: F811
+    # val_batches=1: validation runs on every process, and 'best' checkpoints are saved
+    # alongside 'latest' ones.
+    return tiny_config(world, max_steps=STEPS, checkpoint_every=HALF, val_batches=1,
+                       eval_max_examples=2)
+
+
+@pytest.fixture(scope="module")
+def one_process(config, tmp_path_factory):
+    """The reference: 1 process x 8 devices, trained and evaluated."""
+    workdir = str(tmp_path_factory.mktemp("one") / "run")
+    _ok(_launch(config, workdir, 1))
+    return workdir
+
+
+def test_two_processes_train_and_evaluate_like_one(config, one_process, tmp_path):
+    workdir = str(tmp_path / "run")
+    results = _launch(config, workdir, 2)
+    _ok(results)
+    _assert_same_run(workdir, one_process)
+    # Process 0 alone wrote the outputs; evaluation gathered every process's captions.
+    with open(os.path.join(workdir, "results.json")) as f:
+        got = json.load(f)
+    with open(os.path.join(one_process, "results.json")) as f:
+        want = json.load(f)
+    assert got["steps"] == STEPS and got["num_test"] == want["num_test"] == 2
+    with open(os.path.join(workdir, "captions_test.json")) as f:
+        captions = json.load(f)
+    with open(os.path.join(one_process, "captions_test.json")) as f:
+        assert captions == json.load(f)
+    for p, (_, log) in enumerate(results):
+        assert f"RAN AS process {p} of 2 with 4 of 8 devices" in log
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_path, first,
+                                                       then):
+    workdir = str(tmp_path / "run")
+    before = _launch(config, workdir, first, stop_at=HALF)
+    _ok(before, code=3)
+    assert _params(workdir)[1] == HALF and not os.path.exists(workdir + "/results.json")
+    after = _launch(config, workdir, then, stop_at=STEPS)  # stop before evaluation
+    _ok(after, code=3)
+    for runs in (before, after):
+        assert f"of {len(runs)} with {DEVICES // len(runs)} of 8 devices" in runs[-1][1]
+    _assert_same_run(workdir, one_process)
