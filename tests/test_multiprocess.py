@@ -176,3 +176,21 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
     for runs in (before, after):
         assert f"of {len(runs)} with {DEVICES // len(runs)} of 8 devices" in runs[-1][1]
     _assert_same_run(workdir, one_process)
+
+
+def test_generator_two_processes_train_like_one(tmp_path_factory, tmp_path):
+    from test_generation import tiny_config as t2i_config, world as t2i_world
+    data = t2i_world.__wrapped__(tmp_path_factory)
+    config = t2i_config(data, max_steps=4, checkpoint_every=4, r1_every=2, eval_max_examples=8)
+    runs = {}
+    for processes in (1, 2):
+        workdir = str(tmp_path / f"gen{processes}")
+        _ok(_launch(config, workdir, processes))
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            runs[processes] = [[r[k] for k in ("d_adv", "g_adv", "g_itd", "g_itc", "r1")]
+                               for r in map(json.loads, f)]
+    assert len(runs[1]) == 4
+    np.testing.assert_allclose(runs[2], runs[1], rtol=1e-5, atol=1e-6)
+    for name in ("generated_test.npy",):
+        np.testing.assert_array_equal(np.load(tmp_path / "gen2" / name),
+                                      np.load(tmp_path / "gen1" / name))

@@ -219,8 +219,9 @@ def make_generate(gen: stylegan2.Generator, transform: c3.C3Transform, mesh):
         z = jax.random.normal(z_key, (embedding.shape[0], gen.config.z_dim))
         return to_uint8(gen.apply({"params": params}, z, cond, noise_key))
 
-    sh = st.batch_sharding(mesh)
-    return jax.jit(fn, in_shardings=(None, sh, None, None), out_shardings=sh)
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(fn, in_shardings=(None, st.batch_sharding(mesh), None, None),
+                   out_shardings=repl)  # every process gets all images
 
 
 # ---------------------------------------------------------------------------
@@ -438,8 +439,8 @@ def evaluate(run: _Run, params, limit: int = 0) -> dict:
     total = len(source) if limit <= 0 else min(limit, len(source))
     for i, (e, real, caps) in enumerate(tqdm(_batches(source, config, limit), desc="generate",
                                              unit="batch", total=-(-total // config.eval_batch_size))):
-        fake = np.asarray(generate(params, _pad(e, jax.device_count()), mean,
-                                   jax.random.fold_in(key, i)))[: len(e)]
+        fake = np.asarray(generate(params, _global(_pad(e, jax.device_count()), run.mesh),
+                                   mean, jax.random.fold_in(key, i)))[: len(e)]
         f_fake = np.asarray(encode(run.encoder.params, fake))
         stats["clip_fake"].update(f_fake)
         stats["clip_real"].update(np.asarray(encode(run.encoder.params, real)))
@@ -464,6 +465,11 @@ def evaluate(run: _Run, params, limit: int = 0) -> dict:
         logits = np.concatenate(logits)
         metrics["IS"], metrics["IS_std"] = im.inception_score(logits, min(10, len(logits)))
     return {"metrics": metrics, "images": np.concatenate(images), "captions": captions}
+
+
+def _global(x: np.ndarray, mesh) -> jax.Array:
+    """A batch every process holds in full, as a global array split over the devices."""
+    return jax.make_array_from_callback(x.shape, st.batch_sharding(mesh), lambda i: x[i])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
