@@ -196,17 +196,6 @@ class _Run:
         return self.mean(self.config.eval_field) - self.mean(self.config.train_field)
 
 
-def _check_batch(config, pairs) -> int:
-    n = jax.device_count()
-    if config.batch_size % n or config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the "
-                         f"{n} devices")
-    if len(pairs) < config.batch_size:
-        raise ValueError(f"{len(pairs)} training pairs are fewer than batch_size="
-                         f"{config.batch_size}")
-    return config.batch_size // jax.process_count()
-
-
 def total_steps(config, num_pairs: int) -> int:
     """Micro-steps of the run: ``max_steps``, or ``num_epochs`` over the pairs."""
     return config.max_steps if config.max_steps > 0 else (
@@ -255,7 +244,7 @@ def _state_shardings(run: _Run, tx):
 def train(run: _Run) -> tuple:
     """Trains (or resumes) in ``run.wd``; returns (params, training summary)."""
     config, wd = run.config, run.wd
-    local_batch = _check_batch(config, run.pairs)
+    local_batch = st.local_batch_size(config.batch_size, len(run.pairs), "training pairs")
     steps = total_steps(config, len(run.pairs))
     tx = make_optimizer(config, max(steps // config.grad_accum, 1), run.trainable)
     abstract, shardings = _state_shardings(run, tx)

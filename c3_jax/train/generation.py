@@ -336,16 +336,10 @@ class _Run:
 
 
 def _check_batch(config, rows: ImageRows) -> int:
-    n = jax.device_count()
-    if config.batch_size % n:
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the {n} devices")
     if config.batch_size % config.mbstd_group and config.batch_size > config.mbstd_group:
         raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
                          f"mbstd_group={config.mbstd_group}")
-    if len(rows) < config.batch_size:
-        raise ValueError(f"{len(rows)} training images are fewer than batch_size="
-                         f"{config.batch_size}")
-    return config.batch_size // jax.process_count()
+    return st.local_batch_size(config.batch_size, len(rows), "training images")
 
 
 def train(run: _Run) -> tuple:

@@ -89,6 +89,17 @@ def _gloo_on_loopback() -> None:
         xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(make, hostname="127.0.0.1")
 
 
+def local_batch_size(batch_size: int, available: int, what: str) -> int:
+    """This process's share of a global batch, once the batch is known to split over the
+    devices and to fit in the ``available`` items (``what``: e.g. 'training pairs')."""
+    n = jax.device_count()
+    if batch_size % n or batch_size % jax.process_count():
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the {n} devices")
+    if available < batch_size:
+        raise ValueError(f"{available} {what} are fewer than batch_size={batch_size}")
+    return batch_size // jax.process_count()
+
+
 def make_mesh(fsdp: int = 1) -> Mesh:
     """A (data, fsdp) mesh over all devices; ``fsdp`` devices share each parameter."""
     n = jax.device_count()
