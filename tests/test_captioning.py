@@ -327,3 +327,25 @@ def test_bfloat16_step_keeps_float32_params_and_close_loss():
         assert all(p.dtype == np.float32 for p in jax.tree.leaves(new.params))
         losses[dtype] = float(metrics["loss"])
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(world, tmp_path):
+    import re
+    # lr 1e30: the first update blows the weights up, a later loss overflows.
+    config = tiny_config(world, lr=1e30, warmup_steps=1, max_steps=8, checkpoint_every=1,
+                         val_batches=0, eval_max_examples=1)
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step") as err:
+        main.run(config, str(tmp_path / "stop"))
+    bad = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    state, last = latest_state(str(tmp_path / "stop"))
+    assert 1 <= last == bad - 1 and f"step {last}" in str(err.value)
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(state["params"]))
+    assert not (tmp_path / "stop" / "results.json").exists()
+    # skip_nonfinite: the same run goes on, dropping every non-finite update.
+    config.skip_nonfinite = True
+    main.run(config, str(tmp_path / "skip"))
+    rows = [json.loads(x) for x in open(tmp_path / "skip" / "metrics.jsonl") if "loss" in x]
+    assert [r["nonfinite"] for r in rows][: bad - 1] == [0] * (bad - 1)
+    assert rows[bad - 1]["nonfinite"] == 1
+    state, last = latest_state(str(tmp_path / "skip"))
+    assert last == 8 and all(np.isfinite(a).all() for a in jax.tree.leaves(state["params"]))

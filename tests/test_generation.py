@@ -154,3 +154,18 @@ def test_quick_shapes_t2i_writes_every_output(tmp_path):
     for row in results["variants"].values():
         assert 0 <= row["attribute_accuracy"] <= 1 and np.isfinite(row["clip_frechet_distance"])
     assert 0 < results["probe_ceiling"]["mean"] <= 1 and 0 < results["chance"]["mean"] < 1
+
+
+def test_nonfinite_losses_stop_or_are_skipped(world, tmp_path):
+    import os
+    # lr 1e30 with Adam's beta1 = 0: the first D update already makes G's loss NaN.
+    config = tiny_config(world, lr=1e30, max_steps=6, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step 1;"
+                       ".*last checkpoint \\(none\\)"):
+        main.run(config, str(tmp_path / "stop"))
+    assert not (tmp_path / "stop" / "results.json").exists()
+    assert not os.listdir(tmp_path / "stop" / "checkpoints" / "latest")
+    config.skip_nonfinite = True  # every step is skipped: the initial state survives
+    main.run(config, str(tmp_path / "skip"))
+    state, last = latest_state(str(tmp_path / "skip"))
+    assert last == 6 and all(np.isfinite(a).all() for a in jax.tree.leaves(state))

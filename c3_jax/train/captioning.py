@@ -35,6 +35,7 @@ _TRAIN = {"variant": str, "noise_sigma": float, "batch_size": int, "num_epochs":
           "max_steps": int, "lr": float, "warmup_steps": int, "weight_decay": float,
           "grad_accum": int, "fsdp": int, "seed": int, "log_every": int,
           "checkpoint_every": int, "keep_checkpoints": int, "val_batches": int,
+          "skip_nonfinite": bool,
           "init_from": str, "restore_from": str}
 _EVAL = {"decode": str, "beam_size": int, "max_decode_tokens": int, "stop_at_period": bool,
          "eval_batch_size": int, "eval_max_examples": int, "spice": bool}
@@ -65,6 +66,7 @@ def base_config(experiment: str = "caption"):
     c.fsdp, c.seed = 1, 0
     c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
     c.init_from, c.restore_from = "", ""
+    c.skip_nonfinite = False  # True: a step with NaN/Inf loss or gradients is skipped
     # Evaluation: greedy decoding up to 67 tokens, stopping at EOS or '.', like the reference.
     c.decode, c.beam_size, c.max_decode_tokens, c.stop_at_period = "greedy", 5, 67, True
     c.eval_batch_size, c.eval_max_examples, c.spice = 256, 0, True
@@ -118,7 +120,7 @@ def transform_of(config) -> c3.C3Transform:
 
 
 def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
-                    state_sharding):
+                    state_sharding, skip_nonfinite: bool = False):
     """One sharded step: C^3 transform of the batch, masked caption loss, AdamW update."""
     prefix_length = model.mapper.prefix_length
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -135,8 +137,9 @@ def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
         (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
-        return st.TrainState(state.step + 1, params, opt_state), metrics
+        metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
+        return st.guard_finite(st.TrainState(state.step + 1, params, opt_state), state,
+                               metrics, skip_nonfinite)
 
     batch_sh = st.batch_sharding(mesh)
     return jax.jit(step, in_shardings=(state_sharding, batch_sh, repl, repl, repl),
@@ -250,7 +253,8 @@ def train(run: _Run) -> tuple:
     abstract, shardings = _state_shardings(run, tx)
     mean = run.mean(config.train_field)
     gap = run.gap_direction() if run.transform.noise == "span_only" else np.zeros_like(mean)
-    step_fn = make_train_step(run.model, tx, run.transform, run.mesh, shardings)
+    step_fn = make_train_step(run.model, tx, run.transform, run.mesh, shardings,
+                              config.skip_nonfinite)
     eval_loss = make_eval_loss(run.model, run.transform, run.mesh)
     data = iter(_loader(run.pairs, local_batch, config.seed))
     ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
@@ -265,16 +269,19 @@ def train(run: _Run) -> tuple:
     writer = _tensorboard(wd)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step")
     summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs)}
+    watch = st.NonFiniteWatch()
     for i in bar:
         batch = pipeline.global_batch(next(data), st.batch_sharding(run.mesh))
         state, metrics = step_fn(state, batch, mean, gap, key)
         done = i + 1
+        watch.update(metrics, done)
         if done % config.log_every == 0 or done == steps:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _log(wd, writer, done, host)
             bar.set_postfix(loss=f"{host['loss']:.4f}")
             summary["final_loss"] = host["loss"]
         if done % config.checkpoint_every == 0 or done == steps:
+            watch.check(ckpts, config.skip_nonfinite)
             val = _validation_loss(run, state.params, eval_loss, mean)
             if val is not None:
                 _log(wd, writer, done, {"val_loss": val})

@@ -40,7 +40,8 @@ _TRAIN = {"variant": str, "noise_sigma": float, "batch_size": int, "max_steps": 
           "lr": float, "beta1": float, "beta2": float, "r1_gamma": float, "r1_every": int,
           "itd_weight": float, "itc_weight": float, "temperature": float, "ema_kimg": float,
           "ema_rampup": float, "fsdp": int, "seed": int, "log_every": int,
-          "checkpoint_every": int, "keep_checkpoints": int, "restore_from": str}
+          "checkpoint_every": int, "keep_checkpoints": int, "restore_from": str,
+          "skip_nonfinite": bool}
 _EVAL = {"eval_max_examples": int, "eval_batch_size": int, "inception_weights": str,
          "num_samples": int}
 FIELDS = {"generate": {**_MODEL, **_DATA, **_TRAIN, **_EVAL}}
@@ -71,6 +72,7 @@ def base_config():
     c.fsdp, c.seed = 1, 0
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 5000, 2
     c.restore_from = ""
+    c.skip_nonfinite = False  # True: a step with NaN/Inf losses or gradients is skipped
     # Evaluation: 30k samples from test captions; FID/IS when the Inception file is given.
     c.eval_max_examples, c.eval_batch_size = 30_000, 250
     c.inception_weights, c.num_samples = "", 16
@@ -155,7 +157,7 @@ def to_uint8(images: jax.Array) -> jax.Array:
 
 def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
                     encode: Callable, transform: c3.C3Transform, cfg: StepConfig,
-                    g_tx, d_tx, mesh, shardings):
+                    g_tx, d_tx, mesh, shardings, skip_nonfinite: bool = False):
     """One sharded G+D step on {'image' uint8, 'embedding'}; ``encode(images [-1, 1])`` is
     the frozen CLIP image embedding (for the itc term). ``with_r1`` (static: two compiled
     variants, StyleGAN2's lazy regularization) adds the R1 penalty to the D loss."""
@@ -203,7 +205,8 @@ def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
         metrics = {**d_metrics, **g_metrics, "g_loss": g_loss,
                    "g_grad_norm": optax.tree.norm(g_grads),
                    "d_grad_norm": optax.tree.norm(d_grads)}
-        return GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema), metrics
+        new = GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema)
+        return st.guard_finite(new, state, metrics, skip_nonfinite)
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(step, in_shardings=(shardings, st.batch_sharding(mesh), repl, repl, repl),
@@ -352,7 +355,7 @@ def train(run: _Run) -> tuple:
            else np.zeros_like(mean))
     step_fn = make_train_step(run.gen, run.disc, run.encoder, run.transform,
                               StepConfig.from_config(config), run.tx, run.tx, run.mesh,
-                              shardings)
+                              shardings, config.skip_nonfinite)
     data = iter(pipeline.make_loader(run.rows, local_batch, config.seed))
     ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     start = ckpts.latest_step() or 0
@@ -366,10 +369,12 @@ def train(run: _Run) -> tuple:
     steps = config.max_steps
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train G+D", unit="step")
     summary = {"steps": steps, "resumed_from": start, "train_images": len(run.rows)}
+    watch = st.NonFiniteWatch()
     for i in bar:
         batch = pipeline.global_batch(next(data), st.batch_sharding(run.mesh))
         state, metrics = step_fn(state, batch, mean, gap, key, i % config.r1_every == 0)
         done = i + 1
+        watch.update(metrics, done)
         if done % config.log_every == 0 or done == steps:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if jax.process_index() == 0:
@@ -377,6 +382,7 @@ def train(run: _Run) -> tuple:
             bar.set_postfix(g=f"{host['g_adv']:.3f}", d=f"{host['d_adv']:.3f}")
             summary["final_metrics"] = host
         if done % config.checkpoint_every == 0 or done == steps:
+            watch.check(ckpts, config.skip_nonfinite)
             ckpts.save(done, state, data)
     ckpts.wait()
     ckpts.close()

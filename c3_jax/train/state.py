@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -87,6 +88,48 @@ def _gloo_on_loopback() -> None:
         return
     if not isinstance(make, functools.partial):
         xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(make, hostname="127.0.0.1")
+
+
+def guard_finite(new_state, old_state, metrics: dict, skip: bool):
+    """In a jitted step: adds a 'nonfinite' metric (1 when any metric, e.g. the loss or a
+    gradient norm, is NaN or Inf); with ``skip`` such a step keeps ``old_state`` (only
+    its step counter advances)."""
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+    if skip:
+        kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, old_state)
+        new_state = kept.replace(step=new_state.step)
+    return new_state, {**metrics, "nonfinite": (~ok).astype(jnp.int32)}
+
+
+class NonFiniteWatch:
+    """The first step whose metrics were not finite, tracked on device (no host sync per
+    step) and read when the trainer logs or is about to save."""
+
+    def __init__(self):
+        self.first = jnp.asarray(-1, jnp.int32)
+        self._update = jax.jit(lambda f, bad, step: jnp.where((f < 0) & (bad > 0), step, f))
+
+    def update(self, metrics: dict, step: int) -> None:
+        self.first = self._update(self.first, metrics["nonfinite"], step)
+
+    def check(self, ckpts: "Checkpoints", skip: bool) -> None:
+        """Stops (after finishing pending saves) if a step was not finite, unless skipping."""
+        first = int(self.first)
+        if first < 0:
+            return
+        if skip:
+            logging.warning("non-finite loss or gradients from step %d on; those steps were "
+                            "skipped (skip_nonfinite)", first)
+            self.first = jnp.asarray(-1, jnp.int32)
+            return
+        ckpts.wait()
+        last = ckpts.latest_step()
+        ckpts.close()
+        raise FloatingPointError(
+            f"non-finite loss or gradients at step {first}; stopped without saving it. The "
+            f"last checkpoint ({'none' if last is None else f'step {last}'}) in "
+            f"{ckpts.directory} is intact; lower the learning rate, check the data for NaN/Inf, "
+            "or set --config.skip_nonfinite=True to skip such steps")
 
 
 def local_batch_size(batch_size: int, available: int, what: str) -> int:
