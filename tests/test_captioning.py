@@ -171,11 +171,15 @@ _KILL_SCRIPT = textwrap.dedent("""
     import ml_collections
     from c3_jax import main
     from c3_jax.train import state as st
-    kill_at = int(sys.argv[3])
+    kill_at, mid_save = int(sys.argv[3]), len(sys.argv) > 4
     save = st.Checkpoints.save
     def save_then_die(self, step, *args, **kwargs):
         save(self, step, *args, **kwargs)
         if step == kill_at:
+            if mid_save:  # at once: the asynchronous save is normally still writing
+                writing = any("tmp" in n for n in os.listdir(self.latest.directory))
+                open(sys.argv[2] + ".mid_save", "w").write(str(int(writing)))
+                os.kill(os.getpid(), signal.SIGKILL)
             self.wait()
             os.kill(os.getpid(), signal.SIGKILL)
     st.Checkpoints.save = save_then_die
@@ -184,27 +188,34 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_script(config, workdir, kill_at, devices=1):
+def _run_script(config, workdir, kill_at, devices=1, mid_save=False):
     path = os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".json")
     with open(path, "w") as f:
         json.dump(config.to_dict(), f)
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, path, workdir, str(kill_at)],
+    args = [path, workdir, str(kill_at)] + (["mid_save"] if mid_save else [])
+    return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, *args],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path):
+@pytest.mark.parametrize("mid_save", [False, True])
+def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path, mid_save):
+    """SIGKILL right after the step-6 checkpoint was written or while it is being written
+    (then the step-3 one is the latest complete): the restart ends bitwise equal."""
     config = tiny_config(world, max_steps=10, checkpoint_every=3, eval_max_examples=1,
                          val_batches=0)
     straight = _run_script(config, str(tmp_path / "straight"), kill_at=-1)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run_script(config, str(tmp_path / "killed"), kill_at=6)
+    killed = _run_script(config, str(tmp_path / "killed"), kill_at=6, mid_save=mid_save)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (tmp_path / "killed" / "results.json").exists()
     resumed = _run_script(config, str(tmp_path / "killed"), kill_at=-1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == 6
+    # Killed while step 6 was still being written: its unfinished directory is ignored.
+    writing = mid_save and (tmp_path / "killed.mid_save").read_text() == "1"
+    assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == (
+        3 if writing else 6)
     want, step = _params(str(tmp_path / "straight"))
     got, step2 = _params(str(tmp_path / "killed"))
     assert step == step2 == 10
