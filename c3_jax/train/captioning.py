@@ -258,12 +258,8 @@ def train(run: _Run) -> tuple:
     eval_loss = make_eval_loss(run.model, run.transform, run.mesh)
     data = iter(_loader(run.pairs, local_batch, config.seed))
     ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
-    start = ckpts.latest_step() or 0
-    if start:
-        state = ckpts.restore(st.abstract(abstract, shardings), data)
-        logging.info("resumed from step %d in %s", start, ckpts.directory)
-    else:
-        state = _initial_state(run, tx, shardings)
+    state, start = ckpts.resume_or_init(abstract, shardings, data,
+                                        lambda: _initial_state(run, tx, shardings))
     wd.truncate_metrics(start)
     key = jax.random.key(config.seed)
     writer = _tensorboard(wd)

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from tqdm.auto import tqdm
 
 from c3_jax.data import pipeline
@@ -85,13 +84,8 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
     data = iter(pipeline.make_loader(pairs, config.batch_size // jax.process_count(),
                                      config.seed))
     ckpts = st.Checkpoints(directory)
-    start = ckpts.latest_step() or 0
-    if start:
-        state = ckpts.restore(st.abstract(abstract, shardings), data)
-        logging.info("Connect: resumed from step %d", start)
-    else:
-        state = st.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-        state = jax.device_put(state, shardings)
+    state, start = ckpts.resume_or_init(abstract, shardings, data, lambda: jax.device_put(
+        st.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), shardings))
     step_fn = make_step(model, tx, mesh, shardings)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="connect",
                unit="step")

@@ -358,12 +358,8 @@ def train(run: _Run) -> tuple:
                               shardings, config.skip_nonfinite)
     data = iter(pipeline.make_loader(run.rows, local_batch, config.seed))
     ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
-    start = ckpts.latest_step() or 0
-    if start:
-        state = ckpts.restore(st.abstract(abstract, shardings), data)
-        logging.info("resumed from step %d in %s", start, ckpts.directory)
-    else:
-        state = jax.jit(run.init_state, out_shardings=shardings)()
+    state, start = ckpts.resume_or_init(abstract, shardings, data,
+                                        jax.jit(run.init_state, out_shardings=shardings))
     wd.truncate_metrics(start)
     key = jax.random.key(config.seed)
     steps = config.max_steps

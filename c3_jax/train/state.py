@@ -244,6 +244,16 @@ class Checkpoints:
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()
 
+    def resume_or_init(self, abstract_state, shardings, data_iter, init) -> tuple:
+        """(state, step): the latest checkpoint (moving ``data_iter`` to its position) or,
+        with none, ``init()`` at step 0."""
+        start = self.latest_step() or 0
+        if not start:
+            return init(), 0
+        state = self.restore(abstract(abstract_state, shardings), data_iter)
+        logging.info("resumed from step %d in %s", start, self.directory)
+        return state, start
+
     def restore(self, abstract_state: TrainState, data_iter=None, step: Optional[int] = None,
                 best: bool = False) -> TrainState:
         """Restores ``latest`` (or ``best``) into the shardings of ``abstract_state``."""
