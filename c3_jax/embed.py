@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,16 +18,20 @@ from c3_jax.models import clip
 from c3_jax.train import state as st
 
 
-def data_parallel(fn: Callable, params, batches, desc: str) -> np.ndarray:
-    """Applies jitted ``fn(params, *arrays)`` to host batches sharded over all devices."""
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+def data_parallel(fn: Callable, params, batches, desc: str,
+                  devices: Optional[Sequence] = None) -> np.ndarray:
+    """Applies jitted ``fn(params, *arrays)`` to host batches sharded over ``devices``:
+    by default all devices of all processes, every process passing the same batches;
+    with ``jax.local_devices()`` each process computes its own batches alone."""
+    devices = jax.devices() if devices is None else list(devices)
+    mesh = Mesh(np.array(devices), ("data",))
     shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     params = jax.device_put(params, replicated)
     step = jax.jit(fn, in_shardings=(replicated, shard), out_shardings=shard)
-    ndev, out = len(jax.devices()), []
-    for arrays in tqdm(batches, desc=desc, unit="batch"):
+    out = []
+    for arrays in tqdm(batches, desc=desc, unit="batch", disable=jax.process_index() != 0):
         n = len(arrays[0])
-        pad = (-n) % ndev  # pad the last batch to a multiple of the device count
+        pad = (-n) % len(devices)  # pad the last batch to a multiple of the device count
         arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
         # Every process holds the whole batch; each places its devices' rows.
         arrays = tuple(jax.make_array_from_callback(a.shape, shard, lambda i, a=a: a[i])
@@ -37,30 +41,36 @@ def data_parallel(fn: Callable, params, batches, desc: str) -> np.ndarray:
 
 
 def encode_images(module: clip.CLIP, params, preprocess: ImagePreprocessor,
-                  paths: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """CLIP image features [n, projection_dim] of image files."""
-    for p in paths:
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"image {p} does not exist")
+                  paths: Sequence[str], batch_size: int = 256,
+                  devices: Optional[Sequence] = None) -> np.ndarray:
+    """CLIP image features [n, projection_dim] of image files (``devices`` as in
+    ``data_parallel``)."""
+    if not paths:
+        return np.zeros((0, module.config.projection_dim), np.float32)
     batches = ((preprocess.batch([Image.open(p) for p in paths[i:i + batch_size]]),)
                for i in range(0, len(paths), batch_size))
     fn = lambda prm, a: module.apply({"params": prm}, a[0], method="encode_image")
-    return data_parallel(fn, params, batches, "image embeddings")
+    return data_parallel(fn, params, batches, "image embeddings", devices)
 
 
 def square_images(paths: Sequence[str], size: int) -> np.ndarray:
     """uint8 [n, size, size, 3]: each image's shortest edge resized to ``size`` (bicubic),
     centre-cropped."""
     prep = ImagePreprocessor(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    out = [np.round(prep(Image.open(p)).transpose(1, 2, 0) * 255.0)
-           for p in tqdm(paths, desc=f"images at {size}px", unit="image")]
-    return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+    out = np.zeros((len(paths), size, size, 3), np.uint8)
+    for i, p in enumerate(tqdm(paths, desc=f"images at {size}px", unit="image",
+                               disable=jax.process_index() != 0)):
+        out[i] = np.clip(np.round(prep(Image.open(p)).transpose(1, 2, 0) * 255.0), 0, 255)
+    return out
 
 
 def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
-                 batch_size: int = 1024) -> np.ndarray:
-    """CLIP text features [n, projection_dim]; texts are padded/truncated to the model's context."""
+                 batch_size: int = 1024, devices: Optional[Sequence] = None) -> np.ndarray:
+    """CLIP text features [n, projection_dim]; texts are padded/truncated to the model's
+    context (``devices`` as in ``data_parallel``)."""
     length = module.config.max_positions
+    if not texts:
+        return np.zeros((0, module.config.projection_dim), np.float32)
 
     def batches():
         for i in range(0, len(texts), batch_size):
@@ -69,7 +79,7 @@ def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
             yield tok["input_ids"].astype(np.int32), tok["attention_mask"].astype(np.int32)
 
     fn = lambda prm, a: module.apply({"params": prm}, a[0], a[1], method="encode_text")
-    return data_parallel(fn, params, batches(), "text embeddings")
+    return data_parallel(fn, params, batches(), "text embeddings", devices)
 
 
 def karpathy_split(annotation_file: str) -> dict:
@@ -94,27 +104,41 @@ def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir:
     """Writes one example per image: its embedding, its first ``captions_per_image``
     caption embeddings [k, d], those captions, the COCO id and, when ``image_size`` > 0,
     the image itself (uint8, shortest edge resized, centre-cropped square: for
-    text-to-image)."""
+    text-to-image). With several JAX processes each reads and encodes its own part of
+    every split on its own devices and writes it as its shard of the one dataset."""
     from c3_jax.data.text import load_tokenizer
     module, params = clip.from_pretrained(clip_dir)
     preprocess, tokenizer = ImagePreprocessor.from_pretrained(clip_dir), load_tokenizer(clip_dir)
-    k = captions_per_image
+    k, devices = captions_per_image, jax.local_devices()
+    everything = karpathy_split(annotation_file)
+    _check_coco(everything, image_root, k)
     splits, captions = {}, {}
-    for split, items in karpathy_split(annotation_file).items():
+    for split, items in everything.items():
+        items = items[builders.process_rows(len(items))]
+        paths = [os.path.join(image_root, p) for p, _, _ in items]
+        caps = [c[:k] for _, c, _ in items]
+        text = encode_texts(module, params, tokenizer, [c for cs in caps for c in cs],
+                            batch_size, devices)
+        splits[split] = {
+            "image_embedding": encode_images(module, params, preprocess, paths, batch_size,
+                                             devices).astype(np.float32),
+            "text_embedding": text.reshape(len(items), k, -1).astype(np.float32),
+            "image_id": np.asarray([i for _, _, i in items], np.int64).reshape(-1)}
+        if image_size > 0:
+            splits[split]["image"] = square_images(paths, image_size)
+        captions[split] = caps
+    return builders.build_pairs_dataset(name, data_dir, splits, captions, local_rows=True)
+
+
+def _check_coco(splits: dict, image_root: str, k: int) -> None:
+    """Every image exists and has at least ``k`` captions (checked by every process before
+    any work, so that all stop together)."""
+    for split, items in splits.items():
         short = [(p, len(c)) for p, c, _ in items if len(c) < k]
         if short:
             raise ValueError(f"{len(short)} {split} images have fewer than {k} captions, "
                              f"e.g. {short[0]}; lower captions_per_image")
-        caps = [c[:k] for _, c, _ in items]
-        text = encode_texts(module, params, tokenizer, [c for cs in caps for c in cs], batch_size)
-        splits[split] = {
-            "image_embedding": encode_images(module, params, preprocess,
-                                             [os.path.join(image_root, p) for p, _, _ in items],
-                                             batch_size).astype(np.float32),
-            "text_embedding": text.reshape(len(items), k, -1).astype(np.float32),
-            "image_id": np.asarray([i for _, _, i in items], np.int64)}
-        if image_size > 0:
-            splits[split]["image"] = square_images(
-                [os.path.join(image_root, p) for p, _, _ in items], image_size)
-        captions[split] = caps
-    return builders.build_pairs_dataset(name, data_dir, splits, captions)
+        missing = [p for p, _, _ in items if not os.path.exists(os.path.join(image_root, p))]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} {split} images do not exist under "
+                                    f"{image_root}, e.g. {missing[0]}")

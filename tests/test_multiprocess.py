@@ -16,15 +16,17 @@ import pytest
 
 from test_captioning import ROOT, tiny_config, world  # noqa: F401 (fixture)
 
-STEPS, HALF = 12, 6
+STEPS, HALF = 20, 10
 DEVICES = 8
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import ml_collections
+    from absl import logging
     from c3_jax import main
     from c3_jax.train import state as st
     stop_at = int(sys.argv[3])
+    logging.set_verbosity(logging.INFO)
 
     class Stop(Exception):
         pass
@@ -98,8 +100,8 @@ def _ok(results: list, code: int = 0) -> None:
         assert rc == code, f"process {p} exited {rc}:\n{log[-4000:]}"
 
 
-def _params(workdir) -> tuple:
-    """The latest checkpoint's params (saved by any number of processes) and its step."""
+def _params(workdir, keys=("params",)) -> tuple:
+    """The latest checkpoint's ``keys`` (saved by any number of processes) and its step."""
     import orbax.checkpoint as ocp
     with ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest")) as mngr:
         step = mngr.latest_step()
@@ -108,8 +110,8 @@ def _params(workdir) -> tuple:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           checkpointer.metadata(path).item_metadata)
-    params = checkpointer.restore(path, target)["params"]
-    return jax.tree.map(np.asarray, params), step
+    state = checkpointer.restore(path, target)
+    return jax.tree.map(np.asarray, {k: state[k] for k in keys}), step
 
 
 def _losses(workdir, key="loss") -> list:
@@ -121,7 +123,11 @@ def _assert_same_run(got_dir, want_dir) -> None:
     for key, count in (("loss", STEPS), ("val_loss", STEPS // HALF)):
         np.testing.assert_allclose(_losses(got_dir, key), _losses(want_dir, key), rtol=1e-5)
         assert len(_losses(got_dir, key)) == count, key
-    (want, want_step), (got, got_step) = _params(str(want_dir)), _params(str(got_dir))
+    _assert_same_params(got_dir, want_dir)
+
+
+def _assert_same_params(got_dir, want_dir, keys=("params",)) -> None:
+    (want, want_step), (got, got_step) = _params(want_dir, keys), _params(got_dir, keys)
     assert want_step == got_step == STEPS
     leaves = jax.tree.leaves_with_path(want)
     assert len(leaves) == len(jax.tree.leaves(got))
@@ -181,7 +187,8 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
 def test_generator_two_processes_train_like_one(tmp_path_factory, tmp_path):
     from test_generation import tiny_config as t2i_config, world as t2i_world
     data = t2i_world.__wrapped__(tmp_path_factory)
-    config = t2i_config(data, max_steps=4, checkpoint_every=4, r1_every=2, eval_max_examples=8)
+    config = t2i_config(data, max_steps=STEPS, checkpoint_every=STEPS, r1_every=2,
+                        eval_max_examples=8)
     runs = {}
     for processes in (1, 2):
         workdir = str(tmp_path / f"gen{processes}")
@@ -189,8 +196,45 @@ def test_generator_two_processes_train_like_one(tmp_path_factory, tmp_path):
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             runs[processes] = [[r[k] for k in ("d_adv", "g_adv", "g_itd", "g_itc", "r1")]
                                for r in map(json.loads, f)]
-    assert len(runs[1]) == 4
+    assert len(runs[1]) == STEPS
     np.testing.assert_allclose(runs[2], runs[1], rtol=1e-5, atol=1e-6)
-    for name in ("generated_test.npy",):
-        np.testing.assert_array_equal(np.load(tmp_path / "gen2" / name),
-                                      np.load(tmp_path / "gen1" / name))
+    _assert_same_params(str(tmp_path / "gen2"), str(tmp_path / "gen1"),
+                        ("g_params", "d_params", "ema"))
+    np.testing.assert_array_equal(np.load(tmp_path / "gen2" / "generated_test.npy"),
+                                  np.load(tmp_path / "gen1" / "generated_test.npy"))
+
+
+def test_extraction_writes_one_shard_per_process_of_one_dataset(world, tmp_path):  # noqa: F811
+    """2 processes x 4 devices each encode their half of every split and write it as their
+    shard; the dataset reads back as the one the 1-process extraction (the fixture) wrote."""
+    from c3_jax import embed
+    from c3_jax.data import builders
+    from configs import coco_extract
+    root, data_dir = world["root"], tmp_path / "data"
+    config = coco_extract.get_config()
+    config.update(clip=str(root / "clip"), annotations=str(root / "coco" / "dataset_coco.json"),
+                  image_root=str(root / "coco"), data_dir=str(data_dir), batch_size=4,
+                  image_size=16)
+    results = _launch(config, str(tmp_path / "extract"), 2)
+    _ok(results)
+    for p, (_, log) in enumerate(results):
+        assert f"process {p} of 2 wrote rows {6 * p}..{6 * (p + 1)} of coco_karpathy_clip/train" \
+            in log, log[-3000:]
+    got_dir = str(data_dir / "coco_karpathy_clip" / "1.0.0")
+    for split, n in (("train", 12), ("val", 2), ("test", 2)):
+        shards = sorted(f for f in os.listdir(got_dir) if f"-{split}.array_record" in f)
+        assert shards == [f"coco_karpathy_clip-{split}.array_record-0000{p}-of-00002"
+                          for p in range(2)]
+        got, want = builders.data_source(got_dir, split), builders.data_source(world["dataset"],
+                                                                               split)
+        assert len(got) == len(want) == n
+        for i in range(n):
+            a, b = got[i], want[i]
+            assert a["index"] == i and a["image_id"] == b["image_id"]
+            assert list(a["caption"]) == list(b["caption"])
+            for key in ("image_embedding", "text_embedding"):
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+        paths = embed.karpathy_split(config.annotations)[split]
+        np.testing.assert_array_equal(
+            np.stack([got[i]["image"] for i in range(n)]),
+            embed.square_images([str(root / "coco" / p) for p, _, _ in paths], 16))
