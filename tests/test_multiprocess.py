@@ -56,9 +56,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(config, workdir: str, processes: int, stop_at: int = -1) -> list:
+def _launch(config, workdir: str, processes: int, stop_at: int = -1, cli: str = "") -> list:
     """Runs ``config`` in ``workdir`` as ``processes`` JAX processes sharing 8 CPU devices
-    on this machine; returns [(exit code, log)] per process."""
+    on this machine; returns [(exit code, log)] per process. With ``cli`` (a config file)
+    each process is ``python -m c3_jax.main`` with the coordinator flags and ``config`` as
+    --config.* overrides; otherwise a script given the JAX_* variables."""
     path = workdir + f".{processes}p.json"
     with open(path, "w") as f:
         json.dump(config.to_dict(), f)
@@ -68,12 +70,19 @@ def _launch(config, workdir: str, processes: int, stop_at: int = -1) -> list:
                XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // processes}")
     procs = []
     for p in range(processes):
-        if processes > 1:
-            env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                   "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(p)}
+        command, process_env = [sys.executable, "-c", _SCRIPT, path, workdir, str(stop_at)], env
+        if cli:
+            command = [sys.executable, "-m", "c3_jax.main", f"--config={cli}", "--verbosity=0",
+                       f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in config.items()
+                                                 if k != "experiment")]
+            if processes > 1:
+                command += [f"--coordinator_address=127.0.0.1:{port}",
+                            f"--num_processes={processes}", f"--process_id={p}"]
+        elif processes > 1:
+            process_env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                           "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(p)}
         log = open(f"{workdir}.{processes}p.{p}.log", "w+")
-        procs.append((subprocess.Popen([sys.executable, "-c", _SCRIPT, path, workdir,
-                                        str(stop_at)], env=env, cwd=ROOT, stdout=log,
+        procs.append((subprocess.Popen(command, env=process_env, cwd=ROOT, stdout=log,
                                        stderr=subprocess.STDOUT), log))
     try:  # until all exit, or one fails (the others would wait for it in a collective)
         deadline = time.monotonic() + 600
@@ -205,8 +214,9 @@ def test_generator_two_processes_train_like_one(tmp_path_factory, tmp_path):
 
 
 def test_extraction_writes_one_shard_per_process_of_one_dataset(world, tmp_path):  # noqa: F811
-    """2 processes x 4 devices each encode their half of every split and write it as their
-    shard; the dataset reads back as the one the 1-process extraction (the fixture) wrote."""
+    """2 processes x 4 devices, started through the command line's coordinator flags, each
+    encode their half of every split and write it as their shard; the dataset reads back as
+    the one the 1-process extraction (the fixture) wrote."""
     from c3_jax import embed
     from c3_jax.data import builders
     from configs import coco_extract
@@ -215,9 +225,10 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(world, tmp_path)
     config.update(clip=str(root / "clip"), annotations=str(root / "coco" / "dataset_coco.json"),
                   image_root=str(root / "coco"), data_dir=str(data_dir), batch_size=4,
                   image_size=16)
-    results = _launch(config, str(tmp_path / "extract"), 2)
+    results = _launch(config, str(tmp_path / "extract"), 2, cli="configs/coco_extract.py")
     _ok(results)
     for p, (_, log) in enumerate(results):
+        assert f"process {p} of 2, 4 local / 8 global devices" in log
         assert f"process {p} of 2 wrote rows {6 * p}..{6 * (p + 1)} of coco_karpathy_clip/train" \
             in log, log[-3000:]
     got_dir = str(data_dir / "coco_karpathy_clip" / "1.0.0")
