@@ -154,8 +154,8 @@ def modality_mean(batches: Iterable, progress: bool = False) -> np.ndarray:
     """Mean of the normalized embeddings over an iterable of ``[B, d]`` batches."""
     acc = RunningMean()
     if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, desc="modality mean", unit="batch")
+        from c3_jax.progress import progress_bar
+        batches = progress_bar(batches, desc="modality mean", unit="batch")
     for b in batches:
         acc.update(b)
     return acc.result()

@@ -6,11 +6,10 @@ import os
 from typing import Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
-from tqdm.auto import tqdm
+from c3_jax.progress import progress_bar
 
 from c3_jax.data import builders
 from c3_jax.data.images import ImagePreprocessor
@@ -29,7 +28,7 @@ def data_parallel(fn: Callable, params, batches, desc: str,
     params = jax.device_put(params, replicated)
     step = jax.jit(fn, in_shardings=(replicated, shard), out_shardings=shard)
     out = []
-    for arrays in tqdm(batches, desc=desc, unit="batch", disable=jax.process_index() != 0):
+    for arrays in progress_bar(batches, desc=desc, unit="batch"):
         n = len(arrays[0])
         pad = (-n) % len(devices)  # pad the last batch to a multiple of the device count
         arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
@@ -58,8 +57,7 @@ def square_images(paths: Sequence[str], size: int) -> np.ndarray:
     centre-cropped."""
     prep = ImagePreprocessor(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     out = np.zeros((len(paths), size, size, 3), np.uint8)
-    for i, p in enumerate(tqdm(paths, desc=f"images at {size}px", unit="image",
-                               disable=jax.process_index() != 0)):
+    for i, p in enumerate(progress_bar(paths, desc=f"images at {size}px", unit="image")):
         out[i] = np.clip(np.round(prep(Image.open(p)).transpose(1, 2, 0) * 255.0), 0, 255)
     return out
 

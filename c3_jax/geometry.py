@@ -193,8 +193,8 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
     parts = []
     chunks = range(0, idx.shape[0], group_batch)
     if progress:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, desc="gap statistics", unit="chunk")
+        from c3_jax.progress import progress_bar
+        chunks = progress_bar(chunks, desc="gap statistics", unit="chunk")
     for start in chunks:
         rows = idx[start:start + group_batch]
         gather = lambda e: prep(np.take(e, rows.ravel(), axis=0).reshape(*rows.shape, -1))

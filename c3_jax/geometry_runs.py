@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from tqdm.auto import tqdm
+from c3_jax.progress import progress_bar
 
 from c3_jax import c3, geometry, plots
 from c3_jax.workdir import Workdir
@@ -49,7 +49,7 @@ def _train_synthetic(config, params, wd: Workdir, ineffective: slice):
         raise ValueError(f"config.steps={config.steps} must be a multiple of config.chunk={config.chunk}")
     losses = []
     start = time.perf_counter()
-    with tqdm(total=config.steps, desc="contrastive SGD", unit="step") as bar:
+    with progress_bar(total=config.steps, desc="contrastive SGD", unit="step") as bar:
         for i in range(config.steps // config.chunk):
             params, chunk_losses = geometry.contrastive_sgd_chunk(
                 params, config.chunk, config.tau, config.lr, config.normalize_in_loss)

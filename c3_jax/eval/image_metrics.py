@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
-from tqdm import tqdm
+from c3_jax.progress import progress_bar
 
 
 def _psd_factor(s: np.ndarray) -> np.ndarray:
@@ -137,7 +137,7 @@ def _first(out):
 def _stream(fn: Callable, batches: Iterable, desc: str, consume: Callable) -> None:
     """Calls ``fn`` on each batch, consuming each result while the next one computes."""
     pending = None
-    for batch in tqdm(batches, desc=desc, unit="batch"):
+    for batch in progress_bar(batches, desc=desc, unit="batch"):
         out = fn(batch)  # dispatched asynchronously
         if pending is not None:
             consume(pending)

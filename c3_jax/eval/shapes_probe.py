@@ -174,9 +174,9 @@ def train_probe(images: np.ndarray, attributes: Mapping[str, Sequence], *, steps
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    from tqdm.auto import tqdm
+    from c3_jax.progress import progress_bar
     rng = np.random.default_rng(seed)
-    bar = tqdm(range(int(steps)), desc="shapes probe", unit="step", disable=not progress)
+    bar = progress_bar(range(int(steps)), desc="shapes probe", unit="step", disable=not progress)
     for i in bar:
         idx = rng.integers(0, n, int(batch_size))
         x, y = images[idx], {k: v[idx] for k, v in labels.items()}

@@ -10,7 +10,7 @@ import hashlib
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from c3_jax.progress import progress_bar
 
 from c3_jax import c3
 from c3_jax.data.text import encode_captions
@@ -48,7 +48,8 @@ class CaptionPairs:
     def tokenize(self, tokenizer, max_length: int, truncate: bool) -> "CaptionPairs":
         """Encodes every caption once (EOS appended, padded); items then carry 'ids' and
         'mask' instead of the caption text."""
-        captions = [c for r in tqdm(self.rows, desc="read captions", unit="row", leave=False)
+        rows = progress_bar(self.rows, desc="read captions", unit="row", leave=False)
+        captions = [c for r in rows
                     for c in _captions(self.source[int(r)], self.caption_field)]
         self.ids, self.mask = encode_captions(tokenizer, captions, max_length, truncate)
         return self
@@ -84,7 +85,7 @@ def fraction_rows(num_rows: int, fraction: float, seed: int) -> np.ndarray:
 def field_mean(source, field: str, batch: int = 1024, desc: str = "") -> np.ndarray:
     """Mean of the normalized ``field`` embeddings over a split (every caption's, if [k, d])."""
     acc = c3.RunningMean()
-    for start in tqdm(range(0, len(source), batch), desc=desc or f"mean of {field}",
+    for start in progress_bar(range(0, len(source), batch), desc=desc or f"mean of {field}",
                       unit="batch", leave=False):
         rows = [source[i][field] for i in range(start, min(start + batch, len(source)))]
         acc.update(np.concatenate([np.reshape(r, (-1, np.shape(r)[-1])) for r in rows]))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from tqdm.auto import tqdm
+from c3_jax.progress import progress_bar
 
 from c3_jax import c3
 from c3_jax.data import builders, pipeline
@@ -263,7 +263,7 @@ def train(run: _Run) -> tuple:
     wd.truncate_metrics(start)
     key = jax.random.key(config.seed)
     writer = _tensorboard(wd)
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step")
+    bar = progress_bar(range(start, steps), initial=start, total=steps, desc="train", unit="step")
     summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs)}
     watch = st.NonFiniteWatch()
     for i in bar:
@@ -358,7 +358,7 @@ def generate(run: _Run, params, embeddings: np.ndarray, mean: Optional[np.ndarra
     decode = _decoder(config, decoder, stops, run.tokenizer.eos_token_id)
     sharding = st.batch_sharding(run.mesh)
     batch, n, out = _eval_batch(config), len(embeddings), []
-    for start in tqdm(range(0, n, batch), desc="captions", unit="batch", leave=False):
+    for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
         e = jax.make_array_from_callback(padded.shape, sharding, lambda idx: padded[idx])

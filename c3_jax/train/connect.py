@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from c3_jax.progress import progress_bar
 
 from c3_jax.data import pipeline
 from c3_jax.models import clip
@@ -87,8 +87,8 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
     state, start = ckpts.resume_or_init(abstract, shardings, data, lambda: jax.device_put(
         st.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), shardings))
     step_fn = make_step(model, tx, mesh, shardings)
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="connect",
-               unit="step")
+    bar = progress_bar(range(start, config.steps), initial=start, total=config.steps,
+                       desc="connect", unit="step")
     for i in bar:
         state, metrics = step_fn(state, pipeline.global_batch(next(data),
                                                               st.batch_sharding(mesh)))

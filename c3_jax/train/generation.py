@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from tqdm.auto import tqdm
+from c3_jax.progress import progress_bar
 
 from c3_jax import c3
 from c3_jax.data import builders, pipeline
@@ -363,7 +363,8 @@ def train(run: _Run) -> tuple:
     wd.truncate_metrics(start)
     key = jax.random.key(config.seed)
     steps = config.max_steps
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train G+D", unit="step")
+    bar = progress_bar(range(start, steps), initial=start, total=steps, desc="train G+D",
+                       unit="step")
     summary = {"steps": steps, "resumed_from": start, "train_images": len(run.rows)}
     watch = st.NonFiniteWatch()
     for i in bar:
@@ -433,8 +434,9 @@ def evaluate(run: _Run, params, limit: int = 0) -> dict:
     logits, clip_scores, images, captions = [], [], [], []
     key = jax.random.key(config.seed + 1)
     total = len(source) if limit <= 0 else min(limit, len(source))
-    for i, (e, real, caps) in enumerate(tqdm(_batches(source, config, limit), desc="generate",
-                                             unit="batch", total=-(-total // config.eval_batch_size))):
+    batches = progress_bar(_batches(source, config, limit), desc="generate", unit="batch",
+                           total=-(-total // config.eval_batch_size))
+    for i, (e, real, caps) in enumerate(batches):
         fake = np.asarray(generate(params, _global(_pad(e, jax.device_count()), run.mesh),
                                    mean, jax.random.fold_in(key, i)))[: len(e)]
         f_fake = np.asarray(encode(run.encoder.params, fake))

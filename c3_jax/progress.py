@@ -1,0 +1,11 @@
+"""Progress bars, drawn by process 0 alone when several JAX processes run."""
+from __future__ import annotations
+
+import jax
+from tqdm.auto import tqdm
+
+
+def progress_bar(iterable=None, **kwargs) -> tqdm:
+    """``tqdm(iterable, **kwargs)``, silent on every process but the first."""
+    kwargs["disable"] = kwargs.get("disable", False) or jax.process_index() != 0
+    return tqdm(iterable, **kwargs)
