@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Optional
 
 import numpy as np
@@ -41,8 +42,13 @@ class Workdir:
             os.makedirs(self.path, exist_ok=True)
         except OSError as err:
             raise SystemExit(f"--workdir {self.path} cannot be created: {err}") from err
-        if not os.access(self.path, os.W_OK):
-            raise SystemExit(f"--workdir {self.path} is not writable; choose another directory")
+        try:  # a probe file: os.access says yes to root even where writes fail
+            fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=self.path)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as err:
+            raise SystemExit(f"--workdir {self.path} is not writable: {err}; choose another "
+                             "directory") from err
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)

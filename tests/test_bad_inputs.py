@@ -1,15 +1,21 @@
 """The bad-input matrix: each bad input stops with a message naming the field, file or shape,
 and leaves what is already on disk unchanged."""
+import contextlib
 import hashlib
-import json
 import os
+import re
+import shutil
+import subprocess
 
+import ml_collections
 import numpy as np
 import pytest
 
 from c3_jax import main, runner
 from c3_jax.data import builders
 from c3_jax.data.text import encode_captions
+from c3_jax.train.state import CheckpointError
+from test_captioning import _gpt2_dir, tiny_config as caption_config
 from test_generation import tiny_config, world  # noqa: F401 (fixture)
 
 
@@ -23,29 +29,88 @@ def _snapshot(root) -> dict:
     return out
 
 
-def test_nan_or_inf_embeddings_are_refused_before_anything_is_written(tmp_path):
+def _occupied(path) -> dict:
+    """A workdir already holding files (not a run's config.json); their snapshot."""
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("an earlier experiment's notes\n")
+    (path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    return _snapshot(path)
+
+
+def _kept(path, before: dict) -> None:
+    """The files of ``before`` are unchanged; a run that stopped added only its config.json."""
+    after = _snapshot(path)
+    assert {k: after.get(k) for k in before} == before
+    assert set(after) - set(before) <= {"config.json"}
+
+
+def _where(path) -> str:
+    return re.escape(str(path))
+
+
+def _with(config, **overrides):
+    """A copy of ``config`` with ``overrides``."""
+    config = config.copy_and_resolve_references()
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished(world, tmp_path_factory):  # noqa: F811
+    """A finished 2-step generation run, checkpointed at steps 1 and 2: (its config, its
+    workdir, the snapshot of its files). Tests leave it as it is (each checks its snapshot)."""
+    config = tiny_config(world, max_steps=2, checkpoint_every=1)
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    main.run(config, str(workdir))
+    return config, workdir, _snapshot(workdir)
+
+
+def test_nan_or_inf_embeddings_leave_the_dataset_of_that_name_as_it_is(tmp_path):
+    good = np.ones((4, 3), np.float32)
+    builders.build_pairs_dataset("pairs", str(tmp_path), {"train": {"text_embedding": good}})
+    before = _snapshot(tmp_path)
     for bad in (np.nan, np.inf):
-        e = np.ones((4, 3), np.float32)
+        e = good.copy()
         e[2, 1] = bad
         with pytest.raises(ValueError, match="array 'text_embedding' contains NaN or Inf"):
-            builders.build_pairs_dataset("bad", str(tmp_path), {"train": {"text_embedding": e}})
-    assert not os.path.exists(tmp_path / "bad" / "1.0.0")
+            builders.build_pairs_dataset("pairs", str(tmp_path), {"train": {"text_embedding": e}})
+        with pytest.raises(ValueError, match="array 'text_embedding' contains NaN or Inf"):
+            builders.build_pairs_dataset("new", str(tmp_path), {"train": {"text_embedding": e}})
+    assert _snapshot(tmp_path) == before
+    assert not os.path.exists(tmp_path / "new")
 
 
-def test_empty_and_over_long_captions(world):  # noqa: F811
+def test_empty_and_over_long_captions(world, tmp_path):  # noqa: F811
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(world["clip"])
     with pytest.raises(ValueError, match="caption 1 is empty"):
         encode_captions(tok, ["a red circle", "  "], 8)
     with pytest.raises(ValueError, match="caption 0 has 5 tokens with EOS, over max_length=3"):
         encode_captions(tok, ["a red circle on"], 3)
+    # Through a captioning run, which encodes every caption before building its model.
+    _gpt2_dir(tmp_path / "gpt2")
+    split = {"text_embedding": np.ones((8, 2, 16), np.float32),
+             "image_embedding": np.ones((8, 16), np.float32)}
+    empty = builders.build_pairs_dataset("empty", str(tmp_path / "data"), {"train": split},
+                                         {"train": [["a red square .", " "]] * 8})
+    for name, dataset, overrides, message in (
+            ("empty", empty, {}, "caption 1 is empty"),
+            ("long", world["dataset"], {"max_caption_tokens": 3, "truncate_captions": False},
+             "caption 0 has 5 tokens with EOS, over max_length=3")):
+        before = _occupied(tmp_path / name)
+        config = caption_config({"dataset": dataset, "gpt2": str(tmp_path / "gpt2")}, **overrides)
+        with pytest.raises(ValueError, match=message):
+            main.run(config, str(tmp_path / name))
+        _kept(tmp_path / name, before)
 
 
 def test_a_dataset_missing_a_split_names_the_splits_it_has(world, tmp_path):  # noqa: F811
-    with pytest.raises(KeyError, match="has no split 'val'; it has \\['test', 'train'\\]"):
-        builders.data_source(world["dataset"], "val")
     with pytest.raises(FileNotFoundError, match="dataset directory .* does not exist"):
         builders.data_source(str(tmp_path / "nowhere"), "train")
+    before = _occupied(tmp_path / "run")
+    with pytest.raises(KeyError, match="has no split 'val'; it has \\['test', 'train'\\]"):
+        main.run(tiny_config(world, train_split="val"), str(tmp_path / "run"))
+    _kept(tmp_path / "run", before)
 
 
 def test_embedding_width_that_does_not_match_the_encoder(world, tmp_path):  # noqa: F811
@@ -57,45 +122,128 @@ def test_embedding_width_that_does_not_match_the_encoder(world, tmp_path):  # no
     data = builders.build_pairs_dataset("narrow", str(tmp_path / "data"),
                                         {"train": split, "test": split},
                                         {"train": captions, "test": captions})
+    before = _occupied(tmp_path / "run")
     with pytest.raises(ValueError, match="gives 16-d embeddings but 'image_embedding' is 5-d"):
         main.run(tiny_config(world, dataset_dir=data), str(tmp_path / "run"))
-    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+    _kept(tmp_path / "run", before)
 
 
-def test_unknown_or_mistyped_config_fields(world, tmp_path):  # noqa: F811
-    config = tiny_config(world)
-    config.unlock()
-    config.lerning_rate = 1e-3
+def test_unknown_or_mistyped_config_fields(finished):
+    config, workdir, before = finished
+    unknown = ml_collections.ConfigDict({**config.to_dict(), "lerning_rate": 1e-3})
     with pytest.raises(runner.ConfigError, match="\\['lerning_rate'\\] are not used"):
-        main.run(config, str(tmp_path / "a"))
-    import ml_collections
-    config = ml_collections.ConfigDict({**tiny_config(world).to_dict(), "batch_size": "eight"})
+        main.run(unknown, str(workdir))
+    mistyped = ml_collections.ConfigDict({**config.to_dict(), "batch_size": "eight"})
     with pytest.raises(runner.ConfigError, match="'batch_size' must be int, got str 'eight'"):
-        main.run(config, str(tmp_path / "b"))
-    assert not os.path.exists(tmp_path / "a" / "config.json")
-
-
-def test_a_workdir_holding_another_run_and_bad_checkpoints_are_left_as_they_are(
-        world, tmp_path):  # noqa: F811
-    workdir = tmp_path / "run"
-    main.run(tiny_config(world, max_steps=2, checkpoint_every=2), str(workdir))
-    before = _snapshot(workdir)
-    with pytest.raises(runner.ConfigError, match="holds a run of another config "
-                       "\\(fields \\['lr'\\] differ\\)"):
-        main.run(tiny_config(world, max_steps=2, checkpoint_every=2, lr=1.0), str(workdir))
+        main.run(mistyped, str(workdir))
     assert _snapshot(workdir) == before
-    # A checkpoint of another architecture: evaluation from it names the mismatch.
+
+
+def test_a_workdir_holding_a_run_of_another_config(finished):
+    config, workdir, before = finished
+    with pytest.raises(runner.ConfigError, match=f"--workdir {_where(workdir)} holds a run of "
+                       "another config \\(fields \\['lr'\\] differ\\)"):
+        main.run(_with(config, lr=1.0), str(workdir))
+    assert _snapshot(workdir) == before
+
+
+def test_a_checkpoint_of_another_architecture(world, finished, tmp_path):  # noqa: F811
+    _, workdir, before = finished
     other = tiny_config(world, channel_max=16, restore_from=str(workdir))
-    with pytest.raises(ValueError, match="(?i)shape"):
-        main.run(other, str(tmp_path / "eval_other"))
-    # A corrupt checkpoint (a truncated array file): restoring fails loudly.
-    latest = workdir / "checkpoints" / "latest" / "2" / "state"
-    victims = [os.path.join(d, f) for d, _, fs in os.walk(latest) for f in fs
+    eval_before = _occupied(tmp_path / "eval")
+    with pytest.raises(CheckpointError, match=(
+            f"checkpoint {_where(workdir / 'checkpoints' / 'latest' / '2')} holds a model of "
+            "another architecture: \\d+ array\\(s\\) differ, e.g. '.*' is \\(.*\\) there but "
+            "\\(.*\\) here")):
+        main.run(other, str(tmp_path / "eval"))
+    assert _snapshot(workdir) == before
+    _kept(tmp_path / "eval", eval_before)
+
+
+def _damaged_copy(finished, tmp_path, damage) -> tuple:
+    """A copy of the finished run whose latest checkpoint (step 2; step 1's is intact) has
+    been damaged by ``damage(state_dir)``: (its workdir, that checkpoint's directory, the
+    snapshot of its files)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished[1], copy)
+    step_dir = copy / "checkpoints" / "latest" / "2"
+    assert os.path.isdir(copy / "checkpoints" / "latest" / "1")
+    damage(step_dir / "state")
+    return copy, step_dir, _snapshot(copy)
+
+
+def _restoring_fails(config, copy, before, tmp_path, message) -> None:
+    """Evaluating from ``copy`` and resuming training in it both stop with ``message`` (not
+    falling back to the checkpoint of step 1) and leave its files as they are."""
+    eval_before = _occupied(tmp_path / "eval")
+    for restore_from, workdir in ((str(copy), tmp_path / "eval"), ("", copy)):
+        with pytest.raises(CheckpointError, match=message):
+            main.run(_with(config, restore_from=restore_from), str(workdir))
+        assert _snapshot(copy) == before
+    _kept(tmp_path / "eval", eval_before)
+
+
+def _truncate_arrays(state_dir) -> None:
+    victims = [os.path.join(d, f) for d, _, fs in os.walk(state_dir) for f in fs
                if f not in ("_METADATA", "_CHECKPOINT_METADATA", "_sharding", "manifest.ocdbt")]
     assert victims
     for v in victims:
         with open(v, "r+b") as f:
             f.truncate(max(os.path.getsize(v) // 2, 1))
-    with pytest.raises(Exception):
-        main.run(tiny_config(world, restore_from=str(workdir)), str(tmp_path / "eval_bad"))
-    assert json.loads((workdir / "config.json").read_text())["lr"] == tiny_config(world).lr
+
+
+def test_a_corrupt_checkpoint(finished, tmp_path):
+    copy, step_dir, before = _damaged_copy(finished, tmp_path, _truncate_arrays)
+    _restoring_fails(finished[0], copy, before, tmp_path,
+                     f"checkpoint {_where(step_dir)} could not be restored \\(corrupt or "
+                     "incomplete\\): ValueError: OUT_OF_RANGE")
+
+
+def test_missing_checkpoint_files(finished, tmp_path):
+    copy, step_dir, before = _damaged_copy(finished, tmp_path, shutil.rmtree)
+    _restoring_fails(finished[0], copy, before, tmp_path,
+                     f"checkpoint {_where(step_dir)} could not be restored \\(corrupt or "
+                     f"incomplete\\): .* does not exist at {_where(step_dir / 'state')}")
+    evaluation = _with(finished[0], restore_from=str(copy))
+    latest = copy / "checkpoints" / "latest"
+    shutil.rmtree(latest)  # as if the run had stopped before its first checkpoint
+    with pytest.raises(FileNotFoundError, match=f"no latest checkpoint in {_where(latest)}"):
+        main.run(evaluation, str(tmp_path / "eval"))
+    shutil.rmtree(copy / "checkpoints")
+    with pytest.raises(FileNotFoundError, match=f"{_where(copy)} has no checkpoints/ directory"):
+        main.run(evaluation, str(tmp_path / "eval"))
+    assert _snapshot(copy) == {k: v for k, v in before.items() if not k.startswith("checkpoints")}
+
+
+@contextlib.contextmanager
+def _refusing_new_files(path):
+    """Makes directory ``path`` refuse new files to this process. Root ignores permission
+    bits, so as root the directory is made immutable (``chattr +i``: needs the
+    CAP_LINUX_IMMUTABLE capability and a filesystem with the attribute, e.g. ext4)."""
+    if os.geteuid() != 0:
+        mode = os.stat(path).st_mode
+        os.chmod(path, 0o500)
+        try:
+            yield
+        finally:
+            os.chmod(path, mode)
+        return
+    out = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, f"cannot make {path} non-writable for root: {out.stderr}"
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_non_writable_workdir_stops_the_run_before_it_starts(finished, tmp_path):
+    config, workdir, before = finished
+    undownloaded = _with(config, dataset_dir=str(tmp_path / "not_yet_downloaded"))
+    with _refusing_new_files(workdir):  # stops before the dataset is looked for
+        with pytest.raises(SystemExit, match=f"--workdir {_where(workdir)} is not writable: "):
+            main.run(undownloaded, str(workdir))
+    assert _snapshot(workdir) == before
+    inside_a_file = workdir / "config.json" / "run"
+    with pytest.raises(SystemExit, match=f"--workdir {_where(inside_a_file)} cannot be created"):
+        main.run(config, str(inside_a_file))
+    assert _snapshot(workdir) == before

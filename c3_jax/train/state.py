@@ -207,12 +207,13 @@ class Checkpoints:
     a run saved with N processes resumes with M.
     """
 
-    def __init__(self, directory: str, keep: int = 2, best_mode: str = "min"):
+    def __init__(self, directory: str, keep: int = 2, best_mode: str = "min",
+                 create: bool = True):
         self.directory = os.path.abspath(directory)
         # Distinct barrier names: with several processes, 'latest' and 'best' saving the
         # same step at once would otherwise share Orbax's barrier key (and fail).
         opts = lambda name, **kw: ocp.CheckpointManagerOptions(
-            create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+            create=create, multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=name), **kw)
         self.latest = ocp.CheckpointManager(os.path.join(self.directory, "latest"),
                                             options=opts("latest", max_to_keep=keep))
@@ -263,10 +264,17 @@ class Checkpoints:
             raise FileNotFoundError(f"no {'best' if best else 'latest'} checkpoint in "
                                     f"{manager.directory}")
         position = data_iter is not None and hasattr(data_iter, "set_position")
-        legacy = _legacy_batches(os.path.join(str(manager.directory), str(step), "data"),
-                                 data_iter) if position else None
-        restored = manager.restore(step, args=self._args(
-            abstract_state, None if legacy is not None else data_iter, True))
+        step_dir = os.path.join(str(manager.directory), str(step))
+        legacy = _legacy_batches(os.path.join(step_dir, "data"), data_iter) if position else None
+        try:
+            _check_fits(step_dir, abstract_state)
+            restored = manager.restore(step, args=self._args(
+                abstract_state, None if legacy is not None else data_iter, True))
+        except CheckpointError:
+            raise
+        except Exception as err:  # Orbax/TensorStore raise many types for damaged files
+            raise CheckpointError(f"checkpoint {step_dir} could not be restored (corrupt or "
+                                  f"incomplete): {_brief(err)}") from err
         if position:
             data_iter.set_position(restored["data"] if legacy is None else
                                    {**data_iter.position(), "global_batches": legacy})
@@ -279,6 +287,41 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored: corrupt, incomplete, or of another model."""
+
+
+def _brief(err: Exception, limit: int = 400) -> str:
+    """The error's type and message, without TensorStore's long spec, at most ``limit`` chars."""
+    text = f"{type(err).__name__}: {err}".split(" [tensorstore_spec=")[0]
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _shapes(tree) -> dict:
+    """{'params/dense/kernel': shape} of a pytree of arrays, or of a checkpoint's metadata."""
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): getattr(leaf, "shape", None)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_fits(step_dir: str, abstract_state) -> None:
+    """Raises CheckpointError, naming an array, if the checkpoint's state has other arrays
+    or shapes than ``abstract_state`` (a checkpoint of another architecture or config)."""
+    import etils.epath
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        saved = _shapes(handler.metadata(etils.epath.Path(step_dir) / "state").tree)
+    finally:
+        handler.close()
+    here = _shapes(abstract_state)
+    diff = sorted(k for k in saved.keys() | here.keys() if saved.get(k) != here.get(k))
+    if diff:
+        shape = lambda shapes: shapes.get(diff[0], "absent")
+        raise CheckpointError(
+            f"checkpoint {step_dir} holds a model of another architecture: {len(diff)} "
+            f"array(s) differ, e.g. {diff[0]!r} is {shape(saved)} there but {shape(here)} "
+            "here; restore it with the config it was trained with")
 
 
 def _legacy_batches(directory: str, data_iter) -> Optional[int]:
@@ -310,7 +353,7 @@ def abstract(tree, shardings=None):
 
 def restore_state(directory: str, abstract_state, best: bool = True) -> Any:
     """The state of a finished run's checkpoint (``best`` if it has one, else ``latest``)."""
-    ckpts = Checkpoints(directory)
+    ckpts = Checkpoints(directory, create=False)  # reads only: creates nothing there
     try:
         use_best = best and ckpts.best.best_step() is not None
         return ckpts.restore(abstract_state, best=use_best)
@@ -324,6 +367,9 @@ def restore_params(directory: str, abstract_state: TrainState, best: bool = True
 
 
 def to_host(tree) -> Any:
-    """Gathers a (possibly sharded, multi-process) pytree to numpy on every host."""
+    """A pytree of (possibly sharded, multi-process) arrays as numpy, whole, on every host:
+    an array on this process's devices alone is read as it is, a global one gathered."""
     from jax.experimental import multihost_utils
-    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    gather = lambda a: (a if getattr(a, "is_fully_addressable", True) else
+                        multihost_utils.process_allgather(a, tiled=True))
+    return jax.tree.map(lambda a: np.asarray(gather(a)), tree)
