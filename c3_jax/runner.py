@@ -70,9 +70,18 @@ def resolve(config) -> Callable:
     return getattr(module, fn_name)
 
 
+def _has_progress(wd: Workdir) -> bool:
+    """Whether a run in ``wd`` got as far as a metric or a checkpoint."""
+    steps = lambda d: os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+    return os.path.exists(wd.file("metrics.jsonl")) or any(
+        steps(wd.file(os.path.join("checkpoints", k))) for k in ("latest", "best"))
+
+
 def _check_same_run(wd: Workdir, config: dict) -> None:
-    """A resumable run's workdir must hold nothing or a run of the same config."""
-    if not os.path.exists(wd.file("config.json")):
+    """A resumable run's workdir must hold nothing, a run that stopped before its first
+    metric or checkpoint (e.g. on bad input; its config.json is replaced), or a run of the
+    same config."""
+    if not os.path.exists(wd.file("config.json")) or not _has_progress(wd):
         return
     old = wd.read_json("config.json")
     if old != json.loads(json.dumps(config)):

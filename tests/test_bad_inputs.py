@@ -128,6 +128,21 @@ def test_embedding_width_that_does_not_match_the_encoder(world, tmp_path):  # no
     _kept(tmp_path / "run", before)
 
 
+def test_a_run_stopped_before_any_progress_gives_way_to_the_fixed_config(tmp_path):
+    """After bad input the workdir holds only config.json: the corrected config may run
+    there; once a metric or a checkpoint exists, another config is refused."""
+    from c3_jax.workdir import Workdir
+    wd = Workdir(str(tmp_path / "run"))
+    wd.write_json("config.json", {"lr": 1.0, "dataset_dir": "wrong"})
+    runner._check_same_run(wd, {"lr": 1.0, "dataset_dir": "right"})
+    for progress in ("metrics.jsonl", "checkpoints/latest/5"):
+        os.makedirs(os.path.dirname(wd.file(progress)), exist_ok=True)
+        (tmp_path / "run" / progress).touch()
+        with pytest.raises(runner.ConfigError, match="\['dataset_dir'\] differ"):
+            runner._check_same_run(wd, {"lr": 1.0, "dataset_dir": "right"})
+        os.remove(wd.file(progress))
+
+
 def test_unknown_or_mistyped_config_fields(finished):
     config, workdir, before = finished
     unknown = ml_collections.ConfigDict({**config.to_dict(), "lerning_rate": 1e-3})
