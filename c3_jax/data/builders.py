@@ -60,6 +60,16 @@ def _storage(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
 
 
+def _my_part(splits, captions, local_rows: bool) -> tuple:
+    """This process's rows of ``splits`` (as stored) and ``captions``: all of them with
+    ``local_rows``, else its part ``process_rows(n)``."""
+    mine = {s: slice(None) if local_rows else process_rows(len(next(iter(a.values()))))
+            for s, a in splits.items()}
+    arrays = {s: {k: _storage(np.asarray(v[mine[s]])) for k, v in a.items()}
+              for s, a in splits.items()}
+    return arrays, captions and {s: captions[s][mine[s]] for s in splits}
+
+
 def _all_rows(ok: bool, rows: Sequence[int]) -> np.ndarray:
     """[processes, 1 + len(rows)]: every process's ``ok`` flag and row counts."""
     mine = np.asarray([int(ok), *rows], np.int64)
@@ -101,11 +111,7 @@ def build_pairs_dataset(name: str, data_dir: str,
     final, tmp = (os.path.join(data_dir, name, v) for v in (VERSION, "incomplete." + VERSION))
     names = sorted(splits) if error is None else []
     if error is None:
-        mine = {s: slice(None) if local_rows else process_rows(len(next(iter(a.values()))))
-                for s, a in splits.items()}
-        splits = {s: {k: _storage(np.asarray(v[mine[s]])) for k, v in splits[s].items()}
-                  for s in names}
-        captions = captions and {s: captions[s][mine[s]] for s in names}
+        splits, captions = _my_part(splits, captions, local_rows)
     rows = _all_rows(error is None, [len(next(iter(splits[s].values()))) for s in names])
     if error is not None or not rows[:, 0].all():
         raise ValueError(error or f"dataset {name}: another process found bad input")
