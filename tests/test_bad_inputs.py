@@ -138,7 +138,7 @@ def test_a_run_stopped_before_any_progress_gives_way_to_the_fixed_config(tmp_pat
     for progress in ("metrics.jsonl", "checkpoints/latest/5"):
         os.makedirs(os.path.dirname(wd.file(progress)), exist_ok=True)
         (tmp_path / "run" / progress).touch()
-        with pytest.raises(runner.ConfigError, match="\['dataset_dir'\] differ"):
+        with pytest.raises(runner.ConfigError, match=r"\['dataset_dir'\] differ"):
             runner._check_same_run(wd, {"lr": 1.0, "dataset_dir": "right"})
         os.remove(wd.file(progress))
 
