@@ -9,11 +9,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
-from c3_jax.progress import progress_bar
 
 from c3_jax.data import builders
 from c3_jax.data.images import ImagePreprocessor
 from c3_jax.models import clip
+from c3_jax.progress import progress_bar
 from c3_jax.train import state as st
 
 
@@ -121,7 +121,7 @@ def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir:
             "image_embedding": encode_images(module, params, preprocess, paths, batch_size,
                                              devices).astype(np.float32),
             "text_embedding": text.reshape(len(items), k, -1).astype(np.float32),
-            "image_id": np.asarray([i for _, _, i in items], np.int64).reshape(-1)}
+            "image_id": np.asarray([i for _, _, i in items], np.int64)}
         if image_size > 0:
             splits[split]["image"] = square_images(paths, image_size)
         captions[split] = caps

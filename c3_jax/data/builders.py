@@ -129,10 +129,11 @@ def build_pairs_dataset(name: str, data_dir: str,
         dataset_name=name, filetype_suffix="array_record")
     for j, s in enumerate(names):
         path = template.replace(split=s).sharded_filepath(shard_index=p, num_shards=count)
+        start = int(rows[:p, 1 + j].sum())
         _write_shard(os.fspath(path), features, splits[s],
-                     captions.get(s) if captions else None, int(rows[:p, 1 + j].sum()))
-        logging.info("process %d of %d wrote rows %d..%d of %s/%s", p, count,
-                     rows[:p, 1 + j].sum(), rows[:p + 1, 1 + j].sum(), name, s)
+                     captions.get(s) if captions else None, start)
+        logging.info("process %d of %d wrote rows %d..%d of %s/%s", p, count, start,
+                     start + rows[p, 1 + j], name, s)
     st.barrier(f"dataset {name}: shards")
     if primary:
         _write_info(template, features, names, rows[:, 1:])
