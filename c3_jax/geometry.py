@@ -12,19 +12,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c3_jax.c3 import normalize
+from c3_jax.c3 import calibrate_sigma, normalize
 
 # ---------------------------------------------------------------------------
 # Effective dimension (Definition 1)
 
 
-@jax.jit
-def _covariance_spectrum_jit(x: jax.Array) -> jax.Array:
+def _covariance(x: jax.Array) -> jax.Array:
+    """Sample covariance [d, d] of the rows of ``x`` [n, d], in float32."""
     x = x.astype(jnp.float32)
     xc = x - x.mean(0)
-    cov = (xc.T @ xc) / max(x.shape[0] - 1, 1)
+    return (xc.T @ xc) / max(x.shape[0] - 1, 1)
+
+
+@jax.jit
+def _covariance_spectrum_jit(x: jax.Array) -> jax.Array:
     # The covariance is symmetric PSD: its singular values are its eigenvalues.
-    return jnp.clip(jnp.linalg.eigvalsh(cov)[::-1], 0.0)
+    return jnp.clip(jnp.linalg.eigvalsh(_covariance(x))[::-1], 0.0)
 
 
 def covariance_spectrum(x, overwrite_input: bool = False) -> jax.Array:
@@ -214,40 +218,76 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
     }
 
 
+
+def recall_at_1(e_x, e_y) -> float:
+    """Fraction of rows of ``e_x`` whose most cosine-similar row of ``e_y`` is their pair."""
+    x, y = normalize(jnp.asarray(e_x, jnp.float32)), normalize(jnp.asarray(e_y, jnp.float32))
+    return float(jnp.mean(jnp.argmax(x @ y.T, axis=1) == jnp.arange(x.shape[0])))
+
+
+def space_summary(e_x, e_y, rng: jax.Array, group_size: int = 100,
+                  gamma: float = 0.99) -> dict:
+    """The headline geometry of paired embeddings, as scalars: the gap (of the means, and
+    Table 1's per-group length and direction cosine), orthogonality, noise direction,
+    calibrated sigma, effective dimensions and x->y retrieval R@1."""
+    x = np.asarray(normalize(jnp.asarray(e_x, jnp.float32)), np.float64)
+    y = np.asarray(normalize(jnp.asarray(e_y, jnp.float32)), np.float64)
+    stats = gap_statistics(x, y, rng, group_size, normalize_inputs=False)
+    calibrated = calibrate_sigma(x, y, normalize_inputs=False)
+    return {
+        "modality_gap": float(np.linalg.norm(calibrated["gap"])),
+        "gap_length": stats["gap_length"]["mean"],
+        "gap_direction_cos": stats["gap_direction"]["mean"],
+        "orthogonality_mean": stats["gap_orthogonality"]["mean"],
+        "orthogonality_std": stats["gap_orthogonality"]["std"],
+        "noise_direction_std": stats["noise_direction"]["std"],
+        "sigma_calibrated": calibrated["sigma"],
+        "effective_dim_x": effective_dimension(x.astype(np.float32), gamma),
+        "effective_dim_y": effective_dimension(y.astype(np.float32), gamma),
+        "recall_at_1": recall_at_1(x, y),
+    }
+
 # ---------------------------------------------------------------------------
 # MLP dimensional collapse (Appendix I.2, Figure 13)
 
 
-def mlp_collapse(rng: jax.Array, num_inputs: int = 1000, width: int = 512, depth: int = 50,
+def mlp_collapse(rng: jax.Array, num_inputs: int = 10_000, width: int = 512, depth: int = 50,
                  every: int = 5) -> dict:
-    """Feeds N(0, 1) inputs through ``depth`` Linear+ReLU blocks (Xavier-uniform, zero bias).
+    """Figure 13: spectra of a random ReLU MLP's pre-activations at layers 0, every, ... < depth.
 
-    Returns the covariance spectrum and effective dimension (gamma=0.99 and 0.9) of
-    the input and of the features after every ``every`` layers.
+    N(0, 1) inputs go through ``depth`` Linear(width, width) layers (Xavier-uniform
+    weights, zero bias) with a ReLU between consecutive layers. Layer k's features are
+    the output of the k-th Linear before its ReLU; layer 0 is the input itself.
+    Returns the covariance spectra and effective dimensions (gamma=0.99 and 0.9).
     """
     k_in, k_w = jax.random.split(rng)
     x0 = jax.random.normal(k_in, (num_inputs, width), jnp.float32)
     limit = math.sqrt(6.0 / (width + width))
     weights = jax.random.uniform(k_w, (depth, width, width), jnp.float32, -limit, limit)
-
-    @jax.jit
-    def run(x0, weights):
-        def layer(x, w):
-            x = jax.nn.relu(x @ w)
-            return x, x
-        _, feats = jax.lax.scan(layer, x0, weights)
-        feats = feats[every - 1::every]
-        return jnp.concatenate([_covariance_spectrum_jit(x0)[None],
-                                jax.vmap(_covariance_spectrum_jit)(feats)])
-
-    spectra = np.asarray(run(x0, weights), np.float64)
-    layers = [0] + list(range(every, depth + 1, every))
+    layers = list(range(0, depth, every))
+    # Host LAPACK: XLA's CPU eigvalsh of a 512 x 512 matrix takes seconds.
+    covs = np.asarray(_pre_activation_covariances(x0, weights, every), np.float64)
+    spectra = np.maximum(np.linalg.eigvalsh(covs)[:, ::-1], 0.0)
     return {
         "layers": layers,
         "spectra": spectra,
         "effective_dim": [effective_dimension_of_spectrum(s, 0.99) for s in spectra],
         "effective_dim_gamma_0.9": [effective_dimension_of_spectrum(s, 0.9) for s in spectra],
     }
+
+
+@functools.partial(jax.jit, static_argnames="every")
+def _pre_activation_covariances(x0: jax.Array, weights: jax.Array, every: int) -> jax.Array:
+    """Covariances of z_k, k = 0, every, ...: z_0 = x0, z_1 = W_1 x0, z_k = W_k relu(z_{k-1})."""
+    d = x0.shape[1]
+
+    def layer(z, k_w):
+        k, w = k_w
+        cov = jax.lax.cond(k % every == 0, _covariance, lambda z: jnp.zeros((d, d)), z)
+        return jnp.where(k > 0, jax.nn.relu(z), z) @ w, cov
+
+    _, covs = jax.lax.scan(layer, x0, (jnp.arange(weights.shape[0]), weights))
+    return covs[::every]
 
 
 # ---------------------------------------------------------------------------
@@ -297,11 +337,12 @@ def shift(e: jax.Array, c: jax.Array) -> jax.Array:
 
 
 def synthetic_embeddings(rng: jax.Array, num_pairs: int = 500, dim: int = 512, d_x: int = 25,
-                         d_y: int = 230):
+                         d_y: int = 230, normalized: bool = True):
     """Image/text embeddings with orthogonal effective dims and constants elsewhere.
 
     Image rows are N(0, 1) in dims [0, d_x), text rows in [d_x, d_x + d_y); every
-    other dimension holds a per-modality constant drawn from N(0, 1).
+    other dimension holds a per-modality constant drawn from N(0, 1). The rows are
+    unit-normalized unless ``normalized`` is False (the same draws, raw).
     """
     if d_x + d_y > dim:
         raise ValueError(f"d_x + d_y = {d_x + d_y} exceeds dim = {dim}")
@@ -310,7 +351,7 @@ def synthetic_embeddings(rng: jax.Array, num_pairs: int = 500, dim: int = 512, d
     y = jnp.broadcast_to(jax.random.normal(kcy, (dim,)), (num_pairs, dim))
     x = x.at[:, :d_x].set(jax.random.normal(kx, (num_pairs, d_x)))
     y = y.at[:, d_x:d_x + d_y].set(jax.random.normal(ky, (num_pairs, d_y)))
-    return normalize(x), normalize(y)
+    return (normalize(x), normalize(y)) if normalized else (x, y)
 
 
 def contrastive_loss(x: jax.Array, y: jax.Array, tau: float) -> jax.Array:
@@ -330,7 +371,8 @@ def contrastive_sgd_chunk(params, steps: int, tau: float, lr: float,
 
     By default the loss is Lemma 1's, on the embeddings as they are (unit-normalized
     once, before optimization, as Section 3.1 describes); ``normalize_in_loss``
-    instead normalizes inside the loss, the way a CLIP head does.
+    instead normalizes inside the loss, the way a CLIP head does (and the reference
+    notebook, whose rows start raw).
     """
     prep = normalize if normalize_in_loss else (lambda e: e)
     loss_fn = lambda p: contrastive_loss(prep(p[0]), prep(p[1]), tau)

@@ -126,3 +126,22 @@ def image_grid(rows: dict, column_titles, path: str) -> str:
             if r == 0:
                 ax.set_title(textwrap.fill(column_titles[c], 22), fontsize=5.5)
     return _save(fig, path)
+
+
+def metric_panels(panels: dict, xlabel: str, path: str, xticklabels=None,
+                  logx: bool = False) -> str:
+    """One panel per metric, each with named (x, y) series; ``xticklabels`` names the x
+    positions of a categorical axis."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for ax, (metric, series) in zip(np.atleast_1d(axes), panels.items()):
+        for label, (x, y) in series.items():
+            ax.plot(x, y, marker="o", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        if logx:
+            ax.set_xscale("symlog", linthresh=10)
+        if xticklabels is not None:
+            ax.set_xticks(range(len(xticklabels)), xticklabels)
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    return _save(fig, path)

@@ -23,9 +23,11 @@ EXPERIMENTS = {
     "shapes_caption": "c3_jax.shapes_runs:run_shapes_caption",
     "generate": "c3_jax.train.generation:run_generate",
     "shapes_t2i": "c3_jax.shapes_t2i:run_shapes_t2i",
+    "shapes_connect_study": "c3_jax.connect_study:run_connect_study",
 }
 # Experiments that resume from the checkpoints in their workdir (and keep its metrics).
-RESUMABLE = {"caption", "caption_gap_sensitivity", "shapes_caption", "generate", "shapes_t2i"}
+RESUMABLE = {"caption", "caption_gap_sensitivity", "shapes_caption", "generate", "shapes_t2i",
+             "shapes_connect_study"}
 
 
 class ConfigError(ValueError):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 from absl import logging
 
-from c3_jax import geometry_runs, plots, runner
+from c3_jax import geometry, geometry_runs, plots, runner
 from c3_jax.data import builders, shapes
 from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokenizer
 from c3_jax.models import clip
@@ -23,6 +24,7 @@ FIELDS = {"shapes_caption": {
     "connect_size": int, "train_size": int, "val_size": int, "test_size": int,
     "clip_width": int, "clip_depth": int, "clip_heads": int, "patch_size": int,
     "projection_dim": int, "connect_steps": int, "connect_batch": int, "connect_lr": float,
+    "connect_temperature": float,
     "gpt_width": int, "gpt_depth": int, "gpt_heads": int, "prefix_length": int,
     "caption_steps": int, "caption_batch": int, "caption_lr": float, "caption_warmup": int,
     "noise_sigma": float, "calibration_pairs": int, "max_decode_tokens": int,
@@ -34,7 +36,8 @@ VARIANTS = {"c1": ("c1", "text_embedding", "fixed"),
             "c2_corrupt": ("c2_corrupt", "text_embedding", "fixed"),
             "c3": ("c3", "text_embedding", "fixed"),
             "c3_calibrated": ("c3", "text_embedding", "calibrated"),
-            "supervised": ("c1", "image_embedding", "fixed")}
+            "supervised": ("c1", "image_embedding", "fixed"),
+            "span_only": ("span_only", "text_embedding", "fixed")}
 METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy",
            "exact_match")
 
@@ -56,36 +59,47 @@ def _all_captions(source) -> list:
     return [c for i in range(len(source)) for c in cd._captions(source[i], "caption")]
 
 
-def _tokenizer(world: str, wd: Workdir):
-    """A word-level tokenizer of the connect and train captions (shared by CLIP and GPT-2)."""
-    path = wd.file("tokenizer")
+def world_tokenizer(world: str, path: str, primary: bool,
+                    splits: tuple = ("connect", "train")):
+    """A word-level tokenizer of the captions of ``splits`` (shared by CLIP and GPT-2),
+    built at ``path`` once."""
     if not st.agreed(os.path.isdir(path)):
-        if wd.primary:
-            texts = [c for s in ("connect", "train")
-                     for c in _all_captions(builders.data_source(world, s))]
-            build_word_tokenizer(texts, path)
+        if primary:
+            build_word_tokenizer([c for s in splits
+                                  for c in _all_captions(builders.data_source(world, s))], path)
         st.barrier("shapes tokenizer")
     return load_tokenizer(path)
 
 
-def _clip_model(config, tokenizer) -> clip.CLIP:
-    tower = clip.Tower(config.clip_width, config.clip_depth, config.clip_heads,
-                       4 * config.clip_width, "gelu")
-    return clip.CLIP(clip.CLIPConfig(text=tower, vision=tower,
-                                     projection_dim=config.projection_dim,
+def _tokenizer(world: str, wd: Workdir):
+    return world_tokenizer(world, wd.file("tokenizer"), wd.primary)
+
+
+def clip_model(tokenizer, *, width: int, depth: int, heads: int, projection_dim: int,
+               image_size: int, patch_size: int) -> clip.CLIP:
+    """The world's CLIP: a ViT on patches and a causal text transformer of one shape."""
+    tower = clip.Tower(width, depth, heads, 4 * width, "gelu")
+    return clip.CLIP(clip.CLIPConfig(text=tower, vision=tower, projection_dim=projection_dim,
                                      vocab_size=len(tokenizer), max_positions=MAX_TOKENS,
                                      eos_token_id=tokenizer.eos_token_id,
-                                     image_size=config.image_size,
-                                     patch_size=config.patch_size))
+                                     image_size=image_size, patch_size=patch_size))
+
+
+def connect_pairs(world: str, tokenizer) -> cd.CaptionPairs:
+    """The connect split's (image, caption) pairs, tokenized."""
+    return connect.image_pairs(builders.data_source(world, "connect")).tokenize(
+        tokenizer, MAX_TOKENS, truncate=False)
 
 
 def _connect(config, world: str, tokenizer, wd: Workdir):
-    model = _clip_model(config, tokenizer)
-    pairs = connect.image_pairs(builders.data_source(world, "connect")).tokenize(
-        tokenizer, MAX_TOKENS, truncate=False)
+    model = clip_model(tokenizer, width=config.clip_width, depth=config.clip_depth,
+                       heads=config.clip_heads, projection_dim=config.projection_dim,
+                       image_size=config.image_size, patch_size=config.patch_size)
     cfg = connect.ConnectConfig(steps=config.connect_steps, batch_size=config.connect_batch,
-                                lr=config.connect_lr, seed=config.seed)
-    return model, connect.train(model, pairs, cfg, wd, wd.file("connect"))
+                                lr=config.connect_lr, seed=config.seed,
+                                temperature=config.connect_temperature)
+    return model, connect.train(model, connect_pairs(world, tokenizer), cfg, wd,
+                                wd.file("connect"))
 
 
 def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> str:
@@ -111,6 +125,24 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> 
         path = builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
     st.barrier("shapes embeddings")
     return path
+
+
+def space_probe(model: clip.CLIP, world: str, tokenizer, split: str = "val",
+                group_size: int = 100):
+    """A function of CLIP params -> the geometry of their space (``geometry.space_summary``)
+    on a world split's pairs: each image with its first caption."""
+    src = builders.data_source(world, split)
+    rows = [src[i] for i in range(len(src))]
+    images = np.stack([r["image"] for r in rows])
+    ids, mask = encode_captions(tokenizer, [cd._captions(r, "caption")[0] for r in rows],
+                                MAX_TOKENS)
+    group = min(group_size, max(2, len(rows) // 5))
+
+    def probe(params) -> dict:
+        x = connect.encode(model, params, images=images)
+        y = connect.encode(model, params, ids=ids, mask=mask)
+        return geometry.space_summary(x, y, jax.random.PRNGKey(0), group)
+    return probe
 
 
 def connected_world(config, wd: Workdir) -> tuple:
@@ -215,17 +247,20 @@ def _aggregate(runs: dict) -> dict:
     return out
 
 
-def _results_table(agg: dict, chance: dict, seeds: int) -> str:
+def _results_table(agg: dict, chance: dict, seeds: int, first_seed: int) -> str:
     head = "| variant | " + " | ".join(METRICS) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    cell = ((lambda v: f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}") if seeds > 1
+            else (lambda v: f"{100 * v['mean']:.1f}"))
     for name, row in agg.items():
-        cells = [f"{100 * row[m]['mean']:.1f} ± {100 * row[m]['std']:.1f}" for m in METRICS]
+        cells = [cell(row[m]) for m in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| chance (most frequent value) | " + " | ".join(
         "" if m not in ("attribute_accuracy", "exact_match") else
         f"{100 * chance['mean' if m == 'attribute_accuracy' else 'exact_match']:.1f}"
         for m in METRICS) + " |")
-    return (f"Scores × 100 on the test split, mean ± std over {seeds} seed(s).\n\n"
+    over = f"mean ± std over {seeds} seeds" if seeds > 1 else f"seed {first_seed}"
+    return (f"Scores × 100 on the test split, {over}.\n\n"
             + "\n".join(lines) + "\n")
 
 
@@ -240,8 +275,10 @@ def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int =
 def run_shapes_caption(config, wd: Workdir) -> dict:
     """Connect -> Collapse -> Corrupt on the built-in world; see the module docstring."""
     tokenizer = _tokenizer(_world(config, wd), wd)
-    _, _, world, dataset = connected_world(config, wd)
+    model, params, world, dataset = connected_world(config, wd)
     geometry = _geometry(config, dataset, wd)
+    # The criterion the Connect recipe was chosen by (the Connect study's): val pairs.
+    geometry["val"] = space_probe(model, world, tokenizer, "val")(params)
     logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f",
                  geometry["modality_gap"], geometry["effective_dim_x"],
                  geometry["effective_dim_y"], geometry["sigma_calibrated"])
@@ -253,7 +290,7 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
             for name in variant_names(config.variants, VARIANTS)}
     agg = _aggregate(runs)
     chance = shapes.chance_accuracy(attrs)
-    table = _results_table(agg, chance, config.seeds)
+    table = _results_table(agg, chance, config.seeds, config.seed)
     if wd.primary:
         with open(wd.file("RESULTS.md"), "w") as f:
             f.write("# Shapes world: captioning images from text-only training\n\n" + table)

@@ -20,7 +20,7 @@ _WORLD = {k: v for k, v in shapes_runs.FIELDS["shapes_caption"].items()
           if k in ("seed", "image_size", "two_object_fraction", "connect_size", "train_size",
                    "val_size", "test_size", "clip_width", "clip_depth", "clip_heads",
                    "patch_size", "projection_dim", "connect_steps", "connect_batch",
-                   "connect_lr")}
+                   "connect_lr", "connect_temperature")}
 FIELDS = {"shapes_t2i": {
     **_WORLD, "variants": str, "noise_sigma": float, "gan_steps": int, "gan_batch": int,
     "gan_lr": float, "z_dim": int, "w_dim": int, "mapping_layers": int, "cond_hidden": int,

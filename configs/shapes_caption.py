@@ -23,6 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.clip_width, c.clip_depth, c.clip_heads, c.patch_size = 64, 2, 4, 8
     c.projection_dim = 64
     c.connect_steps, c.connect_batch, c.connect_lr = 600, 256, 2e-3
+    c.connect_temperature = 0.0  # 0: learned from 0.07 (capped at 0.01); > 0: fixed
     # Captioner: MLP mapper -> prefix -> GPT-2 trained from scratch on the world's words.
     c.gpt_width, c.gpt_depth, c.gpt_heads, c.prefix_length = 64, 2, 4, 4
     c.caption_steps, c.caption_batch, c.caption_lr, c.caption_warmup = 300, 64, 3e-3, 30

@@ -18,7 +18,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.experiment = "shapes_t2i"
     for k in ("seed", "image_size", "two_object_fraction", "connect_size", "train_size",
               "val_size", "test_size", "clip_width", "clip_depth", "clip_heads", "patch_size",
-              "projection_dim", "connect_steps", "connect_batch", "connect_lr"):
+              "projection_dim", "connect_steps", "connect_batch", "connect_lr",
+              "connect_temperature"):
         c[k] = world[k]
     c.variants = "c1,c2_collapse,c2_corrupt,c3"
     c.noise_sigma = CLIP_SIGMA

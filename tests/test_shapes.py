@@ -247,3 +247,31 @@ def test_build_dataset_round_trips(tmp_path):
             assert [c.decode() for c in ex["caption"]] == want["captions"][i]
             for k in sh.ATTRIBUTES + ("num_objects", "layout"):
                 assert ex[k] == want[k][i], (split, i, k)
+
+
+def test_terse_captions_state_less_and_never_contradict_the_scene():
+    full = sh.generate("val", 0, 400)
+    d = sh.generate("val", 0, 400, caption_omit=0.5)
+    # The images, attributes and complete captions are those of the default world.
+    np.testing.assert_array_equal(d["image"], full["image"])
+    assert sh.generate("val", 0, 400, caption_omit=0.0)["captions"] == full["captions"]
+    assert 0.4 < d["terse"].mean() < 0.6
+    seen = {1: set(), 2: set()}
+    for i in range(400):
+        truth = sh.decode_attributes(d, i)
+        assert len(set(d["captions"][i])) == 5
+        for c, terse, t, f in zip(d["captions"][i], d["terse"][i], d["template"][i],
+                                  full["captions"][i]):
+            parsed = sh.parse_caption(c)
+            if not terse:
+                assert c == f and parsed == truth
+                continue
+            seen[truth["num_objects"]].add(int(t))
+            omitted = (("size", "position") if truth["num_objects"] == 1
+                       else ("color", "color2"))
+            assert parsed == {**truth, **{k: None for k in omitted}}, (c, truth)
+    assert seen[1] == set(range(len(sh.TERSE_ONE_OBJECT_TEMPLATES)))
+    assert seen[2] == set(range(len(sh.TERSE_TWO_OBJECT_TEMPLATES)))
+    assert sh.generate("val", 0, 50, caption_omit=1.0)["terse"].all()
+    with pytest.raises(ValueError, match="caption_omit"):
+        sh.generate("val", 0, 1, caption_omit=1.5)

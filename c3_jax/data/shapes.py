@@ -117,7 +117,16 @@ TWO_OBJECT_TEMPLATES = (
     "a {c1} {s1} sits {r} a {c2} {s2}.",
     "a {c1} {s1} located {r} a {c2} {s2}.",
 )
+# Terse captions (``caption_omit`` > 0): a one-object caption that leaves out size and
+# position, a two-object caption that leaves out both colours; the image shows more than
+# the caption says, as a COCO caption does.
+TERSE_ONE_OBJECT_TEMPLATES = ("a {c} {s}.", "there is a {c} {s}.", "a picture of a {c} {s}.",
+                              "the image shows a {c} {s}.", "one {c} {s} can be seen.")
+TERSE_TWO_OBJECT_TEMPLATES = ("a {s1} {r} a {s2}.", "there is a {s1} {r} a {s2}.",
+                              "the {s1} is {r} the {s2}.", "a picture of a {s1} {r} a {s2}.",
+                              "two shapes, a {s1} {r} a {s2}.")
 CAPTIONS_PER_SCENE = 5
+assert len(TERSE_ONE_OBJECT_TEMPLATES) == len(TERSE_TWO_OBJECT_TEMPLATES) == CAPTIONS_PER_SCENE
 
 # Random words drawn per scene (uint32), by purpose.
 _CANDIDATES = 64  # layout candidates for the split partition (P(no hit) = 0.75**64)
@@ -300,15 +309,35 @@ def _article(text: str) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
-def _captions(attrs: Mapping[str, int], words: np.ndarray):
-    """Five captions of one scene (attribute ids) and their template ids."""
+def _terse_flags(seed: int, split_id: int, indices: np.ndarray, omit: float) -> np.ndarray:
+    """[n, CAPTIONS_PER_SCENE] bools: which captions are terse (a hash of the scene and
+    caption index, so the scenes' other random draws are untouched)."""
+    if omit <= 0.0:
+        return np.zeros((len(indices), CAPTIONS_PER_SCENE), bool)
+    key = ((np.uint64(seed) * np.uint64(len(SPLITS)) + np.uint64(split_id)) * np.uint64(2 ** 40)
+           + np.asarray(indices, np.uint64))
+    k = np.arange(CAPTIONS_PER_SCENE, dtype=np.uint64)
+    h = _splitmix64(_splitmix64(key)[:, None] ^ (k[None, :] + np.uint64(0x5EED)))
+    return (h >> np.uint64(11)).astype(np.float64) / 2.0 ** 53 < omit
+
+
+def _captions(attrs: Mapping[str, int], words: np.ndarray, terse=None):
+    """Five captions of one scene (attribute ids) and their template ids (terse captions:
+    their index into ``TERSE_*_TEMPLATES``)."""
     two = attrs["num_objects"] == 2
     templates = TWO_OBJECT_TEMPLATES if two else ONE_OBJECT_TEMPLATES
+    short = TERSE_TWO_OBJECT_TEMPLATES if two else TERSE_ONE_OBJECT_TEMPLATES
     order = np.argsort(words[_W_TPL][:len(templates)], kind="stable")[:CAPTIONS_PER_SCENE]
+    terse = np.zeros(CAPTIONS_PER_SCENE, bool) if terse is None else terse
+    # Terse captions take distinct templates (as many as CAPTIONS_PER_SCENE), so the five
+    # captions stay different.
+    rank = np.cumsum(terse) - 1
+    order = np.where(terse, (order[0] + rank) % len(short), order)
     syn = words[_W_SYN].reshape(CAPTIONS_PER_SCENE, 8).astype(np.int64)
     out = []
-    for t, w in zip(order.tolist(), syn.tolist()):
+    for t, w, is_terse in zip(order.tolist(), syn.tolist(), terse.tolist()):
         pick = lambda options, j: options[w[j] % len(options)]
+        template = (short if is_terse else templates)[t]
         if two:
             o1 = (COLOR_SYNONYMS[COLORS[attrs["color"]]], SHAPE_SYNONYMS[SHAPES[attrs["shape"]]])
             o2 = (COLOR_SYNONYMS[COLORS[attrs["color2"]]],
@@ -317,12 +346,12 @@ def _captions(attrs: Mapping[str, int], words: np.ndarray):
             if w[7] % 2:  # say it the other way round
                 o1, o2 = o2, o1
                 relation = {"left_of": "right_of", "above": "below"}[relation]
-            text = templates[t].format(c1=pick(o1[0], 1), s1=pick(o1[1], 2),
+            text = template.format(c1=pick(o1[0], 1), s1=pick(o1[1], 2),
                                        c2=pick(o2[0], 4), s2=pick(o2[1], 5),
                                        cn1=o1[0][0], cn2=o2[0][0],
                                        r=pick(RELATION_PHRASES[relation], 6))
         else:
-            text = templates[t].format(sz=pick(SIZE_SYNONYMS[SIZES[attrs["size"]]], 0),
+            text = template.format(sz=pick(SIZE_SYNONYMS[SIZES[attrs["size"]]], 0),
                                        szn=SIZES[attrs["size"]], cn=COLORS[attrs["color"]],
                                        c=pick(COLOR_SYNONYMS[COLORS[attrs["color"]]], 1),
                                        s=pick(SHAPE_SYNONYMS[SHAPES[attrs["shape"]]], 2),
@@ -332,15 +361,18 @@ def _captions(attrs: Mapping[str, int], words: np.ndarray):
 
 
 def generate(split: str, start: int, count: int, seed: int = 0, image_size: int = 32,
-             two_object_fraction: float = 0.3, noise: bool = True) -> dict:
+             two_object_fraction: float = 0.3, noise: bool = True,
+             caption_omit: float = 0.0) -> dict:
     """Scenes ``start .. start+count-1`` of ``split``.
 
     Returns ``image`` uint8 [n, S, S, 3]; ``captions``: n lists of 5 different strings;
     int64 attribute arrays ``num_objects``, ``shape``, ``color``, ``size``, ``position``,
     ``shape2``, ``color2``, ``relation`` (indices into ``VOCAB``; -1 where not applicable);
     ``layout`` (int64 code of the noise-free scene; unique to a split) and ``template``
-    [n, 5] (template id of each caption, into ``ONE/TWO_OBJECT_TEMPLATES``).
-    ``noise=False`` renders the noise-free scene.
+    [n, 5] (template id of each caption, into ``ONE/TWO_OBJECT_TEMPLATES``, or for a
+    ``terse`` [n, 5] caption into ``TERSE_*_TEMPLATES``). ``noise=False`` renders the
+    noise-free scene. ``caption_omit``: the fraction of captions that are terse (leave out
+    size and position, or both colours); 0 keeps every caption complete.
     """
     split_id = _split_id(split)
     if int(seed) < 0 or int(start) < 0 or int(count) < 0:
@@ -349,11 +381,14 @@ def generate(split: str, start: int, count: int, seed: int = 0, image_size: int 
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     if not 0.0 <= two_object_fraction <= 1.0:
         raise ValueError(f"two_object_fraction must be in [0, 1], got {two_object_fraction}")
+    if not 0.0 <= caption_omit <= 1.0:
+        raise ValueError(f"caption_omit must be in [0, 1], got {caption_omit}")
     s = int(image_size)
     images = np.empty((count, s, s, 3), np.uint8)
     attrs = {k: np.empty(count, np.int64) for k in ("num_objects",) + ATTRIBUTES}
     layout = np.empty(count, np.int64)
     template = np.empty((count, CAPTIONS_PER_SCENE), np.int64)
+    terse = np.empty((count, CAPTIONS_PER_SCENE), bool)
     captions = []
     for lo in range(0, count, _CHUNK):
         indices = np.arange(start + lo, start + min(lo + _CHUNK, count))
@@ -362,14 +397,15 @@ def generate(split: str, start: int, count: int, seed: int = 0, image_size: int 
         a, objects, layout[sl] = _sample(split_id, int(seed), indices, words,
                                          two_object_fraction)
         images[sl] = _render(objects, noise_arr, s)
+        terse[sl] = _terse_flags(int(seed), split_id, indices, caption_omit)
         for k in attrs:
             attrs[k][sl] = a[k]
         rows = [dict(zip(a, vals)) for vals in zip(*[v.tolist() for v in a.values()])]
         for j, row in enumerate(rows):
-            caps, template[lo + j] = _captions(row, words[j])
+            caps, template[lo + j] = _captions(row, words[j], terse[lo + j])
             captions.append(caps)
     return {"image": images, "captions": captions, **attrs, "layout": layout,
-            "template": template}
+            "template": template, "terse": terse}
 
 
 def decode_attributes(arrays: Mapping[str, np.ndarray], i: int) -> dict:
@@ -393,7 +429,7 @@ def scene(split: str, index: int, seed: int = 0, image_size: int = 32,
 
 def build_dataset(data_dir: str, sizes: Mapping[str, int], seed: int = 0,
                   image_size: int = 32, name: str = "shapes_world",
-                  two_object_fraction: float = 0.3) -> str:
+                  two_object_fraction: float = 0.3, caption_omit: float = 0.0) -> str:
     """Writes ``sizes[split]`` scenes per split (indices 0..n-1) as a TFDS dataset.
 
     Fields: ``image``, ``num_objects``, the ``ATTRIBUTES`` arrays, ``layout``, and
@@ -401,7 +437,8 @@ def build_dataset(data_dir: str, sizes: Mapping[str, int], seed: int = 0,
     from c3_jax.data import builders
     splits, captions = {}, {}
     for split, n in sizes.items():
-        d = generate(split, 0, int(n), seed, image_size, two_object_fraction)
+        d = generate(split, 0, int(n), seed, image_size, two_object_fraction,
+                     caption_omit=caption_omit)
         splits[split] = {"image": d["image"], "num_objects": d["num_objects"],
                          **{k: d[k] for k in ATTRIBUTES}, "layout": d["layout"]}
         captions[split] = d["captions"]

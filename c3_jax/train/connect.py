@@ -3,7 +3,7 @@ pairs, then frozen-encoder embeddings of every split."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,17 @@ class ConnectConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    # 0: CLIP's learned temperature (from 0.07, logit scale capped at 100); > 0: held fixed.
+    temperature: float = 0.0
+    probe_at: Tuple[int, ...] = ()  # steps (0 = at initialization) at which ``probe`` runs
+
+    def __post_init__(self):
+        if not (self.temperature == 0.0 or 0.0 < self.temperature <= 10.0):
+            raise ValueError(f"connect temperature={self.temperature} must be 0 (learned) or "
+                             "in (0, 10] (fixed)")
+        bad = [s for s in self.probe_at if not 0 <= s <= self.steps]
+        if bad:
+            raise ValueError(f"connect probe_at steps {bad} lie outside 0..{self.steps}")
 
 
 def pixels(images: jax.Array) -> jax.Array:
@@ -50,18 +61,26 @@ def clip_loss(image_features: jax.Array, text_features: jax.Array,
     return 0.5 * (ce(logits) + ce(logits.T))
 
 
-def make_step(model: clip.CLIP, tx, mesh, shardings):
+def logit_scale(params, temperature: float = 0.0) -> jax.Array:
+    """The logit scale the loss uses: the learned one (capped at 100), or 1/temperature."""
+    if temperature:
+        return jnp.asarray(np.log(1.0 / temperature), jnp.float32)
+    return jnp.minimum(params["logit_scale"], jnp.log(100.0))
+
+
+def make_step(model: clip.CLIP, tx, mesh, shardings, temperature: float = 0.0):
     """One sharded contrastive step on {'image', 'ids', 'mask'}."""
     def step(state: st.TrainState, batch: dict):
         def loss_fn(params):
             img, txt = model.apply({"params": params}, pixels(batch["image"]), batch["ids"],
                                    batch["mask"])
-            return clip_loss(img, txt, params["logit_scale"])
+            return clip_loss(img, txt, logit_scale(params, temperature))
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "temperature": 1.0 / jnp.exp(params["logit_scale"])}
+        metrics = {"loss": loss,
+                   "temperature": 1.0 / jnp.exp(logit_scale(params, temperature))}
         return st.TrainState(state.step + 1, params, opt_state), metrics
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -69,10 +88,14 @@ def make_step(model: clip.CLIP, tx, mesh, shardings):
                    out_shardings=(shardings, repl), donate_argnums=0)
 
 
+Probe = Callable[[dict], dict]
+
+
 def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: Workdir,
-          directory: str):
+          directory: str, probe: Optional[Probe] = None):
     """Trains (or resumes, or reloads when finished) the CLIP on tokenized (image, caption)
-    ``pairs`` with checkpoints in ``directory``; returns params."""
+    ``pairs`` with checkpoints in ``directory``; returns params. ``probe(params)`` is
+    logged (keys prefixed ``probe_``) at the steps of ``config.probe_at``."""
     mesh = st.make_mesh(1)
     cfg = model.config
     example = (jnp.zeros((1, 3, cfg.image_size, cfg.image_size)), jnp.zeros((1, 2), jnp.int32))
@@ -86,7 +109,14 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
     ckpts = st.Checkpoints(directory)
     state, start = ckpts.resume_or_init(abstract, shardings, data, lambda: jax.device_put(
         st.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), shardings))
-    step_fn = make_step(model, tx, mesh, shardings)
+    step_fn = make_step(model, tx, mesh, shardings, config.temperature)
+
+    def maybe_probe(done: int, params) -> None:
+        if probe is not None and done in config.probe_at:
+            wd.log_metrics(done, {f"probe_{k}": v for k, v in probe(params).items()})
+
+    if start == 0:
+        maybe_probe(0, state.params)
     bar = progress_bar(range(start, config.steps), initial=start, total=config.steps,
                        desc="connect", unit="step")
     for i in bar:
@@ -97,6 +127,7 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
             host = {f"connect_{k}": float(v) for k, v in jax.device_get(metrics).items()}
             wd.log_metrics(done, host)
             bar.set_postfix(loss=f"{host['connect_loss']:.3f}")
+        maybe_probe(done, state.params)
         if done % config.checkpoint_every == 0 or done == config.steps:
             ckpts.save(done, state, data)
     ckpts.wait()

@@ -1,0 +1,190 @@
+"""The Connect study: the built-in world's CLIP trained under a grid of recipes (tower
+depth, temperature, training length, how much of its scene a caption states), with the
+geometry of its space measured on held-out val pairs at initialization and along training.
+
+The grid is one axis at a time around a base recipe; training length is read along each
+recipe's trajectory (probes at ``probe_steps``). A recipe "has CLIP's geometry" when its
+val pairs show Table 1's figures for CLIP on MS-COCO: gap length >= 0.6, group-gap
+direction cosine >= 0.95, |mean orthogonality cosine| <= 0.05, and image->text R@1 at least
+80 % of the landed recipe's (depth 2, learned temperature, complete captions)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from absl import logging
+
+from c3_jax import plots, shapes_runs
+from c3_jax.data import shapes
+from c3_jax.train import connect
+from c3_jax.train import state as st
+from c3_jax.workdir import Workdir
+
+FIELDS = {"shapes_connect_study": {
+    "seed": int, "image_size": int, "two_object_fraction": float, "connect_size": int,
+    "val_size": int, "clip_width": int, "clip_heads": int, "patch_size": int,
+    "projection_dim": int, "connect_steps": int, "connect_batch": int, "connect_lr": float,
+    "base_depth": int, "base_temperature": float, "base_caption_omit": float, "depths": str,
+    "temperatures": str, "caption_omits": str, "probe_steps": str, "group_size": int}}
+# Table 1 (CLIP ViT-B/32 on MS-COCO) and the R@1 share that makes a space "well trained".
+CLIP_TARGETS = {"gap_length": 0.6, "gap_direction_cos": 0.95, "orthogonality_abs_mean": 0.05,
+                "recall_share": 0.8}
+LANDED = {"depth": 2, "temperature": 0.0, "caption_omit": 0.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One Connect recipe of the grid (temperature 0: learned from 0.07)."""
+    depth: int
+    temperature: float
+    caption_omit: float
+
+    @property
+    def name(self) -> str:
+        t = "learned" if self.temperature == 0 else f"{self.temperature:g}"
+        return f"depth{self.depth}_tau{t}_omit{self.caption_omit:g}"
+
+
+def _numbers(text: str, kind, field: str) -> list:
+    """The comma-separated values of a config field ('learned' reads as 0)."""
+    try:
+        return [kind(0 if v.strip() == "learned" else v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"config field {field}={text!r} must be comma-separated numbers"
+                         + (" or 'learned'" if field == "temperatures" else "")) from None
+
+
+def grid(config) -> dict:
+    """{axis: [Recipe]}: each axis varied alone around the base recipe, plus the landed one."""
+    base = dict(depth=config.base_depth, temperature=config.base_temperature,
+                caption_omit=config.base_caption_omit)
+    axes = {
+        "depth": [Recipe(**{**base, "depth": d}) for d in _numbers(config.depths, int, "depths")],
+        "temperature": [Recipe(**{**base, "temperature": t})
+                        for t in _numbers(config.temperatures, float, "temperatures")],
+        "caption_omit": [Recipe(**{**base, "caption_omit": o})
+                         for o in _numbers(config.caption_omits, float, "caption_omits")],
+        "landed": [Recipe(**LANDED)]}
+    return axes
+
+
+def _validate(config) -> tuple:
+    """Every recipe and probe step, checked before any work."""
+    axes = grid(config)
+    steps = sorted(set(_numbers(config.probe_steps, int, "probe_steps")) | {0, config.connect_steps})
+    recipes = list(dict.fromkeys(r for rs in axes.values() for r in rs))
+    for r in recipes:
+        if r.depth < 1:
+            raise ValueError(f"tower depth {r.depth} must be >= 1 (config field depths)")
+        if not 0.0 <= r.caption_omit <= 1.0:
+            raise ValueError(f"caption_omit {r.caption_omit} must be in [0, 1]")
+        connect.ConnectConfig(steps=config.connect_steps, temperature=r.temperature,
+                              probe_at=tuple(steps))
+    if config.val_size < 10:
+        raise ValueError(f"val_size={config.val_size} is too small for the geometry (>= 10)")
+    return axes, recipes, tuple(steps)
+
+
+def _world(config, omit: float, wd: Workdir) -> str:
+    """The connect and val splits of the world whose captions omit ``omit`` of the time."""
+    path = wd.file(os.path.join("data", f"omit{omit:g}", "shapes_world", "1.0.0"))
+    if not st.agreed(os.path.isdir(path)):
+        if wd.primary:
+            shapes.build_dataset(os.path.dirname(os.path.dirname(path)),
+                                 {"connect": config.connect_size, "val": config.val_size},
+                                 config.seed, config.image_size,
+                                 two_object_fraction=config.two_object_fraction,
+                                 caption_omit=omit)
+        st.barrier("study world")
+    return path
+
+
+def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
+    """Trains one recipe (reused when its run finished) and returns its trajectory."""
+    sub = Workdir(wd.file(os.path.join("recipes", recipe.name)))
+    if st.agreed(os.path.exists(sub.file("recipe.json"))):
+        return sub.read_json("recipe.json")
+    world = _world(config, recipe.caption_omit, wd)
+    tokenizer = shapes_runs.world_tokenizer(world, os.path.join(os.path.dirname(
+        os.path.dirname(world)), "tokenizer"), wd.primary, splits=("connect",))
+    model = shapes_runs.clip_model(
+        tokenizer, width=config.clip_width, depth=recipe.depth, heads=config.clip_heads,
+        projection_dim=config.projection_dim, image_size=config.image_size,
+        patch_size=config.patch_size)
+    pairs = shapes_runs.connect_pairs(world, tokenizer)
+    cfg = connect.ConnectConfig(steps=config.connect_steps, batch_size=config.connect_batch,
+                                lr=config.connect_lr, seed=config.seed,
+                                temperature=recipe.temperature, probe_at=steps,
+                                checkpoint_every=config.connect_steps)
+    probe = shapes_runs.space_probe(model, world, tokenizer, "val", config.group_size)
+    sub.reset_metrics()
+    start = time.perf_counter()
+    connect.train(model, pairs, cfg, sub, sub.file("connect"), probe)
+    seconds = time.perf_counter() - start
+    trajectory = [{"step": m["step"], **{k[len("probe_"):]: v for k, v in m.items()
+                                         if k.startswith("probe_")}}
+                  for m in sub.read_metrics() if any(k.startswith("probe_") for k in m)]
+    out = {**dataclasses.asdict(recipe), "name": recipe.name, "train_seconds": seconds,
+           "init": trajectory[0], "final": trajectory[-1], "trajectory": trajectory}
+    sub.write_json("recipe.json", out)
+    return out
+
+
+def meets_clip_geometry(g: dict, reference_recall: float) -> bool:
+    """Whether a space's val geometry matches CLIP's Table 1 figures and trains as well."""
+    t = CLIP_TARGETS
+    return bool(g["gap_length"] >= t["gap_length"]
+                and g["gap_direction_cos"] >= t["gap_direction_cos"]
+                and abs(g["orthogonality_mean"]) <= t["orthogonality_abs_mean"]
+                and g["recall_at_1"] >= t["recall_share"] * reference_recall)
+
+
+_PANELS = (("gap_length", "gap length"), ("gap_direction_cos", "gap direction cos"),
+           ("recall_at_1", "image->text R@1 (val)"))
+
+
+def _axis_figure(runs: list, axis: str, path: str) -> str:
+    """Init and trained geometry of the recipes along one axis."""
+    values = [r[axis] for r in runs]
+    labels = [("learned" if v == 0 else f"{v:g}") if axis == "temperature" else f"{v:g}"
+              for v in values]
+    x = list(range(len(runs)))
+    panels = {title: {"at init": (x, [r["init"][k] for r in runs]),
+                      "trained": (x, [r["final"][k] for r in runs])}
+              for k, title in _PANELS}
+    return plots.metric_panels(panels, axis.replace("_", " "), path, xticklabels=labels)
+
+
+def _training_figure(runs: list, path: str) -> str:
+    panels = {title: {r["name"]: ([p["step"] for p in r["trajectory"]],
+                                  [p[k] for p in r["trajectory"]]) for r in runs}
+              for k, title in _PANELS}
+    return plots.metric_panels(panels, "Connect step", path, logx=True)
+
+
+def run_connect_study(config, wd: Workdir) -> dict:
+    """Trains every recipe of the grid, measures its geometry, draws the three figures."""
+    axes, recipes, steps = _validate(config)
+    done = {}
+    for i, recipe in enumerate(recipes):
+        logging.info("recipe %d/%d: %s", i + 1, len(recipes), recipe.name)
+        done[recipe.name] = _train_recipe(config, recipe, steps, wd)
+    reference = done[Recipe(**LANDED).name]["final"]["recall_at_1"]
+    for r in done.values():
+        r["meets_clip_geometry"] = meets_clip_geometry(r["final"], reference)
+    by_axis = {a: [done[r.name] for r in rs] for a, rs in axes.items()}
+    _axis_figure(by_axis["depth"], "depth", wd.file("gap_vs_depth.png"))
+    _axis_figure(by_axis["temperature"], "temperature", wd.file("gap_vs_temperature.png"))
+    _axis_figure(by_axis["caption_omit"], "caption_omit", wd.file("gap_vs_captions.png"))
+    _training_figure(list(done.values()), wd.file("gap_vs_training.png"))
+    meeting = sorted((r for r in done.values() if r["meets_clip_geometry"]),
+                     key=lambda r: r["train_seconds"])
+    table = "\n".join(f"{r['name']:32s} gap {r['init']['gap_length']:.2f} -> "
+                      f"{r['final']['gap_length']:.2f}  cos {r['final']['gap_direction_cos']:.2f}"
+                      f"  R@1 {r['final']['recall_at_1']:.2f}  "
+                      f"{'meets' if r['meets_clip_geometry'] else '-'}" for r in done.values())
+    print("\n" + table)
+    return {"targets": CLIP_TARGETS, "reference_recall_at_1": reference,
+            "axes": {a: [r.name for r in rs] for a, rs in axes.items()},
+            "recipes": done, "cheapest_meeting": meeting[0]["name"] if meeting else None}

@@ -1,0 +1,38 @@
+"""The Connect study: the built-in world's CLIP trained under a grid of recipes, with the
+geometry of its space (gap, Table 1 statistics, calibrated sigma, effective dimensions,
+image->text R@1) measured on val pairs at initialization and along training. Each axis is
+varied alone around the base recipe (the main job's); training length is read along every
+recipe's trajectory. Writes gap_vs_depth.png, gap_vs_temperature.png, gap_vs_training.png,
+gap_vs_captions.png and results.json.
+
+Variants: '' (the study), 'quick' (a tiny end-to-end check for tests).
+"""
+import ml_collections
+
+from configs import shapes_caption
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    main = shapes_caption.get_config("quick" if arg == "quick" else "")
+    c = ml_collections.ConfigDict()
+    c.experiment = "shapes_connect_study"
+    for k in ("seed", "image_size", "two_object_fraction", "connect_size", "val_size",
+              "clip_width", "clip_heads", "patch_size", "projection_dim", "connect_steps",
+              "connect_batch", "connect_lr"):
+        c[k] = main[k]
+    # The base recipe: the main job's Connect.
+    c.base_depth, c.base_temperature, c.base_caption_omit = (
+        main.clip_depth, main.connect_temperature, 0.0)
+    # Axes. Temperature 'learned' starts at CLIP's 0.07 (logit scale capped at 100).
+    c.depths = "1,2,4,8"
+    c.temperatures = "0.01,0.07,0.2,learned"
+    c.caption_omits = "0,0.5,1"  # share of captions that leave out size/position or colours
+    c.probe_steps = "0,25,50,100,200,300,400,600"
+    c.group_size = 100  # Table 1's groups of pairs
+    if arg == "quick":
+        c.depths, c.temperatures, c.caption_omits = "1,2", "0.01,learned", "0,0.5"
+        c.probe_steps = "0,10"
+        c.group_size = 10
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r} of shapes_connect_study; use '' or 'quick'")
+    return c
