@@ -17,13 +17,36 @@ FIELDS = {
     "geometry_synthetic": {
         "seed": int, "num_pairs": int, "dim": int, "d_x": int, "d_y": int, "tau": float,
         "lr": float, "steps": int, "chunk": int, "gamma": float, "stable_delta": float,
-        "normalize_in_loss": bool},
+        "protocol": str},
     "geometry_mlp_collapse": {
         "seed": int, "num_inputs": int, "width": int, "depth": int, "every": int},
     "geometry_embeddings": {
         "embeddings": str, "x_key": str, "y_key": str, "seed": int, "group_size": int,
         "gamma": float, "calibration_pairs": int},
 }
+
+
+# Section 3.1 protocols: name -> (rows unit-normalized before optimizing, normalize in the loss).
+SYNTHETIC_PROTOCOLS = {
+    "normalize_once": (True, False),     # Section 3.1: Lemma 1's loss on unit rows
+    "normalize_in_loss": (True, True),   # CLIP-head loss, from unit rows
+    "notebook": (False, True),           # the reference notebook: CLIP-head loss, raw rows
+}
+
+
+def synthetic_protocol(protocol: str) -> tuple:
+    """(normalize_init, normalize_in_loss) of a synthetic-run protocol; an unknown one fails."""
+    if protocol not in SYNTHETIC_PROTOCOLS:
+        raise ValueError(f"config field 'protocol' must be one of {sorted(SYNTHETIC_PROTOCOLS)}, "
+                         f"got {protocol!r}")
+    return SYNTHETIC_PROTOCOLS[protocol]
+
+
+def synthetic_init(config) -> tuple:
+    """The protocol's starting rows (x, y): unit-normalized, or raw for 'notebook'."""
+    normalize_init, _ = synthetic_protocol(config.protocol)
+    return geometry.synthetic_embeddings(jax.random.PRNGKey(config.seed), config.num_pairs,
+                                         config.dim, config.d_x, config.d_y, normalize_init)
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
@@ -44,39 +67,52 @@ def _variances(x, y) -> dict:
 
 
 def _train_synthetic(config, params, wd: Workdir, ineffective: slice):
-    """Runs config.steps SGD steps in scanned chunks; logs gap and loss per chunk."""
-    if config.steps % config.chunk:
-        raise ValueError(f"config.steps={config.steps} must be a multiple of config.chunk={config.chunk}")
-    losses = []
+    """Runs config.steps SGD steps in scanned chunks; logs gap and loss per chunk.
+
+    Returns the final rows, every step's loss, the per-chunk gap reports and the seconds.
+    """
+    _, normalize_in_loss = synthetic_protocol(config.protocol)
+    losses, gaps = [], []
     start = time.perf_counter()
     with progress_bar(total=config.steps, desc="contrastive SGD", unit="step") as bar:
         for i in range(config.steps // config.chunk):
             params, chunk_losses = geometry.contrastive_sgd_chunk(
-                params, config.chunk, config.tau, config.lr, config.normalize_in_loss)
+                params, config.chunk, config.tau, config.lr, normalize_in_loss)
             chunk_losses = np.asarray(chunk_losses)
             losses.append(chunk_losses)
-            step = (i + 1) * config.chunk
-            wd.log_metrics(step, {"loss": float(chunk_losses[-1]),
-                                  **geometry.gap_report(*params, ineffective)})
+            gaps.append(geometry.gap_report(*params, ineffective))
+            wd.log_metrics((i + 1) * config.chunk, {"loss": float(chunk_losses[-1]), **gaps[-1]})
             bar.update(config.chunk)
             bar.set_postfix(loss=f"{chunk_losses[-1]:.4f}")
-    return params, np.concatenate(losses), time.perf_counter() - start
+    return params, np.concatenate(losses), gaps, time.perf_counter() - start
+
+
+def _mean_row_norm(e) -> float:
+    return float(jnp.linalg.norm(jnp.asarray(e), axis=1).mean())
 
 
 def run_synthetic(config, wd: Workdir) -> dict:
     """Section 3.1 / Figure 4: the gap survives contrastive optimization."""
-    x, y = geometry.synthetic_embeddings(jax.random.PRNGKey(config.seed), config.num_pairs,
-                                         config.dim, config.d_x, config.d_y)
+    synthetic_protocol(config.protocol)  # fails early on an unknown protocol
+    if config.steps % config.chunk:
+        raise ValueError(f"config.steps={config.steps} must be a multiple of "
+                         f"config.chunk={config.chunk}")
+    x, y = synthetic_init(config)
     ineffective = slice(config.d_x + config.d_y, config.dim)
+    # Gaps, variances and spectra are measured on unit rows, whatever the protocol.
+    xn, yn = c3.normalize(x), c3.normalize(y)
     before, init_gap = _variances(x, y), geometry.gap_report(x, y, ineffective)
-    loss_init = float(geometry.contrastive_loss(x, y, config.tau))
-    spectra = {"image": geometry.covariance_spectrum(x), "text": geometry.covariance_spectrum(y)}
+    # At its starting rows every protocol's loss is Lemma 1's loss on the unit rows.
+    loss_init = float(geometry.contrastive_loss(xn, yn, config.tau))
+    row_norm_init = _mean_row_norm(x)
+    spectra = {"image": geometry.covariance_spectrum(xn), "text": geometry.covariance_spectrum(yn)}
     eff = {k: geometry.effective_dimension_of_spectrum(s, config.gamma) for k, s in spectra.items()}
-    params, losses, train_s = _train_synthetic(config, (x, y), wd, ineffective)
+    params, losses, gaps, train_s = _train_synthetic(config, (x, y), wd, ineffective)
     after, final_gap = _variances(*params), geometry.gap_report(*params, ineffective)
     flops = 3 * 2 * config.num_pairs ** 2 * config.dim * config.steps
     peak = matmul_peak_flops()
     results = {
+        "protocol": config.protocol,
         "effective_dim_x": eff["image"], "effective_dim_y": eff["text"],
         "gap_init": init_gap["gap"], "gap_init_ineffective": init_gap["gap_ineffective"],
         "gap_final": final_gap["gap"], "gap_final_ineffective": final_gap["gap_ineffective"],
@@ -85,6 +121,7 @@ def run_synthetic(config, wd: Workdir) -> dict:
         "effective_variance_mean_final": float(np.mean(
             [v[:ineffective.start].mean() for v in after.values()])),
         "loss_init": loss_init, "loss_final": float(losses[-1]),
+        "mean_row_norm_init": row_norm_init, "mean_row_norm_final": _mean_row_norm(params[0]),
         "steps": config.steps, "train_seconds": train_s,
         "achieved_gflops": flops / train_s / 1e9, "matmul_peak_gflops": peak / 1e9,
         "fraction_of_matmul_peak": flops / train_s / peak,
@@ -96,7 +133,16 @@ def run_synthetic(config, wd: Workdir) -> dict:
     keep = np.unique(np.geomspace(1, len(losses), 400).astype(int)) - 1
     plots.curves({"symmetric InfoNCE": (keep + 1, losses[keep])}, "step", "loss",
                  wd.file("loss.png"), logy=True)
+    _plot_gaps(config, init_gap, gaps, wd.file("gap.png"))
     return results
+
+
+def _plot_gaps(config, init_gap: dict, gaps: list, path: str) -> str:
+    """Figure 4's gap against step, over all dims and over the ineffective dims."""
+    steps = np.arange(len(gaps) + 1) * config.chunk
+    series = {name: (steps, [init_gap[key]] + [g[key] for g in gaps])
+              for name, key in (("all dims", "gap"), ("ineffective dims", "gap_ineffective"))}
+    return plots.curves(series, "step", "modality gap |mean(x) - mean(y)|", path)
 
 
 def _stable_region(config, wd: Workdir) -> dict:

@@ -152,6 +152,50 @@ def test_synthetic_embeddings_match_section_3_setup():
     assert np.mean([g["gap_ineffective"] for g in gaps]) == pytest.approx(0.99, abs=0.05)
 
 
+def test_notebook_step_matches_torch():
+    """One 'notebook' SGD step on raw rows equals F.normalize + F.cross_entropy in torch."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = geometry.synthetic_embeddings(jax.random.PRNGKey(2), 64, 96, 5, 30, normalized=False)
+    xt, yt = (torch.tensor(np.asarray(e), requires_grad=True) for e in (x, y))
+    logit_scale = torch.tensor(np.log(1 / 0.07), dtype=torch.float32)
+    s = F.normalize(xt, dim=-1) @ F.normalize(yt, dim=-1).T * logit_scale.exp()
+    labels = torch.arange(64)
+    loss = (F.cross_entropy(s, labels) + F.cross_entropy(s.T, labels)) / 2
+    loss.backward()
+    (x1, y1), losses = geometry.contrastive_sgd_chunk((x + 0, y + 0), 1, 0.07, 0.1, True)
+    assert float(losses[0]) == pytest.approx(loss.item(), rel=1e-5)
+    for got, e in ((x1, xt), (y1, yt)):
+        expected = (e - 0.1 * e.grad).detach().numpy()
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6, atol=1e-6)
+        assert np.abs(np.asarray(got) - e.detach().numpy()).max() > 1e-5  # the step moved
+
+
+def _synthetic_config(protocol):
+    from configs import geometry_synthetic
+    c = geometry_synthetic.get_config("notebook")
+    c.protocol, c.num_pairs, c.dim, c.d_x, c.d_y = protocol, 50, 64, 5, 20
+    return c
+
+
+def test_notebook_rows_are_raw_and_gaps_use_unit_rows():
+    from c3_jax import geometry_runs
+    x, y = geometry_runs.synthetic_init(_synthetic_config("notebook"))
+    norms = np.linalg.norm(np.asarray(x), axis=1)
+    assert norms.min() > 3  # ~sqrt(64) for N(0, 1) entries
+    xn, yn = geometry.synthetic_embeddings(jax.random.PRNGKey(0), 50, 64, 5, 20)
+    np.testing.assert_allclose(geometry.normalize(x), xn, atol=1e-6)  # the same draws, raw
+    x_once, _ = geometry_runs.synthetic_init(_synthetic_config("normalize_once"))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(x_once), axis=1), 1, atol=1e-5)
+    unit_gap = np.linalg.norm(np.asarray(xn).mean(0) - np.asarray(yn).mean(0))
+    raw_gap = np.linalg.norm(np.asarray(x).mean(0) - np.asarray(y).mean(0))
+    report = geometry.gap_report(x, y, slice(25, 64))
+    assert report["gap"] == pytest.approx(unit_gap, rel=1e-5) and raw_gap > 3 * unit_gap
+    with pytest.raises(ValueError, match="config field 'protocol' must be one of"):
+        geometry_runs.synthetic_protocol("raw")
+
+
 @pytest.mark.parametrize("normalize_in_loss", [False, True])
 def test_contrastive_sgd_aligns_spans_and_keeps_the_gap(normalize_in_loss):
     x, y = geometry.synthetic_embeddings(jax.random.PRNGKey(1), 100, 64, 5, 20)
@@ -168,7 +212,7 @@ def test_contrastive_sgd_aligns_spans_and_keeps_the_gap(normalize_in_loss):
 
 
 def test_mlp_collapse_deeper_is_more_collapsed():
-    out = geometry.mlp_collapse(jax.random.PRNGKey(0), num_inputs=400, width=128, depth=30,
+    out = geometry.mlp_collapse(jax.random.PRNGKey(0), num_inputs=400, width=128, depth=35,
                                 every=5)
     dims = out["effective_dim"]
     assert out["layers"] == [0, 5, 10, 15, 20, 25, 30]
@@ -177,6 +221,23 @@ def test_mlp_collapse_deeper_is_more_collapsed():
         np.linalg.eigvalsh(np.cov(x0.T)), 0.99)
     assert all(a >= b for a, b in zip(dims[1:], dims[2:]))
     assert dims[-1] < dims[0] / 4
+
+
+def test_mlp_collapse_measures_pre_activations():
+    """Layer k is the k-th Linear's output before its ReLU (Xavier-uniform, no bias)."""
+    n, width, depth, every = 300, 32, 6, 3
+    out = geometry.mlp_collapse(jax.random.PRNGKey(1), n, width, depth, every)
+    k_in, k_w = jax.random.split(jax.random.PRNGKey(1))
+    z = np.asarray(jax.random.normal(k_in, (n, width)), np.float64)
+    limit = np.sqrt(6 / (2 * width))
+    weights = np.asarray(jax.random.uniform(k_w, (depth, width, width), jnp.float32,
+                                            -limit, limit), np.float64)
+    z = z @ weights[0]
+    for w in weights[1:3]:
+        z = np.maximum(z, 0) @ w
+    assert out["layers"] == [0, 3]
+    expected = np.linalg.svd(np.cov(z.T), compute_uv=False)
+    np.testing.assert_allclose(out["spectra"][1], expected, rtol=1e-4, atol=1e-6 * expected[0])
 
 
 def test_stable_region_margin_is_exact_for_tied_negatives():
