@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 
 from absl import logging
@@ -31,6 +32,8 @@ FIELDS = {"shapes_connect_study": {
 CLIP_TARGETS = {"gap_length": 0.6, "gap_direction_cos": 0.95, "orthogonality_abs_mean": 0.05,
                 "recall_share": 0.8}
 LANDED = {"depth": 2, "temperature": 0.0, "caption_omit": 0.0}
+# What a recipe's probes measure; a finished recipe is reused only when it was measured so.
+PROBE = "val pairs of the world's own captions, and R@1 and gap on complete captions"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +107,9 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
     """Trains one recipe (reused when its run finished) and returns its trajectory."""
     sub = Workdir(wd.file(os.path.join("recipes", recipe.name)))
     if st.agreed(os.path.exists(sub.file("recipe.json"))):
-        return sub.read_json("recipe.json")
+        done = sub.read_json("recipe.json")
+        if done.get("probe") == PROBE:
+            return done
     world = _world(config, recipe.caption_omit, wd)
     tokenizer = shapes_runs.world_tokenizer(world, os.path.join(os.path.dirname(
         os.path.dirname(world)), "tokenizer"), wd.primary, splits=("connect",))
@@ -117,7 +122,12 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
                                 lr=config.connect_lr, seed=config.seed,
                                 temperature=recipe.temperature, probe_at=steps,
                                 checkpoint_every=config.connect_steps)
-    probe = shapes_runs.space_probe(model, world, tokenizer, "val", config.group_size)
+    probe = _probe(config, recipe, model, world, tokenizer, wd)
+    # The probes run along training, so a recipe that did not finish here (or was measured
+    # another way) is trained again from its first step.
+    if wd.primary and os.path.isdir(sub.file("connect")):
+        shutil.rmtree(sub.file("connect"))
+    st.barrier("study recipe")
     sub.reset_metrics()
     start = time.perf_counter()
     connect.train(model, pairs, cfg, sub, sub.file("connect"), probe)
@@ -125,19 +135,36 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
     trajectory = [{"step": m["step"], **{k[len("probe_"):]: v for k, v in m.items()
                                          if k.startswith("probe_")}}
                   for m in sub.read_metrics() if any(k.startswith("probe_") for k in m)]
-    out = {**dataclasses.asdict(recipe), "name": recipe.name, "train_seconds": seconds,
+    out = {**dataclasses.asdict(recipe), "name": recipe.name, "probe": PROBE,
+           "train_seconds": seconds,
            "init": trajectory[0], "final": trajectory[-1], "trajectory": trajectory}
     sub.write_json("recipe.json", out)
     return out
 
 
+def _probe(config, recipe: Recipe, model, world: str, tokenizer, wd: Workdir):
+    """Geometry on the world's own val pairs; with terse captions, also R@1 and gap on the
+    same images' complete captions (what a terse caption cannot state, R@1 cannot find)."""
+    own = shapes_runs.space_probe(model, world, tokenizer, "val", config.group_size)
+    complete = own if recipe.caption_omit == 0 else shapes_runs.space_probe(
+        model, _world(config, 0.0, wd), tokenizer, "val", config.group_size)
+
+    def probe(params) -> dict:
+        g = own(params)
+        c = g if complete is own else complete(params)
+        return {**g, "complete_recall_at_1": c["recall_at_1"],
+                "complete_gap_length": c["gap_length"]}
+    return probe
+
+
 def meets_clip_geometry(g: dict, reference_recall: float) -> bool:
-    """Whether a space's val geometry matches CLIP's Table 1 figures and trains as well."""
+    """Whether a space's val geometry matches CLIP's Table 1 figures and retrieves (on
+    complete captions) at least ``recall_share`` of the landed recipe's R@1."""
     t = CLIP_TARGETS
     return bool(g["gap_length"] >= t["gap_length"]
                 and g["gap_direction_cos"] >= t["gap_direction_cos"]
                 and abs(g["orthogonality_mean"]) <= t["orthogonality_abs_mean"]
-                and g["recall_at_1"] >= t["recall_share"] * reference_recall)
+                and g["complete_recall_at_1"] >= t["recall_share"] * reference_recall)
 
 
 _PANELS = (("gap_length", "gap length"), ("gap_direction_cos", "gap direction cos"),
@@ -180,11 +207,17 @@ def run_connect_study(config, wd: Workdir) -> dict:
     _training_figure(list(done.values()), wd.file("gap_vs_training.png"))
     meeting = sorted((r for r in done.values() if r["meets_clip_geometry"]),
                      key=lambda r: r["train_seconds"])
-    table = "\n".join(f"{r['name']:32s} gap {r['init']['gap_length']:.2f} -> "
-                      f"{r['final']['gap_length']:.2f}  cos {r['final']['gap_direction_cos']:.2f}"
-                      f"  R@1 {r['final']['recall_at_1']:.2f}  "
-                      f"{'meets' if r['meets_clip_geometry'] else '-'}" for r in done.values())
+    # Without a recipe that meets every target: the largest gap among those that train well.
+    trained = [r for r in done.values()
+               if r["final"]["complete_recall_at_1"] >= CLIP_TARGETS["recall_share"] * reference]
+    widest = max(trained, key=lambda r: r["final"]["gap_length"]) if trained else None
+    table = "\n".join(
+        f"{r['name']:26s} gap {r['init']['gap_length']:.2f} -> {r['final']['gap_length']:.2f}"
+        f"  cos {r['final']['gap_direction_cos']:.2f}  R@1 {r['final']['recall_at_1']:.2f}"
+        f" (complete captions {r['final']['complete_recall_at_1']:.2f})"
+        f"  {'meets' if r['meets_clip_geometry'] else '-'}" for r in done.values())
     print("\n" + table)
     return {"targets": CLIP_TARGETS, "reference_recall_at_1": reference,
             "axes": {a: [r.name for r in rs] for a, rs in axes.items()},
-            "recipes": done, "cheapest_meeting": meeting[0]["name"] if meeting else None}
+            "recipes": done, "cheapest_meeting": meeting[0]["name"] if meeting else None,
+            "widest_gap_trained": widest["name"] if widest else None}

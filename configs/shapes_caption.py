@@ -15,7 +15,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.experiment = "shapes_caption"
     c.seed = 0
     c.seeds = 1  # --config.seeds=3 for mean ± std (about 5 more minutes)
-    c.variants = "c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised"
+    c.variants = "c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,span_only"
     # The world: disjoint splits of 32x32 scenes, 5 captions each.
     c.image_size, c.two_object_fraction = 32, 0.3
     c.connect_size, c.train_size, c.val_size, c.test_size = 20_000, 5_000, 500, 500

@@ -69,6 +69,10 @@ def test_quick_study_measures_every_recipe_at_init_and_after_training(tmp_path):
         for g in (r["init"], r["final"]):
             assert 0 < g["gap_length"] <= 2 and -1 <= g["gap_direction_cos"] <= 1
             assert 0 <= g["recall_at_1"] <= 1 and g["effective_dim_x"] >= 1
+            if r["caption_omit"] == 0:  # complete captions: the same pairs
+                assert g["complete_recall_at_1"] == g["recall_at_1"]
+            else:
+                assert 0 <= g["complete_recall_at_1"] <= 1
     # A fixed temperature is what the run trained with.
     fixed = [n for n in recipes if "tau0.01" in n][0]
     rows = [json.loads(line) for line in open(tmp_path / "recipes" / fixed / "metrics.jsonl")]

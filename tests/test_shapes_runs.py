@@ -42,6 +42,10 @@ def test_quick_main_job_writes_every_output(tmp_path):
     assert geometry["effective_dim_x"] >= 1 and "gap_orthogonality" in geometry["statistics"]
     table = (tmp_path / "RESULTS.md").read_text()
     assert all(f"| {v} |" in table for v in variants)
+    # One seed: no "± 0.0"; one chance row.
+    assert "±" not in table and table.count("| chance") == 1 and "seed 0" in table
+    # The val-pair geometry the Connect recipe was chosen by.
+    assert 0 <= geometry["val"]["recall_at_1"] <= 1 and geometry["val"]["gap_length"] > 0
     connect_rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert any("connect_loss" in r for r in connect_rows)
     # Re-running the same command reuses everything (Connect checkpoint, captioners).
