@@ -218,7 +218,6 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
     }
 
 
-
 def recall_at_1(e_x, e_y) -> float:
     """Fraction of rows of ``e_x`` whose most cosine-similar row of ``e_y`` is their pair."""
     x, y = normalize(jnp.asarray(e_x, jnp.float32)), normalize(jnp.asarray(e_y, jnp.float32))
@@ -246,6 +245,7 @@ def space_summary(e_x, e_y, rng: jax.Array, group_size: int = 100,
         "effective_dim_y": effective_dimension(y.astype(np.float32), gamma),
         "recall_at_1": recall_at_1(x, y),
     }
+
 
 # ---------------------------------------------------------------------------
 # MLP dimensional collapse (Appendix I.2, Figure 13)
