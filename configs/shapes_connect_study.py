@@ -30,7 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.probe_steps = "0,25,50,100,200,300,400,600"
     c.group_size = 100  # Table 1's groups of pairs
     if arg == "quick":
-        c.depths, c.temperatures, c.caption_omits = "1,2", "0.01", "0,0.5"
+        c.depths, c.temperatures, c.caption_omits = "1", "0.01", "0.5"
         c.probe_steps = "0,10"
         c.group_size = 10
     elif arg:
