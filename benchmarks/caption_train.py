@@ -38,7 +38,7 @@ from c3_jax import c3
 from c3_jax.data import pipeline
 from c3_jax.geometry_runs import matmul_peak_flops
 from c3_jax.train import captioning
-from c3_jax.train import state as st
+from c3_jax import parallel
 
 EMBED_DIM = 512
 
@@ -98,7 +98,7 @@ class Ours:
         self.mapper_init = jax.tree.map(np.array, params["mapper"])  # copied: the step donates
         total = args.warmup + args.steps + 1
         tx = captioning.make_optimizer(config, total, trainable)
-        self.mesh = st.make_mesh(1)
+        self.mesh = parallel.make_mesh(1)
         run = types.SimpleNamespace(config=config, params=params, mesh=self.mesh)
         _, shardings = captioning._state_shardings(run, tx)
         self.state = captioning._initial_state(run, tx, shardings)
@@ -112,7 +112,7 @@ class Ours:
         return np.asarray(jax.random.normal(jax.random.fold_in(self.key, step), shape))
 
     def step(self, batch: dict, mean) -> dict:
-        batch = pipeline.global_batch(batch, st.batch_sharding(self.mesh))
+        batch = pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
         self.state, metrics = self.step_fn(self.state, batch, mean, self.gap, self.key)
         return metrics
 

@@ -37,7 +37,7 @@ from c3_jax import c3
 from c3_jax.geometry_runs import matmul_peak_flops
 from c3_jax.models import clip, stylegan2
 from c3_jax.train import connect, generation
-from c3_jax.train import state as st
+from c3_jax import parallel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 from configs import shapes_t2i  # noqa: E402
@@ -129,7 +129,7 @@ def main():
     opt_config = generation.base_config()
     opt_config.lr = preset["lr"]
     tx = generation.optimizer(opt_config)
-    mesh = st.make_mesh(1)
+    mesh = parallel.make_mesh(1)
 
     def init_state():
         z, c = jnp.zeros((2, gan.z_dim)), jnp.zeros((2, gan.cond_dim))
@@ -138,7 +138,7 @@ def main():
         d = disc.init(jax.random.key(3), img, c)["params"]
         return generation.GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d), g)
 
-    shardings = st.state_shardings(mesh, jax.eval_shape(init_state))
+    shardings = parallel.state_shardings(mesh, jax.eval_shape(init_state))
     state = jax.jit(init_state, out_shardings=shardings)()
     n_params = {k: sum(x.size for x in jax.tree.leaves(getattr(state, k)))
                 for k in ("g_params", "d_params")}
@@ -148,7 +148,7 @@ def main():
     mean = (e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0).astype(np.float32)
     gap = np.zeros(gan.cond_dim, np.float32)
     key = jax.random.key(0)
-    batch_sharding = st.batch_sharding(mesh)
+    batch_sharding = parallel.batch_sharding(mesh)
     batches = [jax.device_put({
         "image": rng.integers(0, 256, (b, gan.resolution, gan.resolution, 3), dtype=np.uint8),
         "embedding": rng.normal(size=(b, gan.cond_dim)).astype(np.float32)}, batch_sharding)

@@ -19,7 +19,7 @@ from absl import logging
 from c3_jax import plots, shapes_runs
 from c3_jax.data import shapes
 from c3_jax.train import connect
-from c3_jax.train import state as st
+from c3_jax import parallel
 from c3_jax.workdir import Workdir
 
 FIELDS = {"shapes_connect_study": {
@@ -92,21 +92,21 @@ def _validate(config) -> tuple:
 def _world(config, omit: float, wd: Workdir) -> str:
     """The connect and val splits of the world whose captions omit ``omit`` of the time."""
     path = wd.file(os.path.join("data", f"omit{omit:g}", "shapes_world", "1.0.0"))
-    if not st.agreed(os.path.isdir(path)):
+    if not parallel.agreed(os.path.isdir(path)):
         if wd.primary:
             shapes.build_dataset(os.path.dirname(os.path.dirname(path)),
                                  {"connect": config.connect_size, "val": config.val_size},
                                  config.seed, config.image_size,
                                  two_object_fraction=config.two_object_fraction,
                                  caption_omit=omit)
-        st.barrier("study world")
+        parallel.barrier("study world")
     return path
 
 
 def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
     """Trains one recipe (reused when its run finished) and returns its trajectory."""
     sub = Workdir(wd.file(os.path.join("recipes", recipe.name)))
-    if st.agreed(os.path.exists(sub.file("recipe.json"))):
+    if parallel.agreed(os.path.exists(sub.file("recipe.json"))):
         done = sub.read_json("recipe.json")
         if done.get("probe") == PROBE:
             return done
@@ -127,7 +127,7 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
     # another way) is trained again from its first step.
     if wd.primary and os.path.isdir(sub.file("connect")):
         shutil.rmtree(sub.file("connect"))
-    st.barrier("study recipe")
+    parallel.barrier("study recipe")
     sub.reset_metrics()
     start = time.perf_counter()
     connect.train(model, pairs, cfg, sub, sub.file("connect"), probe)

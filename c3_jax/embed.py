@@ -3,40 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from c3_jax.data import builders
 from c3_jax.data.images import ImagePreprocessor
 from c3_jax.models import clip
 from c3_jax.progress import progress_bar
-from c3_jax.train import state as st
-
-
-def data_parallel(fn: Callable, params, batches, desc: str,
-                  devices: Optional[Sequence] = None) -> np.ndarray:
-    """Applies jitted ``fn(params, *arrays)`` to host batches sharded over ``devices``:
-    by default all devices of all processes, every process passing the same batches;
-    with ``jax.local_devices()`` each process computes its own batches alone."""
-    devices = jax.devices() if devices is None else list(devices)
-    mesh = Mesh(np.array(devices), ("data",))
-    shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    params = jax.device_put(params, replicated)
-    step = jax.jit(fn, in_shardings=(replicated, shard), out_shardings=shard)
-    out = []
-    for arrays in progress_bar(batches, desc=desc, unit="batch"):
-        n = len(arrays[0])
-        pad = (-n) % len(devices)  # pad the last batch to a multiple of the device count
-        arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
-        # Every process holds the whole batch; each places its devices' rows.
-        arrays = tuple(jax.make_array_from_callback(a.shape, shard, lambda i, a=a: a[i])
-                       for a in arrays)
-        out.append(st.to_host(step(params, arrays))[:n])
-    return np.concatenate(out)
+from c3_jax import parallel
 
 
 def encode_images(module: clip.CLIP, params, preprocess: ImagePreprocessor,
@@ -49,7 +26,7 @@ def encode_images(module: clip.CLIP, params, preprocess: ImagePreprocessor,
     batches = ((preprocess.batch([Image.open(p) for p in paths[i:i + batch_size]]),)
                for i in range(0, len(paths), batch_size))
     fn = lambda prm, a: module.apply({"params": prm}, a[0], method="encode_image")
-    return data_parallel(fn, params, batches, "image embeddings", devices)
+    return parallel.data_parallel(fn, params, batches, "image embeddings", devices)
 
 
 def square_images(paths: Sequence[str], size: int) -> np.ndarray:
@@ -77,7 +54,7 @@ def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
             yield tok["input_ids"].astype(np.int32), tok["attention_mask"].astype(np.int32)
 
     fn = lambda prm, a: module.apply({"params": prm}, a[0], a[1], method="encode_text")
-    return data_parallel(fn, params, batches(), "text embeddings", devices)
+    return parallel.data_parallel(fn, params, batches(), "text embeddings", devices)
 
 
 def karpathy_split(annotation_file: str) -> dict:

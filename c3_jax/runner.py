@@ -95,8 +95,8 @@ def _check_same_run(wd: Workdir, config: dict) -> None:
 def run(config, workdir: str, **objects) -> dict:
     """Validates ``config``, runs its experiment in ``workdir`` and writes the outputs;
     ``objects`` (e.g. an in-memory encoder) go to the experiment's run function."""
-    from c3_jax.train import state as st
-    st.maybe_initialize_distributed()  # before any JAX computation; then only process 0 writes
+    from c3_jax import parallel
+    parallel.maybe_initialize_distributed()  # before any JAX computation; then only process 0 writes
     fn = resolve(config)
     wd = Workdir(workdir)
     if config.experiment in RESUMABLE:
@@ -108,6 +108,6 @@ def run(config, workdir: str, **objects) -> dict:
     results = fn(config, wd, **objects)
     results["wall_time_s"] = time.time() - start
     wd.write_json("results.json", results)
-    st.barrier(f"results {wd.path}")  # the other processes may read what process 0 wrote
+    parallel.barrier(f"results {wd.path}")  # the other processes may read what process 0 wrote
     logging.info("results written to %s", wd.file("results.json"))
     return results

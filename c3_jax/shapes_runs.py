@@ -16,7 +16,7 @@ from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokeniz
 from c3_jax.models import clip
 from c3_jax.train import captioning, connect
 from c3_jax.train import caption_data as cd
-from c3_jax.train import state as st
+from c3_jax import parallel
 from c3_jax.workdir import Workdir
 
 FIELDS = {"shapes_caption": {
@@ -44,14 +44,14 @@ METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy
 
 def _world(config, wd: Workdir) -> str:
     path = wd.file(os.path.join("data", "shapes_world", "1.0.0"))
-    if st.agreed(os.path.isdir(path)):
+    if parallel.agreed(os.path.isdir(path)):
         return path
     sizes = {"connect": config.connect_size, "train": config.train_size,
              "val": config.val_size, "test": config.test_size}
     if wd.primary:  # with several processes, process 0 builds it and the others wait
         path = shapes.build_dataset(wd.file("data"), sizes, config.seed, config.image_size,
                                     two_object_fraction=config.two_object_fraction)
-    st.barrier("shapes world")
+    parallel.barrier("shapes world")
     return path
 
 
@@ -63,11 +63,11 @@ def world_tokenizer(world: str, path: str, primary: bool,
                     splits: tuple = ("connect", "train")):
     """A word-level tokenizer of the captions of ``splits`` (shared by CLIP and GPT-2),
     built at ``path`` once."""
-    if not st.agreed(os.path.isdir(path)):
+    if not parallel.agreed(os.path.isdir(path)):
         if primary:
             build_word_tokenizer([c for s in splits
                                   for c in _all_captions(builders.data_source(world, s))], path)
-        st.barrier("shapes tokenizer")
+        parallel.barrier("shapes tokenizer")
     return load_tokenizer(path)
 
 
@@ -106,7 +106,7 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> 
     """The frozen CLIP's embeddings of the train/val/test splits (with the images), in
     COCO's layout."""
     path = wd.file(os.path.join("data", "shapes_clip", "1.0.0"))
-    if st.agreed(os.path.isdir(path)):
+    if parallel.agreed(os.path.isdir(path)):
         return path
     splits, captions = {}, {}
     for split in ("train", "val", "test"):
@@ -123,7 +123,7 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> 
         captions[split] = caps
     if wd.primary:  # every process encoded (data-parallel); process 0 writes
         path = builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
-    st.barrier("shapes embeddings")
+    parallel.barrier("shapes embeddings")
     return path
 
 
@@ -172,7 +172,7 @@ def _gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     """A GPT-2 config (trained from scratch) with the world's tokenizer."""
     path = wd.file("gpt2")
     if not wd.primary:
-        st.barrier("shapes gpt2")
+        parallel.barrier("shapes gpt2")
         return path
     os.makedirs(path, exist_ok=True)
     tokenizer.save_pretrained(path)
@@ -182,7 +182,7 @@ def _gpt2_dir(config, tokenizer, wd: Workdir) -> str:
           "eos_token_id": tokenizer.eos_token_id}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
-    st.barrier("shapes gpt2")
+    parallel.barrier("shapes gpt2")
     return path
 
 
@@ -215,7 +215,7 @@ def variant_names(text: str, known) -> list:
 def _train_captioner(config, dataset, gpt2_dir, name, seed, sigma, attrs, wd: Workdir) -> dict:
     """One captioner run in its own workdir (reused when finished); adds attribute accuracy."""
     sub = wd.file(os.path.join("captioners", f"{name}_seed{seed}"))
-    if not st.agreed(os.path.exists(os.path.join(sub, "results.json"))):
+    if not parallel.agreed(os.path.exists(os.path.join(sub, "results.json"))):
         runner.run(_captioner_config(config, dataset, gpt2_dir, name, seed, sigma), sub)
     sub_wd = Workdir(sub)
     result = sub_wd.read_json("results.json")

@@ -13,8 +13,11 @@ import torch
 import transformers
 from PIL import Image
 
-from c3_jax import main
-from c3_jax.models import clipcap
+from c3_jax import c3, main, parallel
+from c3_jax.data import pipeline
+from c3_jax.models import clipcap, gpt2
+from c3_jax.train import captioning
+from c3_jax.train import state as st
 from configs import coco_caption
 from test_embed import WORDS, _clip_dir
 
@@ -170,9 +173,9 @@ _KILL_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import ml_collections
     from c3_jax import main
-    from c3_jax.train import state as st
+    from c3_jax.train import checkpoints
     kill_at, mid_save = int(sys.argv[3]), len(sys.argv) > 4
-    save = st.Checkpoints.save
+    save = checkpoints.Checkpoints.save
     def save_then_die(self, step, *args, **kwargs):
         save(self, step, *args, **kwargs)
         if step == kill_at:
@@ -182,7 +185,7 @@ _KILL_SCRIPT = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
             self.wait()
             os.kill(os.getpid(), signal.SIGKILL)
-    st.Checkpoints.save = save_then_die
+    checkpoints.Checkpoints.save = save_then_die
     config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
     main.run(config, sys.argv[2])
 """)
@@ -287,9 +290,6 @@ def test_imagebind_audio_captioning_from_precomputed_embeddings(world, tmp_path)
 
 
 def _tiny_step_setup(accumulate, dtype="float32", batch=8):
-    from c3_jax import c3
-    from c3_jax.models import gpt2
-    from c3_jax.train import captioning, state as st
     gpt = gpt2.GPT2Config(vocab_size=20, max_positions=16, width=16, depth=1, heads=2)
     model = clipcap.ClipCap(clipcap.MapperConfig("mlp", 2), gpt,
                             captioning.DTYPES[dtype])
@@ -299,10 +299,10 @@ def _tiny_step_setup(accumulate, dtype="float32", batch=8):
             "mask": np.ones((batch, 5), np.int32)}
     params = model.init(jax.random.key(0), data["embedding"], data["ids"], data["mask"])["params"]
     tx = st.adamw(1e-2, 1, 10, 0.01, accumulate=accumulate)
-    mesh = st.make_mesh(1)
+    mesh = parallel.make_mesh(1)
     abstract = jax.eval_shape(lambda p: st.TrainState(jax.numpy.zeros((), "int32"), p,
                                                       tx.init(p)), params)
-    sh = st.state_shardings(mesh, abstract)
+    sh = parallel.state_shardings(mesh, abstract)
     step = captioning.make_train_step(model, tx, c3.variant("c3", 0.0), mesh, sh)
     state = st.TrainState(jax.numpy.zeros((), "int32"), params, tx.init(params))
     mean = np.zeros(6, np.float32)
@@ -310,11 +310,9 @@ def _tiny_step_setup(accumulate, dtype="float32", batch=8):
 
 
 def test_gradient_accumulation_equals_one_large_batch():
-    from c3_jax.data import pipeline
-    from c3_jax.train import state as st
     big, state, data, mean, mesh = _tiny_step_setup(1, batch=16)
     key, zero = jax.random.key(0), np.zeros(6, np.float32)
-    put = lambda d: pipeline.global_batch(d, st.batch_sharding(mesh))
+    put = lambda d: pipeline.global_batch(d, parallel.batch_sharding(mesh))
     want, _ = big(state, put(data), mean, zero, key)
     small, state2, _, _, _ = _tiny_step_setup(2, batch=16)
     half = lambda i: {k: v[i * 8:(i + 1) * 8] for k, v in data.items()}
@@ -328,12 +326,10 @@ def test_gradient_accumulation_equals_one_large_batch():
 
 
 def test_bfloat16_step_keeps_float32_params_and_close_loss():
-    from c3_jax.data import pipeline
-    from c3_jax.train import state as st
     losses = {}
     for dtype in ("float32", "bfloat16"):
         step, state, data, mean, mesh = _tiny_step_setup(1, dtype)
-        new, metrics = step(state, pipeline.global_batch(data, st.batch_sharding(mesh)), mean,
+        new, metrics = step(state, pipeline.global_batch(data, parallel.batch_sharding(mesh)), mean,
                             np.zeros(6, np.float32), jax.random.key(0))
         assert all(p.dtype == np.float32 for p in jax.tree.leaves(new.params))
         losses[dtype] = float(metrics["loss"])

@@ -229,6 +229,7 @@ def test_position_saved_by_the_previous_grain_pipeline_resumes_at_the_same_batch
     import grain.python as gp
     import jax.numpy as jnp
     import orbax.checkpoint as ocp
+    from c3_jax.train import checkpoints
     from c3_jax.train import state as st
     path = builders.build_pairs_dataset("toy_pairs", str(tmp_path / "data"),
                                         _splits(np.random.default_rng(10)))
@@ -245,9 +246,9 @@ def test_position_saved_by_the_previous_grain_pipeline_resumes_at_the_same_batch
                                              data=grain.checkpoint.CheckpointSave(old)))
         mngr.wait_until_finished()
     new = iter(pipeline.make_loader(src, 4, seed=5))
-    ckpts = st.Checkpoints(str(tmp_path / "ckpt"))
+    ckpts = checkpoints.Checkpoints(str(tmp_path / "ckpt"))
     try:
-        restored = ckpts.restore(st.abstract(state), new)
+        restored = ckpts.restore(checkpoints.abstract(state), new)
     finally:
         ckpts.close()
     np.testing.assert_array_equal(restored.params["w"], np.ones(3))

@@ -24,20 +24,20 @@ _SCRIPT = textwrap.dedent("""
     import ml_collections
     from absl import logging
     from c3_jax import main
-    from c3_jax.train import state as st
+    from c3_jax.train import checkpoints
     stop_at = int(sys.argv[3])
     logging.set_verbosity(logging.INFO)
 
     class Stop(Exception):
         pass
 
-    save = st.Checkpoints.save
+    save = checkpoints.Checkpoints.save
     def save_then_stop(self, step, *args, **kwargs):
         save(self, step, *args, **kwargs)
         if step == stop_at:  # every process: leave cleanly after this checkpoint
             self.wait()
             raise Stop
-    st.Checkpoints.save = save_then_stop
+    checkpoints.Checkpoints.save = save_then_stop
     config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
     try:
         main.run(config, sys.argv[2])

@@ -9,7 +9,7 @@ from scipy import signal, special
 from c3_jax import c3
 from c3_jax.models import stylegan2 as sg
 from c3_jax.train import generation
-from c3_jax.train import state as st
+from c3_jax import parallel
 
 TINY = sg.GANConfig(resolution=8, cond_dim=6, z_dim=8, w_dim=8, mapping_layers=2,
                     cond_hidden=8, channel_base=64, channel_max=8)
@@ -297,8 +297,8 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
     tx = generation.optimizer(tx_config)
     ema0 = jax.tree.map(lambda v: v + 0.1, g)  # an EMA that differs from g
     state0 = generation.GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d), ema0)
-    mesh = st.make_mesh(1)  # the batch over conftest's 8 host devices
-    shardings = st.state_shardings(mesh, jax.eval_shape(lambda: state0))
+    mesh = parallel.make_mesh(1)  # the batch over conftest's 8 host devices
+    shardings = parallel.state_shardings(mesh, jax.eval_shape(lambda: state0))
     transform = c3.variant("c3")
     step_fn = generation.make_train_step(gen, disc, encoder, transform, cfg, tx, tx, mesh,
                                          shardings)
@@ -314,7 +314,7 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
 
     state = jax.device_put(state0, shardings)
     before = jax.tree.map(np.array, state)  # copied: the step donates its state
-    state, m0 = step_fn(state, jax.device_put(batch(), st.batch_sharding(mesh)), mean, gap, key,
+    state, m0 = step_fn(state, jax.device_put(batch(), parallel.batch_sharding(mesh)), mean, gap, key,
                         True)
     after = jax.tree.map(np.array, state)
     m0 = {k: float(v) for k, v in m0.items()}
@@ -339,7 +339,7 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
             bound = tx_config.lr * (1 + 1e-5) + 2 * np.spacing(np.abs(p0).astype(np.float32))
             assert np.all(np.abs(p1 - p0) <= bound)
 
-    state, m1 = step_fn(state, jax.device_put(batch(), st.batch_sharding(mesh)), mean, gap, key,
+    state, m1 = step_fn(state, jax.device_put(batch(), parallel.batch_sharding(mesh)), mean, gap, key,
                         False)
     m1 = {k: float(v) for k, v in m1.items()}
     assert all(np.isfinite(v) for v in m1.values()), m1

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from c3_jax.train import state as st
+from c3_jax import parallel
 
 VERSION = "1.0.0"
 
@@ -122,7 +122,7 @@ def build_pairs_dataset(name: str, data_dir: str,
     if primary:
         shutil.rmtree(tmp, ignore_errors=True)  # a build that died before its rename
         os.makedirs(tmp)
-    st.barrier(f"dataset {name}: directory")
+    parallel.barrier(f"dataset {name}: directory")
     features = _features(splits, captions)
     template = tfds.core.ShardedFileTemplate(
         data_dir=tmp, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
@@ -134,11 +134,11 @@ def build_pairs_dataset(name: str, data_dir: str,
                      captions.get(s) if captions else None, start)
         logging.info("process %d of %d wrote rows %d..%d of %s/%s", p, count, start,
                      start + rows[p, 1 + j], name, s)
-    st.barrier(f"dataset {name}: shards")
+    parallel.barrier(f"dataset {name}: shards")
     if primary:
         _write_info(template, features, names, rows[:, 1:])
         os.rename(tmp, final)
-    st.barrier(f"dataset {name}: done")
+    parallel.barrier(f"dataset {name}: done")
     return final
 
 

@@ -23,6 +23,8 @@ from c3_jax.data import builders, pipeline
 from c3_jax.data.text import load_tokenizer
 from c3_jax.models import checkpoint, clipcap, decoding, gpt2
 from c3_jax.train import caption_data as cd
+from c3_jax import parallel
+from c3_jax.train import checkpoints
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -141,7 +143,7 @@ def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
         return st.guard_finite(st.TrainState(state.step + 1, params, opt_state), state,
                                metrics, skip_nonfinite)
 
-    batch_sh = st.batch_sharding(mesh)
+    batch_sh = parallel.batch_sharding(mesh)
     return jax.jit(step, in_shardings=(state_sharding, batch_sh, repl, repl, repl),
                    out_shardings=(state_sharding, repl), donate_argnums=0)
 
@@ -156,7 +158,7 @@ def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh):
         loss, count = clipcap.caption_loss(logits, batch["ids"], batch["mask"], prefix_length)
         return loss * count, count
 
-    return jax.jit(fn, in_shardings=(None, st.batch_sharding(mesh), None))
+    return jax.jit(fn, in_shardings=(None, parallel.batch_sharding(mesh), None))
 
 
 # ---------------------------------------------------------------------------
@@ -171,8 +173,8 @@ class _Run:
 
     def __init__(self, config, wd: Workdir):
         self.config, self.wd = config, wd
-        st.maybe_initialize_distributed()
-        self.mesh = st.make_mesh(config.fsdp)
+        parallel.maybe_initialize_distributed()
+        self.mesh = parallel.make_mesh(config.fsdp)
         self.train_source = builders.data_source(config.dataset_dir, config.train_split)
         rows = (None if config.train_fraction >= 1 else
                 cd.fraction_rows(len(self.train_source), config.train_fraction, config.seed))
@@ -223,7 +225,7 @@ def _validation_loss(run: _Run, params, eval_loss, mean) -> Optional[float]:
     for i, local in enumerate(loader):
         if i >= config.val_batches:
             break
-        s, c = eval_loss(params, pipeline.global_batch(local, st.batch_sharding(run.mesh)), mean)
+        s, c = eval_loss(params, pipeline.global_batch(local, parallel.batch_sharding(run.mesh)), mean)
         total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)
 
@@ -241,13 +243,13 @@ def _initial_state(run: _Run, tx, shardings) -> st.TrainState:
 def _state_shardings(run: _Run, tx):
     abstract = jax.eval_shape(lambda p: st.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                               run.params)
-    return abstract, st.state_shardings(run.mesh, abstract)
+    return abstract, parallel.state_shardings(run.mesh, abstract)
 
 
 def train(run: _Run) -> tuple:
     """Trains (or resumes) in ``run.wd``; returns (params, training summary)."""
     config, wd = run.config, run.wd
-    local_batch = st.local_batch_size(config.batch_size, len(run.pairs), "training pairs")
+    local_batch = parallel.local_batch_size(config.batch_size, len(run.pairs), "training pairs")
     steps = total_steps(config, len(run.pairs))
     tx = make_optimizer(config, max(steps // config.grad_accum, 1), run.trainable)
     abstract, shardings = _state_shardings(run, tx)
@@ -257,7 +259,7 @@ def train(run: _Run) -> tuple:
                               config.skip_nonfinite)
     eval_loss = make_eval_loss(run.model, run.transform, run.mesh)
     data = iter(_loader(run.pairs, local_batch, config.seed))
-    ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
                                         lambda: _initial_state(run, tx, shardings))
     wd.truncate_metrics(start)
@@ -267,7 +269,7 @@ def train(run: _Run) -> tuple:
     summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs)}
     watch = st.NonFiniteWatch()
     for i in bar:
-        batch = pipeline.global_batch(next(data), st.batch_sharding(run.mesh))
+        batch = pipeline.global_batch(next(data), parallel.batch_sharding(run.mesh))
         state, metrics = step_fn(state, batch, mean, gap, key)
         done = i + 1
         watch.update(metrics, done)
@@ -318,7 +320,7 @@ def restore_run_params(run: _Run, run_dir: str):
                                 "of a finished captioning run")
     tx = make_optimizer(run.config, 1, run.trainable)
     abstract, shardings = _state_shardings(run, tx)
-    return st.restore_params(directory, st.abstract(abstract, shardings))
+    return checkpoints.restore_params(directory, checkpoints.abstract(abstract, shardings))
 
 
 # ---------------------------------------------------------------------------
@@ -356,13 +358,13 @@ def generate(run: _Run, params, embeddings: np.ndarray, mean: Optional[np.ndarra
     prefix_fn = jax.jit(lambda p, e: run.model.apply(
         {"params": p}, c3.apply_transform(transform, e, mean) + shift, method="prefix"))
     decode = _decoder(config, decoder, stops, run.tokenizer.eos_token_id)
-    sharding = st.batch_sharding(run.mesh)
+    sharding = parallel.batch_sharding(run.mesh)
     batch, n, out = _eval_batch(config), len(embeddings), []
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
         e = jax.make_array_from_callback(padded.shape, sharding, lambda idx: padded[idx])
-        tokens = st.to_host(decode(params["gpt"], prefix_fn(params, e)))[:len(chunk)]
+        tokens = parallel.to_host(decode(params["gpt"], prefix_fn(params, e)))[:len(chunk)]
         out.extend(_decode_text(run.tokenizer, row, stops) for row in tokens)
     return out
 

@@ -14,6 +14,8 @@ from c3_jax.progress import progress_bar
 from c3_jax.data import pipeline
 from c3_jax.models import clip
 from c3_jax.train import caption_data as cd
+from c3_jax import parallel
+from c3_jax.train import checkpoints
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -84,7 +86,7 @@ def make_step(model: clip.CLIP, tx, mesh, shardings, temperature: float = 0.0):
         return st.TrainState(state.step + 1, params, opt_state), metrics
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(step, in_shardings=(shardings, st.batch_sharding(mesh)),
+    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
                    out_shardings=(shardings, repl), donate_argnums=0)
 
 
@@ -96,17 +98,17 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
     """Trains (or resumes, or reloads when finished) the CLIP on tokenized (image, caption)
     ``pairs`` with checkpoints in ``directory``; returns params. ``probe(params)`` is
     logged (keys prefixed ``probe_``) at the steps of ``config.probe_at``."""
-    mesh = st.make_mesh(1)
+    mesh = parallel.make_mesh(1)
     cfg = model.config
     example = (jnp.zeros((1, 3, cfg.image_size, cfg.image_size)), jnp.zeros((1, 2), jnp.int32))
     params = jax.jit(model.init)(jax.random.key(config.seed), *example)["params"]
     tx = st.adamw(config.lr, config.warmup_steps, config.steps, config.weight_decay)
     abstract = jax.eval_shape(lambda p: st.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                               params)
-    shardings = st.state_shardings(mesh, abstract)
+    shardings = parallel.state_shardings(mesh, abstract)
     data = iter(pipeline.make_loader(pairs, config.batch_size // jax.process_count(),
                                      config.seed))
-    ckpts = st.Checkpoints(directory)
+    ckpts = checkpoints.Checkpoints(directory)
     state, start = ckpts.resume_or_init(abstract, shardings, data, lambda: jax.device_put(
         st.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), shardings))
     step_fn = make_step(model, tx, mesh, shardings, config.temperature)
@@ -121,7 +123,7 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
                        desc="connect", unit="step")
     for i in bar:
         state, metrics = step_fn(state, pipeline.global_batch(next(data),
-                                                              st.batch_sharding(mesh)))
+                                                              parallel.batch_sharding(mesh)))
         done = i + 1
         if done % config.log_every == 0 or done == config.steps:
             host = {f"connect_{k}": float(v) for k, v in jax.device_get(metrics).items()}
@@ -139,7 +141,6 @@ def encode(model: clip.CLIP, params, images: Optional[np.ndarray] = None,
            ids: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None,
            batch_size: int = 1024) -> np.ndarray:
     """Frozen features of uint8 ``images`` or of token ``ids``/``mask``, data-parallel."""
-    from c3_jax import embed
     if images is not None:
         fn = lambda p, a: model.apply({"params": p}, pixels(a[0]), method="encode_image")
         arrays = (images,)
@@ -148,7 +149,7 @@ def encode(model: clip.CLIP, params, images: Optional[np.ndarray] = None,
         arrays = (ids, mask)
     batches = (tuple(a[i:i + batch_size] for a in arrays)
                for i in range(0, len(arrays[0]), batch_size))
-    return embed.data_parallel(fn, params, batches, "image features" if images is not None
+    return parallel.data_parallel(fn, params, batches, "image features" if images is not None
                                else "text features")
 
 

@@ -29,6 +29,8 @@ from c3_jax.data import builders, pipeline
 from c3_jax.models import stylegan2
 from c3_jax.train import caption_data as cd
 from c3_jax.train import connect
+from c3_jax import parallel
+from c3_jax.train import checkpoints
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -209,7 +211,7 @@ def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
         return st.guard_finite(new, state, metrics, skip_nonfinite)
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(step, in_shardings=(shardings, st.batch_sharding(mesh), repl, repl, repl),
+    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), repl, repl, repl),
                    out_shardings=(shardings, repl), static_argnums=5, donate_argnums=0)
 
 
@@ -223,7 +225,7 @@ def make_generate(gen: stylegan2.Generator, transform: c3.C3Transform, mesh):
         return to_uint8(gen.apply({"params": params}, z, cond, noise_key))
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(fn, in_shardings=(None, st.batch_sharding(mesh), None, None),
+    return jax.jit(fn, in_shardings=(None, parallel.batch_sharding(mesh), None, None),
                    out_shardings=repl)  # every process gets all images
 
 
@@ -298,8 +300,8 @@ class _Run:
 
     def __init__(self, config, wd: Workdir, encoder: Optional[Encoder] = None):
         self.config, self.wd = config, wd
-        st.maybe_initialize_distributed()
-        self.mesh = st.make_mesh(config.fsdp)
+        parallel.maybe_initialize_distributed()
+        self.mesh = parallel.make_mesh(config.fsdp)
         self.train_source = builders.data_source(config.dataset_dir, config.train_split)
         self.rows = ImageRows(self.train_source, config.image_field, config.train_field)
         self.encoder = encoder or clip_encoder(config.clip)
@@ -335,14 +337,14 @@ class _Run:
 
     def shardings(self):
         abstract = jax.eval_shape(self.init_state)
-        return abstract, st.state_shardings(self.mesh, abstract)
+        return abstract, parallel.state_shardings(self.mesh, abstract)
 
 
 def _check_batch(config, rows: ImageRows) -> int:
     if config.batch_size % config.mbstd_group and config.batch_size > config.mbstd_group:
         raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
                          f"mbstd_group={config.mbstd_group}")
-    return st.local_batch_size(config.batch_size, len(rows), "training images")
+    return parallel.local_batch_size(config.batch_size, len(rows), "training images")
 
 
 def train(run: _Run) -> tuple:
@@ -357,7 +359,7 @@ def train(run: _Run) -> tuple:
                               StepConfig.from_config(config), run.tx, run.tx, run.mesh,
                               shardings, config.skip_nonfinite)
     data = iter(pipeline.make_loader(run.rows, local_batch, config.seed))
-    ckpts = st.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
                                         jax.jit(run.init_state, out_shardings=shardings))
     wd.truncate_metrics(start)
@@ -368,7 +370,7 @@ def train(run: _Run) -> tuple:
     summary = {"steps": steps, "resumed_from": start, "train_images": len(run.rows)}
     watch = st.NonFiniteWatch()
     for i in bar:
-        batch = pipeline.global_batch(next(data), st.batch_sharding(run.mesh))
+        batch = pipeline.global_batch(next(data), parallel.batch_sharding(run.mesh))
         state, metrics = step_fn(state, batch, mean, gap, key, i % config.r1_every == 0)
         done = i + 1
         watch.update(metrics, done)
@@ -393,7 +395,7 @@ def restore_ema(run: _Run, run_dir: str):
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory; pass the --workdir "
                                 "of a finished generation run")
     abstract, shardings = run.shardings()
-    return st.restore_state(directory, st.abstract(abstract, shardings)).ema
+    return checkpoints.restore_state(directory, checkpoints.abstract(abstract, shardings)).ema
 
 
 # ---------------------------------------------------------------------------
@@ -467,7 +469,7 @@ def evaluate(run: _Run, params, limit: int = 0) -> dict:
 
 def _global(x: np.ndarray, mesh) -> jax.Array:
     """A batch every process holds in full, as a global array split over the devices."""
-    return jax.make_array_from_callback(x.shape, st.batch_sharding(mesh), lambda i: x[i])
+    return jax.make_array_from_callback(x.shape, parallel.batch_sharding(mesh), lambda i: x[i])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

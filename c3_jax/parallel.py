@@ -1,0 +1,153 @@
+"""Several devices and processes: distributed start-up, agreement between processes,
+the device mesh and shardings, and moving arrays between host and devices."""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from c3_jax.progress import progress_bar
+
+DATA_AXES = ("data", "fsdp")  # a batch is split over every device
+
+def barrier(name: str) -> None:
+    """Waits for every process (no-op with one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def agreed(value: bool) -> bool:
+    """Process 0's ``value`` on every process (e.g. whether a file exists, so that all
+    processes take the same branch)."""
+    if jax.process_count() == 1:
+        return bool(value)
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(value))))
+
+
+def maybe_initialize_distributed() -> None:
+    """Starts JAX's multi-controller runtime when the environment describes several processes.
+
+    Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (a loopback
+    coordinator keeps the coordinator and CPU collectives on 127.0.0.1). Auto-detected by
+    ``jax.distributed.initialize()`` itself: SLURM jobs of several tasks, GKE TPU pods, and
+    any environment when C3_DISTRIBUTED=1 (e.g. Cloud TPU VM slices, launch/tpu_pod.sh).
+    """
+    explicit = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
+    forced = os.environ.get("C3_DISTRIBUTED", "0") not in ("", "0")
+    if jax.distributed.is_initialized() or not (explicit or slurm or tpu_pod or forced):
+        return
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process
+    if explicit and not all(os.environ.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")):
+        raise ValueError(f"JAX_COORDINATOR_ADDRESS={explicit} is set, so JAX_NUM_PROCESSES and "
+                         "JAX_PROCESS_ID must be set too (launch/local_multiprocess.sh sets all "
+                         "three)")
+    if explicit:
+        local = explicit.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
+        if local:  # processes of one machine (launch/local_multiprocess.sh, tests)
+            _gloo_on_loopback()
+        jax.distributed.initialize(explicit, int(os.environ["JAX_NUM_PROCESSES"]),
+                                   int(os.environ["JAX_PROCESS_ID"]),
+                                   coordinator_bind_address=explicit if local else None)
+    else:
+        jax.distributed.initialize()
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _gloo_on_loopback() -> None:
+    """Makes JAX's CPU collectives (gloo) listen on 127.0.0.1 rather than on the address
+    of the machine's hostname (jaxlib has no setting for it; skipped if its API differs)."""
+    try:
+        from jax._src import xla_bridge
+        make = xla_bridge._jax.make_gloo_tcp_collectives
+        if "hostname" not in (make.__doc__ or "") and "hostname" not in str(
+                inspect.signature(make)):
+            return
+    except (AttributeError, ImportError, TypeError, ValueError):
+        return
+    if not isinstance(make, functools.partial):
+        xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(make, hostname="127.0.0.1")
+
+def local_batch_size(batch_size: int, available: int, what: str) -> int:
+    """This process's share of a global batch, once the batch is known to split over the
+    devices and to fit in the ``available`` items (``what``: e.g. 'training pairs')."""
+    n = jax.device_count()
+    if batch_size % n or batch_size % jax.process_count():
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the {n} devices")
+    if available < batch_size:
+        raise ValueError(f"{available} {what} are fewer than batch_size={batch_size}")
+    return batch_size // jax.process_count()
+
+
+def make_mesh(fsdp: int = 1) -> Mesh:
+    """A (data, fsdp) mesh over all devices; ``fsdp`` devices share each parameter."""
+    n = jax.device_count()
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"fsdp={fsdp} must divide the device count {n}")
+    # Devices grouped by process, so that process p holds rows [p*L, (p+1)*L) of a batch
+    # split over (data, fsdp): the slice its data loader reads (data/pipeline.py).
+    devices = sorted(jax.devices(), key=lambda d: d.process_index)
+    return Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), DATA_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over all devices."""
+    return NamedSharding(mesh, P(DATA_AXES))
+
+
+def _leaf_spec(shape: tuple, fsdp: int, min_size: int) -> P:
+    """Shards the largest axis divisible by ``fsdp`` (for arrays of ``min_size``+ elements)."""
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    axes = sorted(range(len(shape)), key=lambda i: -shape[i])
+    for i in axes:
+        if shape[i] % fsdp == 0:
+            return P(*([None] * i + ["fsdp"]))
+    return P()
+
+
+def state_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):
+    """NamedShardings for params / optimizer state: replicated over 'data', split over 'fsdp'."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda a: NamedSharding(mesh, _leaf_spec(a.shape, fsdp, min_size)),
+                        abstract_tree)
+
+
+def to_host(tree) -> Any:
+    """A pytree of (possibly sharded, multi-process) arrays as numpy, whole, on every host:
+    an array on this process's devices alone is read as it is, a global one gathered."""
+    gather = lambda a: (a if getattr(a, "is_fully_addressable", True) else
+                        multihost_utils.process_allgather(a, tiled=True))
+    return jax.tree.map(lambda a: np.asarray(gather(a)), tree)
+
+
+def data_parallel(fn: Callable, params, batches, desc: str,
+                  devices: Optional[Sequence] = None) -> np.ndarray:
+    """Applies jitted ``fn(params, *arrays)`` to host batches sharded over ``devices``:
+    by default all devices of all processes, every process passing the same batches;
+    with ``jax.local_devices()`` each process computes its own batches alone."""
+    devices = jax.devices() if devices is None else list(devices)
+    mesh = Mesh(np.array(devices), ("data",))
+    shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    params = jax.device_put(params, replicated)
+    step = jax.jit(fn, in_shardings=(replicated, shard), out_shardings=shard)
+    out = []
+    for arrays in progress_bar(batches, desc=desc, unit="batch"):
+        n = len(arrays[0])
+        pad = (-n) % len(devices)  # pad the last batch to a multiple of the device count
+        arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
+        # Every process holds the whole batch; each places its devices' rows.
+        arrays = tuple(jax.make_array_from_callback(a.shape, shard, lambda i, a=a: a[i])
+                       for a in arrays)
+        out.append(to_host(step(params, arrays))[:n])
+    return np.concatenate(out)
