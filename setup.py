@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Connect, Collapse, Corrupt (ICLR 2024) in JAX/Flax: cross-modal tasks from "
                 "uni-modal data, and the geometry of contrastive spaces.",
-    packages=find_packages(include=["c3_jax", "c3_jax.*"]),
+    packages=find_packages(include=["c3_jax", "c3_jax.*", "configs"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35",

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c3_jax.geometry_runs import matmul_peak_flops
+from c3_jax.timing import matmul_peak_flops
 from c3_jax.models import decoding, gpt2
 
 

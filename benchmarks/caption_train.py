@@ -31,14 +31,14 @@ import time
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from c3_jax import c3
 from c3_jax.data import pipeline
-from c3_jax.geometry_runs import matmul_peak_flops
+from c3_jax.timing import matmul_peak_flops
 from c3_jax.train import captioning
 from c3_jax import parallel
+from configs import caption_base
 
 EMBED_DIM = 512
 
@@ -89,7 +89,7 @@ class Ours:
     """Our train step exactly as ``captioning.train`` builds it."""
 
     def __init__(self, gpt_dir: str, args, sigma: float):
-        config = captioning.base_config()
+        config = caption_base.get_config()
         config.gpt2, config.dtype, config.noise_sigma = gpt_dir, args.dtype, sigma
         config.variant, config.batch_size, config.seed = "c3", args.batch, 0
         config.warmup_steps = 0  # lr 2e-5 from the first step (the schedule costs nothing)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from c3_jax import geometry
-from c3_jax.geometry_runs import matmul_peak_flops
+from c3_jax.timing import matmul_peak_flops
 
 
 def ours(x, y, steps, chunk, tau, lr, norm):

@@ -9,7 +9,7 @@ state donated, on ``state.make_mesh(1)``), with random weights and random batche
     channel_max 32, batch 32, R1 gamma 1 every 16 steps) and its world's CLIP image tower
     (width 64, depth 2, 4 heads, MLP 256, gelu, patch 8, projection 64), wrapped as
     ``shapes_t2i._encoder`` wraps it;
-  * ``--preset coco64``: the COCO setup of ``generation.base_config()`` (z 512, w 512,
+  * ``--preset coco64``: the COCO setup of ``t2i_base.get_config()`` (z 512, w 512,
     8 mapping layers, cond_hidden 512, R1 gamma 10 every 16 steps, batch 16) at 64x64 with
     channel_base 8192, channel_max 128, and a ViT-B/32-shaped CLIP image tower (random
     weights) at 224x224, resized and normalized as ``generation.clip_encoder`` does.
@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from c3_jax import c3
-from c3_jax.geometry_runs import matmul_peak_flops
+from c3_jax.timing import matmul_peak_flops
 from c3_jax.models import clip, stylegan2
 from c3_jax.train import connect, generation
 from c3_jax import parallel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
-from configs import shapes_t2i  # noqa: E402
+from configs import shapes_t2i, t2i_base  # noqa: E402
 
 
 def _shapes_preset() -> dict:
@@ -62,7 +62,7 @@ def _shapes_preset() -> dict:
 
 
 def _coco64_preset() -> dict:
-    c = generation.base_config()
+    c = t2i_base.get_config()
     gan = stylegan2.GANConfig(resolution=64, cond_dim=512, z_dim=c.z_dim, w_dim=c.w_dim,
                               mapping_layers=c.mapping_layers, cond_hidden=c.cond_hidden,
                               channel_base=8192, channel_max=128, mbstd_group=c.mbstd_group)
@@ -126,7 +126,7 @@ def main():
     gen, disc = stylegan2.Generator(gan), stylegan2.Discriminator(gan)
     encoder = make_encoder(preset["clip"], args.preset)
     transform = c3.variant("c3")
-    opt_config = generation.base_config()
+    opt_config = t2i_base.get_config()
     opt_config.lr = preset["lr"]
     tx = generation.optimizer(opt_config)
     mesh = parallel.make_mesh(1)

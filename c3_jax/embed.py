@@ -11,6 +11,7 @@ from PIL import Image
 
 from c3_jax.data import builders
 from c3_jax.data.images import ImagePreprocessor
+from c3_jax.data.text import load_tokenizer
 from c3_jax.models import clip
 from c3_jax.progress import progress_bar
 from c3_jax import parallel
@@ -75,13 +76,13 @@ def karpathy_split(annotation_file: str) -> dict:
 
 def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir: str,
                  name: str = "coco_karpathy_clip", captions_per_image: int = 5,
-                 batch_size: int = 256, image_size: int = 0) -> str:
+                 batch_size: int = 256, image_size: int = 0, overwrite: bool = False) -> str:
     """Writes one example per image: its embedding, its first ``captions_per_image``
     caption embeddings [k, d], those captions, the COCO id and, when ``image_size`` > 0,
     the image itself (uint8, shortest edge resized, centre-cropped square: for
     text-to-image). With several JAX processes each reads and encodes its own part of
     every split on its own devices and writes it as its shard of the one dataset."""
-    from c3_jax.data.text import load_tokenizer
+    builders.check_new(data_dir, name, overwrite)  # before loading or encoding anything
     module, params = clip.from_pretrained(clip_dir)
     preprocess, tokenizer = ImagePreprocessor.from_pretrained(clip_dir), load_tokenizer(clip_dir)
     k, devices = captions_per_image, jax.local_devices()
@@ -102,7 +103,8 @@ def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir:
         if image_size > 0:
             splits[split]["image"] = square_images(paths, image_size)
         captions[split] = caps
-    return builders.build_pairs_dataset(name, data_dir, splits, captions, local_rows=True)
+    return builders.build_pairs_dataset(name, data_dir, splits, captions, local_rows=True,
+                                        overwrite=overwrite)
 
 
 def _check_coco(splits: dict, image_root: str, k: int) -> None:

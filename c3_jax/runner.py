@@ -1,37 +1,28 @@
-"""Running an experiment: config validation, dispatch, and the workdir's run outputs."""
+"""Running an experiment: every check of its config and workdir first, then one run that
+owns the workdir (a lock) and writes config.json, metrics, results.json and figures."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
+import math
 import os
+import subprocess
+import sys
 import time
 from typing import Callable, Mapping
 
 from absl import logging
 
-from c3_jax.workdir import Workdir
-
-# experiment name -> "module:function"; each module also defines FIELDS[experiment].
-EXPERIMENTS = {
-    "geometry_synthetic": "c3_jax.geometry_runs:run_synthetic",
-    "geometry_mlp_collapse": "c3_jax.geometry_runs:run_mlp_collapse",
-    "geometry_embeddings": "c3_jax.geometry_runs:run_embeddings",
-    "embeddings_dataset": "c3_jax.data.dataset_runs:run_embeddings_dataset",
-    "coco_extract": "c3_jax.data.dataset_runs:run_coco_extract",
-    "caption": "c3_jax.train.captioning:run_caption",
-    "caption_gap_sensitivity": "c3_jax.train.captioning:run_gap_sensitivity",
-    "shapes_caption": "c3_jax.shapes_runs:run_shapes_caption",
-    "generate": "c3_jax.train.generation:run_generate",
-    "shapes_t2i": "c3_jax.shapes_t2i:run_shapes_t2i",
-    "shapes_connect_study": "c3_jax.connect_study:run_connect_study",
-}
-# Experiments that resume from the checkpoints in their workdir (and keep its metrics).
-RESUMABLE = {"caption", "caption_gap_sensitivity", "shapes_caption", "generate", "shapes_t2i",
-             "shapes_connect_study"}
+from c3_jax import parallel
+from c3_jax.experiments import EXPERIMENTS, RESUMABLE, STAGED
+from c3_jax.workdir import Workdir, check_usable
 
 
 class ConfigError(ValueError):
-    """A config that cannot run: unknown experiment, missing, unknown or mistyped field."""
+    """A config or workdir that cannot run: unknown experiment, missing, unknown, mistyped
+    or out-of-range field, or a workdir that holds another run."""
 
 
 def _type_ok(value, expected: type) -> bool:
@@ -43,7 +34,8 @@ def _type_ok(value, expected: type) -> bool:
 
 
 def validate(config: Mapping, fields: Mapping[str, type], experiment: str) -> None:
-    """Checks that ``config`` holds exactly ``fields`` (plus 'experiment'), with their types."""
+    """Checks that ``config`` holds exactly ``fields`` (plus 'experiment'), with their types,
+    and that no number is NaN or infinite."""
     present = set(config.keys()) - {"experiment"}
     for name, expected in fields.items():
         if name not in config:
@@ -53,6 +45,8 @@ def validate(config: Mapping, fields: Mapping[str, type], experiment: str) -> No
         if not _type_ok(value, expected):
             raise ConfigError(f"config field {name!r} must be {expected.__name__}, got "
                               f"{type(value).__name__} {value!r}")
+        if expected is float and not math.isfinite(value):
+            raise ConfigError(f"config field {name!r} is {value}; it must be a finite number")
     unknown = sorted(present - set(fields))
     if unknown:
         raise ConfigError(f"config field(s) {unknown} are not used by experiment {experiment!r}; "
@@ -60,7 +54,8 @@ def validate(config: Mapping, fields: Mapping[str, type], experiment: str) -> No
 
 
 def resolve(config) -> Callable:
-    """Returns the run function for ``config.experiment`` after validating the config."""
+    """The run function for ``config.experiment``, after checking the config's field names
+    and types (``check_values`` checks the values)."""
     name = config.get("experiment") if hasattr(config, "get") else None
     if name is None:
         raise ConfigError(f"config has no 'experiment' field; set one of {sorted(EXPERIMENTS)}")
@@ -72,42 +67,113 @@ def resolve(config) -> Callable:
     return getattr(module, fn_name)
 
 
-def _has_progress(wd: Workdir) -> bool:
-    """Whether a run in ``wd`` got as far as a metric or a checkpoint."""
+def check_values(config) -> None:
+    """The experiment's own ``check(config)``: value ranges, variant names, input files and
+    tools, so that a bad value fails before anything is written or computed."""
+    module = importlib.import_module(EXPERIMENTS[config.experiment].split(":")[0])
+    check = getattr(module, "check", None)
+    if check is not None:
+        try:
+            check(config)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
+
+
+def _has_progress(path: str) -> bool:
+    """Whether a run in ``path`` got as far as a metric, a checkpoint, a stage or results."""
     steps = lambda d: os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
-    return os.path.exists(wd.file("metrics.jsonl")) or any(
-        steps(wd.file(os.path.join("checkpoints", k))) for k in ("latest", "best"))
+    return (any(os.path.exists(os.path.join(path, f))
+                for f in ("metrics.jsonl", "results.json", "stages"))
+            or any(steps(os.path.join(path, "checkpoints", k)) for k in ("latest", "best")))
 
 
-def _check_same_run(wd: Workdir, config: dict) -> None:
-    """A resumable run's workdir must hold nothing, a run that stopped before its first
-    metric or checkpoint (e.g. on bad input; its config.json is replaced), or a run of the
-    same config."""
-    if not os.path.exists(wd.file("config.json")) or not _has_progress(wd):
+def check_workdir(path: str, config: dict) -> None:
+    """A workdir must be empty, hold a run that stopped before any progress (its config.json
+    is replaced), or hold a run of this experiment: of the same config for a trainer (it
+    resumes) or for a one-shot experiment (it is redone); of any config of the same
+    experiment for a composite run (its stages decide what is reused)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--workdir {path} is a file; give a directory")
+    old_file = os.path.join(path, "config.json")
+    if not os.path.exists(old_file) or not _has_progress(path):
         return
-    old = wd.read_json("config.json")
-    if old != json.loads(json.dumps(config)):
-        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        raise ConfigError(f"--workdir {wd.path} holds a run of another config (fields {changed} "
-                          "differ); resume it with its own config or use a new --workdir")
+    with open(old_file) as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(config))
+    if old == new or (config["experiment"] in STAGED and old.get("experiment") ==
+                      config["experiment"]):
+        return
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    raise ConfigError(f"--workdir {path} holds a run of another config (fields {changed} "
+                      "differ); resume it with its own config or use a new --workdir")
+
+
+@contextlib.contextmanager
+def workdir_lock(wd: Workdir):
+    """Holds ``<workdir>/.lock`` while a run owns the workdir (process 0 of a run takes
+    it); a second run on the same workdir is refused."""
+    if not wd.primary:
+        yield
+        return
+    path = wd.file(".lock")
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"--workdir {wd.path} is in use by another run (process {owner}); "
+                          "wait for it to finish or use another --workdir") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        os.remove(path)
+        handle.close()
+
+
+def provenance() -> dict:
+    """The code and library versions a run used (recorded in results.json)."""
+    from importlib import metadata
+    versions = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "grain"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"git_commit": commit, "versions": versions, "python": sys.version.split()[0]}
 
 
 def run(config, workdir: str, **objects) -> dict:
-    """Validates ``config``, runs its experiment in ``workdir`` and writes the outputs;
-    ``objects`` (e.g. an in-memory encoder) go to the experiment's run function."""
-    from c3_jax import parallel
-    parallel.maybe_initialize_distributed()  # before any JAX computation; then only process 0 writes
+    """Checks ``config`` and ``workdir``, then runs the experiment there and writes its
+    outputs; ``objects`` (e.g. an in-memory encoder) go to the experiment's run function."""
+    parallel.maybe_initialize_distributed()  # before any JAX computation
+    if not workdir or not str(workdir).strip():
+        raise ConfigError("--workdir is empty; give the directory for the run's outputs")
     fn = resolve(config)
-    wd = Workdir(workdir)
-    if config.experiment in RESUMABLE:
-        _check_same_run(wd, config.to_dict())
-    else:
-        wd.reset_metrics()
-    wd.write_json("config.json", config.to_dict())
-    start = time.time()
-    results = fn(config, wd, **objects)
-    results["wall_time_s"] = time.time() - start
-    wd.write_json("results.json", results)
-    parallel.barrier(f"results {wd.path}")  # the other processes may read what process 0 wrote
+    path = os.path.abspath(workdir)
+    check_usable(path)
+    check_workdir(path, config.to_dict())
+    check_values(config)
+    wd = Workdir(path)
+    with workdir_lock(wd):
+        if config.experiment not in RESUMABLE | STAGED:
+            wd.reset_metrics()
+        wd.write_json("config.json", config.to_dict())
+        start = time.time()
+        results = fn(config, wd, **objects)
+        results["wall_time_s"] = time.time() - start
+        results["provenance"] = provenance()
+        wd.write_json("results.json", results)
+        parallel.barrier(f"results {wd.path}")  # the others may read what process 0 wrote
     logging.info("results written to %s", wd.file("results.json"))
     return results

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from typing import Any, Optional
@@ -10,17 +11,43 @@ import numpy as np
 
 
 def to_jsonable(value: Any) -> Any:
-    """Converts numpy/jax values nested in dicts and lists to plain JSON types."""
+    """Converts numpy/jax values nested in dicts and lists to plain JSON types; NaN and
+    infinities become null (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
         arr = np.asarray(value)
-        return arr.item() if arr.ndim == 0 else arr.tolist()
+        return to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist())
     if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
+        return to_jsonable(value.item())
     return value
+
+
+def _probe_writable(directory: str) -> None:
+    """A probe file (os.access says yes to root even where writes fail); leaves nothing."""
+    fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=directory)
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_usable(path: str) -> None:
+    """Raises SystemExit, naming ``path``, if a workdir there could not be created or
+    written; creates nothing."""
+    path = os.path.abspath(path)
+    ancestor = path
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise SystemExit(f"--workdir {path} cannot be created: {ancestor} is a file")
+    try:
+        _probe_writable(ancestor)
+    except OSError as err:
+        verb = "is not writable" if ancestor == path else "cannot be created"
+        raise SystemExit(f"--workdir {path} {verb}: {err}; choose another directory") from err
 
 
 def _is_primary() -> bool:
@@ -42,10 +69,8 @@ class Workdir:
             os.makedirs(self.path, exist_ok=True)
         except OSError as err:
             raise SystemExit(f"--workdir {self.path} cannot be created: {err}") from err
-        try:  # a probe file: os.access says yes to root even where writes fail
-            fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=self.path)
-            os.close(fd)
-            os.remove(probe)
+        try:
+            _probe_writable(self.path)
         except OSError as err:
             raise SystemExit(f"--workdir {self.path} is not writable: {err}; choose another "
                              "directory") from err
@@ -58,7 +83,7 @@ class Workdir:
             return self.file(name)
         tmp = self.file(name + ".tmp")
         with open(tmp, "w") as f:
-            json.dump(to_jsonable(data), f, indent=2, sort_keys=True)
+            json.dump(to_jsonable(data), f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
         os.replace(tmp, self.file(name))
         return self.file(name)
@@ -90,7 +115,8 @@ class Workdir:
         if not self.primary:
             return
         with open(self.file("metrics.jsonl"), "a") as f:
-            f.write(json.dumps(to_jsonable({"step": int(step), **metrics})) + "\n")
+            row = to_jsonable({"step": int(step), **metrics})
+            f.write(json.dumps(row, allow_nan=False) + "\n")
 
     def read_json(self, name: str) -> Any:
         with open(self.file(name)) as f:

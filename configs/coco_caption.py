@@ -9,15 +9,16 @@ Variants (comma-separated, e.g. ``:c3,beam``):
   transformer  ClipCap's transformer mapper (prefix 40) with GPT-2 frozen
   beam         beam search (beam 5) instead of greedy decoding
 """
-from c3_jax.c3 import VARIANTS
-from c3_jax.train.captioning import base_config
+from c3_jax import c3
+from configs import caption_base, parse_arg
 
-ABLATIONS = {"c1", "c2_collapse", "c2_corrupt", "c3", "span_only"}
+ABLATIONS = ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only")
+VARIANTS = ABLATIONS + ("supervised", "finetune", "transformer", "beam")
 
 
 def get_config(arg: str = ""):
-    c = base_config("caption")
-    for part in filter(None, (p.strip() for p in arg.split(","))):
+    c = caption_base.get_config("caption")
+    for part in parse_arg(arg, VARIANTS, "coco_caption"):
         if part in ABLATIONS:
             c.variant = part
         elif part == "supervised":
@@ -32,8 +33,5 @@ def get_config(arg: str = ""):
             c.mapper, c.prefix_length, c.freeze_gpt = "transformer", 40, True
         elif part == "beam":
             c.decode = "beam"
-        else:
-            raise ValueError(f"unknown variant {part!r} of coco_caption; known: "
-                             f"{sorted(ABLATIONS | {'supervised', 'finetune', 'transformer', 'beam'})}")
-    assert c.variant in VARIANTS
+    assert c.variant in c3.VARIANTS
     return c

@@ -8,10 +8,11 @@ configs/coco_t2i.py). Writes <data_dir>/<name>/1.0.0.
 """
 import ml_collections
 
+from configs import parse_arg
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    if arg:
-        raise ValueError(f"unknown variant {arg!r}: coco_extract has no variants")
+    parse_arg(arg, (), "coco_extract")
     c = ml_collections.ConfigDict()
     c.experiment = "coco_extract"
     c.clip = "checkpoints/clip-vit-base-patch32"
@@ -19,6 +20,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.image_root = "data/coco"
     c.name = "coco_karpathy_clip"
     c.data_dir = "data"
+    c.overwrite = False  # True: replace an existing dataset of this name
     c.captions_per_image = 5
     c.batch_size = 256
     c.image_size = 0  # > 0 also stores the images at this size (text-to-image: 256)

@@ -4,16 +4,17 @@ embeddings only, evaluated from caption text embeddings with FID / IS.
 Variants: '' or 'c3' (Collapse + Corrupt), 'c1', 'c2_collapse', 'c2_corrupt', 'lafite'
 (LAFITE's own perturbation: the mix with level 0.75 after Collapse), 'quick'.
 """
-from c3_jax.train.generation import base_config
+from configs import parse_arg, t2i_base
 
 VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "lafite")
 
 
 def get_config(arg: str = ""):
-    c = base_config()
-    name = arg or "c3"
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {arg!r} of coco_t2i; use one of {VARIANTS}")
+    c = t2i_base.get_config()
+    parts = parse_arg(arg, VARIANTS, "coco_t2i")
+    if len(parts) > 1:
+        raise ValueError(f"coco_t2i takes one variant, got {parts}")
+    name = parts[0] if parts else "c3"
     c.variant = name
     if name == "lafite":
         c.noise_sigma = 0.75  # the mix level of LAFITE's perturbation

@@ -5,9 +5,11 @@ each is a pair) or as --config.embeddings=X.npy,Y.npy.
 """
 import ml_collections
 
+from configs import parse_arg
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    del arg
+    parse_arg(arg, (), "geometry_embeddings")
     c = ml_collections.ConfigDict()
     c.experiment = "geometry_embeddings"
     c.embeddings = ""

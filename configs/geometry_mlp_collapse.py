@@ -1,9 +1,11 @@
 """Appendix I.2 / Figure 13: dimensional collapse of randomly initialized ReLU MLPs."""
 import ml_collections
 
+from configs import parse_arg
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    del arg
+    parse_arg(arg, (), "geometry_mlp_collapse")
     c = ml_collections.ConfigDict()
     c.experiment = "geometry_mlp_collapse"
     c.seed = 0

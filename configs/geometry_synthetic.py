@@ -6,8 +6,13 @@ Variants: ':quick' runs 20K steps; ':notebook' runs the reference notebook's pro
 """
 import ml_collections
 
+from configs import parse_arg
+
+VARIANTS = ("quick", "notebook")
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    parts = parse_arg(arg, VARIANTS, "geometry_synthetic")
     c = ml_collections.ConfigDict()
     c.experiment = "geometry_synthetic"
     c.seed = 0
@@ -25,12 +30,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # optimization (Section 3.1). 'normalize_in_loss': normalize inside the loss, like a
     # CLIP head, from unit rows. 'notebook': normalize inside the loss, from raw rows.
     c.protocol = "normalize_once"
-    if arg == "quick":
+    if "quick" in parts:
         c.steps = 20_000
-    elif arg == "notebook":
+    if "notebook" in parts:
         c.protocol = "notebook"
-        c.steps = 100_000
-    elif arg:
-        raise ValueError(f"unknown variant {arg!r} of geometry_synthetic; "
-                         "use '', 'quick' or 'notebook'")
+        c.steps = 100_000 if "quick" not in parts else c.steps
     return c

@@ -14,9 +14,13 @@ Variants: '' (the main job), 'quick' (a tiny end-to-end check for tests, under a
 import ml_collections
 
 from c3_jax.c3 import CLIP_SIGMA
+from configs import parse_arg
+
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    parts = parse_arg(arg, VARIANTS, "shapes_caption")
     c = ml_collections.ConfigDict()
     c.experiment = "shapes_caption"
     c.seed = 0
@@ -40,7 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.noise_sigma = CLIP_SIGMA  # the paper's fixed sigma; 'c3_calibrated' uses the geometry's
     c.calibration_pairs = 100
     c.max_decode_tokens, c.eval_batch_size = 20, 250
-    if arg == "quick":
+    if "quick" in parts:
         c.seeds = 1
         c.connect_size, c.train_size, c.val_size, c.test_size = 512, 256, 64, 64
         c.clip_width, c.clip_depth, c.projection_dim = 32, 1, 32
@@ -48,6 +52,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.gpt_width, c.gpt_depth = 32, 1
         c.caption_steps, c.caption_batch, c.caption_warmup = 10, 32, 2
         c.max_decode_tokens, c.eval_batch_size = 8, 64
-    elif arg:
-        raise ValueError(f"unknown variant {arg!r} of shapes_caption; use '' or 'quick'")
     return c

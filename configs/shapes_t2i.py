@@ -9,11 +9,14 @@ Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests).
 import ml_collections
 
 from c3_jax.c3 import CLIP_SIGMA
-from configs import shapes_caption
+from configs import parse_arg, shapes_caption
+
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    world = shapes_caption.get_config(arg)
+    quick = "quick" in parse_arg(arg, VARIANTS, "shapes_t2i")
+    world = shapes_caption.get_config("quick" if quick else "")
     c = ml_collections.ConfigDict()
     c.experiment = "shapes_t2i"
     for k in ("seed", "image_size", "two_object_fraction", "connect_size", "train_size",
@@ -32,7 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.ema_kimg = 2.0
     c.probe_steps = 800
     c.num_samples = 10
-    if arg == "quick":
+    if quick:
         c.z_dim, c.w_dim, c.cond_hidden, c.channel_base, c.channel_max = 8, 16, 16, 128, 8
         c.gan_steps, c.gan_batch = 4, 8
         c.probe_steps, c.num_samples = 20, 4

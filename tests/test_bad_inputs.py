@@ -11,10 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from c3_jax import main, runner
+from c3_jax import runner
 from c3_jax.data import builders
 from c3_jax.data.text import encode_captions
-from c3_jax.train.state import CheckpointError
+from c3_jax.train.checkpoints import CheckpointError
 from test_captioning import _gpt2_dir, tiny_config as caption_config
 from test_generation import tiny_config, world  # noqa: F401 (fixture)
 
@@ -61,7 +61,7 @@ def finished(world, tmp_path_factory):  # noqa: F811
     workdir, the snapshot of its files). Tests leave it as it is (each checks its snapshot)."""
     config = tiny_config(world, max_steps=2, checkpoint_every=1)
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    main.run(config, str(workdir))
+    runner.run(config, str(workdir))
     return config, workdir, _snapshot(workdir)
 
 
@@ -100,7 +100,7 @@ def test_empty_and_over_long_captions(world, tmp_path):  # noqa: F811
         before = _occupied(tmp_path / name)
         config = caption_config({"dataset": dataset, "gpt2": str(tmp_path / "gpt2")}, **overrides)
         with pytest.raises(ValueError, match=message):
-            main.run(config, str(tmp_path / name))
+            runner.run(config, str(tmp_path / name))
         _kept(tmp_path / name, before)
 
 
@@ -109,7 +109,7 @@ def test_a_dataset_missing_a_split_names_the_splits_it_has(world, tmp_path):  # 
         builders.data_source(str(tmp_path / "nowhere"), "train")
     before = _occupied(tmp_path / "run")
     with pytest.raises(KeyError, match="has no split 'val'; it has \\['test', 'train'\\]"):
-        main.run(tiny_config(world, train_split="val"), str(tmp_path / "run"))
+        runner.run(tiny_config(world, train_split="val"), str(tmp_path / "run"))
     _kept(tmp_path / "run", before)
 
 
@@ -124,7 +124,7 @@ def test_embedding_width_that_does_not_match_the_encoder(world, tmp_path):  # no
                                         {"train": captions, "test": captions})
     before = _occupied(tmp_path / "run")
     with pytest.raises(ValueError, match="gives 16-d embeddings but 'image_embedding' is 5-d"):
-        main.run(tiny_config(world, dataset_dir=data), str(tmp_path / "run"))
+        runner.run(tiny_config(world, dataset_dir=data), str(tmp_path / "run"))
     _kept(tmp_path / "run", before)
 
 
@@ -133,13 +133,14 @@ def test_a_run_stopped_before_any_progress_gives_way_to_the_fixed_config(tmp_pat
     there; once a metric or a checkpoint exists, another config is refused."""
     from c3_jax.workdir import Workdir
     wd = Workdir(str(tmp_path / "run"))
-    wd.write_json("config.json", {"lr": 1.0, "dataset_dir": "wrong"})
-    runner._check_same_run(wd, {"lr": 1.0, "dataset_dir": "right"})
+    wd.write_json("config.json", {"experiment": "caption", "lr": 1.0, "dataset_dir": "wrong"})
+    new = {"experiment": "caption", "lr": 1.0, "dataset_dir": "right"}
+    runner.check_workdir(wd.path, new)
     for progress in ("metrics.jsonl", "checkpoints/latest/5"):
         os.makedirs(os.path.dirname(wd.file(progress)), exist_ok=True)
         (tmp_path / "run" / progress).touch()
         with pytest.raises(runner.ConfigError, match=r"\['dataset_dir'\] differ"):
-            runner._check_same_run(wd, {"lr": 1.0, "dataset_dir": "right"})
+            runner.check_workdir(wd.path, new)
         os.remove(wd.file(progress))
 
 
@@ -147,10 +148,10 @@ def test_unknown_or_mistyped_config_fields(finished):
     config, workdir, before = finished
     unknown = ml_collections.ConfigDict({**config.to_dict(), "lerning_rate": 1e-3})
     with pytest.raises(runner.ConfigError, match="\\['lerning_rate'\\] are not used"):
-        main.run(unknown, str(workdir))
+        runner.run(unknown, str(workdir))
     mistyped = ml_collections.ConfigDict({**config.to_dict(), "batch_size": "eight"})
     with pytest.raises(runner.ConfigError, match="'batch_size' must be int, got str 'eight'"):
-        main.run(mistyped, str(workdir))
+        runner.run(mistyped, str(workdir))
     assert _snapshot(workdir) == before
 
 
@@ -158,7 +159,7 @@ def test_a_workdir_holding_a_run_of_another_config(finished):
     config, workdir, before = finished
     with pytest.raises(runner.ConfigError, match=f"--workdir {_where(workdir)} holds a run of "
                        "another config \\(fields \\['lr'\\] differ\\)"):
-        main.run(_with(config, lr=1.0), str(workdir))
+        runner.run(_with(config, lr=1.0), str(workdir))
     assert _snapshot(workdir) == before
 
 
@@ -170,7 +171,7 @@ def test_a_checkpoint_of_another_architecture(world, finished, tmp_path):  # noq
             f"checkpoint {_where(workdir / 'checkpoints' / 'latest' / '2')} holds a model of "
             "another architecture: \\d+ array\\(s\\) differ, e.g. '.*' is \\(.*\\) there but "
             "\\(.*\\) here")):
-        main.run(other, str(tmp_path / "eval"))
+        runner.run(other, str(tmp_path / "eval"))
     assert _snapshot(workdir) == before
     _kept(tmp_path / "eval", eval_before)
 
@@ -193,7 +194,7 @@ def _restoring_fails(config, copy, before, tmp_path, message) -> None:
     eval_before = _occupied(tmp_path / "eval")
     for restore_from, workdir in ((str(copy), tmp_path / "eval"), ("", copy)):
         with pytest.raises(CheckpointError, match=message):
-            main.run(_with(config, restore_from=restore_from), str(workdir))
+            runner.run(_with(config, restore_from=restore_from), str(workdir))
         assert _snapshot(copy) == before
     _kept(tmp_path / "eval", eval_before)
 
@@ -223,10 +224,10 @@ def test_missing_checkpoint_files(finished, tmp_path):
     latest = copy / "checkpoints" / "latest"
     shutil.rmtree(latest)  # as if the run had stopped before its first checkpoint
     with pytest.raises(FileNotFoundError, match=f"no latest checkpoint in {_where(latest)}"):
-        main.run(evaluation, str(tmp_path / "eval"))
+        runner.run(evaluation, str(tmp_path / "eval"))
     shutil.rmtree(copy / "checkpoints")
     with pytest.raises(FileNotFoundError, match=f"{_where(copy)} has no checkpoints/ directory"):
-        main.run(evaluation, str(tmp_path / "eval"))
+        runner.run(evaluation, str(tmp_path / "eval"))
     assert _snapshot(copy) == {k: v for k, v in before.items() if not k.startswith("checkpoints")}
 
 
@@ -256,9 +257,9 @@ def test_a_non_writable_workdir_stops_the_run_before_it_starts(finished, tmp_pat
     undownloaded = _with(config, dataset_dir=str(tmp_path / "not_yet_downloaded"))
     with _refusing_new_files(workdir):  # stops before the dataset is looked for
         with pytest.raises(SystemExit, match=f"--workdir {_where(workdir)} is not writable: "):
-            main.run(undownloaded, str(workdir))
+            runner.run(undownloaded, str(workdir))
     assert _snapshot(workdir) == before
     inside_a_file = workdir / "config.json" / "run"
     with pytest.raises(SystemExit, match=f"--workdir {_where(inside_a_file)} cannot be created"):
-        main.run(config, str(inside_a_file))
+        runner.run(config, str(inside_a_file))
     assert _snapshot(workdir) == before

@@ -13,7 +13,7 @@ import torch
 import transformers
 from PIL import Image
 
-from c3_jax import c3, main, parallel
+from c3_jax import c3, parallel, runner
 from c3_jax.data import pipeline
 from c3_jax.models import clipcap, gpt2
 from c3_jax.train import captioning
@@ -108,7 +108,7 @@ def _params(workdir):
 def trained(world, tmp_path_factory):
     """A text-only C3 run on the tiny world: (its workdir, its results)."""
     workdir = tmp_path_factory.mktemp("trained") / "train"
-    return workdir, main.run(tiny_config(world), str(workdir))
+    return workdir, runner.run(tiny_config(world), str(workdir))
 
 
 def test_text_only_training_then_image_captions_and_restore_for_eval(world, trained, tmp_path):
@@ -141,7 +141,7 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(world, t
     # lr 0: the fine-tuned params must be exactly the text-trained run's best params.
     config = tiny_config(world, "finetune", init_from=str(train_dir), train_fraction=0.5,
                          lr=0.0, max_steps=2, checkpoint_every=2, eval_max_examples=1)
-    results = main.run(config, str(tmp_path / "ft"))
+    results = runner.run(config, str(tmp_path / "ft"))
     assert results["train_pairs"] == 6 * 5  # half of the 12 training images, 5 captions each
     import orbax.checkpoint as ocp
     with ocp.CheckpointManager(train_dir / "checkpoints" / "best") as mngr:
@@ -172,7 +172,7 @@ def test_caption_loss_is_masked_next_token_cross_entropy():
 _KILL_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import ml_collections
-    from c3_jax import main
+    from c3_jax import runner
     from c3_jax.train import checkpoints
     kill_at, mid_save = int(sys.argv[3]), len(sys.argv) > 4
     save = checkpoints.Checkpoints.save
@@ -187,7 +187,7 @@ _KILL_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
     checkpoints.Checkpoints.save = save_then_die
     config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
-    main.run(config, sys.argv[2])
+    runner.run(config, sys.argv[2])
 """)
 
 
@@ -248,7 +248,7 @@ def test_eight_devices_give_the_loss_curve_of_one(world, tmp_path):
 def test_every_caption_config_variant_validates(module, variants):
     import importlib
     for v in variants:
-        main.resolve(importlib.import_module(f"configs.{module}").get_config(v))
+        runner.resolve(importlib.import_module(f"configs.{module}").get_config(v))
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         importlib.import_module(f"configs.{module}").get_config("nope")
 
@@ -260,7 +260,7 @@ def test_gap_sensitivity_reports_scores_per_gap_distance(world, tmp_path):
                   warmup_steps=1, lr=1e-3, log_every=2, checkpoint_every=4, val_batches=0,
                   max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False,
                   shift_norms="0,1", shift_gamma=0.9))
-    results = main.run(c, str(tmp_path / "gap"))
+    results = runner.run(c, str(tmp_path / "gap"))
     rows = results["by_gap_distance"]
     assert set(rows) == {"0", "1"}
     for row in rows.values():
@@ -284,7 +284,7 @@ def test_imagebind_audio_captioning_from_precomputed_embeddings(world, tmp_path)
     c.update(dict(dataset_dir=dataset, gpt2=world["gpt2"], batch_size=8, max_steps=4,
                   warmup_steps=1, log_every=2, checkpoint_every=4, val_split="", val_batches=0,
                   max_caption_tokens=8, max_decode_tokens=6, eval_batch_size=8, spice=False))
-    results = main.run(c, str(tmp_path / "run"))
+    results = runner.run(c, str(tmp_path / "run"))
     assert results["num_test"] == 4 and np.isfinite(results["metrics"]["BLEU-1"])
     assert results["train_pairs"] == 16
 
@@ -342,7 +342,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(worl
     config = tiny_config(world, lr=1e30, warmup_steps=1, max_steps=8, checkpoint_every=1,
                          val_batches=0, eval_max_examples=1)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step") as err:
-        main.run(config, str(tmp_path / "stop"))
+        runner.run(config, str(tmp_path / "stop"))
     bad = int(re.search(r"at step (\d+)", str(err.value)).group(1))
     state, last = latest_state(str(tmp_path / "stop"))
     assert 1 <= last == bad - 1 and f"step {last}" in str(err.value)
@@ -350,7 +350,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(worl
     assert not (tmp_path / "stop" / "results.json").exists()
     # skip_nonfinite: the same run goes on, dropping every non-finite update.
     config.skip_nonfinite = True
-    main.run(config, str(tmp_path / "skip"))
+    runner.run(config, str(tmp_path / "skip"))
     rows = [json.loads(x) for x in open(tmp_path / "skip" / "metrics.jsonl") if "loss" in x]
     assert [r["nonfinite"] for r in rows][: bad - 1] == [0] * (bad - 1)
     assert rows[bad - 1]["nonfinite"] == 1

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from c3_jax import main, runner
+from c3_jax import runner
 from c3_jax.data import builders
 from configs import coco_t2i, shapes_t2i
 from test_captioning import _cli, _run_script, latest_state
@@ -45,7 +45,7 @@ def tiny_config(world, variant="c3", **overrides):
 def trained(world, tmp_path_factory):
     """An image-only C3 run on the tiny world: (its workdir, its results)."""
     workdir = tmp_path_factory.mktemp("trained") / "train"
-    return workdir, main.run(tiny_config(world), str(workdir))
+    return workdir, runner.run(tiny_config(world), str(workdir))
 
 
 def test_image_only_training_then_generation_from_text_and_restore_for_eval(world, trained,
@@ -81,7 +81,7 @@ def test_fid_and_inception_score_with_a_weights_file(world, trained, tmp_path):
     path = str(tmp_path / inception.WEIGHTS_FILE)
     torch.save(_random_state_dict(), path)
     config = tiny_config(world, restore_from=str(trained[0]), inception_weights=path)
-    metrics = main.run(config, str(tmp_path / "eval"))["metrics"]
+    metrics = runner.run(config, str(tmp_path / "eval"))["metrics"]
     # The same statistics computed directly from the generated and the real test images.
     fn = inception.make_feature_fn(*inception.load_fid_inception(path))
     fake = np.load(tmp_path / "eval" / "generated_test.npy")
@@ -130,11 +130,11 @@ def test_bad_inputs_get_clear_errors(world, tmp_path):
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         coco_t2i.get_config("nope")
     with pytest.raises(KeyError, match="no field 'pixels'"):
-        main.run(tiny_config(world, image_field="pixels"), str(tmp_path / "a"))
+        runner.run(tiny_config(world, image_field="pixels"), str(tmp_path / "a"))
     with pytest.raises(ValueError, match="multiple of the 8 devices"):
-        main.run(tiny_config(world, batch_size=4), str(tmp_path / "b"))
+        runner.run(tiny_config(world, batch_size=4), str(tmp_path / "b"))
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        main.run(tiny_config(world, restore_from=str(tmp_path)), str(tmp_path / "c"))
+        runner.run(tiny_config(world, restore_from=str(tmp_path)), str(tmp_path / "c"))
 
 
 def test_every_t2i_config_variant_validates():
@@ -162,10 +162,10 @@ def test_nonfinite_losses_stop_or_are_skipped(world, tmp_path):
     config = tiny_config(world, lr=1e30, max_steps=6, checkpoint_every=1)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step 1;"
                        ".*last checkpoint \\(none\\)"):
-        main.run(config, str(tmp_path / "stop"))
+        runner.run(config, str(tmp_path / "stop"))
     assert not (tmp_path / "stop" / "results.json").exists()
     assert not os.listdir(tmp_path / "stop" / "checkpoints" / "latest")
     config.skip_nonfinite = True  # every step is skipped: the initial state survives
-    main.run(config, str(tmp_path / "skip"))
+    runner.run(config, str(tmp_path / "skip"))
     state, last = latest_state(str(tmp_path / "skip"))
     assert last == 6 and all(np.isfinite(a).all() for a in jax.tree.leaves(state))

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from c3_jax import main
+from c3_jax import runner
 from configs import geometry_embeddings, geometry_mlp_collapse, geometry_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,29 +20,29 @@ def _cli(*args):
 
 
 def test_unknown_experiment_is_named():
-    with pytest.raises(main.ConfigError, match="unknown experiment 'nope'.*geometry_synthetic"):
-        main.resolve(ml_collections.ConfigDict({"experiment": "nope"}))
+    with pytest.raises(runner.ConfigError, match="unknown experiment 'nope'.*geometry_synthetic"):
+        runner.resolve(ml_collections.ConfigDict({"experiment": "nope"}))
 
 
 def test_missing_field_is_named():
     c = geometry_synthetic.get_config()
     del c["tau"]
-    with pytest.raises(main.ConfigError, match="missing field 'tau' \\(float\\)"):
-        main.resolve(c)
+    with pytest.raises(runner.ConfigError, match="missing field 'tau' \\(float\\)"):
+        runner.resolve(c)
 
 
 def test_wrong_type_is_named():
     # ConfigDict locks a field's type once set, so a wrong type comes from the file itself.
     c = ml_collections.ConfigDict({**geometry_mlp_collapse.get_config().to_dict(), "depth": "fifty"})
-    with pytest.raises(main.ConfigError, match="'depth' must be int, got str 'fifty'"):
-        main.resolve(c)
+    with pytest.raises(runner.ConfigError, match="'depth' must be int, got str 'fifty'"):
+        runner.resolve(c)
 
 
 def test_unknown_field_is_named():
     c = geometry_synthetic.get_config()
     c.stepz = 3
-    with pytest.raises(main.ConfigError, match="\\['stepz'\\] are not used"):
-        main.resolve(c)
+    with pytest.raises(runner.ConfigError, match="\\['stepz'\\] are not used"):
+        runner.resolve(c)
 
 
 def test_unknown_variant_is_named():
@@ -79,7 +79,7 @@ def test_synthetic_run_writes_outputs(tmp_path):
 def test_mlp_collapse_run(tmp_path):
     c = geometry_mlp_collapse.get_config()
     c.num_inputs, c.width, c.depth = 200, 64, 10
-    results = main.run(c, str(tmp_path))
+    results = runner.run(c, str(tmp_path))
     assert results["layers"] == [0, 5]
     assert (tmp_path / "spectra.png").exists()
 
@@ -91,7 +91,7 @@ def test_embeddings_run_and_errors(tmp_path):
     np.savez(tmp_path / "pairs.npz", image=x, text=y)
     c = geometry_embeddings.get_config()
     c.embeddings, c.x_key, c.y_key = str(tmp_path / "pairs.npz"), "image", "text"
-    results = main.run(c, str(tmp_path / "run"))
+    results = runner.run(c, str(tmp_path / "run"))
     assert results["num_groups"] == 10 and results["sigma_calibration_pairs"] == 100
     gap = np.linalg.norm((x / np.linalg.norm(x, axis=1, keepdims=True)).mean(0)
                          - (y / np.linalg.norm(y, axis=1, keepdims=True)).mean(0))
@@ -99,9 +99,9 @@ def test_embeddings_run_and_errors(tmp_path):
     assert (tmp_path / "run" / "gap_statistics.png").exists()
     c.y_key = "caption"
     with pytest.raises(KeyError, match="no array 'caption'"):
-        main.run(c, str(tmp_path / "run2"))
+        runner.run(c, str(tmp_path / "run2"))
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", np.where(np.arange(32) == 3, np.nan, y))
     c.embeddings = f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
     with pytest.raises(ValueError, match="NaN or Inf"):
-        main.run(c, str(tmp_path / "run3"))
+        runner.run(c, str(tmp_path / "run3"))

@@ -23,7 +23,7 @@ _SCRIPT = textwrap.dedent("""
     import json, sys
     import ml_collections
     from absl import logging
-    from c3_jax import main
+    from c3_jax import runner
     from c3_jax.train import checkpoints
     stop_at = int(sys.argv[3])
     logging.set_verbosity(logging.INFO)
@@ -40,7 +40,7 @@ _SCRIPT = textwrap.dedent("""
     checkpoints.Checkpoints.save = save_then_stop
     config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
     try:
-        main.run(config, sys.argv[2])
+        runner.run(config, sys.argv[2])
     except Stop:
         sys.exit(3)
     finally:

@@ -28,8 +28,8 @@ def test_clip_loss_matches_a_numpy_reference():
 def test_quick_main_job_writes_every_output(tmp_path):
     config = shapes_caption.get_config("quick")
     results = runner.run(config, str(tmp_path))
-    for name in ("config.json", "metrics.jsonl", "results.json", "RESULTS.md", "samples.png",
-                 "gap_statistics.png", "spectra.png"):
+    for name in ("config.json", "connect/metrics.jsonl", "results.json", "RESULTS.md",
+                 "samples.png", "gap_statistics.png", "spectra.png"):
         assert (tmp_path / name).exists(), name
     variants = [v for v in config.variants.split(",")]
     assert sorted(results["variants"]) == sorted(variants)
@@ -46,9 +46,9 @@ def test_quick_main_job_writes_every_output(tmp_path):
     assert "±" not in table and table.count("| chance") == 1 and "seed 0" in table
     # The val-pair geometry the Connect recipe was chosen by.
     assert 0 <= geometry["val"]["recall_at_1"] <= 1 and geometry["val"]["gap_length"] > 0
-    connect_rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    connect_rows = [json.loads(line) for line in open(tmp_path / "connect" / "metrics.jsonl")]
     assert any("connect_loss" in r for r in connect_rows)
     # Re-running the same command reuses everything (Connect checkpoint, captioners).
     again = runner.run(config, str(tmp_path))
     assert again["variants"] == json.loads(json.dumps(results["variants"]))
-    assert os.path.isdir(tmp_path / "connect" / "latest")
+    assert os.path.isdir(tmp_path / "connect" / "checkpoints" / "latest")

@@ -95,7 +95,7 @@ def _write_shard(path: str, features, arrays: Mapping[str, np.ndarray],
 def build_pairs_dataset(name: str, data_dir: str,
                         splits: Mapping[str, Mapping[str, np.ndarray]],
                         captions: Optional[Mapping[str, Sequence]] = None,
-                        local_rows: bool = False) -> str:
+                        local_rows: bool = False, overwrite: bool = False) -> str:
     """Writes ``splits`` ({split: {field: [n, ...] array}}) as TFDS dataset ``name``.
 
     Every JAX process calls it and writes one shard of each split: its part
@@ -104,7 +104,8 @@ def build_pairs_dataset(name: str, data_dir: str,
     row i (its ``index`` field too); floating arrays are stored as float32; a row's
     caption is one string or a fixed-length list of strings. Shards go to
     ``incomplete.<version>``, renamed once all are written, so a failed build never looks
-    complete; a complete dataset of that name is reused. Returns the dataset directory,
+    complete. A complete dataset of that name is replaced only with ``overwrite`` (else
+    FileExistsError, before anything is written). Returns the dataset directory,
     readable with ``tfds.builder_from_directory``.
     """
     error = _check_splits(splits, captions)
@@ -115,12 +116,11 @@ def build_pairs_dataset(name: str, data_dir: str,
     rows = _all_rows(error is None, [len(next(iter(splits[s].values()))) for s in names])
     if error is not None or not rows[:, 0].all():
         raise ValueError(error or f"dataset {name}: another process found bad input")
-    if os.path.exists(os.path.join(final, "dataset_info.json")):
-        logging.info("reusing dataset %s", final)
-        return final
+    check_new(data_dir, name, overwrite)
     primary, p, count = jax.process_index() == 0, jax.process_index(), jax.process_count()
     if primary:
         shutil.rmtree(tmp, ignore_errors=True)  # a build that died before its rename
+        shutil.rmtree(final, ignore_errors=True)  # only there with ``overwrite``
         os.makedirs(tmp)
     parallel.barrier(f"dataset {name}: directory")
     features = _features(splits, captions)
@@ -140,6 +140,14 @@ def build_pairs_dataset(name: str, data_dir: str,
         os.rename(tmp, final)
     parallel.barrier(f"dataset {name}: done")
     return final
+
+
+def check_new(data_dir: str, name: str, overwrite: bool) -> None:
+    """Refuses to build dataset ``name`` over an existing one unless ``overwrite``."""
+    final = os.path.join(data_dir, name, VERSION)
+    if os.path.exists(final) and not overwrite:
+        raise FileExistsError(f"dataset {name!r} already exists at {final}; choose another "
+                              "--config.name or pass --config.overwrite=True to replace it")
 
 
 def _write_info(template, features, names: Sequence[str], rows: np.ndarray) -> None:

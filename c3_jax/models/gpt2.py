@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from c3_jax.models import checkpoint
-from c3_jax.models.layers import Encoder, causal_mask, combine_masks, padding_mask
+from c3_jax.models.layers import Encoder, combine_masks, padding_mask
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,61 +22,13 @@ from c3_jax import c3
 from c3_jax.data import builders, pipeline
 from c3_jax.data.text import load_tokenizer
 from c3_jax.models import checkpoint, clipcap, decoding, gpt2
-from c3_jax.train import caption_data as cd
+from c3_jax.data import captions as cd
 from c3_jax import parallel
 from c3_jax.train import checkpoints
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
-_MODEL = {"gpt2": str, "gpt2_from_scratch": bool, "freeze_gpt": bool, "mapper": str,
-          "prefix_length": int, "clip_length": int, "mapper_depth": int, "dtype": str}
-_DATA = {"dataset_dir": str, "train_split": str, "val_split": str, "test_split": str,
-         "train_field": str, "eval_field": str, "caption_field": str,
-         "max_caption_tokens": int, "truncate_captions": bool, "train_fraction": float}
-_TRAIN = {"variant": str, "noise_sigma": float, "batch_size": int, "num_epochs": int,
-          "max_steps": int, "lr": float, "warmup_steps": int, "weight_decay": float,
-          "grad_accum": int, "fsdp": int, "seed": int, "log_every": int,
-          "checkpoint_every": int, "keep_checkpoints": int, "val_batches": int,
-          "skip_nonfinite": bool,
-          "init_from": str, "restore_from": str}
-_EVAL = {"decode": str, "beam_size": int, "max_decode_tokens": int, "stop_at_period": bool,
-         "eval_batch_size": int, "eval_max_examples": int, "spice": bool}
-FIELDS = {"caption": {**_MODEL, **_DATA, **_TRAIN, **_EVAL},
-          "caption_gap_sensitivity": {**_MODEL, **_DATA, **_TRAIN, **_EVAL,
-                                      "shift_norms": str, "shift_gamma": float}}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def base_config(experiment: str = "caption"):
-    """The paper's COCO captioning setup (DESIGN.md); config files adjust it."""
-    import ml_collections
-    c = ml_collections.ConfigDict()
-    c.experiment = experiment
-    # Model: CLIP ViT-B/32 (512-d) -> MLP mapper -> 10-token prefix -> GPT-2 small, fine-tuned.
-    c.gpt2, c.gpt2_from_scratch, c.freeze_gpt = "checkpoints/gpt2", False, False
-    c.mapper, c.prefix_length, c.clip_length, c.mapper_depth = "mlp", 10, 10, 8
-    c.dtype = "float32"
-    # Data: a dataset written by c3_jax.embed.extract_coco (Karpathy split, restval in train).
-    c.dataset_dir = "data/coco_karpathy_clip/1.0.0"
-    c.train_split, c.val_split, c.test_split = "train", "val", "test"
-    c.train_field, c.eval_field, c.caption_field = "text_embedding", "image_embedding", "caption"
-    c.max_caption_tokens, c.truncate_captions, c.train_fraction = 40, True, 1.0
-    # Training: AdamW lr 2e-5, 5000 warmup steps then linear decay, batch 40, 10 epochs.
-    c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA
-    c.batch_size, c.num_epochs, c.max_steps = 40, 10, 0
-    c.lr, c.warmup_steps, c.weight_decay, c.grad_accum = 2e-5, 5000, 0.01, 1
-    c.fsdp, c.seed = 1, 0
-    c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
-    c.init_from, c.restore_from = "", ""
-    c.skip_nonfinite = False  # True: a step with NaN/Inf loss or gradients is skipped
-    # Evaluation: greedy decoding up to 67 tokens, stopping at EOS or '.', like the reference.
-    c.decode, c.beam_size, c.max_decode_tokens, c.stop_at_period = "greedy", 5, 67, True
-    c.eval_batch_size, c.eval_max_examples, c.spice = 256, 0, True
-    if experiment == "caption_gap_sensitivity":
-        c.variant = "c1"
-        c.shift_norms = "0,0.2,0.4,0.6,0.8,1.0,1.5,2.0"  # Table 6
-        c.shift_gamma = 0.99
-    return c
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +120,7 @@ def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh):
 _MEANS: dict = {}  # (dataset dir, split, field) -> modality mean
 
 
-class _Run:
+class Run:
     """What training and evaluation share: config, mesh, data sources, tokenizer, model."""
 
     def __init__(self, config, wd: Workdir):
@@ -211,7 +163,7 @@ def _loader(pairs, local_batch: int, seed: int, epochs=None, shuffle=True):
     return pipeline.make_loader(pairs, local_batch, seed, shuffle=shuffle, num_epochs=epochs)
 
 
-def _validation_loss(run: _Run, params, eval_loss, mean) -> Optional[float]:
+def _validation_loss(run: Run, params, eval_loss, mean) -> Optional[float]:
     config = run.config
     if config.val_batches <= 0 or not config.val_split:
         return None
@@ -230,7 +182,7 @@ def _validation_loss(run: _Run, params, eval_loss, mean) -> Optional[float]:
     return total / max(count, 1.0)
 
 
-def _initial_state(run: _Run, tx, shardings) -> st.TrainState:
+def _initial_state(run: Run, tx, shardings) -> st.TrainState:
     params = run.params
     if run.config.init_from:
         params = restore_run_params(run, run.config.init_from)
@@ -240,13 +192,13 @@ def _initial_state(run: _Run, tx, shardings) -> st.TrainState:
     return st.TrainState(step, params, opt_state)
 
 
-def _state_shardings(run: _Run, tx):
+def _state_shardings(run: Run, tx):
     abstract = jax.eval_shape(lambda p: st.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                               run.params)
     return abstract, parallel.state_shardings(run.mesh, abstract)
 
 
-def train(run: _Run) -> tuple:
+def train(run: Run) -> tuple:
     """Trains (or resumes) in ``run.wd``; returns (params, training summary)."""
     config, wd = run.config, run.wd
     local_batch = parallel.local_batch_size(config.batch_size, len(run.pairs), "training pairs")
@@ -312,7 +264,7 @@ def _log(wd: Workdir, writer, step: int, metrics: dict) -> None:
             writer.add_scalar(k, v, step)
 
 
-def restore_run_params(run: _Run, run_dir: str):
+def restore_run_params(run: Run, run_dir: str):
     """Params of another run's checkpoint (its best by validation, else its latest)."""
     directory = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(directory):
@@ -345,7 +297,7 @@ def _decode_text(tokenizer, tokens: np.ndarray, stops: tuple) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
-def generate(run: _Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray],
+def generate(run: Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray],
              shift: Optional[np.ndarray] = None) -> list:
     """Captions of raw ``embeddings`` [n, d]: C^3 transform (eval mode: normalize, and
     collapse with ``mean``), optional constant ``shift``, mapper, then decoding."""
@@ -386,7 +338,7 @@ def _decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int):
     raise ValueError(f"decode={config.decode!r}; expected 'greedy' or 'beam'")
 
 
-def evaluate(run: _Run, params) -> dict:
+def evaluate(run: Run, params) -> dict:
     """Captions the test split's ``eval_field`` embeddings (collapsed with that modality's
     mean when the variant collapses) and scores them against the references."""
     from c3_jax.eval.caption_metrics import score_captions
@@ -410,75 +362,3 @@ def _check_width(embeddings: np.ndarray, dim: int, field: str) -> None:
     if embeddings.shape[1] != dim:
         raise ValueError(f"{field!r} embeddings are {embeddings.shape[1]}-d but the captioner "
                          f"was built for {dim}-d training embeddings")
-
-
-# ---------------------------------------------------------------------------
-# Experiments
-
-
-def _train_or_restore(run: _Run) -> tuple:
-    if run.config.restore_from:
-        return restore_run_params(run, run.config.restore_from), {"restored_from":
-                                                                  run.config.restore_from}
-    return train(run)
-
-
-def run_caption(config, wd: Workdir) -> dict:
-    """Train on ``train_field`` (text: uni-modal), evaluate on ``eval_field`` (images)."""
-    run = _Run(config, wd)
-    params, summary = _train_or_restore(run)
-    result = evaluate(run, params)
-    _plot_loss(wd)
-    return {**summary, **result, "variant": config.variant, "sigma": config.noise_sigma}
-
-
-def run_gap_sensitivity(config, wd: Workdir) -> dict:
-    """Appendix G / Table 6: trained on ``train_field``, evaluated on the test split's same
-    modality shifted by a constant c orthogonal to its span, for each |c|."""
-    from c3_jax import geometry
-    from c3_jax.eval.caption_metrics import rouge_n, score_captions
-    run = _Run(config, wd)
-    params, summary = _train_or_restore(run)
-    source = builders.data_source(config.dataset_dir, config.test_split)
-    embeddings, _ = cd.eval_rows(source, config.train_field, config.caption_field,
-                                 config.eval_max_examples)
-    own = [[r] for r in _first_captions(source, config)]
-    mean = run.mean(config.train_field) if run.transform.collapse else None
-    unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
-                                     jax.random.key(config.seed), config.shift_gamma)
-    rows = {}
-    for norm in _floats(config.shift_norms):
-        captions = generate(run, params, embeddings, mean, shift=norm * unit)
-        scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)), spice=False)
-        rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1), "ROUGE-L": scores["ROUGE-L"],
-                             "METEOR": scores["METEOR"], "sample": captions[0]}
-    _plot_gap_sensitivity(rows, wd)
-    return {**summary, "by_gap_distance": rows}
-
-
-def _first_captions(source, config) -> list:
-    n = len(source) if config.eval_max_examples <= 0 else min(config.eval_max_examples,
-                                                                len(source))
-    return [cd._captions(source[i], config.caption_field)[0] for i in range(n)]
-
-
-def _floats(text: str) -> list:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"shift_norms={text!r} must be comma-separated numbers") from None
-
-
-def _plot_loss(wd: Workdir) -> None:
-    from c3_jax import plots
-    rows = [r for r in wd.read_metrics() if "loss" in r]
-    if rows:
-        plots.curves({"train loss": ([r["step"] for r in rows], [r["loss"] for r in rows])},
-                     "step", "caption loss", wd.file("loss.png"))
-
-
-def _plot_gap_sensitivity(rows: dict, wd: Workdir) -> None:
-    from c3_jax import plots
-    norms = [float(k) for k in rows]
-    plots.curves({m: (norms, [rows[k][m] for k in rows]) for m in ("ROUGE-1", "ROUGE-L", "METEOR")},
-                 "gap distance |c|", "score", wd.file("gap_sensitivity.png"))

@@ -13,7 +13,7 @@ from c3_jax.progress import progress_bar
 
 from c3_jax.data import pipeline
 from c3_jax.models import clip
-from c3_jax.train import caption_data as cd
+from c3_jax.data import captions as cd
 from c3_jax import parallel
 from c3_jax.train import checkpoints
 from c3_jax.train import state as st
@@ -38,6 +38,16 @@ class ConnectConfig:
     probe_at: Tuple[int, ...] = ()  # steps (0 = at initialization) at which ``probe`` runs
 
     def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"connect {name}={getattr(self, name)} must be at least 1")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0 and (value > 0 or name != "lr")):
+                raise ValueError(f"connect {name}={value} must be a finite number "
+                                 + ("> 0" if name == "lr" else ">= 0"))
+        if self.warmup_steps < 0:
+            raise ValueError(f"connect warmup_steps={self.warmup_steps} must be >= 0")
         if not (self.temperature == 0.0 or 0.0 < self.temperature <= 10.0):
             raise ValueError(f"connect temperature={self.temperature} must be 0 (learned) or "
                              "in (0, 10] (fixed)")
@@ -83,7 +93,8 @@ def make_step(model: clip.CLIP, tx, mesh, shardings, temperature: float = 0.0):
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss,
                    "temperature": 1.0 / jnp.exp(logit_scale(params, temperature))}
-        return st.TrainState(state.step + 1, params, opt_state), metrics
+        return st.guard_finite(st.TrainState(state.step + 1, params, opt_state), state,
+                               metrics, skip=False)
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
@@ -119,18 +130,25 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
 
     if start == 0:
         maybe_probe(0, state.params)
+    else:
+        wd.truncate_metrics(start)  # the steps after the checkpoint are logged again
+    watch = st.NonFiniteWatch()
     bar = progress_bar(range(start, config.steps), initial=start, total=config.steps,
                        desc="connect", unit="step")
     for i in bar:
         state, metrics = step_fn(state, pipeline.global_batch(next(data),
                                                               parallel.batch_sharding(mesh)))
         done = i + 1
+        watch.update(metrics, done)
         if done % config.log_every == 0 or done == config.steps:
-            host = {f"connect_{k}": float(v) for k, v in jax.device_get(metrics).items()}
+            watch.check(ckpts, skip=False)
+            host = {f"connect_{k}": float(v) for k, v in jax.device_get(metrics).items()
+                    if k != "nonfinite"}
             wd.log_metrics(done, host)
             bar.set_postfix(loss=f"{host['connect_loss']:.3f}")
         maybe_probe(done, state.params)
         if done % config.checkpoint_every == 0 or done == config.steps:
+            watch.check(ckpts, skip=False)  # never saves a non-finite state
             ckpts.save(done, state, data)
     ckpts.wait()
     ckpts.close()

@@ -21,65 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from c3_jax.progress import progress_bar
 
 from c3_jax import c3
 from c3_jax.data import builders, pipeline
 from c3_jax.models import stylegan2
-from c3_jax.train import caption_data as cd
+from c3_jax.data import captions as cd
 from c3_jax.train import connect
 from c3_jax import parallel
 from c3_jax.train import checkpoints
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
-
-_MODEL = {"clip": str, "z_dim": int, "w_dim": int, "mapping_layers": int,
-          "cond_hidden": int, "channel_base": int, "channel_max": int, "mbstd_group": int}
-_DATA = {"dataset_dir": str, "train_split": str, "test_split": str, "image_field": str,
-         "train_field": str, "eval_field": str, "caption_field": str}
-_TRAIN = {"variant": str, "noise_sigma": float, "batch_size": int, "max_steps": int,
-          "lr": float, "beta1": float, "beta2": float, "r1_gamma": float, "r1_every": int,
-          "itd_weight": float, "itc_weight": float, "temperature": float, "ema_kimg": float,
-          "ema_rampup": float, "fsdp": int, "seed": int, "log_every": int,
-          "checkpoint_every": int, "keep_checkpoints": int, "restore_from": str,
-          "skip_nonfinite": bool}
-_EVAL = {"eval_max_examples": int, "eval_batch_size": int, "inception_weights": str,
-         "num_samples": int}
-FIELDS = {"generate": {**_MODEL, **_DATA, **_TRAIN, **_EVAL}}
-
-
-def base_config():
-    """The paper's COCO text-to-image setup (Appendix F, DESIGN.md); configs adjust it."""
-    import ml_collections
-    c = ml_collections.ConfigDict()
-    c.experiment = "generate"
-    # Frozen CLIP ViT-B/32 (Hugging Face directory) for LAFITE's itc term and CLIP-space FD.
-    c.clip = "checkpoints/clip-vit-base-patch32"
-    c.z_dim, c.w_dim, c.mapping_layers, c.cond_hidden = 512, 512, 8, 512
-    c.channel_base, c.channel_max, c.mbstd_group = 32768, 512, 4
-    # Data: rows with an image, its CLIP image embedding and its captions' text embeddings.
-    c.dataset_dir = "data/coco_lafite_clip/1.0.0"
-    c.train_split, c.test_split = "train", "test"
-    c.image_field, c.train_field, c.eval_field = "image", "image_embedding", "text_embedding"
-    c.caption_field = "caption"
-    # Training: batch 16, Adam lr 2.5e-3, betas (0, 0.99), R1 gamma 10 every 16 steps,
-    # contrastive terms at temperature 0.5, EMA over 10k images.
-    c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA
-    c.batch_size, c.max_steps = 16, 750_000
-    c.lr, c.beta1, c.beta2 = 2.5e-3, 0.0, 0.99
-    c.r1_gamma, c.r1_every = 10.0, 16
-    c.itd_weight, c.itc_weight, c.temperature = 10.0, 10.0, 0.5
-    c.ema_kimg, c.ema_rampup = 10.0, 0.0
-    c.fsdp, c.seed = 1, 0
-    c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 5000, 2
-    c.restore_from = ""
-    c.skip_nonfinite = False  # True: a step with NaN/Inf losses or gradients is skipped
-    # Evaluation: 30k samples from test captions; FID/IS when the Inception file is given.
-    c.eval_max_examples, c.eval_batch_size = 30_000, 250
-    c.inception_weights, c.num_samples = "", 16
-    return c
-
 
 @flax.struct.dataclass
 class GANState:
@@ -295,7 +247,7 @@ def clip_encoder(path: str) -> Encoder:
     return Encoder(fn, params)
 
 
-class _Run:
+class Run:
     """What training and evaluation share: config, mesh, data, models, transform."""
 
     def __init__(self, config, wd: Workdir, encoder: Optional[Encoder] = None):
@@ -347,7 +299,7 @@ def _check_batch(config, rows: ImageRows) -> int:
     return parallel.local_batch_size(config.batch_size, len(rows), "training images")
 
 
-def train(run: _Run) -> tuple:
+def train(run: Run) -> tuple:
     """Trains (or resumes) in ``run.wd``; returns (the EMA generator params, summary)."""
     config, wd = run.config, run.wd
     local_batch = _check_batch(config, run.rows)
@@ -388,7 +340,7 @@ def train(run: _Run) -> tuple:
     return state.ema, summary
 
 
-def restore_ema(run: _Run, run_dir: str):
+def restore_ema(run: Run, run_dir: str):
     """The EMA generator of another run's latest checkpoint (evaluation only)."""
     directory = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(directory):
@@ -413,7 +365,7 @@ def _batches(source, config, limit: int):
         if not np.isfinite(e).all():
             raise ValueError(f"{config.eval_field!r} embeddings contain NaN or Inf")
         images = np.stack([np.asarray(r[config.image_field], np.uint8) for r in rows])
-        yield e, images, [cd._captions(r, config.caption_field)[0] for r in rows]
+        yield e, images, [cd.captions_of(r, config.caption_field)[0] for r in rows]
 
 
 def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -421,7 +373,7 @@ def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
     return x if not extra else np.concatenate([x, np.repeat(x[-1:], extra, 0)])
 
 
-def evaluate(run: _Run, params, limit: int = 0) -> dict:
+def evaluate(run: Run, params, limit: int = 0) -> dict:
     """Images from the test split's text embeddings (first caption of each row): Fréchet
     distance to the real test images in the encoder's (CLIP) space, CLIP score, and FID/IS
     when ``inception_weights`` is set; returns metrics, samples and generated images."""
@@ -483,26 +435,3 @@ def _inception(path: str):
     from c3_jax.models import inception
     fn = inception.make_feature_fn(*inception.load_fid_inception(path))
     return lambda images: tuple(np.asarray(a) for a in fn(images))
-
-
-def run_generate(config, wd: Workdir, encoder: Optional[Encoder] = None) -> dict:
-    """Trains on one modality's embeddings (or restores with ``restore_from``) and
-    generates from the other's; writes samples.png and the metrics."""
-    from c3_jax import plots
-    run = _Run(config, wd, encoder)
-    if config.restore_from:
-        params, summary = restore_ema(run, config.restore_from), {"restored_from":
-                                                                  config.restore_from}
-    else:
-        params, summary = train(run)
-        rows = wd.read_metrics()
-        plots.curves({k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])
-                      for k in ("d_adv", "g_adv", "g_itd", "g_itc")},
-                     "step", "loss", wd.file("losses.png"))
-    out = evaluate(run, params, config.eval_max_examples)
-    n = min(config.num_samples, len(out["images"]))
-    plots.captioned_images(list(out["images"][:n]), {"text": out["captions"][:n]},
-                           wd.file("samples.png"))
-    np.save(wd.file("generated_test.npy"), out["images"])
-    logging.info("text-to-image metrics: %s", out["metrics"])
-    return {**summary, "metrics": out["metrics"], "variant": config.variant}

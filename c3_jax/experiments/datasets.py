@@ -6,14 +6,28 @@ import os
 
 import tensorflow_datasets as tfds
 
+from c3_jax import embed
 from c3_jax.data import builders
+from c3_jax.experiments import checks
 from c3_jax.workdir import Workdir
+from configs import coco_extract, embeddings_dataset, field_types
 
-FIELDS = {"embeddings_dataset": {"embeddings": str, "captions": str, "name": str,
-                                 "data_dir": str},
-          "coco_extract": {"clip": str, "annotations": str, "image_root": str, "name": str,
-                           "data_dir": str, "captions_per_image": int, "batch_size": int,
-                           "image_size": int}}
+FIELDS = {"embeddings_dataset": field_types(embeddings_dataset.get_config()),
+          "coco_extract": field_types(coco_extract.get_config())}
+
+
+def check(config) -> None:
+    """Inputs exist and the dataset is new (or ``overwrite``), before any work."""
+    builders.check_new(config.data_dir, config.name, config.overwrite)
+    if config.experiment == "embeddings_dataset":
+        checks.existing(config.embeddings, "embeddings")
+        if config.captions:
+            checks.existing(config.captions, "captions")
+    else:
+        for field in ("clip", "annotations", "image_root"):
+            checks.existing(config[field], field)
+        checks.at_least(config, 1, ["captions_per_image", "batch_size"])
+        checks.at_least(config, 0, ["image_size"])
 
 
 def run_embeddings_dataset(config, wd: Workdir) -> dict:
@@ -28,7 +42,8 @@ def run_embeddings_dataset(config, wd: Workdir) -> dict:
         missing = sorted(set(splits) - set(captions))
         if missing:
             raise ValueError(f"{config.captions} has no captions for split(s) {missing}")
-    path = builders.build_pairs_dataset(config.name, config.data_dir, splits, captions)
+    path = builders.build_pairs_dataset(config.name, config.data_dir, splits, captions,
+                                        overwrite=config.overwrite)
     return {"dataset_dir": path,
             "splits": {s: len(next(iter(a.values()))) for s, a in splits.items()},
             "fields": {s: {k: list(v.shape[1:]) for k, v in a.items()} for s, a in splits.items()}}
@@ -36,10 +51,9 @@ def run_embeddings_dataset(config, wd: Workdir) -> dict:
 
 def run_coco_extract(config, wd: Workdir) -> dict:
     """CLIP image and caption embeddings of MS-COCO (Karpathy split) as a TFDS dataset."""
-    from c3_jax import embed
     del wd
     path = embed.extract_coco(config.clip, config.annotations, config.image_root,
                               config.data_dir, config.name, config.captions_per_image,
-                              config.batch_size, config.image_size)
+                              config.batch_size, config.image_size, config.overwrite)
     splits = tfds.builder_from_directory(path).info.splits
     return {"dataset_dir": path, "splits": {s: splits[s].num_examples for s in splits}}

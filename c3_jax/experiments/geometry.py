@@ -11,19 +11,13 @@ from absl import logging
 from c3_jax.progress import progress_bar
 
 from c3_jax import c3, geometry, plots
+from c3_jax.timing import matmul_peak_flops
 from c3_jax.workdir import Workdir
+from configs import field_types, geometry_embeddings, geometry_mlp_collapse, geometry_synthetic
 
-FIELDS = {
-    "geometry_synthetic": {
-        "seed": int, "num_pairs": int, "dim": int, "d_x": int, "d_y": int, "tau": float,
-        "lr": float, "steps": int, "chunk": int, "gamma": float, "stable_delta": float,
-        "protocol": str},
-    "geometry_mlp_collapse": {
-        "seed": int, "num_inputs": int, "width": int, "depth": int, "every": int},
-    "geometry_embeddings": {
-        "embeddings": str, "x_key": str, "y_key": str, "seed": int, "group_size": int,
-        "gamma": float, "calibration_pairs": int},
-}
+FIELDS = {name: field_types(module.get_config()) for name, module in (
+    ("geometry_synthetic", geometry_synthetic), ("geometry_mlp_collapse", geometry_mlp_collapse),
+    ("geometry_embeddings", geometry_embeddings))}
 
 
 # Section 3.1 protocols: name -> (rows unit-normalized before optimizing, normalize in the loss).
@@ -47,18 +41,6 @@ def synthetic_init(config) -> tuple:
     normalize_init, _ = synthetic_protocol(config.protocol)
     return geometry.synthetic_embeddings(jax.random.PRNGKey(config.seed), config.num_pairs,
                                          config.dim, config.d_x, config.d_y, normalize_init)
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    """Measured float32 FLOP/s of an n x n matmul on the default device."""
-    a = jnp.ones((n, n), jnp.float32)
-    mm = jax.jit(lambda a: a @ a)
-    mm(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = mm(a)
-    out.block_until_ready()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
 
 
 def _variances(x, y) -> dict:

@@ -16,18 +16,14 @@ import time
 
 from absl import logging
 
-from c3_jax import plots, shapes_runs
-from c3_jax.data import shapes
+from c3_jax import parallel, plots
+from c3_jax.experiments import checks, shapes_world
 from c3_jax.train import connect
-from c3_jax import parallel
 from c3_jax.workdir import Workdir
+from configs import field_types
+from configs import shapes_connect_study as defaults
 
-FIELDS = {"shapes_connect_study": {
-    "seed": int, "image_size": int, "two_object_fraction": float, "connect_size": int,
-    "val_size": int, "clip_width": int, "clip_heads": int, "patch_size": int,
-    "projection_dim": int, "connect_steps": int, "connect_batch": int, "connect_lr": float,
-    "base_depth": int, "base_temperature": float, "base_caption_omit": float, "depths": str,
-    "temperatures": str, "caption_omits": str, "probe_steps": str, "group_size": int}}
+FIELDS = {"shapes_connect_study": field_types(defaults.get_config())}
 # Table 1 (CLIP ViT-B/32 on MS-COCO) and the R@1 share that makes a space "well trained".
 CLIP_TARGETS = {"gap_length": 0.6, "gap_direction_cos": 0.95, "orthogonality_abs_mean": 0.05,
                 "recall_share": 0.8}
@@ -72,8 +68,11 @@ def grid(config) -> dict:
     return axes
 
 
-def _validate(config) -> tuple:
-    """Every recipe and probe step, checked before any work."""
+def check(config) -> tuple:
+    """Every field, recipe and probe step, checked before any work: (axes, recipes, the
+    probe steps)."""
+    shapes_world.check_world(config, splits=("connect", "val"))
+    checks.at_least(config, 2, ["group_size"])
     axes = grid(config)
     steps = sorted(set(_numbers(config.probe_steps, int, "probe_steps")) | {0, config.connect_steps})
     recipes = list(dict.fromkeys(r for rs in axes.values() for r in rs))
@@ -89,18 +88,25 @@ def _validate(config) -> tuple:
     return axes, recipes, tuple(steps)
 
 
-def _world(config, omit: float, wd: Workdir) -> str:
-    """The connect and val splits of the world whose captions omit ``omit`` of the time."""
-    path = wd.file(os.path.join("data", f"omit{omit:g}", "shapes_world", "1.0.0"))
-    if not parallel.agreed(os.path.isdir(path)):
-        if wd.primary:
-            shapes.build_dataset(os.path.dirname(os.path.dirname(path)),
-                                 {"connect": config.connect_size, "val": config.val_size},
-                                 config.seed, config.image_size,
-                                 two_object_fraction=config.two_object_fraction,
-                                 caption_omit=omit)
-        parallel.barrier("study world")
-    return path
+def _world(config, omit: float, wd: Workdir) -> tuple:
+    """(dataset dir, tokenizer) of the connect and val splits of the world whose captions
+    omit ``omit`` of the time."""
+    where = f"omit{omit:g}"
+    sizes = {"connect": config.connect_size, "val": config.val_size}
+    world = shapes_world.world_dataset(config, wd, sizes, caption_omit=omit, where=where)
+    fields = {"seed": config.seed, "image_size": config.image_size, "sizes": sizes,
+              "two_object_fraction": config.two_object_fraction, "caption_omit": omit}
+    return world, shapes_world.world_tokenizer(world, wd, fields, where=where,
+                                               splits=("connect",))
+
+
+def _recipe_fields(config, recipe: Recipe, steps: tuple) -> dict:
+    """What shapes a recipe's trajectory (a cached recipe is reused only if equal)."""
+    names = ("seed", "image_size", "two_object_fraction", "connect_size", "val_size",
+             "clip_width", "clip_heads", "patch_size", "projection_dim", "connect_steps",
+             "connect_batch", "connect_lr", "group_size")
+    return {**{k: config[k] for k in names}, **dataclasses.asdict(recipe),
+            "probe_steps": list(steps), "probe": PROBE}
 
 
 def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
@@ -108,16 +114,14 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
     sub = Workdir(wd.file(os.path.join("recipes", recipe.name)))
     if parallel.agreed(os.path.exists(sub.file("recipe.json"))):
         done = sub.read_json("recipe.json")
-        if done.get("probe") == PROBE:
+        if done.get("fields") == _recipe_fields(config, recipe, steps):
             return done
-    world = _world(config, recipe.caption_omit, wd)
-    tokenizer = shapes_runs.world_tokenizer(world, os.path.join(os.path.dirname(
-        os.path.dirname(world)), "tokenizer"), wd.primary, splits=("connect",))
-    model = shapes_runs.clip_model(
+    world, tokenizer = _world(config, recipe.caption_omit, wd)
+    model = shapes_world.clip_model(
         tokenizer, width=config.clip_width, depth=recipe.depth, heads=config.clip_heads,
         projection_dim=config.projection_dim, image_size=config.image_size,
         patch_size=config.patch_size)
-    pairs = shapes_runs.connect_pairs(world, tokenizer)
+    pairs = shapes_world.connect_pairs(world, tokenizer)
     cfg = connect.ConnectConfig(steps=config.connect_steps, batch_size=config.connect_batch,
                                 lr=config.connect_lr, seed=config.seed,
                                 temperature=recipe.temperature, probe_at=steps,
@@ -136,6 +140,7 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
                                          if k.startswith("probe_")}}
                   for m in sub.read_metrics() if any(k.startswith("probe_") for k in m)]
     out = {**dataclasses.asdict(recipe), "name": recipe.name, "probe": PROBE,
+           "fields": _recipe_fields(config, recipe, steps),
            "train_seconds": seconds,
            "init": trajectory[0], "final": trajectory[-1], "trajectory": trajectory}
     sub.write_json("recipe.json", out)
@@ -145,9 +150,9 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
 def _probe(config, recipe: Recipe, model, world: str, tokenizer, wd: Workdir):
     """Geometry on the world's own val pairs; with terse captions, also R@1 and gap on the
     same images' complete captions (what a terse caption cannot state, R@1 cannot find)."""
-    own = shapes_runs.space_probe(model, world, tokenizer, "val", config.group_size)
-    complete = own if recipe.caption_omit == 0 else shapes_runs.space_probe(
-        model, _world(config, 0.0, wd), tokenizer, "val", config.group_size)
+    own = shapes_world.space_probe(model, world, tokenizer, "val", config.group_size)
+    complete = own if recipe.caption_omit == 0 else shapes_world.space_probe(
+        model, _world(config, 0.0, wd)[0], tokenizer, "val", config.group_size)
 
     def probe(params) -> dict:
         g = own(params)
@@ -192,7 +197,7 @@ def _training_figure(runs: list, path: str) -> str:
 
 def run_connect_study(config, wd: Workdir) -> dict:
     """Trains every recipe of the grid, measures its geometry, draws the three figures."""
-    axes, recipes, steps = _validate(config)
+    axes, recipes, steps = check(config)
     done = {}
     for i, recipe in enumerate(recipes):
         logging.info("recipe %d/%d: %s", i + 1, len(recipes), recipe.name)

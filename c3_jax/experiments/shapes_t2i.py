@@ -10,25 +10,32 @@ import jax
 import numpy as np
 from absl import logging
 
-from c3_jax import plots, runner, shapes_runs
+from c3_jax import plots, runner
 from c3_jax.data import builders, shapes
+from c3_jax.data import captions as cd
 from c3_jax.eval import shapes_probe
+from c3_jax.experiments import checks, shapes_world, stages
 from c3_jax.train import connect, generation
 from c3_jax.workdir import Workdir
+from configs import field_types, t2i_base
+from configs import shapes_t2i as defaults
 
-_WORLD = {k: v for k, v in shapes_runs.FIELDS["shapes_caption"].items()
-          if k in ("seed", "image_size", "two_object_fraction", "connect_size", "train_size",
-                   "val_size", "test_size", "clip_width", "clip_depth", "clip_heads",
-                   "patch_size", "projection_dim", "connect_steps", "connect_batch",
-                   "connect_lr", "connect_temperature")}
-FIELDS = {"shapes_t2i": {
-    **_WORLD, "variants": str, "noise_sigma": float, "gan_steps": int, "gan_batch": int,
-    "gan_lr": float, "z_dim": int, "w_dim": int, "mapping_layers": int, "cond_hidden": int,
-    "channel_base": int, "channel_max": int, "r1_gamma": float, "r1_every": int,
-    "itd_weight": float, "itc_weight": float, "ema_kimg": float, "probe_steps": int,
-    "num_samples": int}}
+FIELDS = {"shapes_t2i": field_types(defaults.get_config())}
 VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3")
 METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_score")
+
+
+def check(config) -> None:
+    """Every value of a shapes_t2i config, checked before any work."""
+    shapes_world.check_world(config)
+    shapes_world.variant_names(config.variants, VARIANTS)
+    checks.at_least(config, 1, ["gan_steps", "gan_batch", "z_dim", "w_dim", "mapping_layers",
+                                "cond_hidden", "channel_base", "channel_max", "r1_every",
+                                "probe_steps", "num_samples"])
+    checks.positive(config, ["gan_lr"])
+    checks.at_least(config, 0.0, ["noise_sigma", "r1_gamma", "itd_weight", "itc_weight",
+                                  "ema_kimg"])
+    checks.at_least(config, config.gan_batch, ["train_size"])
 
 
 def _encoder(model, params) -> generation.Encoder:
@@ -39,7 +46,7 @@ def _encoder(model, params) -> generation.Encoder:
 
 
 def _generator_config(config, dataset: str, variant: str):
-    c = generation.base_config()
+    c = t2i_base.get_config()
     c.update(dict(
         clip="", z_dim=config.z_dim, w_dim=config.w_dim, mapping_layers=config.mapping_layers,
         cond_hidden=config.cond_hidden, channel_base=config.channel_base,
@@ -65,8 +72,12 @@ def _split(world: str, split: str) -> tuple:
 def _generate_variant(config, dataset, variant, encoder, probe, test_attrs, wd) -> dict:
     """One generator run in its own workdir (reused when finished), scored by the probe."""
     sub = wd.file(os.path.join("generators", variant))
-    if not os.path.exists(os.path.join(sub, "results.json")):
-        runner.run(_generator_config(config, dataset, variant), sub, encoder=encoder)
+    c = _generator_config(config, dataset, variant)
+    fields = {"generator": c.to_dict(), "upstream": shapes_world.fields_of(
+        config, shapes_world.WORLD_FIELDS + shapes_world.CONNECT_FIELDS)}
+    if not stages.begin(wd, f"generator_{variant}", fields, [sub], resumable=True):
+        runner.run(c, sub, encoder=encoder)
+        stages.finish(wd, f"generator_{variant}")
     result = Workdir(sub).read_json("results.json")
     images = np.load(os.path.join(sub, "generated_test.npy"))
     acc = shapes_probe.probe_accuracy(probe, images, test_attrs)
@@ -95,7 +106,7 @@ def _samples_png(real, captions, rows: dict, wd: Workdir, count: int) -> str:
 
 def run_shapes_t2i(config, wd: Workdir) -> dict:
     """Connect -> generators trained on images only -> images from test captions."""
-    model, params, world, dataset = shapes_runs.connected_world(config, wd)
+    model, params, world, _, dataset = shapes_world.connected_world(config, wd)
     encoder = _encoder(model, jax.device_put(params))
     train_images, train_attrs = _split(world, "train")
     test_images, test_attrs = _split(world, "test")
@@ -104,15 +115,16 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     ceiling = shapes_probe.probe_accuracy(probe, test_images, test_attrs)
     logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
     rows = {v: _generate_variant(config, dataset, v, encoder, probe, test_attrs, wd)
-            for v in shapes_runs.variant_names(config.variants, VARIANTS)}
+            for v in shapes_world.variant_names(config.variants, VARIANTS)}
     chance = shapes.chance_accuracy(test_attrs)
     table = _table(rows, ceiling, chance)
-    with open(wd.file("RESULTS.md"), "w") as f:
-        f.write("# Shapes world: images from test captions, generators trained on images "
-                "only\n\n" + table)
+    if wd.primary:
+        with open(wd.file("RESULTS.md"), "w") as f:
+            f.write("# Shapes world: images from test captions, generators trained on "
+                    "images only\n\n" + table)
     print("\n" + table)
     test = builders.data_source(world, "test")
-    captions = [shapes_runs.cd._captions(test[i], "caption")[0]
+    captions = [cd.captions_of(test[i], "caption")[0]
                 for i in range(min(config.num_samples, len(test)))]
     _samples_png(test_images, captions, rows, wd, config.num_samples)
     return {"variants": {n: {k: v for k, v in r.items() if k != "images"}

@@ -16,7 +16,7 @@ from c3_jax import c3
 from c3_jax.data.text import encode_captions
 
 
-def _captions(example, field: str) -> list:
+def captions_of(example, field: str) -> list:
     value = example[field]
     items = [value] if isinstance(value, (bytes, str)) else list(value)
     return [c.decode() if isinstance(c, bytes) else str(c) for c in items]
@@ -36,7 +36,7 @@ class CaptionPairs:
                 raise KeyError(f"dataset has no field {field!r}; it has {sorted(first)}")
         self.source, self.field, self.caption_field = source, embedding_field, caption_field
         self.output_key = output_key
-        self.k = len(_captions(first, caption_field))
+        self.k = len(captions_of(first, caption_field))
         self.per_caption = np.ndim(first[embedding_field]) == 2  # [k, d]: one per caption
         if self.per_caption and first[embedding_field].shape[0] != self.k:
             raise ValueError(f"{embedding_field!r} has {first[embedding_field].shape[0]} rows "
@@ -50,7 +50,7 @@ class CaptionPairs:
         'mask' instead of the caption text."""
         rows = progress_bar(self.rows, desc="read captions", unit="row", leave=False)
         captions = [c for r in rows
-                    for c in _captions(self.source[int(r)], self.caption_field)]
+                    for c in captions_of(self.source[int(r)], self.caption_field)]
         self.ids, self.mask = encode_captions(tokenizer, captions, max_length, truncate)
         return self
 
@@ -71,7 +71,7 @@ class CaptionPairs:
             e = e.astype(np.float32)
         if self.ids is not None:
             return {self.output_key: e, "ids": self.ids[i], "mask": self.mask[i]}
-        return {self.output_key: e, "caption": _captions(ex, self.caption_field)[j]}
+        return {self.output_key: e, "caption": captions_of(ex, self.caption_field)[j]}
 
 
 def fraction_rows(num_rows: int, fraction: float, seed: int) -> np.ndarray:
@@ -101,7 +101,7 @@ def eval_rows(source, field: str, caption_field: str, limit: int = 0):
         ex = source[i]
         e = np.asarray(ex[field], np.float32)
         embeddings.append(e[0] if e.ndim == 2 else e)
-        references.append(_captions(ex, caption_field))
+        references.append(captions_of(ex, caption_field))
     embeddings = np.stack(embeddings)
     if not np.isfinite(embeddings).all():
         raise ValueError(f"{field!r} embeddings contain NaN or Inf")

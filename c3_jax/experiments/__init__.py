@@ -1,0 +1,23 @@
+"""Experiments: one module per experiment, each with ``FIELDS[name]`` (the config fields it
+takes, typed by the defaults in configs/) and a run function ``fn(config, workdir)``.
+
+``EXPERIMENTS`` maps an experiment name (a config's ``experiment`` field) to
+"module:function"; the module is imported only when its experiment runs."""
+
+EXPERIMENTS = {
+    "geometry_synthetic": "c3_jax.experiments.geometry:run_synthetic",
+    "geometry_mlp_collapse": "c3_jax.experiments.geometry:run_mlp_collapse",
+    "geometry_embeddings": "c3_jax.experiments.geometry:run_embeddings",
+    "embeddings_dataset": "c3_jax.experiments.datasets:run_embeddings_dataset",
+    "coco_extract": "c3_jax.experiments.datasets:run_coco_extract",
+    "caption": "c3_jax.experiments.caption:run_caption",
+    "caption_gap_sensitivity": "c3_jax.experiments.caption:run_gap_sensitivity",
+    "generate": "c3_jax.experiments.t2i:run_generate",
+    "shapes_caption": "c3_jax.experiments.shapes_caption:run_shapes_caption",
+    "shapes_t2i": "c3_jax.experiments.shapes_t2i:run_shapes_t2i",
+    "shapes_connect_study": "c3_jax.experiments.connect_study:run_connect_study",
+}
+# Trainers that resume from the checkpoints in their workdir (a rerun must be of the same
+# config) and composite runs whose cached stages decide what a changed config reuses.
+RESUMABLE = {"caption", "caption_gap_sensitivity", "generate"}
+STAGED = {"shapes_caption", "shapes_t2i", "shapes_connect_study"}

@@ -1,0 +1,110 @@
+"""Captioning experiments: a captioner trained on one modality's embeddings and evaluated
+on another's ('caption'), and its sensitivity to the gap ('caption_gap_sensitivity')."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from c3_jax import c3, geometry, plots
+from c3_jax.data import builders
+from c3_jax.data import captions as cd
+from c3_jax.eval.caption_metrics import rouge_n, score_captions
+from c3_jax.experiments import checks
+from c3_jax.train.captioning import Run, evaluate, generate, restore_run_params, train
+from c3_jax.workdir import Workdir
+from configs import caption_base
+from configs import field_types
+
+FIELDS = {name: field_types(caption_base.get_config(name))
+          for name in ("caption", "caption_gap_sensitivity")}
+
+
+
+def _train_or_restore(run: Run) -> tuple:
+    if run.config.restore_from:
+        return restore_run_params(run, run.config.restore_from), {"restored_from":
+                                                                  run.config.restore_from}
+    return train(run)
+
+
+def check(config) -> None:
+    """Every value of a captioning config, checked before any work."""
+    if config.variant not in c3.VARIANTS:
+        raise ValueError(f"config field 'variant' is {config.variant!r}; known: "
+                         f"{sorted(c3.VARIANTS)}")
+    checks.at_least(config, 1, ["batch_size", "num_epochs", "grad_accum", "fsdp", "log_every",
+                                "checkpoint_every", "keep_checkpoints", "prefix_length",
+                                "clip_length", "max_caption_tokens", "max_decode_tokens",
+                                "eval_batch_size", "beam_size"])
+    checks.at_least(config, 0, ["max_steps", "warmup_steps", "val_batches",
+                                "eval_max_examples"])
+    checks.at_least(config, 0.0, ["noise_sigma", "weight_decay"])
+    checks.positive(config, ["lr"])
+    checks.within(config, 0.0, 1.0, ["train_fraction"])
+    if config.decode not in ("greedy", "beam"):
+        raise ValueError(f"config field 'decode' is {config.decode!r}; use 'greedy' or 'beam'")
+    checks.existing(config.dataset_dir, "dataset_dir")
+    checks.existing(config.gpt2, "gpt2")
+    for field in ("init_from", "restore_from"):
+        if config[field]:
+            checks.existing(config[field], field)
+    if config.experiment == "caption_gap_sensitivity":
+        _floats(config.shift_norms)
+    checks.java()
+
+
+def run_caption(config, wd: Workdir) -> dict:
+    """Train on ``train_field`` (text: uni-modal), evaluate on ``eval_field`` (images)."""
+    run = Run(config, wd)
+    params, summary = _train_or_restore(run)
+    result = evaluate(run, params)
+    _plot_loss(wd)
+    return {**summary, **result, "variant": config.variant, "sigma": config.noise_sigma}
+
+
+def run_gap_sensitivity(config, wd: Workdir) -> dict:
+    """Appendix G / Table 6: trained on ``train_field``, evaluated on the test split's same
+    modality shifted by a constant c orthogonal to its span, for each |c|."""
+    run = Run(config, wd)
+    params, summary = _train_or_restore(run)
+    source = builders.data_source(config.dataset_dir, config.test_split)
+    embeddings, _ = cd.eval_rows(source, config.train_field, config.caption_field,
+                                 config.eval_max_examples)
+    own = [[r] for r in _first_captions(source, config)]
+    mean = run.mean(config.train_field) if run.transform.collapse else None
+    unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
+                                     jax.random.key(config.seed), config.shift_gamma)
+    rows = {}
+    for norm in _floats(config.shift_norms):
+        captions = generate(run, params, embeddings, mean, shift=norm * unit)
+        scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)), spice=False)
+        rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1), "ROUGE-L": scores["ROUGE-L"],
+                             "METEOR": scores["METEOR"], "sample": captions[0]}
+    _plot_gap_sensitivity(rows, wd)
+    return {**summary, "by_gap_distance": rows}
+
+
+def _first_captions(source, config) -> list:
+    n = len(source) if config.eval_max_examples <= 0 else min(config.eval_max_examples,
+                                                                len(source))
+    return [cd.captions_of(source[i], config.caption_field)[0] for i in range(n)]
+
+
+def _floats(text: str) -> list:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"shift_norms={text!r} must be comma-separated numbers") from None
+
+
+def _plot_loss(wd: Workdir) -> None:
+    rows = [r for r in wd.read_metrics() if "loss" in r]
+    if rows:
+        plots.curves({"train loss": ([r["step"] for r in rows], [r["loss"] for r in rows])},
+                     "step", "caption loss", wd.file("loss.png"))
+
+
+def _plot_gap_sensitivity(rows: dict, wd: Workdir) -> None:
+    norms = [float(k) for k in rows]
+    plots.curves({m: (norms, [rows[k][m] for k in rows]) for m in ("ROUGE-1", "ROUGE-L", "METEOR")},
+                 "gap distance |c|", "score", wd.file("gap_sensitivity.png"))

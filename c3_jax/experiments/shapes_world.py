@@ -1,0 +1,192 @@
+"""The built-in world's shared stages: the world dataset, its word tokenizer, Connect (a
+small CLIP trained on its image-caption pairs), the frozen CLIP's embeddings, and the
+geometry probe of a CLIP space. Each stage is cached in the workdir and reused only while
+the config fields that shaped it are unchanged."""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+import jax
+import numpy as np
+
+from c3_jax import geometry
+from c3_jax.data import builders, shapes
+from c3_jax.data import captions as cd
+from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokenizer
+from c3_jax.experiments import checks, stages
+from c3_jax.models import clip
+from c3_jax.train import connect
+from c3_jax.workdir import Workdir
+
+MAX_TOKENS = 20  # the longest world caption: 16 words, a comma, '.', EOS
+WORLD_FIELDS = ("seed", "image_size", "two_object_fraction", "connect_size", "train_size",
+                "val_size", "test_size")
+CONNECT_FIELDS = ("clip_width", "clip_depth", "clip_heads", "patch_size", "projection_dim",
+                  "connect_steps", "connect_batch", "connect_lr", "connect_temperature")
+
+
+def fields_of(config, names) -> dict:
+    return {k: config[k] for k in names}
+
+
+def variant_names(text: str, known) -> list:
+    """The comma-separated variant names of a config field, each checked against ``known``."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise ValueError(f"variants={text!r}: unknown variants {unknown}; known: "
+                         f"{sorted(known)}" if unknown else "variants is empty")
+    return names
+
+
+def check_world(config, splits=("connect", "train", "val", "test")) -> None:
+    """The world and Connect fields of a shapes config, checked before any work."""
+    checks.at_least(config, 1, ["image_size", "clip_width", "clip_heads", "patch_size",
+                                "projection_dim", "connect_steps", "connect_batch"])
+    checks.at_least(config, 10, [f"{s}_size" for s in splits if s != "connect"])
+    checks.at_least(config, config.connect_batch, ["connect_size"])
+    checks.within(config, 0.0, 1.0, ["two_object_fraction"])
+    checks.divides(config, "patch_size", "image_size")
+    checks.divides(config, "clip_heads", "clip_width")
+    if "clip_depth" in config:  # the Connect study sets depth and temperature per recipe
+        checks.at_least(config, 1, ["clip_depth"])
+        connect_config(config)  # lr, temperature, steps
+    else:
+        connect.ConnectConfig(steps=config.connect_steps, batch_size=config.connect_batch,
+                              lr=config.connect_lr)
+
+
+def connect_config(config, **overrides) -> connect.ConnectConfig:
+    """The Connect settings of a shapes config (validated on construction)."""
+    kw = dict(steps=config.connect_steps, batch_size=config.connect_batch,
+              lr=config.connect_lr, seed=config.seed,
+              temperature=config.connect_temperature)
+    return connect.ConnectConfig(**{**kw, **overrides})
+
+
+def world_dataset(config, wd: Workdir, sizes: Optional[Mapping[str, int]] = None,
+                  caption_omit: float = 0.0, where: str = "") -> str:
+    """The world's dataset under ``<workdir>/data[/where]``, built once per its fields
+    (every process takes part in the write)."""
+    sizes = dict(sizes or {"connect": config.connect_size, "train": config.train_size,
+                           "val": config.val_size, "test": config.test_size})
+    data_dir = wd.file(os.path.join("data", where))
+    fields = {"seed": config.seed, "image_size": config.image_size,
+              "two_object_fraction": config.two_object_fraction, "sizes": sizes,
+              "caption_omit": caption_omit}
+    name = "world" + (f"_{where}" if where else "")
+    if not stages.begin(wd, name, fields, [os.path.join(data_dir, "shapes_world")]):
+        shapes.build_dataset(data_dir, sizes, config.seed, config.image_size,
+                             two_object_fraction=config.two_object_fraction,
+                             caption_omit=caption_omit)
+        stages.finish(wd, name)
+    return os.path.join(data_dir, "shapes_world", builders.VERSION)
+
+
+def world_tokenizer(world: str, wd: Workdir, world_fields: Mapping, where: str = "",
+                    splits: tuple = ("connect", "train")):
+    """A word-level tokenizer of the captions of ``splits`` (shared by CLIP and GPT-2)."""
+    path = wd.file(os.path.join(where, "tokenizer"))
+    name = "tokenizer" + (f"_{where}" if where else "")
+    if not stages.begin(wd, name, {"world": dict(world_fields), "splits": list(splits)},
+                        [path]):
+        if wd.primary:
+            build_word_tokenizer([c for s in splits for c in _all_captions(
+                builders.data_source(world, s))], path)
+        stages.finish(wd, name)
+    return load_tokenizer(path)
+
+
+def _all_captions(source) -> list:
+    return [c for i in range(len(source)) for c in cd.captions_of(source[i], "caption")]
+
+
+def clip_model(tokenizer, *, width: int, depth: int, heads: int, projection_dim: int,
+               image_size: int, patch_size: int) -> clip.CLIP:
+    """The world's CLIP: a ViT on patches and a causal text transformer of one shape."""
+    tower = clip.Tower(width, depth, heads, 4 * width, "gelu")
+    return clip.CLIP(clip.CLIPConfig(text=tower, vision=tower, projection_dim=projection_dim,
+                                     vocab_size=len(tokenizer), max_positions=MAX_TOKENS,
+                                     eos_token_id=tokenizer.eos_token_id,
+                                     image_size=image_size, patch_size=patch_size))
+
+
+def connect_pairs(world: str, tokenizer) -> cd.CaptionPairs:
+    """The connect split's (image, caption) pairs, tokenized."""
+    return connect.image_pairs(builders.data_source(world, "connect")).tokenize(
+        tokenizer, MAX_TOKENS, truncate=False)
+
+
+def _connect(config, world: str, tokenizer, wd: Workdir):
+    """Connect in ``<workdir>/connect`` (its metrics and checkpoints); resumes when cut."""
+    model = clip_model(tokenizer, width=config.clip_width, depth=config.clip_depth,
+                       heads=config.clip_heads, projection_dim=config.projection_dim,
+                       image_size=config.image_size, patch_size=config.patch_size)
+    fields = fields_of(config, WORLD_FIELDS + CONNECT_FIELDS)
+    stages.begin(wd, "connect", fields, [wd.file("connect")], resumable=True)
+    sub = Workdir(wd.file("connect"))
+    params = connect.train(model, connect_pairs(world, tokenizer), connect_config(config), sub,
+                           sub.file("checkpoints"))
+    stages.finish(wd, "connect")
+    return model, params
+
+
+def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> str:
+    """The frozen CLIP's embeddings of the train/val/test splits (with the images), in
+    COCO's layout."""
+    fields = fields_of(config, WORLD_FIELDS + CONNECT_FIELDS)
+    if stages.begin(wd, "embeddings", fields, [wd.file(os.path.join("data", "shapes_clip"))]):
+        return wd.file(os.path.join("data", "shapes_clip", builders.VERSION))
+    splits, captions = {}, {}
+    for split in ("train", "val", "test"):
+        src = builders.data_source(world, split)
+        rows = [src[i] for i in range(len(src))]
+        caps = [cd.captions_of(r, "caption") for r in rows]
+        ids, mask = encode_captions(tokenizer, [c for cs in caps for c in cs], MAX_TOKENS)
+        text = connect.encode(model, params, ids=ids, mask=mask)
+        images = np.stack([r["image"] for r in rows])
+        splits[split] = {
+            "image": images, "image_embedding": connect.encode(model, params, images=images),
+            "text_embedding": text.reshape(len(rows), len(caps[0]), -1),
+            **{k: np.asarray([r[k] for r in rows]) for k in ("num_objects",) + shapes.ATTRIBUTES}}
+        captions[split] = caps
+    # Every process encoded every row (data-parallel) and writes its part.
+    path = builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
+    stages.finish(wd, "embeddings")
+    return path
+
+
+def space_probe(model: clip.CLIP, world: str, tokenizer, split: str = "val",
+                group_size: int = 100):
+    """A function of CLIP params -> the geometry of their space (``geometry.space_summary``)
+    on a world split's pairs: each image with its first caption."""
+    src = builders.data_source(world, split)
+    rows = [src[i] for i in range(len(src))]
+    images = np.stack([r["image"] for r in rows])
+    ids, mask = encode_captions(tokenizer, [cd.captions_of(r, "caption")[0] for r in rows],
+                                MAX_TOKENS)
+    group = min(group_size, max(2, len(rows) // 5))
+
+    def probe(params) -> dict:
+        x = connect.encode(model, params, images=images)
+        y = connect.encode(model, params, ids=ids, mask=mask)
+        return geometry.space_summary(x, y, jax.random.PRNGKey(0), group)
+    return probe
+
+
+def connected_world(config, wd: Workdir) -> tuple:
+    """World -> tokenizer -> Connect -> embeddings: (the CLIP module, its params, the
+    world's dataset dir, its tokenizer, the embeddings dataset dir)."""
+    world = world_dataset(config, wd)
+    tokenizer = world_tokenizer(world, wd, fields_of(config, WORLD_FIELDS))
+    model, params = _connect(config, world, tokenizer, wd)
+    dataset = _embed_splits(config, world, tokenizer, model, params, wd)
+    return model, params, world, tokenizer, dataset
+
+
+def test_attributes(dataset: str) -> dict:
+    """The test split's ground-truth attributes (``num_objects`` and ``shapes.ATTRIBUTES``)."""
+    test = builders.data_source(dataset, "test")
+    keys = ("num_objects",) + shapes.ATTRIBUTES
+    return {k: np.asarray([int(test[i][k]) for i in range(len(test))]) for k in keys}

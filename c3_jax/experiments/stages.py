@@ -1,0 +1,73 @@
+"""Cached stages of a composite run (a world, a tokenizer, a Connect, embeddings, each
+captioner or generator): each records the fields that shaped it in
+``<workdir>/stages/<name>.json`` and is reused only while they are equal."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Mapping, Sequence
+
+from absl import logging
+
+from c3_jax import parallel
+from c3_jax.workdir import Workdir, to_jsonable
+
+
+def _record_path(wd: Workdir, name: str) -> str:
+    return wd.file(os.path.join("stages", name.replace("/", "__") + ".json"))
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def begin(wd: Workdir, name: str, fields: Mapping, outputs: Sequence[str],
+          resumable: bool = False) -> bool:
+    """Whether stage ``name`` is done with exactly these ``fields`` (then reuse it).
+
+    Otherwise it is recorded as started with ``fields`` and its ``outputs`` are removed when
+    they were built from other fields, by an older version (no record), or left unfinished
+    by a stage that cannot resume; a ``resumable`` stage started with the same fields keeps
+    them (it resumes from its own checkpoints)."""
+    fields = json.loads(json.dumps(to_jsonable(dict(fields)), sort_keys=True))
+    path = _record_path(wd, name)
+    record = None
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+    same = record is not None and record.get("fields") == fields
+    if parallel.agreed(same and record.get("done", False)):
+        return True
+    if wd.primary:
+        if not (same and resumable):
+            if record is not None and not same:
+                changed = sorted(k for k in set(fields) | set(record.get("fields", {}))
+                                 if fields.get(k) != record.get("fields", {}).get(k))
+                logging.info("stage %s: %s changed, so it is built again", name, changed)
+            for out in outputs:
+                _remove(out)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write(path, {"fields": fields, "done": False})
+    parallel.barrier(f"stage {name}")
+    return False
+
+
+def finish(wd: Workdir, name: str) -> None:
+    """Marks stage ``name`` (started by ``begin``) as done."""
+    if wd.primary:
+        path = _record_path(wd, name)
+        with open(path) as f:
+            record = json.load(f)
+        _write(path, {**record, "done": True})
+    parallel.barrier(f"stage {name} done")
+
+
+def _write(path: str, record: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)

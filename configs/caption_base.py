@@ -1,0 +1,36 @@
+"""The paper's COCO captioning setup: every field of the 'caption' experiment, with its
+default. Config files start from it and change what differs."""
+import ml_collections
+
+from c3_jax import c3
+
+
+def get_config(experiment: str = "caption"):
+    """The paper's COCO captioning setup; config files adjust it."""
+    c = ml_collections.ConfigDict()
+    c.experiment = experiment
+    # Model: CLIP ViT-B/32 (512-d) -> MLP mapper -> 10-token prefix -> GPT-2 small, fine-tuned.
+    c.gpt2, c.gpt2_from_scratch, c.freeze_gpt = "checkpoints/gpt2", False, False
+    c.mapper, c.prefix_length, c.clip_length, c.mapper_depth = "mlp", 10, 10, 8
+    c.dtype = "float32"
+    # Data: a dataset written by c3_jax.embed.extract_coco (Karpathy split, restval in train).
+    c.dataset_dir = "data/coco_karpathy_clip/1.0.0"
+    c.train_split, c.val_split, c.test_split = "train", "val", "test"
+    c.train_field, c.eval_field, c.caption_field = "text_embedding", "image_embedding", "caption"
+    c.max_caption_tokens, c.truncate_captions, c.train_fraction = 40, True, 1.0
+    # Training: AdamW lr 2e-5, 5000 warmup steps then linear decay, batch 40, 10 epochs.
+    c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA
+    c.batch_size, c.num_epochs, c.max_steps = 40, 10, 0
+    c.lr, c.warmup_steps, c.weight_decay, c.grad_accum = 2e-5, 5000, 0.01, 1
+    c.fsdp, c.seed = 1, 0
+    c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
+    c.init_from, c.restore_from = "", ""
+    c.skip_nonfinite = False  # True: a step with NaN/Inf loss or gradients is skipped
+    # Evaluation: greedy decoding up to 67 tokens, stopping at EOS or '.', like the reference.
+    c.decode, c.beam_size, c.max_decode_tokens, c.stop_at_period = "greedy", 5, 67, True
+    c.eval_batch_size, c.eval_max_examples, c.spice = 256, 0, True
+    if experiment == "caption_gap_sensitivity":
+        c.variant = "c1"
+        c.shift_norms = "0,0.2,0.4,0.6,0.8,1.0,1.5,2.0"  # Table 6
+        c.shift_gamma = 0.99
+    return c
