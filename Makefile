@@ -4,15 +4,21 @@ WORKDIR ?= runs/shapes_caption
 
 .PHONY: install test main quick geometry t2i
 
+# The package alone for the runs (no torch); with the test extras (torch, the independent
+# reference the tests compare against) for `make test`.
 .venv/installed: setup.py
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+.venv/test-installed: .venv/installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 install: .venv/installed
 
-test: install
+test: .venv/test-installed
 	$(PY) -m pytest -q tests
 
 main: install

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# CapDec / C^3 noise for CLIP captioning: variance 0.016 (DESIGN.md).
+# CapDec / C^3 noise for CLIP captioning: variance 0.016 (the C^3 paper, Section 4).
 CLIP_SIGMA = float(np.sqrt(0.016))
 NOISE_KINDS = ("none", "gaussian", "span_only", "lafite_mix")
 

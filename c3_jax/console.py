@@ -36,7 +36,7 @@ def config_files_help() -> str:
     parts = []
     for info in sorted(pkgutil.iter_modules(configs.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"configs.{info.name}")
-        if not hasattr(module, "get_config"):
+        if not hasattr(module, "get_config") or info.name.endswith("_base"):  # bases
             continue
         variants = getattr(module, "VARIANTS", ())
         parts.append(f"configs/{info.name}.py" + (f"[:{'|'.join(variants)}]" if variants else ""))

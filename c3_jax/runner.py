@@ -75,7 +75,7 @@ def check_values(config) -> None:
     if check is not None:
         try:
             check(config)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
             raise ConfigError(str(err)) from None
 
 

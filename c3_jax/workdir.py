@@ -98,7 +98,10 @@ class Workdir:
         """Keeps the metrics of steps <= ``step`` (a resumed run re-logs the later ones)."""
         if not self.primary:
             return
-        rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        every = self.read_metrics()
+        rows = [r for r in every if r.get("step", 0) <= step]
+        if len(rows) == len(every):
+            return
         tmp = self.file("metrics.jsonl.tmp")
         with open(tmp, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

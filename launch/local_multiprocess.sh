@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # N JAX processes of one run on this machine, the way the tests simulate a pod: each
 # process gets DEVICES/N forced CPU devices and the three JAX_* variables that
-# c3_jax.train.state.maybe_initialize_distributed reads; the coordinator and the CPU
+# c3_jax.parallel.maybe_initialize_distributed reads; the coordinator and the CPU
 # collectives listen on 127.0.0.1 only.
 #
 #   launch/local_multiprocess.sh N --config=configs/X.py[:variant] --workdir=DIR [--config.f=v ...]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One c3_jax run over the GPU nodes of a SLURM job: one task (one JAX process) per node,
 # each using all GPUs of its node. JAX detects the job from SLURM's variables
-# (coordinator = first node, process id = SLURM_PROCID); c3_jax.train.state starts it
+# (coordinator = first node, process id = SLURM_PROCID); c3_jax.parallel starts it
 # when SLURM_NTASKS > 1.
 #
 #   sbatch --nodes=4 launch/slurm.sh --config=configs/coco_caption.py:c3 --workdir=/shared/runs/c3

@@ -249,3 +249,34 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(world, tmp_path)
         np.testing.assert_array_equal(
             np.stack([got[i]["image"] for i in range(n)]),
             embed.square_images([str(root / "coco" / p) for p, _, _ in paths], 16))
+
+
+def _numbers(tree, prefix=""):
+    """{path: value} of the numbers and strings in a results tree (wall time left out)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() if key not in ("wall_time_s", "provenance")
+                for k, v in _numbers(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f"{prefix}/{i}").items()}
+    return {prefix: tree}
+
+
+@pytest.mark.parametrize("name", ["shapes_caption", "shapes_t2i"])
+def test_the_shapes_jobs_give_the_figures_of_one_process_on_two(name, tmp_path):
+    """The README's own example: the built-in world's jobs under 2 processes."""
+    import importlib
+    config = importlib.import_module(f"configs.{name}").get_config("quick")
+    config.variants = "c1,c3"
+    results = {}
+    for processes in (1, 2):
+        workdir = str(tmp_path / f"{name}{processes}")
+        _ok(_launch(config, workdir, processes, cli=f"configs/{name}.py:quick"))
+        with open(os.path.join(workdir, "results.json")) as f:
+            results[processes] = _numbers(json.load(f))
+    assert results[2].keys() == results[1].keys()
+    for key, want in results[1].items():
+        got = results[2][key]
+        if isinstance(want, float):
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-6), key
+        else:
+            assert got == want, key

@@ -520,7 +520,7 @@ def parse_caption(text: str) -> dict:
 
 # -------------------------------------------------------------------------- accuracy
 
-def _names(attributes: Mapping[str, Sequence], key: str) -> list:
+def attribute_names(attributes: Mapping[str, Sequence], key: str) -> list:
     """Ground-truth values of one attribute as names (None where not applicable)."""
     values = np.asarray(attributes[key])
     if key == "num_objects":
@@ -530,7 +530,7 @@ def _names(attributes: Mapping[str, Sequence], key: str) -> list:
     return [None if v is None or v == "" else str(v) for v in values.tolist()]
 
 
-def _applicable(truth):
+def applicable(truth):
     return [i for i, v in enumerate(truth) if v is not None]
 
 
@@ -543,7 +543,7 @@ def attribute_accuracy(captions: Sequence[str], attributes: Mapping[str, Sequenc
     ``num_objects`` (caption describes the right number of objects); ``exact_match``
     (right number of objects and every applicable attribute right); ``mean`` (mean of the
     per-attribute accuracies of ``ATTRIBUTES``, NaNs left out)."""
-    truth = {k: _names(attributes, k) for k in ("num_objects",) + ATTRIBUTES}
+    truth = {k: attribute_names(attributes, k) for k in ("num_objects",) + ATTRIBUTES}
     n = len(truth["num_objects"])
     if len(captions) != n:
         raise ValueError(f"{len(captions)} captions for {n} scenes")
@@ -553,17 +553,17 @@ def attribute_accuracy(captions: Sequence[str], attributes: Mapping[str, Sequenc
     out = {}
     exact = count_right.copy()
     for k in ATTRIBUTES:
-        rows = _applicable(truth[k])
+        rows = applicable(truth[k])
         right = [parsed[i][k] == truth[k][i] for i in rows]
         out[k] = float(np.mean(right)) if rows else float("nan")
         exact[rows] &= np.array(right, bool)
     out["num_objects"] = float(count_right.mean()) if n else float("nan")
     out["exact_match"] = float(exact.mean()) if n else float("nan")
-    out["mean"] = _nanmean([out[k] for k in ATTRIBUTES])
+    out["mean"] = nanmean([out[k] for k in ATTRIBUTES])
     return out
 
 
-def _nanmean(values):
+def nanmean(values):
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
@@ -579,9 +579,9 @@ def chance_accuracy(attributes: Mapping[str, Sequence]) -> dict:
     """Accuracy of always guessing the most frequent value (the keys of
     :func:`attribute_accuracy`); ``exact_match``: the most frequent whole scene
     description."""
-    truth = {k: _names(attributes, k) for k in ("num_objects",) + ATTRIBUTES}
+    truth = {k: attribute_names(attributes, k) for k in ("num_objects",) + ATTRIBUTES}
     out = {k: _mode_fraction([v for v in truth[k] if v is not None]) for k in ATTRIBUTES}
     out["num_objects"] = _mode_fraction(truth["num_objects"])
     out["exact_match"] = _mode_fraction(list(zip(*truth.values())))
-    out["mean"] = _nanmean([out[k] for k in ATTRIBUTES])
+    out["mean"] = nanmean([out[k] for k in ATTRIBUTES])
     return out

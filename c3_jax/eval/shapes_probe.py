@@ -96,7 +96,7 @@ def _labels(attributes: Mapping[str, Sequence], n: int) -> dict:
         raise ValueError(f"attributes lack {missing}; pass the arrays of shapes.generate")
     out = {}
     for k in HEADS:
-        names = shapes._names(attributes, k)
+        names = shapes.attribute_names(attributes, k)
         if len(names) != n:
             raise ValueError(f"attributes[{k!r}] has {len(names)} entries for {n} images")
         if k == "num_objects":
@@ -226,8 +226,8 @@ def prediction_accuracy(predictions: Mapping[str, Sequence],
     predicted right (NaN if it applies nowhere); ``num_objects``; ``exact_match`` (right
     number of objects and every applicable attribute right); ``mean`` (mean over
     ``ATTRIBUTES``, NaNs left out)."""
-    truth = {k: shapes._names(attributes, k) for k in HEADS}
-    pred = {k: shapes._names(predictions, k) for k in HEADS}
+    truth = {k: shapes.attribute_names(attributes, k) for k in HEADS}
+    pred = {k: shapes.attribute_names(predictions, k) for k in HEADS}
     n = len(truth["num_objects"])
     for k in HEADS:
         if len(truth[k]) != n or len(pred[k]) != n:
@@ -238,13 +238,13 @@ def prediction_accuracy(predictions: Mapping[str, Sequence],
     out = {}
     exact = count_right.copy()
     for k in shapes.ATTRIBUTES:
-        rows = shapes._applicable(truth[k])
+        rows = shapes.applicable(truth[k])
         right = np.array([pred[k][i] == truth[k][i] for i in rows], bool)
         out[k] = float(right.mean()) if rows else float("nan")
         exact[rows] &= right
     out["num_objects"] = float(count_right.mean()) if n else float("nan")
     out["exact_match"] = float(exact.mean()) if n else float("nan")
-    out["mean"] = shapes._nanmean([out[k] for k in shapes.ATTRIBUTES])
+    out["mean"] = shapes.nanmean([out[k] for k in shapes.ATTRIBUTES])
     return out
 
 

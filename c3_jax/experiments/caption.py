@@ -38,8 +38,7 @@ def check(config) -> None:
                                 "eval_batch_size", "beam_size"])
     checks.at_least(config, 0, ["max_steps", "warmup_steps", "val_batches",
                                 "eval_max_examples"])
-    checks.at_least(config, 0.0, ["noise_sigma", "weight_decay"])
-    checks.positive(config, ["lr"])
+    checks.at_least(config, 0.0, ["noise_sigma", "weight_decay", "lr"])  # lr 0: evaluation
     checks.within(config, 0.0, 1.0, ["train_fraction"])
     if config.decode not in ("greedy", "beam"):
         raise ValueError(f"config field 'decode' is {config.decode!r}; use 'greedy' or 'beam'")

@@ -11,6 +11,7 @@ from absl import logging
 from c3_jax.progress import progress_bar
 
 from c3_jax import c3, geometry, plots
+from c3_jax.experiments import checks
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.workdir import Workdir
 from configs import field_types, geometry_embeddings, geometry_mlp_collapse, geometry_synthetic
@@ -26,6 +27,26 @@ SYNTHETIC_PROTOCOLS = {
     "normalize_in_loss": (True, True),   # CLIP-head loss, from unit rows
     "notebook": (False, True),           # the reference notebook: CLIP-head loss, raw rows
 }
+
+
+def check(config) -> None:
+    """Every value of a geometry config, checked before any work."""
+    if config.experiment == "geometry_synthetic":
+        synthetic_protocol(config.protocol)
+        checks.at_least(config, 1, ["steps", "chunk", "d_x", "d_y"])
+        checks.at_least(config, 2, ["num_pairs"])
+        checks.at_least(config, config.d_x + config.d_y, ["dim"])
+        checks.positive(config, ["tau", "lr", "stable_delta"])
+        checks.within(config, 0.0, 1.0, ["gamma"])
+        checks.divides(config, "chunk", "steps")
+    elif config.experiment == "geometry_mlp_collapse":
+        checks.at_least(config, 2, ["num_inputs"])
+        checks.at_least(config, 1, ["width", "depth", "every"])
+    else:
+        for path in config.embeddings.split(","):
+            checks.existing(path.strip(), "embeddings")
+        checks.at_least(config, 2, ["group_size", "calibration_pairs"])
+        checks.within(config, 0.0, 1.0, ["gamma"])
 
 
 def synthetic_protocol(protocol: str) -> tuple:

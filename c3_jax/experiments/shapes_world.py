@@ -124,11 +124,13 @@ def _connect(config, world: str, tokenizer, wd: Workdir):
                        heads=config.clip_heads, projection_dim=config.projection_dim,
                        image_size=config.image_size, patch_size=config.patch_size)
     fields = fields_of(config, WORLD_FIELDS + CONNECT_FIELDS)
-    stages.begin(wd, "connect", fields, [wd.file("connect")], resumable=True)
+    done = stages.begin(wd, "connect", fields, [wd.file("connect")], resumable=True)
     sub = Workdir(wd.file("connect"))
+    # Trains, resumes an unfinished Connect, or (done) reloads its last checkpoint.
     params = connect.train(model, connect_pairs(world, tokenizer), connect_config(config), sub,
                            sub.file("checkpoints"))
-    stages.finish(wd, "connect")
+    if not done:
+        stages.finish(wd, "connect")
     return model, params
 
 

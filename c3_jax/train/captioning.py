@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from c3_jax.progress import progress_bar
 
 from c3_jax import c3
@@ -24,7 +23,7 @@ from c3_jax.data.text import load_tokenizer
 from c3_jax.models import checkpoint, clipcap, decoding, gpt2
 from c3_jax.data import captions as cd
 from c3_jax import parallel
-from c3_jax.train import checkpoints
+from c3_jax.train import checkpoints, loop
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -214,54 +213,20 @@ def train(run: Run) -> tuple:
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
                                         lambda: _initial_state(run, tx, shardings))
-    wd.truncate_metrics(start)
     key = jax.random.key(config.seed)
-    writer = _tensorboard(wd)
-    bar = progress_bar(range(start, steps), initial=start, total=steps, desc="train", unit="step")
-    summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs)}
-    watch = st.NonFiniteWatch()
-    for i in bar:
-        batch = pipeline.global_batch(next(data), parallel.batch_sharding(run.mesh))
-        state, metrics = step_fn(state, batch, mean, gap, key)
-        done = i + 1
-        watch.update(metrics, done)
-        if done % config.log_every == 0 or done == steps:
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _log(wd, writer, done, host)
-            bar.set_postfix(loss=f"{host['loss']:.4f}")
-            summary["final_loss"] = host["loss"]
-        if done % config.checkpoint_every == 0 or done == steps:
-            watch.check(ckpts, config.skip_nonfinite)
-            val = _validation_loss(run, state.params, eval_loss, mean)
-            if val is not None:
-                _log(wd, writer, done, {"val_loss": val})
-                summary["val_loss"] = val
-            ckpts.save(done, state, data, best_value=val)
-    ckpts.wait()
-    ckpts.close()
-    if writer is not None:
-        writer.close()
+    schedule = st.warmup_linear_decay(config.lr, config.warmup_steps,
+                                      max(steps // config.grad_accum, 1))
+    state, last, val = loop.fit(
+        state, start, lambda s, batch, i: step_fn(s, batch, mean, gap, key), data,
+        parallel.batch_sharding(run.mesh), ckpts, wd,
+        loop.LoopConfig(steps, config.log_every, config.checkpoint_every,
+                        config.skip_nonfinite),
+        learning_rate=lambda i: schedule(i // config.grad_accum),
+        validate=lambda s: _validation_loss(run, s.params, eval_loss, mean))
+    summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs),
+               **({"final_loss": last["loss"]} if "loss" in last else {}),
+               **({"val_loss": val} if val is not None else {})}
     return state.params, summary
-
-
-def _tensorboard(wd: Workdir):
-    if jax.process_index() != 0:
-        return None
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        logging.warning("tensorboardX is not installed; metrics go to metrics.jsonl only")
-        return None
-    return SummaryWriter(wd.file("tensorboard"))
-
-
-def _log(wd: Workdir, writer, step: int, metrics: dict) -> None:
-    if jax.process_index() != 0:
-        return
-    wd.log_metrics(step, metrics)
-    if writer is not None:
-        for k, v in metrics.items():
-            writer.add_scalar(k, v, step)
 
 
 def restore_run_params(run: Run, run_dir: str):

@@ -9,13 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from c3_jax.progress import progress_bar
 
 from c3_jax.data import pipeline
 from c3_jax.models import clip
 from c3_jax.data import captions as cd
 from c3_jax import parallel
-from c3_jax.train import checkpoints
+from c3_jax.train import checkpoints, loop
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -124,34 +123,18 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
         st.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), shardings))
     step_fn = make_step(model, tx, mesh, shardings, config.temperature)
 
-    def maybe_probe(done: int, params) -> None:
+    def maybe_probe(done: int, state) -> None:
         if probe is not None and done in config.probe_at:
-            wd.log_metrics(done, {f"probe_{k}": v for k, v in probe(params).items()})
+            wd.log_metrics(done, {f"probe_{k}": v for k, v in probe(state.params).items()})
 
     if start == 0:
-        maybe_probe(0, state.params)
-    else:
-        wd.truncate_metrics(start)  # the steps after the checkpoint are logged again
-    watch = st.NonFiniteWatch()
-    bar = progress_bar(range(start, config.steps), initial=start, total=config.steps,
-                       desc="connect", unit="step")
-    for i in bar:
-        state, metrics = step_fn(state, pipeline.global_batch(next(data),
-                                                              parallel.batch_sharding(mesh)))
-        done = i + 1
-        watch.update(metrics, done)
-        if done % config.log_every == 0 or done == config.steps:
-            watch.check(ckpts, skip=False)
-            host = {f"connect_{k}": float(v) for k, v in jax.device_get(metrics).items()
-                    if k != "nonfinite"}
-            wd.log_metrics(done, host)
-            bar.set_postfix(loss=f"{host['connect_loss']:.3f}")
-        maybe_probe(done, state.params)
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            watch.check(ckpts, skip=False)  # never saves a non-finite state
-            ckpts.save(done, state, data)
-    ckpts.wait()
-    ckpts.close()
+        maybe_probe(0, state)
+    schedule = st.warmup_linear_decay(config.lr, config.warmup_steps, config.steps)
+    state, _, _ = loop.fit(state, start, lambda s, batch, i: step_fn(s, batch), data,
+                           parallel.batch_sharding(mesh), ckpts, wd,
+                           loop.LoopConfig(config.steps, config.log_every,
+                                           config.checkpoint_every, desc="connect"),
+                           learning_rate=schedule, after_step=maybe_probe)
     return state.params
 
 

@@ -29,7 +29,7 @@ from c3_jax.models import stylegan2
 from c3_jax.data import captions as cd
 from c3_jax.train import connect
 from c3_jax import parallel
-from c3_jax.train import checkpoints
+from c3_jax.train import checkpoints, loop
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -314,29 +314,16 @@ def train(run: Run) -> tuple:
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
                                         jax.jit(run.init_state, out_shardings=shardings))
-    wd.truncate_metrics(start)
     key = jax.random.key(config.seed)
-    steps = config.max_steps
-    bar = progress_bar(range(start, steps), initial=start, total=steps, desc="train G+D",
-                       unit="step")
-    summary = {"steps": steps, "resumed_from": start, "train_images": len(run.rows)}
-    watch = st.NonFiniteWatch()
-    for i in bar:
-        batch = pipeline.global_batch(next(data), parallel.batch_sharding(run.mesh))
-        state, metrics = step_fn(state, batch, mean, gap, key, i % config.r1_every == 0)
-        done = i + 1
-        watch.update(metrics, done)
-        if done % config.log_every == 0 or done == steps:
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if jax.process_index() == 0:
-                wd.log_metrics(done, host)
-            bar.set_postfix(g=f"{host['g_adv']:.3f}", d=f"{host['d_adv']:.3f}")
-            summary["final_metrics"] = host
-        if done % config.checkpoint_every == 0 or done == steps:
-            watch.check(ckpts, config.skip_nonfinite)
-            ckpts.save(done, state, data)
-    ckpts.wait()
-    ckpts.close()
+    state, last, _ = loop.fit(
+        state, start, lambda s, batch, i: step_fn(s, batch, mean, gap, key,
+                                                  i % config.r1_every == 0),
+        data, parallel.batch_sharding(run.mesh), ckpts, wd,
+        loop.LoopConfig(config.max_steps, config.log_every, config.checkpoint_every,
+                        config.skip_nonfinite, "train G+D", ("g_adv", "d_adv")),
+        learning_rate=lambda i: config.lr)
+    summary = {"steps": config.max_steps, "resumed_from": start,
+               "train_images": len(run.rows), "final_metrics": last}
     return state.ema, summary
 
 

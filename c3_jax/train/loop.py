@@ -1,0 +1,98 @@
+"""The one training loop (Connect, captioning, text-to-image): steps from a checkpoint or
+from scratch, a progress bar, the non-finite watch, metrics (metrics.jsonl and
+TensorBoard, learning rate included), checkpoints with the data position and, optionally,
+a validation value that picks the best checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator, Optional, Tuple
+
+import jax
+from absl import logging
+
+from c3_jax.data import pipeline
+from c3_jax.progress import progress_bar
+from c3_jax.train import checkpoints
+from c3_jax.train import state as st
+from c3_jax.workdir import Workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    skip_nonfinite: bool = False
+    desc: str = "train"
+    postfix: Tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
+
+
+class MetricWriter:
+    """Metrics of a run: rows of ``metrics.jsonl`` and TensorBoard scalars (process 0; the
+    TensorBoard file is opened at the first write, so a finished run reloaded adds none)."""
+
+    def __init__(self, wd: Workdir):
+        self.wd, self._tb = wd, None
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.wd.primary:
+            return
+        self.wd.log_metrics(step, metrics)
+        if self._tb is None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                logging.warning("tensorboardX is not installed; metrics go to metrics.jsonl only")
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(self.wd.file("tensorboard"))
+        if self._tb:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()
+
+
+Step = Callable[[object, dict, int], tuple]  # (state, global batch, step index) -> (state, metrics)
+
+
+def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
+        checkpoints.Checkpoints, wd: Workdir, loop: LoopConfig,
+        learning_rate: Optional[Callable[[int], float]] = None,
+        validate: Optional[Callable[[object], Optional[float]]] = None,
+        after_step: Optional[Callable[[int, object], None]] = None) -> tuple:
+    """Runs ``step`` from ``start`` to ``loop.steps`` on ``data`` (local batches, placed
+    with ``batch_sharding``); returns (state, the last logged metrics, the last validation
+    value). Metrics after ``start`` (logged by a run that was cut) are dropped first;
+    ``validate(state)`` at each checkpoint gives the value ``best/`` keeps the best of
+    (lower is better); ``after_step(done, state)`` runs after every step (e.g. a probe).
+    A non-finite step stops the run before it is saved, unless ``skip_nonfinite``."""
+    wd.truncate_metrics(start)
+    writer, watch = MetricWriter(wd), st.NonFiniteWatch()
+    bar = progress_bar(range(start, loop.steps), initial=start, total=loop.steps,
+                       desc=loop.desc, unit="step")
+    last, val = {}, None
+    for i in bar:
+        state, metrics = step(state, pipeline.global_batch(next(data), batch_sharding), i)
+        done = i + 1
+        watch.update(metrics, done)
+        if done % loop.log_every == 0 or done == loop.steps:
+            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if learning_rate is not None:
+                last["learning_rate"] = float(learning_rate(done - 1))
+            writer.write(done, last)
+            bar.set_postfix({k: f"{last[k]:.4f}" for k in loop.postfix if k in last})
+        if after_step is not None:
+            after_step(done, state)
+        if done % loop.checkpoint_every == 0 or done == loop.steps:
+            watch.check(ckpts, loop.skip_nonfinite)
+            val = validate(state) if validate is not None else None
+            if val is not None:
+                writer.write(done, {"val_loss": val})
+            ckpts.save(done, state, data, best_value=val)
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    return state, last, val

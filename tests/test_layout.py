@@ -1,0 +1,55 @@
+"""The package's layout holds: data/ and models/ import neither train/ nor experiments/, and
+no module uses another module's private names (a leading underscore)."""
+import ast
+import os
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "c3_jax")
+
+
+def _modules():
+    for d, _, files in os.walk(PACKAGE):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(d, f)
+                name = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].replace(os.sep, ".")
+                with open(path) as fh:
+                    yield name.removesuffix(".__init__"), ast.parse(fh.read(), path)
+
+
+def _imports(tree) -> dict:
+    """{local name: imported module or module.attribute} of every import in ``tree``."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                out[a.asname or a.name.split(".")[0]] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                out[a.asname or a.name] = f"{node.module}.{a.name}"
+    return out
+
+
+def test_data_and_models_import_neither_train_nor_experiments():
+    bad = []
+    for name, tree in _modules():
+        if name.startswith(("c3_jax.data", "c3_jax.models")):
+            bad += [(name, target) for target in _imports(tree).values()
+                    if target.startswith(("c3_jax.train", "c3_jax.experiments"))]
+    assert not bad, bad
+
+
+def test_no_private_name_is_used_outside_its_module():
+    modules = {name for name, _ in _modules()}
+    bad = []
+    for name, tree in _modules():
+        imports = _imports(tree)
+        for target in imports.values():  # from c3_jax.x import _private
+            if target.startswith("c3_jax.") and target.rsplit(".", 1)[1].startswith("_") \
+                    and target not in modules:
+                bad.append((name, target))
+        for node in ast.walk(tree):  # module._private
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__") and isinstance(node.value, ast.Name)
+                    and imports.get(node.value.id, "").startswith("c3_jax")):
+                bad.append((name, f"{imports[node.value.id]}.{node.attr}"))
+    assert not bad, bad

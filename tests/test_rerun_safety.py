@@ -1,0 +1,190 @@
+"""Runs are safe to rerun: a failed run leaves the workdir as it was, a corrected rerun
+reuses exactly the stages whose fields did not change, one workdir holds one run at a time,
+datasets are not silently replaced, results are strict JSON, and a Connect that goes
+non-finite stops before any checkpoint holds it."""
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from c3_jax import runner
+from c3_jax.data import captions as cd
+from c3_jax.experiments import shapes_world
+from c3_jax.train import connect
+from c3_jax.workdir import Workdir
+from configs import embeddings_dataset, geometry_synthetic, shapes_caption
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _snapshot(root) -> dict:
+    """Every file under ``root`` with the hash of its bytes."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = hashlib.sha1(fh.read()).hexdigest()
+    return out
+
+
+def _with(config, **overrides):
+    config = config.copy_and_resolve_references()
+    config.update(overrides)
+    return config
+
+
+def _quick(**overrides):
+    """The main job's :quick config on two variants (what these tests need)."""
+    return _with(shapes_caption.get_config("quick"), **{"variants": "c1,c3", **overrides})
+
+
+def _mtimes(root, sub: str) -> dict:
+    base = os.path.join(root, sub)
+    return {k: os.path.getmtime(os.path.join(base, k)) for k in _snapshot(base)}
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """A finished :quick main job: (config, workdir, results, snapshot)."""
+    workdir = tmp_path_factory.mktemp("rerun") / "main"
+    config = _quick()
+    results = runner.run(config, str(workdir))
+    return config, workdir, results, _snapshot(workdir)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"noise_sigma": -0.1}, "'noise_sigma' is -0.1; it must be >= 0"),
+    ({"variants": "c1,c4"}, "unknown variants \\['c4'\\]"),
+    ({"connect_lr": float("nan")}, "'connect_lr' is nan; it must be a finite number"),
+    ({"caption_steps": 0}, "'caption_steps' is 0; it must be >= 1"),
+    ({"caption_batch": 100_000}, "'train_size' is 256; it must be >= 100000"),
+])
+def test_a_failed_run_leaves_the_workdir_byte_for_byte_and_resumable(main_job, overrides,
+                                                                      message):
+    config, workdir, results, before = main_job
+    with pytest.raises(runner.ConfigError, match=message):
+        runner.run(_with(config, **overrides), str(workdir))
+    assert _snapshot(workdir) == before
+
+
+def test_the_unchanged_config_reuses_every_stage(main_job):
+    config, workdir, results, before = main_job
+    again = runner.run(config, str(workdir))
+    assert again["variants"] == json.loads(json.dumps(results["variants"]))
+    after = _snapshot(workdir)
+    changed = {k for k in before if after.get(k) != before[k]}
+    # Only the run's own outputs are rewritten; no stage is rebuilt.
+    assert changed <= {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png",
+                       "spectra.png", "gap.png"}, sorted(changed)
+
+
+def test_a_corrected_rerun_reuses_exactly_the_unchanged_stages(tmp_path):
+    workdir = tmp_path / "run"
+    runner.run(_quick(variants="c1"), str(workdir))
+    connect_files = _mtimes(workdir, "connect")
+    c1 = _mtimes(workdir, "captioners/c1_seed0")
+    # More variants: the world, Connect and the c1 captioner are reused.
+    runner.run(_quick(), str(workdir))
+    assert _mtimes(workdir, "connect") == connect_files
+    assert _mtimes(workdir, "captioners/c1_seed0") == c1
+    assert os.path.exists(workdir / "captioners" / "c3_seed0" / "results.json")
+    # A captioner setting: captioners again, Connect reused; equal to a fresh run.
+    changed = _quick(caption_lr=2e-3)
+    results = runner.run(changed, str(workdir))
+    assert _mtimes(workdir, "connect") == connect_files
+    assert _mtimes(workdir, "captioners/c1_seed0") != c1
+    fresh = runner.run(changed, str(tmp_path / "fresh"))
+    assert results["variants"] == json.loads(json.dumps(fresh["variants"]))
+    assert results["geometry"]["modality_gap"] == pytest.approx(
+        fresh["geometry"]["modality_gap"], rel=1e-6)
+    # A world field: the world and everything after it are built again.
+    world = _snapshot(workdir / "data" / "shapes_world")
+    runner.run(_with(changed, two_object_fraction=0.5), str(workdir))
+    assert _snapshot(workdir / "data" / "shapes_world") != world
+    assert _mtimes(workdir, "connect") != connect_files
+
+
+def test_a_workdir_holds_one_run_at_a_time(tmp_path):
+    config = _with(geometry_synthetic.get_config("quick"), steps=20, chunk=10)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / ".lock", "a+") as held:  # as a running run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("12345")
+        held.flush()
+        with pytest.raises(runner.ConfigError, match="is in use by another run \\(process 12345"):
+            runner.run(config, str(workdir))
+    assert not (workdir / "config.json").exists()
+    runner.run(config, str(workdir))  # free again
+    assert not (workdir / ".lock").exists()
+
+
+def test_empty_workdir_and_user_errors_print_one_line(tmp_path):
+    config = geometry_synthetic.get_config("quick")
+    with pytest.raises(runner.ConfigError, match="--workdir is empty"):
+        runner.run(config, "")
+    bad = tmp_path / "bad"
+    for args in (["--workdir="], [f"--workdir={bad}", "--config.steps=0", "--config.chunk=10"]):
+        out = subprocess.run([sys.executable, "-m", "c3_jax.main",
+                              "--config=configs/geometry_synthetic.py:quick", *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not bad.exists()
+
+
+def test_a_dataset_name_is_not_silently_reused(tmp_path):
+    arrays = {"train/text_embedding": np.ones((4, 3), np.float32),
+              "train/image_embedding": np.zeros((4, 3), np.float32)}
+    np.savez(tmp_path / "a.npz", **arrays)
+    config = _with(embeddings_dataset.get_config(), embeddings=str(tmp_path / "a.npz"),
+                   data_dir=str(tmp_path / "data"), name="pairs")
+    runner.run(config, str(tmp_path / "first"))
+    arrays["train/text_embedding"] = 2 * arrays["train/text_embedding"]
+    np.savez(tmp_path / "a.npz", **arrays)
+    with pytest.raises(runner.ConfigError, match="dataset 'pairs' already exists.*overwrite"):
+        runner.run(config, str(tmp_path / "second"))
+    assert not (tmp_path / "second").exists()
+    result = runner.run(_with(config, overwrite=True), str(tmp_path / "second"))
+    from c3_jax.data import builders
+    row = builders.data_source(result["dataset_dir"], "train")[0]
+    np.testing.assert_array_equal(row["text_embedding"], 2 * np.ones(3))
+
+
+def test_results_are_strict_json(tmp_path):
+    wd = Workdir(str(tmp_path))
+    wd.write_json("results.json", {"loss": float("nan"), "x": np.float32(np.inf),
+                                   "rows": [1.0, np.nan]})
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": None, "x": None, "rows": [1.0, None]}
+    wd.log_metrics(1, {"loss": float("nan")})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": None}
+
+
+def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
+    config = shapes_caption.get_config("quick")
+    wd = Workdir(str(tmp_path))
+    world = shapes_world.world_dataset(config, wd)
+    tokenizer = shapes_world.world_tokenizer(world, wd, {})
+    model = shapes_world.clip_model(tokenizer, width=16, depth=1, heads=2, projection_dim=8,
+                                    image_size=32, patch_size=8)
+    pairs = shapes_world.connect_pairs(world, tokenizer)
+    assert isinstance(pairs, cd.CaptionPairs)
+    cfg = connect.ConnectConfig(steps=6, batch_size=32, lr=1e30, warmup_steps=0, log_every=1,
+                                checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step") as err:
+        connect.train(model, pairs, cfg, wd, wd.file("checkpoints"))
+    first_bad = int(str(err.value).split("at step ")[1].split(";")[0])
+    latest = wd.file(os.path.join("checkpoints", "latest"))
+    saved = [int(s) for s in os.listdir(latest) if s.isdigit()] if os.path.isdir(latest) else []
+    assert all(s < first_bad for s in saved), (saved, first_bad)
+    with pytest.raises(ValueError, match="lr=nan must be a finite number"):
+        connect.ConnectConfig(lr=float("nan"))
