@@ -8,6 +8,7 @@ import os
 import pkgutil
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "c3-jax", "xla")
 
 
 class _OursOrWarnings(logging.Filter):
@@ -41,3 +42,13 @@ def config_files_help() -> str:
         variants = getattr(module, "VARIANTS", ())
         parts.append(f"configs/{info.name}.py" + (f"[:{'|'.join(variants)}]" if variants else ""))
     return "Config files: " + ", ".join(parts) + "."
+
+
+def compilation_cache(directory: str) -> None:
+    """Turns on JAX's persistent compilation cache in ``directory`` (nothing if empty, or
+    if JAX_COMPILATION_CACHE_DIR already chose one)."""
+    import jax
+    if not directory or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -26,6 +26,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, results, figures.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks of user errors (also C3_DEBUG=1).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Keep the INFO logs of Orbax, JAX and absl.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.environ.get("C3_COMPILATION_CACHE", console.DEFAULT_CACHE),
+    "Directory of JAX's persistent compilation cache (a rerun or a similar run compiles "
+    "nothing again); empty turns it off. Default: $C3_COMPILATION_CACHE or "
+    + console.DEFAULT_CACHE + ".")
 _DISTRIBUTED = {
     "JAX_COORDINATOR_ADDRESS": flags.DEFINE_string(
         "coordinator_address", None, "HOST:PORT of process 0's coordinator (several processes)."),
@@ -45,6 +50,7 @@ def main(argv):
             os.environ[env] = str(flag.value)
     if not _VERBOSE.value:
         console.quiet_libraries()
+    console.compilation_cache(_CACHE.value)
     debug = _DEBUG.value or os.environ.get("C3_DEBUG", "0") not in ("", "0")
     try:
         runner.run(_CONFIG.value, _WORKDIR.value)
@@ -52,7 +58,7 @@ def main(argv):
         if debug:
             raise
         logging.flush()
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err} (--debug shows the traceback)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 from absl import logging
 
-from c3_jax import plots, runner
+from c3_jax import parallel, plots, runner
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.eval import shapes_probe
@@ -107,7 +106,7 @@ def _samples_png(real, captions, rows: dict, wd: Workdir, count: int) -> str:
 def run_shapes_t2i(config, wd: Workdir) -> dict:
     """Connect -> generators trained on images only -> images from test captions."""
     model, params, world, _, dataset = shapes_world.connected_world(config, wd)
-    encoder = _encoder(model, jax.device_put(params))
+    encoder = _encoder(model, parallel.to_host(params))  # host arrays: any process count
     train_images, train_attrs = _split(world, "train")
     test_images, test_attrs = _split(world, "test")
     probe = shapes_probe.train_probe(train_images, train_attrs, steps=config.probe_steps,
