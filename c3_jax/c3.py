@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from c3_jax.progress import progress_bar
+
 # CapDec / C^3 noise for CLIP captioning: variance 0.016 (the C^3 paper, Section 4).
 CLIP_SIGMA = float(np.sqrt(0.016))
 NOISE_KINDS = ("none", "gaussian", "span_only", "lafite_mix")
@@ -154,7 +156,6 @@ def modality_mean(batches: Iterable, progress: bool = False) -> np.ndarray:
     """Mean of the normalized embeddings over an iterable of ``[B, d]`` batches."""
     acc = RunningMean()
     if progress:
-        from c3_jax.progress import progress_bar
         batches = progress_bar(batches, desc="modality mean", unit="batch")
     for b in batches:
         acc.update(b)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from c3_jax.c3 import calibrate_sigma, normalize
+from c3_jax.progress import progress_bar
 
 # ---------------------------------------------------------------------------
 # Effective dimension (Definition 1)
@@ -197,7 +198,6 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
     parts = []
     chunks = range(0, idx.shape[0], group_batch)
     if progress:
-        from c3_jax.progress import progress_bar
         chunks = progress_bar(chunks, desc="gap statistics", unit="chunk")
     for start in chunks:
         rows = idx[start:start + group_batch]

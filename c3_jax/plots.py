@@ -19,6 +19,19 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _styles(count: int) -> list:
+    """Colours for ``count`` lines: the default cycle up to 10, a colormap beyond."""
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    return [plt.get_cmap("viridis")(i / (count - 1)) for i in range(count)]
+
+
+def _line(ax, x, y, color, label, **kw):
+    """A line; with markers where the curve has few points (they would read as a trend)."""
+    marker = "o" if len(np.atleast_1d(x)) <= 12 else None
+    return ax.plot(x, y, color=color, marker=marker, ms=4, label=label, **kw)[0]
+
+
 def per_dimension_variance(before: dict, after: dict, path: str) -> str:
     """Figure 4: per-dimension variance of both modalities, before and after training."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
@@ -35,8 +48,8 @@ def per_dimension_variance(before: dict, after: dict, path: str) -> str:
 def curves(series: dict, xlabel: str, ylabel: str, path: str, logy: bool = False) -> str:
     """Line plot of named (x, y) series."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for label, (x, y) in series.items():
-        ax.plot(x, y, label=label)
+    for color, (label, (x, y)) in zip(_styles(len(series)), series.items()):
+        _line(ax, x, y, color, label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
@@ -85,8 +98,8 @@ def stable_region(taus, margins: dict, path: str, r_max: float = 2.0) -> str:
     """Figure 5: required margin vs temperature; the region above it is stable."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     top = None
-    for label, r in margins.items():
-        ax.plot(taus, r, label=label)
+    for color, (label, r) in zip(_styles(len(margins)), margins.items()):
+        _line(ax, taus, r, color, label)
         top = r if top is None else np.maximum(top, r)
     ax.fill_between(taus, np.minimum(top, r_max), r_max, color="green", alpha=0.2,
                     label="stable region (all curves)")
@@ -134,8 +147,8 @@ def metric_panels(panels: dict, xlabel: str, path: str, xticklabels=None,
     positions of a categorical axis."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (metric, series) in zip(np.atleast_1d(axes), panels.items()):
-        for label, (x, y) in series.items():
-            ax.plot(x, y, marker="o", label=label)
+        for color, (label, (x, y)) in zip(_styles(len(series)), series.items()):
+            _line(ax, x, y, color, label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         if logx:

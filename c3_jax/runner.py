@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from importlib import metadata
 from typing import Callable, Mapping
 
 from absl import logging
@@ -137,7 +138,6 @@ def workdir_lock(wd: Workdir):
 
 def provenance() -> dict:
     """The code and library versions a run used (recorded in results.json)."""
-    from importlib import metadata
     versions = {}
     for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "grain"):
         try:

@@ -152,6 +152,31 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(world, t
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_chunked_caption_nll_equals_the_full_logits_loss_and_gradients(chunk):
+    """The train step's loss (LM head over caption positions only, in chunks) against the
+    loss of the whole [B, P + L, V] logits: equal values and gradients."""
+    gpt = gpt2.GPT2Config(vocab_size=50, max_positions=32, width=16, depth=2, heads=2)
+    model = clipcap.ClipCap(clipcap.MapperConfig("mlp", 3), gpt)
+    rng = np.random.default_rng(1)
+    e = rng.normal(size=(4, 6)).astype(np.float32)
+    ids = rng.integers(0, 50, size=(4, 7)).astype(np.int32)
+    mask = (np.arange(7)[None] < np.array([[7], [5], [2], [6]])).astype(np.int32)
+    params = model.init(jax.random.key(0), e, ids, mask)["params"]
+    full = lambda p: clipcap.caption_loss(model.apply({"params": p}, e, ids, mask), ids, mask, 3)
+    chunked = lambda p: model.apply({"params": p}, e, ids, mask, chunk, method="caption_nll")
+    (want, n_want), g_want = jax.value_and_grad(full, has_aux=True)(params)
+    (got, n_got), g_got = jax.value_and_grad(chunked, has_aux=True)(params)
+    assert float(n_got) == float(n_want) == mask.sum()
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    # The decoder's prompt pass: logits of the last position only, equal to the full pass's.
+    last = model.apply({"params": params}, e, ids, mask, head_from=3 + 6)
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(
+        model.apply({"params": params}, e, ids, mask)[:, -1]), rtol=1e-6, atol=1e-6)
+
+
 def test_caption_loss_is_masked_next_token_cross_entropy():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 3 + 4, 5)).astype(np.float32)

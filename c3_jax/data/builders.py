@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from array_record.python.array_record_module import ArrayRecordWriter
+from jax.experimental import multihost_utils
 
 from c3_jax import parallel
 
@@ -75,7 +76,6 @@ def _all_rows(ok: bool, rows: Sequence[int]) -> np.ndarray:
     mine = np.asarray([int(ok), *rows], np.int64)
     if jax.process_count() == 1:
         return mine[None]
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
 
 

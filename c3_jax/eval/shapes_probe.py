@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from c3_jax.data import shapes
+from c3_jax.progress import progress_bar
 
 HEADS = ("num_objects",) + shapes.ATTRIBUTES
 NUM_CLASSES = {"num_objects": 2, **{k: len(v) for k, v in shapes.VOCAB.items()}}
@@ -174,7 +175,6 @@ def train_probe(images: np.ndarray, attributes: Mapping[str, Sequence], *, steps
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    from c3_jax.progress import progress_bar
     rng = np.random.default_rng(seed)
     bar = progress_bar(range(int(steps)), desc="shapes probe", unit="step", disable=not progress)
     for i in bar:

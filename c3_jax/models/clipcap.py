@@ -103,16 +103,53 @@ class ClipCap(nn.Module):
         return self.map(embedding)
 
     def __call__(self, embedding: jax.Array, input_ids: jax.Array,
-                 attention_mask: Optional[jax.Array] = None) -> jax.Array:
+                 attention_mask: Optional[jax.Array] = None, head_from: int = 0,
+                 head: bool = True) -> jax.Array:
         prefix = self.map(embedding)
         if attention_mask is not None:
             ones = jnp.ones(prefix.shape[:2], attention_mask.dtype)
             attention_mask = jnp.concatenate([ones, attention_mask], 1)
-        return self.decoder(input_ids, attention_mask=attention_mask, prefix=prefix)
+        return self.decoder(input_ids, attention_mask=attention_mask, prefix=prefix,
+                            head_from=head_from, head=head)
+
+    def caption_nll(self, embedding: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
+                    chunk: int = 16) -> tuple[jax.Array, jax.Array]:
+        """``caption_loss`` without the prefix positions' logits and without the whole
+        [B, L, V] logits: the LM head runs over the caption positions ``chunk`` at a time
+        (recomputed in the backward pass). Returns (mean NLL, number of tokens)."""
+        hidden = self(embedding, input_ids, attention_mask,
+                      head_from=self.mapper.prefix_length - 1, head=False)[:, :-1]
+        table = self.decoder.variables["params"]["wte"]["embedding"]
+        return chunked_token_nll(hidden, table, input_ids, attention_mask, chunk)
 
     def decode_step(self, **kwargs):
         """GPT-2 alone (ids or embeddings, cache, index): what decoding calls after the prefix."""
         return self.decoder(**kwargs)
+
+
+def chunked_token_nll(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax.Array,
+                      chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Mean NLL of ``targets`` [B, L] under logits ``hidden @ table.T`` ([B, L, W] x [V, W]),
+    over positions where ``mask`` is 1, computed ``chunk`` positions at a time."""
+    batch, length, width = hidden.shape
+    chunk = max(1, min(chunk, length))
+    pad = (-length) % chunk
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets, mask = (jnp.pad(a, ((0, 0), (0, pad))) for a in (targets, mask))
+    n = (length + pad) // chunk
+    split = lambda a: jnp.swapaxes(a.reshape((batch, n, chunk) + a.shape[2:]), 0, 1)
+    mask = mask.astype(jnp.float32)
+
+    @jax.checkpoint
+    def nll_sum(h, t, m):
+        logits = (h @ table.astype(h.dtype).T).astype(jnp.float32)
+        picked = jnp.take_along_axis(logits, t[..., None], -1)[..., 0]
+        return ((jax.nn.logsumexp(logits, -1) - picked) * m).sum()
+
+    total = jax.lax.map(lambda a: nll_sum(*a), (split(hidden), split(targets), split(mask)))
+    count = mask.sum()
+    return total.sum() / jnp.maximum(count, 1.0), count
 
 
 def caption_loss(logits: jax.Array, input_ids: jax.Array, mask: jax.Array,

@@ -110,7 +110,8 @@ def _gpt2_prompt(module: gpt2.GPT2, params, prompt_ids: Optional[jax.Array],
     step_fn = lambda cache, index, ids: module.apply({"params": params}, input_ids=ids,
                                                      cache=cache, index=index)
     inputs = {"input_ids": prompt_ids} if prompt_ids is not None else {"inputs_embeds": prompt}
-    logits, cache = module.apply({"params": params}, cache=cache, index=0, **inputs)
+    logits, cache = module.apply({"params": params}, cache=cache, index=0,
+                                 head_from=length - 1, **inputs)  # the last position's logits
     return logits[:, -1], cache, length, step_fn
 
 

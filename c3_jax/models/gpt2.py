@@ -42,7 +42,10 @@ class GPT2(nn.Module):
     before the tokens; ``attention_mask`` then covers prefix and tokens. For incremental
     decoding pass ``cache`` (from ``init_cache``) and the position ``index`` of the first
     new token; ``attention_mask`` then covers all cache slots [B, S], and the call
-    returns ``(logits, cache)``.
+    returns ``(logits, cache)``. ``head_from`` computes the output only for positions
+    ``head_from`` on (e.g. the last of a prompt, or a caption after its prefix);
+    ``head=False`` returns the final hidden states there instead of logits (a loss can
+    then apply the tied embedding in chunks).
     """
     config: GPT2Config = GPT2Config()
     dtype: Any = jnp.float32
@@ -51,7 +54,7 @@ class GPT2(nn.Module):
     def __call__(self, input_ids: Optional[jax.Array] = None,
                  inputs_embeds: Optional[jax.Array] = None,
                  attention_mask: Optional[jax.Array] = None, cache=None, index=0,
-                 prefix: Optional[jax.Array] = None):
+                 prefix: Optional[jax.Array] = None, head_from: int = 0, head: bool = True):
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -71,8 +74,8 @@ class GPT2(nn.Module):
         mask = combine_masks(causal, padding_mask(attention_mask))
         x, cache = Encoder(c.depth, c.heads, c.mlp_dim or 4 * c.width, c.act, c.eps, self.dtype,
                            name="encoder")(x, mask, cache, index)
-        x = nn.LayerNorm(epsilon=c.eps, dtype=self.dtype, name="ln_f")(x)
-        logits = wte.attend(x).astype(jnp.float32)
+        x = nn.LayerNorm(epsilon=c.eps, dtype=self.dtype, name="ln_f")(x[:, head_from:])
+        logits = wte.attend(x).astype(jnp.float32) if head else x
         return logits if cache is None else (logits, cache)
 
 

@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from c3_jax.progress import progress_bar
 
-from c3_jax import c3
+from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
-from c3_jax.data.text import load_tokenizer
-from c3_jax.models import checkpoint, clipcap, decoding, gpt2
 from c3_jax.data import captions as cd
-from c3_jax import parallel
+from c3_jax.data.text import load_tokenizer
+from c3_jax.eval.caption_metrics import score_captions
+from c3_jax.models import checkpoint, clipcap, decoding, gpt2
+from c3_jax.progress import progress_bar
 from c3_jax.train import checkpoints, loop
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
@@ -74,8 +74,8 @@ def transform_of(config) -> c3.C3Transform:
 
 def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
                     state_sharding, skip_nonfinite: bool = False):
-    """One sharded step: C^3 transform of the batch, masked caption loss, AdamW update."""
-    prefix_length = model.mapper.prefix_length
+    """One sharded step: C^3 transform of the batch, masked caption loss (the LM head over
+    caption positions only, in chunks), AdamW update."""
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def step(state: st.TrainState, batch: dict, mean, gap_direction, key):
@@ -84,8 +84,8 @@ def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
         def loss_fn(params):
             e = c3.apply_transform(transform, batch["embedding"], mean, rng=rng, train=True,
                                    gap_direction=gap_direction)
-            logits = model.apply({"params": params}, e, batch["ids"], batch["mask"])
-            return clipcap.caption_loss(logits, batch["ids"], batch["mask"], prefix_length)
+            return model.apply({"params": params}, e, batch["ids"], batch["mask"],
+                               method="caption_nll")
 
         (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -101,12 +101,10 @@ def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
 
 def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh):
     """Summed caption NLL and token count of a batch (no noise), for validation."""
-    prefix_length = model.mapper.prefix_length
-
     def fn(params, batch, mean):
         e = c3.apply_transform(transform, batch["embedding"], mean, train=False)
-        logits = model.apply({"params": params}, e, batch["ids"], batch["mask"])
-        loss, count = clipcap.caption_loss(logits, batch["ids"], batch["mask"], prefix_length)
+        loss, count = model.apply({"params": params}, e, batch["ids"], batch["mask"],
+                                  method="caption_nll")
         return loss * count, count
 
     return jax.jit(fn, in_shardings=(None, parallel.batch_sharding(mesh), None))
@@ -306,7 +304,6 @@ def _decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int):
 def evaluate(run: Run, params) -> dict:
     """Captions the test split's ``eval_field`` embeddings (collapsed with that modality's
     mean when the variant collapses) and scores them against the references."""
-    from c3_jax.eval.caption_metrics import score_captions
     config = run.config
     source = builders.data_source(config.dataset_dir, config.test_split)
     embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,

@@ -21,15 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from c3_jax.progress import progress_bar
 
-from c3_jax import c3
+from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
-from c3_jax.models import stylegan2
 from c3_jax.data import captions as cd
-from c3_jax.train import connect
-from c3_jax import parallel
-from c3_jax.train import checkpoints, loop
+from c3_jax.data.images import ImagePreprocessor
+from c3_jax.eval import image_metrics as im
+from c3_jax.models import clip, inception, stylegan2
+from c3_jax.progress import progress_bar
+from c3_jax.train import checkpoints, connect, loop
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
@@ -232,8 +232,6 @@ class Encoder:
 
 def clip_encoder(path: str) -> Encoder:
     """The image tower of a Hugging Face CLIP directory, with CLIP's preprocessing."""
-    from c3_jax.data.images import ImagePreprocessor
-    from c3_jax.models import clip
     module, params = clip.from_pretrained(path)
     prep = ImagePreprocessor.from_pretrained(path)
     mean, std = jnp.asarray(prep.mean), jnp.asarray(prep.std)
@@ -364,7 +362,6 @@ def evaluate(run: Run, params, limit: int = 0) -> dict:
     """Images from the test split's text embeddings (first caption of each row): Fréchet
     distance to the real test images in the encoder's (CLIP) space, CLIP score, and FID/IS
     when ``inception_weights`` is set; returns metrics, samples and generated images."""
-    from c3_jax.eval import image_metrics as im
     config = run.config
     source = builders.data_source(config.dataset_dir, config.test_split)
     mean = run.mean(config.eval_field)  # Collapse with the *text* mean at test time
@@ -419,6 +416,5 @@ def _inception(path: str):
     """A jitted (uint8 images) -> (pool features, logits) of the FID Inception, or None."""
     if not path:
         return None
-    from c3_jax.models import inception
     fn = inception.make_feature_fn(*inception.load_fid_inception(path))
     return lambda images: tuple(np.asarray(a) for a in fn(images))
