@@ -8,9 +8,10 @@ Both sides train the same model from the same weights on the same batches:
   * a batch of --batch random 512-d embeddings and random caption ids (--caption_tokens,
     some rows padded with a 0/1 mask), the C^3 transform (normalize, subtract the modality
     mean, add N(0, 0.016) noise, renormalize), masked next-token cross-entropy over the
-    caption tokens (``clipcap.caption_loss``), AdamW (lr 2e-5, weight decay 0.01).
+    caption tokens (ours: ``ClipCap.caption_nll``, the LM head over caption positions only,
+    in chunks), AdamW (lr 2e-5, weight decay 0.01).
 Ours is our code path: ``captioning.build_model``/``make_optimizer``/``make_train_step`` (jitted,
-state donated) on a 1-device ``state.make_mesh(1)``, batches from numpy through
+state donated) on a 1-device ``parallel.make_mesh(1)``, batches from numpy through
 ``pipeline.global_batch``. PyTorch is the ClipCap reference's way: ``GPT2LMHeadModel`` with
 ``inputs_embeds=cat(prefix, wte(ids))`` and ``attention_mask``, an ``nn.Sequential`` mapper,
 ``torch.optim.AdamW``, ``model.train()``, default threads. GPT-2 dropout is set to 0 on the

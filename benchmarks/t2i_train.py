@@ -3,7 +3,7 @@ image tower for the itc term, Adam for G and D, EMA), with its FLOP rate against
 machine's float32 matmul peak.
 
 The step is ``generation.make_train_step`` exactly as ``generation.train`` builds it (jitted,
-state donated, on ``state.make_mesh(1)``), with random weights and random batches:
+state donated, on ``parallel.make_mesh(1)``), with random weights and random batches:
   * ``--preset shapes_t2i`` (default): configs/shapes_t2i.py's generator and discriminator
     (32x32, cond 64-d, z 32, w 64, 2 mapping layers, cond_hidden 64, channel_base 512,
     channel_max 32, batch 32, R1 gamma 1 every 16 steps) and its world's CLIP image tower

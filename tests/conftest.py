@@ -1,9 +1,19 @@
+"""Shared test set-up: eight CPU devices, one compilation cache for the session, tiny
+Hugging Face checkpoints and datasets made here (nothing is downloaded), and the helpers the
+end-to-end tests share."""
+import hashlib
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Eight host devices so tests can run sharded jitted steps on CPU.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Eight host devices so tests can run sharded jitted steps on CPU; the CPU backend's LLVM
+# optimizations off: the tests' programs are tiny and compile-bound (a quarter faster).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, the test processes and the
 # subprocesses they start (the same programs compile once): about 3x on the end-to-end
@@ -14,3 +24,257 @@ if _CACHE:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402  (after the environment above)
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
+
+from c3_jax.data import builders  # noqa: E402
+from configs import coco_caption, coco_t2i  # noqa: E402
+
+
+WORDS = ["<pad>", "<eos>", "<unk>", "a", "red", "blue", "green", "circle", "square", "star",
+         "on", "the", "left", "right"]
+
+
+def clip_dir(path):
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A <eos>",
+                                                       special_tokens=[("<eos>", 1)])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>",
+                                         pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(WORDS), hidden_size=32, intermediate_size=37,
+                         num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=12,
+                         eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                           num_hidden_layers=2, image_size=30, patch_size=6),
+        projection_dim=16)
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).eval().save_pretrained(path)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 30},
+                                    crop_size={"height": 30, "width": 30}).save_pretrained(path)
+
+
+GPT_WORDS = WORDS + ["."]
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def gpt2_dir(path):
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(GPT_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>",
+                                         unk_token="<unk>").save_pretrained(path)
+    torch.manual_seed(1)
+    config = transformers.GPT2Config(vocab_size=len(GPT_WORDS), n_positions=32, n_embd=32,
+                                     n_layer=2, n_head=4, eos_token_id=1, bos_token_id=1)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+
+
+def _fake_coco(root, n=16):
+    """Karpathy-style json + images: a coloured square, captions naming its colour."""
+    (root / "images").mkdir(parents=True)
+    images = []
+    for i in range(n):
+        color = list(COLORS)[i % 3]
+        img = np.full((36, 36, 3), 128, np.uint8)
+        img[8:28, 8:28] = COLORS[color]
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        side = ["left", "right"][i % 2]
+        sentences = [f"a {color} square .", f"the {color} square on the {side} .",
+                     f"a {color} square on the {side} .", f"the {color} square .",
+                     f"a square on the {side} ."]
+        split = ["train"] * 10 + ["restval"] * 2 + ["val"] * 2 + ["test"] * 2
+        images.append({"filepath": "images", "filename": f"{i}.png", "split": split[i],
+                       "cocoid": i, "sentences": [{"raw": s} for s in sentences]})
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
+
+
+@pytest.fixture(scope="session")
+def caption_world(tmp_path_factory):
+    """A tiny fake COCO (coloured squares), extracted by the coco_extract command with a tiny
+    CLIP, and a tiny GPT-2: {'root', 'dataset', 'gpt2'}."""
+    root = tmp_path_factory.mktemp("caption_world")
+    clip_dir(root / "clip")
+    gpt2_dir(root / "gpt2")
+    _fake_coco(root / "coco")
+    out = cli("--config=configs/coco_extract.py", f"--config.clip={root / 'clip'}",
+               f"--config.annotations={root / 'coco' / 'dataset_coco.json'}",
+               f"--config.image_root={root / 'coco'}", f"--config.data_dir={root / 'data'}",
+               "--config.batch_size=8", f"--workdir={root / 'extract'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((root / "extract" / "results.json").read_text())
+    assert results["splits"] == {"train": 12, "val": 2, "test": 2}  # restval in train
+    return {"root": root, "dataset": results["dataset_dir"], "gpt2": str(root / "gpt2")}
+
+
+def snapshot(root) -> dict:
+    """Every file under ``root`` with the hash of its bytes."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = hashlib.sha1(fh.read()).hexdigest()
+    return out
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "c3_jax.main", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def caption_config(world, variant="c3", **overrides):
+    c = coco_caption.get_config(variant)
+    c.unlock()
+    c.update(dict(dataset_dir=world["dataset"], gpt2=world["gpt2"], batch_size=8, max_steps=12,
+                  warmup_steps=3, lr=1e-3, log_every=1, checkpoint_every=4, val_batches=2,
+                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False))
+    c.update(overrides)
+    return c
+
+
+def latest_state(workdir):
+    """The latest checkpoint's state of a run (as numpy) and its step."""
+    path = os.path.join(workdir, "checkpoints", "latest")
+    with ocp.CheckpointManager(path) as mngr:
+        restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"]), mngr.latest_step()
+
+
+def checkpoint_params(workdir):
+    """The latest checkpoint's params of a run, as numpy."""
+    state, step = latest_state(workdir)
+    return state["params"], step
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    import ml_collections
+    from c3_jax import runner
+    from c3_jax.train import checkpoints
+    kill_at, mid_save = int(sys.argv[3]), len(sys.argv) > 4
+    save = checkpoints.Checkpoints.save
+    def save_then_die(self, step, *args, **kwargs):
+        save(self, step, *args, **kwargs)
+        if step == kill_at:
+            if mid_save:  # at once: the asynchronous save is normally still writing
+                writing = any("tmp" in n for n in os.listdir(self.latest.directory))
+                open(sys.argv[2] + ".mid_save", "w").write(str(int(writing)))
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoints.Checkpoints.save = save_then_die
+    config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
+    runner.run(config, sys.argv[2])
+""")
+
+
+def run_script(config, workdir, kill_at, devices=1, mid_save=False):
+    path = os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".json")
+    with open(path, "w") as f:
+        json.dump(config.to_dict(), f)
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "PYTHONPATH": ROOT}
+    args = [path, workdir, str(kill_at)] + (["mid_save"] if mid_save else [])
+    return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, *args],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def t2i_world(tmp_path_factory):
+    """16 train / 8 test rows: 16x16 images, 16-d image and text embeddings (the tiny CLIP's width), 2 captions."""
+    root = tmp_path_factory.mktemp("t2i_world")
+    clip_dir(root / "clip")
+    rng = np.random.default_rng(0)
+    splits, captions = {}, {}
+    for split, n in (("train", 16), ("test", 8)):
+        splits[split] = {
+            "image": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.uint8),
+            "image_embedding": (rng.normal(size=(n, 16)) + 1.0).astype(np.float32),
+            "text_embedding": (rng.normal(size=(n, 2, 16)) - 1.0).astype(np.float32)}
+        captions[split] = [[f"a red circle {i}", f"a circle {i}"] for i in range(n)]
+    dataset = builders.build_pairs_dataset("tiny_t2i", str(root / "data"), splits, captions)
+    return {"root": root, "dataset": dataset, "clip": str(root / "clip")}
+
+
+def t2i_config(world, variant="c3", **overrides):
+    c = coco_t2i.get_config(variant)
+    c.update(dict(clip=world["clip"], dataset_dir=world["dataset"], z_dim=8, w_dim=8,
+                  mapping_layers=2, cond_hidden=8, channel_base=64, channel_max=8,
+                  batch_size=8, max_steps=6, r1_every=2, log_every=1, checkpoint_every=3,
+                  eval_max_examples=0, eval_batch_size=8, num_samples=4))
+    c.update(overrides)
+    return c
+
+
+GPT2_CONFIGS = {
+    "gelu_new": dict(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4),
+    "gelu_inner": dict(vocab_size=99, n_positions=40, n_embd=24, n_layer=3, n_head=2, n_inner=50,
+                       activation_function="gelu", layer_norm_epsilon=1e-6),
+}
+
+
+def tiny_gpt2(path, safetensors=True, name="gelu_new"):
+    config = transformers.GPT2Config(**GPT2_CONFIGS[name])
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(path, safe_serialization=safetensors)
+    return model
+
+
+def pytorch_fid_shapes():
+    """pytorch-fid's fid_inception_v3 conv shapes (O, I, kh, kw) by module name."""
+    s = {"Conv2d_1a_3x3": (32, 3, 3, 3), "Conv2d_2a_3x3": (32, 32, 3, 3),
+         "Conv2d_2b_3x3": (64, 32, 3, 3), "Conv2d_3b_1x1": (80, 64, 1, 1),
+         "Conv2d_4a_3x3": (192, 80, 3, 3)}
+    for m, cin, pool in (("Mixed_5b", 192, 32), ("Mixed_5c", 256, 64), ("Mixed_5d", 288, 64)):
+        s.update({f"{m}.branch1x1": (64, cin, 1, 1), f"{m}.branch5x5_1": (48, cin, 1, 1),
+                  f"{m}.branch5x5_2": (64, 48, 5, 5), f"{m}.branch3x3dbl_1": (64, cin, 1, 1),
+                  f"{m}.branch3x3dbl_2": (96, 64, 3, 3), f"{m}.branch3x3dbl_3": (96, 96, 3, 3),
+                  f"{m}.branch_pool": (pool, cin, 1, 1)})
+    s.update({"Mixed_6a.branch3x3": (384, 288, 3, 3), "Mixed_6a.branch3x3dbl_1": (64, 288, 1, 1),
+              "Mixed_6a.branch3x3dbl_2": (96, 64, 3, 3), "Mixed_6a.branch3x3dbl_3": (96, 96, 3, 3)})
+    for m, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+        s.update({f"{m}.branch1x1": (192, 768, 1, 1), f"{m}.branch7x7_1": (c7, 768, 1, 1),
+                  f"{m}.branch7x7_2": (c7, c7, 1, 7), f"{m}.branch7x7_3": (192, c7, 7, 1),
+                  f"{m}.branch7x7dbl_1": (c7, 768, 1, 1), f"{m}.branch7x7dbl_2": (c7, c7, 7, 1),
+                  f"{m}.branch7x7dbl_3": (c7, c7, 1, 7), f"{m}.branch7x7dbl_4": (c7, c7, 7, 1),
+                  f"{m}.branch7x7dbl_5": (192, c7, 1, 7), f"{m}.branch_pool": (192, 768, 1, 1)})
+    s.update({"Mixed_7a.branch3x3_1": (192, 768, 1, 1), "Mixed_7a.branch3x3_2": (320, 192, 3, 3),
+              "Mixed_7a.branch7x7x3_1": (192, 768, 1, 1),
+              "Mixed_7a.branch7x7x3_2": (192, 192, 1, 7),
+              "Mixed_7a.branch7x7x3_3": (192, 192, 7, 1),
+              "Mixed_7a.branch7x7x3_4": (192, 192, 3, 3)})
+    for m, cin in (("Mixed_7b", 1280), ("Mixed_7c", 2048)):
+        s.update({f"{m}.branch1x1": (320, cin, 1, 1), f"{m}.branch3x3_1": (384, cin, 1, 1),
+                  f"{m}.branch3x3_2a": (384, 384, 1, 3), f"{m}.branch3x3_2b": (384, 384, 3, 1),
+                  f"{m}.branch3x3dbl_1": (448, cin, 1, 1), f"{m}.branch3x3dbl_2": (384, 448, 3, 3),
+                  f"{m}.branch3x3dbl_3a": (384, 384, 1, 3),
+                  f"{m}.branch3x3dbl_3b": (384, 384, 3, 1),
+                  f"{m}.branch_pool": (192, cin, 1, 1)})
+    return s
+
+
+def random_state_dict(seed=0):
+    """A pytorch-fid state dict with random, well-scaled values (torch tensors)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for name, (o, i, kh, kw) in pytorch_fid_shapes().items():
+        sd[f"{name}.conv.weight"] = rng.normal(size=(o, i, kh, kw)) * np.sqrt(2 / (i * kh * kw))
+        sd[f"{name}.bn.weight"] = rng.uniform(0.5, 1.5, o)
+        sd[f"{name}.bn.bias"] = rng.normal(scale=0.1, size=o)
+        sd[f"{name}.bn.running_mean"] = rng.normal(scale=0.1, size=o)
+        sd[f"{name}.bn.running_var"] = rng.uniform(0.5, 1.5, o)
+    sd["fc.weight"] = rng.normal(scale=0.05, size=(1008, 2048))
+    sd["fc.bias"] = rng.normal(scale=0.1, size=1008)
+    out = {k: torch.from_numpy(v.astype(np.float32)) for k, v in sd.items()}
+    out.update({f"{n}.bn.num_batches_tracked": torch.tensor(0) for n in pytorch_fid_shapes()})
+    return out

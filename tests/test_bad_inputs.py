@@ -1,7 +1,6 @@
 """The bad-input matrix: each bad input stops with a message naming the field, file or shape,
 and leaves what is already on disk unchanged."""
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -15,18 +14,7 @@ from c3_jax import runner
 from c3_jax.data import builders
 from c3_jax.data.text import encode_captions
 from c3_jax.train.checkpoints import CheckpointError
-from test_captioning import _gpt2_dir, tiny_config as caption_config
-from test_generation import tiny_config, world  # noqa: F401 (fixture)
-
-
-def _snapshot(root) -> dict:
-    """Every file under ``root`` with the hash of its bytes."""
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            path = os.path.join(d, f)
-            out[os.path.relpath(path, root)] = hashlib.sha1(open(path, "rb").read()).hexdigest()
-    return out
+from conftest import caption_config, gpt2_dir, snapshot, t2i_config
 
 
 def _occupied(path) -> dict:
@@ -34,12 +22,12 @@ def _occupied(path) -> dict:
     path.mkdir(parents=True)
     (path / "notes.txt").write_text("an earlier experiment's notes\n")
     (path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
-    return _snapshot(path)
+    return snapshot(path)
 
 
 def _kept(path, before: dict) -> None:
     """The files of ``before`` are unchanged; a run that stopped added only its config.json."""
-    after = _snapshot(path)
+    after = snapshot(path)
     assert {k: after.get(k) for k in before} == before
     assert set(after) - set(before) <= {"config.json"}
 
@@ -56,19 +44,19 @@ def _with(config, **overrides):
 
 
 @pytest.fixture(scope="module")
-def finished(world, tmp_path_factory):  # noqa: F811
+def finished(t2i_world, tmp_path_factory):
     """A finished 2-step generation run, checkpointed at steps 1 and 2: (its config, its
     workdir, the snapshot of its files). Tests leave it as it is (each checks its snapshot)."""
-    config = tiny_config(world, max_steps=2, checkpoint_every=1)
+    config = t2i_config(t2i_world, max_steps=2, checkpoint_every=1)
     workdir = tmp_path_factory.mktemp("finished") / "run"
     runner.run(config, str(workdir))
-    return config, workdir, _snapshot(workdir)
+    return config, workdir, snapshot(workdir)
 
 
 def test_nan_or_inf_embeddings_leave_the_dataset_of_that_name_as_it_is(tmp_path):
     good = np.ones((4, 3), np.float32)
     builders.build_pairs_dataset("pairs", str(tmp_path), {"train": {"text_embedding": good}})
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     for bad in (np.nan, np.inf):
         e = good.copy()
         e[2, 1] = bad
@@ -76,26 +64,26 @@ def test_nan_or_inf_embeddings_leave_the_dataset_of_that_name_as_it_is(tmp_path)
             builders.build_pairs_dataset("pairs", str(tmp_path), {"train": {"text_embedding": e}})
         with pytest.raises(ValueError, match="array 'text_embedding' contains NaN or Inf"):
             builders.build_pairs_dataset("new", str(tmp_path), {"train": {"text_embedding": e}})
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert not os.path.exists(tmp_path / "new")
 
 
-def test_empty_and_over_long_captions(world, tmp_path):  # noqa: F811
+def test_empty_and_over_long_captions(t2i_world, tmp_path):
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(world["clip"])
+    tok = AutoTokenizer.from_pretrained(t2i_world["clip"])
     with pytest.raises(ValueError, match="caption 1 is empty"):
         encode_captions(tok, ["a red circle", "  "], 8)
     with pytest.raises(ValueError, match="caption 0 has 5 tokens with EOS, over max_length=3"):
         encode_captions(tok, ["a red circle on"], 3)
     # Through a captioning run, which encodes every caption before building its model.
-    _gpt2_dir(tmp_path / "gpt2")
+    gpt2_dir(tmp_path / "gpt2")
     split = {"text_embedding": np.ones((8, 2, 16), np.float32),
              "image_embedding": np.ones((8, 16), np.float32)}
     empty = builders.build_pairs_dataset("empty", str(tmp_path / "data"), {"train": split},
                                          {"train": [["a red square .", " "]] * 8})
     for name, dataset, overrides, message in (
             ("empty", empty, {}, "caption 1 is empty"),
-            ("long", world["dataset"], {"max_caption_tokens": 3, "truncate_captions": False},
+            ("long", t2i_world["dataset"], {"max_caption_tokens": 3, "truncate_captions": False},
              "caption 0 has 5 tokens with EOS, over max_length=3")):
         before = _occupied(tmp_path / name)
         config = caption_config({"dataset": dataset, "gpt2": str(tmp_path / "gpt2")}, **overrides)
@@ -104,16 +92,16 @@ def test_empty_and_over_long_captions(world, tmp_path):  # noqa: F811
         _kept(tmp_path / name, before)
 
 
-def test_a_dataset_missing_a_split_names_the_splits_it_has(world, tmp_path):  # noqa: F811
+def test_a_dataset_missing_a_split_names_the_splits_it_has(t2i_world, tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset directory .* does not exist"):
         builders.data_source(str(tmp_path / "nowhere"), "train")
     before = _occupied(tmp_path / "run")
     with pytest.raises(KeyError, match="has no split 'val'; it has \\['test', 'train'\\]"):
-        runner.run(tiny_config(world, train_split="val"), str(tmp_path / "run"))
+        runner.run(t2i_config(t2i_world, train_split="val"), str(tmp_path / "run"))
     _kept(tmp_path / "run", before)
 
 
-def test_embedding_width_that_does_not_match_the_encoder(world, tmp_path):  # noqa: F811
+def test_embedding_width_that_does_not_match_the_encoder(t2i_world, tmp_path):
     rng = np.random.default_rng(0)
     split = {"image": rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8),
              "image_embedding": rng.normal(size=(8, 5)).astype(np.float32),
@@ -124,7 +112,7 @@ def test_embedding_width_that_does_not_match_the_encoder(world, tmp_path):  # no
                                         {"train": captions, "test": captions})
     before = _occupied(tmp_path / "run")
     with pytest.raises(ValueError, match="gives 16-d embeddings but 'image_embedding' is 5-d"):
-        runner.run(tiny_config(world, dataset_dir=data), str(tmp_path / "run"))
+        runner.run(t2i_config(t2i_world, dataset_dir=data), str(tmp_path / "run"))
     _kept(tmp_path / "run", before)
 
 
@@ -152,7 +140,7 @@ def test_unknown_or_mistyped_config_fields(finished):
     mistyped = ml_collections.ConfigDict({**config.to_dict(), "batch_size": "eight"})
     with pytest.raises(runner.ConfigError, match="'batch_size' must be int, got str 'eight'"):
         runner.run(mistyped, str(workdir))
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
 def test_a_workdir_holding_a_run_of_another_config(finished):
@@ -160,19 +148,19 @@ def test_a_workdir_holding_a_run_of_another_config(finished):
     with pytest.raises(runner.ConfigError, match=f"--workdir {_where(workdir)} holds a run of "
                        "another config \\(fields \\['lr'\\] differ\\)"):
         runner.run(_with(config, lr=1.0), str(workdir))
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
-def test_a_checkpoint_of_another_architecture(world, finished, tmp_path):  # noqa: F811
+def test_a_checkpoint_of_another_architecture(t2i_world, finished, tmp_path):
     _, workdir, before = finished
-    other = tiny_config(world, channel_max=16, restore_from=str(workdir))
+    other = t2i_config(t2i_world, channel_max=16, restore_from=str(workdir))
     eval_before = _occupied(tmp_path / "eval")
     with pytest.raises(CheckpointError, match=(
             f"checkpoint {_where(workdir / 'checkpoints' / 'latest' / '2')} holds a model of "
             "another architecture: \\d+ array\\(s\\) differ, e.g. '.*' is \\(.*\\) there but "
             "\\(.*\\) here")):
         runner.run(other, str(tmp_path / "eval"))
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
     _kept(tmp_path / "eval", eval_before)
 
 
@@ -185,7 +173,7 @@ def _damaged_copy(finished, tmp_path, damage) -> tuple:
     step_dir = copy / "checkpoints" / "latest" / "2"
     assert os.path.isdir(copy / "checkpoints" / "latest" / "1")
     damage(step_dir / "state")
-    return copy, step_dir, _snapshot(copy)
+    return copy, step_dir, snapshot(copy)
 
 
 def _restoring_fails(config, copy, before, tmp_path, message) -> None:
@@ -195,7 +183,7 @@ def _restoring_fails(config, copy, before, tmp_path, message) -> None:
     for restore_from, workdir in ((str(copy), tmp_path / "eval"), ("", copy)):
         with pytest.raises(CheckpointError, match=message):
             runner.run(_with(config, restore_from=restore_from), str(workdir))
-        assert _snapshot(copy) == before
+        assert snapshot(copy) == before
     _kept(tmp_path / "eval", eval_before)
 
 
@@ -228,7 +216,7 @@ def test_missing_checkpoint_files(finished, tmp_path):
     shutil.rmtree(copy / "checkpoints")
     with pytest.raises(FileNotFoundError, match=f"{_where(copy)} has no checkpoints/ directory"):
         runner.run(evaluation, str(tmp_path / "eval"))
-    assert _snapshot(copy) == {k: v for k, v in before.items() if not k.startswith("checkpoints")}
+    assert snapshot(copy) == {k: v for k, v in before.items() if not k.startswith("checkpoints")}
 
 
 @contextlib.contextmanager
@@ -258,8 +246,8 @@ def test_a_non_writable_workdir_stops_the_run_before_it_starts(finished, tmp_pat
     with _refusing_new_files(workdir):  # stops before the dataset is looked for
         with pytest.raises(SystemExit, match=f"--workdir {_where(workdir)} is not writable: "):
             runner.run(undownloaded, str(workdir))
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
     inside_a_file = workdir / "config.json" / "run"
     with pytest.raises(SystemExit, match=f"--workdir {_where(inside_a_file)} cannot be created"):
         runner.run(config, str(inside_a_file))
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before

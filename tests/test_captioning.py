@@ -2,16 +2,10 @@
 image evaluation -> metrics; exact resume after SIGKILL; 1 vs 8 devices."""
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
-from PIL import Image
 
 from c3_jax import c3, parallel, runner
 from c3_jax.data import pipeline
@@ -19,99 +13,16 @@ from c3_jax.models import clipcap, gpt2
 from c3_jax.train import captioning
 from c3_jax.train import state as st
 from configs import coco_caption
-from test_embed import WORDS, _clip_dir
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GPT_WORDS = WORDS + ["."]
-COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
-
-
-def _gpt2_dir(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(GPT_WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>",
-                                         unk_token="<unk>").save_pretrained(path)
-    torch.manual_seed(1)
-    config = transformers.GPT2Config(vocab_size=len(GPT_WORDS), n_positions=32, n_embd=32,
-                                     n_layer=2, n_head=4, eos_token_id=1, bos_token_id=1)
-    transformers.GPT2LMHeadModel(config).save_pretrained(path)
-
-
-def _coco(root, n=16):
-    """Karpathy-style json + images: a coloured square, captions naming its colour."""
-    (root / "images").mkdir(parents=True)
-    images = []
-    for i in range(n):
-        color = list(COLORS)[i % 3]
-        img = np.full((36, 36, 3), 128, np.uint8)
-        img[8:28, 8:28] = COLORS[color]
-        Image.fromarray(img).save(root / "images" / f"{i}.png")
-        side = ["left", "right"][i % 2]
-        sentences = [f"a {color} square .", f"the {color} square on the {side} .",
-                     f"a {color} square on the {side} .", f"the {color} square .",
-                     f"a square on the {side} ."]
-        split = ["train"] * 10 + ["restval"] * 2 + ["val"] * 2 + ["test"] * 2
-        images.append({"filepath": "images", "filename": f"{i}.png", "split": split[i],
-                       "cocoid": i, "sentences": [{"raw": s} for s in sentences]})
-    (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
-
+from conftest import caption_config, checkpoint_params, cli, latest_state, run_script
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("caption_world")
-    _clip_dir(root / "clip")
-    _gpt2_dir(root / "gpt2")
-    _coco(root / "coco")
-    out = _cli("--config=configs/coco_extract.py", f"--config.clip={root / 'clip'}",
-               f"--config.annotations={root / 'coco' / 'dataset_coco.json'}",
-               f"--config.image_root={root / 'coco'}", f"--config.data_dir={root / 'data'}",
-               "--config.batch_size=8", f"--workdir={root / 'extract'}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads((root / "extract" / "results.json").read_text())
-    assert results["splits"] == {"train": 12, "val": 2, "test": 2}  # restval in train
-    return {"root": root, "dataset": results["dataset_dir"], "gpt2": str(root / "gpt2")}
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "c3_jax.main", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
-def tiny_config(world, variant="c3", **overrides):
-    c = coco_caption.get_config(variant)
-    c.unlock()
-    c.update(dict(dataset_dir=world["dataset"], gpt2=world["gpt2"], batch_size=8, max_steps=12,
-                  warmup_steps=3, lr=1e-3, log_every=1, checkpoint_every=4, val_batches=2,
-                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False))
-    c.update(overrides)
-    return c
-
-
-def latest_state(workdir):
-    """The latest checkpoint's state of a run (as numpy) and its step."""
-    import orbax.checkpoint as ocp
-    path = os.path.join(workdir, "checkpoints", "latest")
-    with ocp.CheckpointManager(path) as mngr:
-        restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, restored["state"]), mngr.latest_step()
-
-
-def _params(workdir):
-    """The latest checkpoint's params of a run, as numpy."""
-    state, step = latest_state(workdir)
-    return state["params"], step
-
-
-@pytest.fixture(scope="module")
-def trained(world, tmp_path_factory):
-    """A text-only C3 run on the tiny world: (its workdir, its results)."""
+def trained(caption_world, tmp_path_factory):
+    """A text-only C3 run on the tiny caption_world: (its workdir, its results)."""
     workdir = tmp_path_factory.mktemp("trained") / "train"
-    return workdir, runner.run(tiny_config(world), str(workdir))
+    return workdir, runner.run(caption_config(caption_world), str(workdir))
 
 
-def test_text_only_training_then_image_captions_and_restore_for_eval(world, trained, tmp_path):
+def test_text_only_training_then_image_captions_and_restore_for_eval(caption_world, trained, tmp_path):
     train_dir, results = trained
     metrics = results["metrics"]
     for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
@@ -126,8 +37,8 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(world, trai
     assert os.listdir(train_dir / "checkpoints" / "best")
     captions = json.loads((train_dir / "captions_test.json").read_text())
     # Evaluation only, from the trained run's checkpoint, by the command line: same captions.
-    again = tiny_config(world, restore_from=str(train_dir))
-    out = _cli("--config=configs/coco_caption.py:c3", f"--workdir={tmp_path / 'eval'}",
+    again = caption_config(caption_world, restore_from=str(train_dir))
+    out = cli("--config=configs/coco_caption.py:c3", f"--workdir={tmp_path / 'eval'}",
                *[f"--config.{k}={v}" for k, v in again.items()
                  if k != "experiment" and v != coco_caption.get_config("c3")[k]])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -135,11 +46,11 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(world, trai
     assert not (tmp_path / "eval" / "checkpoints").exists()
 
 
-def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(world, trained,
+def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_world, trained,
                                                                        tmp_path):
     train_dir, _ = trained
     # lr 0: the fine-tuned params must be exactly the text-trained run's best params.
-    config = tiny_config(world, "finetune", init_from=str(train_dir), train_fraction=0.5,
+    config = caption_config(caption_world, "finetune", init_from=str(train_dir), train_fraction=0.5,
                          lr=0.0, max_steps=2, checkpoint_every=2, eval_max_examples=1)
     results = runner.run(config, str(tmp_path / "ft"))
     assert results["train_pairs"] == 6 * 5  # half of the 12 training images, 5 captions each
@@ -147,7 +58,7 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(world, t
     with ocp.CheckpointManager(train_dir / "checkpoints" / "best") as mngr:
         best = mngr.restore(mngr.best_step(), args=ocp.args.Composite(
             state=ocp.args.StandardRestore()))["state"]["params"]
-    got, _ = _params(str(tmp_path / "ft"))
+    got, _ = checkpoint_params(str(tmp_path / "ft"))
     for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(a), b)
 
@@ -194,58 +105,25 @@ def test_caption_loss_is_masked_next_token_cross_entropy():
     np.testing.assert_allclose(float(loss), want / n, rtol=1e-5)
 
 
-_KILL_SCRIPT = textwrap.dedent("""
-    import json, os, signal, sys
-    import ml_collections
-    from c3_jax import runner
-    from c3_jax.train import checkpoints
-    kill_at, mid_save = int(sys.argv[3]), len(sys.argv) > 4
-    save = checkpoints.Checkpoints.save
-    def save_then_die(self, step, *args, **kwargs):
-        save(self, step, *args, **kwargs)
-        if step == kill_at:
-            if mid_save:  # at once: the asynchronous save is normally still writing
-                writing = any("tmp" in n for n in os.listdir(self.latest.directory))
-                open(sys.argv[2] + ".mid_save", "w").write(str(int(writing)))
-                os.kill(os.getpid(), signal.SIGKILL)
-            self.wait()
-            os.kill(os.getpid(), signal.SIGKILL)
-    checkpoints.Checkpoints.save = save_then_die
-    config = ml_collections.ConfigDict(json.loads(open(sys.argv[1]).read()))
-    runner.run(config, sys.argv[2])
-""")
-
-
-def _run_script(config, workdir, kill_at, devices=1, mid_save=False):
-    path = os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".json")
-    with open(path, "w") as f:
-        json.dump(config.to_dict(), f)
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "PYTHONPATH": ROOT}
-    args = [path, workdir, str(kill_at)] + (["mid_save"] if mid_save else [])
-    return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, *args],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.parametrize("mid_save", [False, True])
-def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path, mid_save):
+def test_killed_after_a_checkpoint_resumes_bitwise(caption_world, tmp_path, mid_save):
     """SIGKILL right after the step-6 checkpoint was written or while it is being written
     (then the step-3 one is the latest complete): the restart ends bitwise equal."""
-    config = tiny_config(world, max_steps=10, checkpoint_every=3, eval_max_examples=1,
+    config = caption_config(caption_world, max_steps=10, checkpoint_every=3, eval_max_examples=1,
                          val_batches=0)
-    straight = _run_script(config, str(tmp_path / "straight"), kill_at=-1)
+    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run_script(config, str(tmp_path / "killed"), kill_at=6, mid_save=mid_save)
+    killed = run_script(config, str(tmp_path / "killed"), kill_at=6, mid_save=mid_save)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (tmp_path / "killed" / "results.json").exists()
-    resumed = _run_script(config, str(tmp_path / "killed"), kill_at=-1)
+    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # Killed while step 6 was still being written: its unfinished directory is ignored.
     writing = mid_save and (tmp_path / "killed.mid_save").read_text() == "1"
     assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == (
         3 if writing else 6)
-    want, step = _params(str(tmp_path / "straight"))
-    got, step2 = _params(str(tmp_path / "killed"))
+    want, step = checkpoint_params(str(tmp_path / "straight"))
+    got, step2 = checkpoint_params(str(tmp_path / "killed"))
     assert step == step2 == 10
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b)
@@ -253,12 +131,12 @@ def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path, mid_save):
     assert [r["loss"] for r in lines("killed")] == [r["loss"] for r in lines("straight")]
 
 
-def test_eight_devices_give_the_loss_curve_of_one(world, tmp_path):
+def test_eight_devices_give_the_loss_curve_of_one(caption_world, tmp_path):
     base = dict(max_steps=6, eval_max_examples=1, val_batches=0)
     losses = {}
     for name, devices, fsdp in (("one", 1, 1), ("eight", 8, 1), ("fsdp", 8, 2)):
-        config = tiny_config(world, fsdp=fsdp, **base)
-        out = _run_script(config, str(tmp_path / name), kill_at=-1, devices=devices)
+        config = caption_config(caption_world, fsdp=fsdp, **base)
+        out = run_script(config, str(tmp_path / name), kill_at=-1, devices=devices)
         assert out.returncode == 0, out.stderr[-3000:]
         losses[name] = [json.loads(x)["loss"] for x in open(tmp_path / name / "metrics.jsonl")]
     np.testing.assert_allclose(losses["eight"], losses["one"], rtol=1e-5, atol=1e-6)
@@ -278,10 +156,10 @@ def test_every_caption_config_variant_validates(module, variants):
         importlib.import_module(f"configs.{module}").get_config("nope")
 
 
-def test_gap_sensitivity_reports_scores_per_gap_distance(world, tmp_path):
+def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path):
     from configs import caption_gap_sensitivity
     c = caption_gap_sensitivity.get_config()
-    c.update(dict(dataset_dir=world["dataset"], gpt2=world["gpt2"], batch_size=8, max_steps=4,
+    c.update(dict(dataset_dir=caption_world["dataset"], gpt2=caption_world["gpt2"], batch_size=8, max_steps=4,
                   warmup_steps=1, lr=1e-3, log_every=2, checkpoint_every=4, val_batches=0,
                   max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False,
                   shift_norms="0,1", shift_gamma=0.9))
@@ -293,7 +171,7 @@ def test_gap_sensitivity_reports_scores_per_gap_distance(world, tmp_path):
     assert (tmp_path / "gap" / "gap_sensitivity.png").exists()
 
 
-def test_imagebind_audio_captioning_from_precomputed_embeddings(world, tmp_path):
+def test_imagebind_audio_captioning_from_precomputed_embeddings(caption_world, tmp_path):
     from c3_jax.data import builders
     from configs import imagebind_caption
     rng = np.random.default_rng(0)
@@ -306,7 +184,7 @@ def test_imagebind_audio_captioning_from_precomputed_embeddings(world, tmp_path)
     dataset = builders.build_pairs_dataset("clotho_imagebind", str(tmp_path / "data"), splits,
                                            captions)
     c = imagebind_caption.get_config("audio")
-    c.update(dict(dataset_dir=dataset, gpt2=world["gpt2"], batch_size=8, max_steps=4,
+    c.update(dict(dataset_dir=dataset, gpt2=caption_world["gpt2"], batch_size=8, max_steps=4,
                   warmup_steps=1, log_every=2, checkpoint_every=4, val_split="", val_batches=0,
                   max_caption_tokens=8, max_decode_tokens=6, eval_batch_size=8, spice=False))
     results = runner.run(c, str(tmp_path / "run"))
@@ -361,10 +239,10 @@ def test_bfloat16_step_keeps_float32_params_and_close_loss():
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]
 
 
-def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(world, tmp_path):
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(caption_world, tmp_path):
     import re
     # lr 1e30: the first update blows the weights up, a later loss overflows.
-    config = tiny_config(world, lr=1e30, warmup_steps=1, max_steps=8, checkpoint_every=1,
+    config = caption_config(caption_world, lr=1e30, warmup_steps=1, max_steps=8, checkpoint_every=1,
                          val_batches=0, eval_max_examples=1)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step") as err:
         runner.run(config, str(tmp_path / "stop"))

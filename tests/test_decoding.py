@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from c3_jax.models import decoding, gpt2
-from test_models import GPT2_CONFIGS, _tiny_gpt2
+from conftest import GPT2_CONFIGS, tiny_gpt2
 
 
 def _until_eos(tokens, eos):
@@ -72,7 +72,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(GPT2_CONFIGS))
 def test_greedy_kv_cache_matches_full_forward_and_generate(tmp_path, name):
-    ref = _tiny_gpt2(tmp_path, name=name)
+    ref = tiny_gpt2(tmp_path, name=name)
     module, params = gpt2.from_pretrained(str(tmp_path))
     ids = np.random.default_rng(4).integers(0, 99, size=(3, 5))
     eos, pad, steps = 7, 0, 12

@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import torch
 import transformers
 from PIL import Image
 
@@ -10,31 +9,7 @@ from c3_jax import embed
 from c3_jax.data import builders
 from c3_jax.data.images import ImagePreprocessor
 from c3_jax.models import clip
-
-WORDS = ["<pad>", "<eos>", "<unk>", "a", "red", "blue", "green", "circle", "square", "star",
-         "on", "the", "left", "right"]
-
-
-def _clip_dir(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A <eos>",
-                                                       special_tokens=[("<eos>", 1)])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>",
-                                         pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(WORDS), hidden_size=32, intermediate_size=37,
-                         num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=12,
-                         eos_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                           num_hidden_layers=2, image_size=30, patch_size=6),
-        projection_dim=16)
-    torch.manual_seed(0)
-    transformers.CLIPModel(config).eval().save_pretrained(path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 30},
-                                    crop_size={"height": 30, "width": 30}).save_pretrained(path)
-
+from conftest import clip_dir
 
 def _coco_folder(root):
     rng = np.random.default_rng(0)
@@ -53,7 +28,7 @@ def _coco_folder(root):
 
 
 def test_extract_coco_equals_the_encoder_applied_directly(tmp_path):
-    _clip_dir(tmp_path / "clip")
+    clip_dir(tmp_path / "clip")
     _coco_folder(tmp_path / "coco")
     path = embed.extract_coco(str(tmp_path / "clip"), str(tmp_path / "coco" / "dataset_coco.json"),
                               str(tmp_path / "coco"), str(tmp_path / "data"),
@@ -78,7 +53,7 @@ def test_extract_coco_equals_the_encoder_applied_directly(tmp_path):
 
 
 def test_extract_coco_stores_square_images_for_text_to_image(tmp_path):
-    _clip_dir(tmp_path / "clip")
+    clip_dir(tmp_path / "clip")
     _coco_folder(tmp_path / "coco")
     path = embed.extract_coco(str(tmp_path / "clip"), str(tmp_path / "coco" / "dataset_coco.json"),
                               str(tmp_path / "coco"), str(tmp_path / "data"),

@@ -1,6 +1,6 @@
 """The text-to-image trainer end to end on a tiny dataset with a tiny Hugging Face CLIP:
 image-only training -> generation from text -> metrics; restore-for-eval; exact resume after
-SIGKILL; 1 vs 8 devices; the shapes world's ':quick' run."""
+SIGKILL; 1 vs 8 devices; the shapes t2i_world's ':quick' run."""
 import json
 
 import jax
@@ -10,45 +10,17 @@ import pytest
 from c3_jax import runner
 from c3_jax.data import builders
 from configs import coco_t2i, shapes_t2i
-from test_captioning import _cli, _run_script, latest_state
-from test_embed import _clip_dir
+from conftest import cli, latest_state, random_state_dict, run_script, t2i_config
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """16 train / 8 test rows: 16x16 images, 16-d image and text embeddings (the tiny CLIP's width), 2 captions."""
-    root = tmp_path_factory.mktemp("t2i_world")
-    _clip_dir(root / "clip")
-    rng = np.random.default_rng(0)
-    splits, captions = {}, {}
-    for split, n in (("train", 16), ("test", 8)):
-        splits[split] = {
-            "image": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.uint8),
-            "image_embedding": (rng.normal(size=(n, 16)) + 1.0).astype(np.float32),
-            "text_embedding": (rng.normal(size=(n, 2, 16)) - 1.0).astype(np.float32)}
-        captions[split] = [[f"a red circle {i}", f"a circle {i}"] for i in range(n)]
-    dataset = builders.build_pairs_dataset("tiny_t2i", str(root / "data"), splits, captions)
-    return {"root": root, "dataset": dataset, "clip": str(root / "clip")}
-
-
-def tiny_config(world, variant="c3", **overrides):
-    c = coco_t2i.get_config(variant)
-    c.update(dict(clip=world["clip"], dataset_dir=world["dataset"], z_dim=8, w_dim=8,
-                  mapping_layers=2, cond_hidden=8, channel_base=64, channel_max=8,
-                  batch_size=8, max_steps=6, r1_every=2, log_every=1, checkpoint_every=3,
-                  eval_max_examples=0, eval_batch_size=8, num_samples=4))
-    c.update(overrides)
-    return c
-
-
-@pytest.fixture(scope="module")
-def trained(world, tmp_path_factory):
-    """An image-only C3 run on the tiny world: (its workdir, its results)."""
+def trained(t2i_world, tmp_path_factory):
+    """An image-only C3 run on the tiny t2i_world: (its workdir, its results)."""
     workdir = tmp_path_factory.mktemp("trained") / "train"
-    return workdir, runner.run(tiny_config(world), str(workdir))
+    return workdir, runner.run(t2i_config(t2i_world), str(workdir))
 
 
-def test_image_only_training_then_generation_from_text_and_restore_for_eval(world, trained,
+def test_image_only_training_then_generation_from_text_and_restore_for_eval(t2i_world, trained,
                                                                            tmp_path):
     train_dir, results = trained
     metrics = results["metrics"]
@@ -64,8 +36,8 @@ def test_image_only_training_then_generation_from_text_and_restore_for_eval(worl
     images = np.load(train_dir / "generated_test.npy")
     assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
     # Evaluation only, from the trained run's EMA generator, through the command line.
-    again = tiny_config(world, restore_from=str(train_dir))
-    out = _cli("--config=configs/coco_t2i.py:c3", f"--workdir={tmp_path / 'eval'}",
+    again = t2i_config(t2i_world, restore_from=str(train_dir))
+    out = cli("--config=configs/coco_t2i.py:c3", f"--workdir={tmp_path / 'eval'}",
                *[f"--config.{k}={v}" for k, v in again.items()
                  if k != "experiment" and v != coco_t2i.get_config("c3")[k]])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -73,19 +45,18 @@ def test_image_only_training_then_generation_from_text_and_restore_for_eval(worl
     assert not (tmp_path / "eval" / "checkpoints").exists()
 
 
-def test_fid_and_inception_score_with_a_weights_file(world, trained, tmp_path):
+def test_fid_and_inception_score_with_a_weights_file(t2i_world, trained, tmp_path):
     import torch
     from c3_jax.eval import image_metrics as im
     from c3_jax.models import inception
-    from test_image_metrics import _random_state_dict
     path = str(tmp_path / inception.WEIGHTS_FILE)
-    torch.save(_random_state_dict(), path)
-    config = tiny_config(world, restore_from=str(trained[0]), inception_weights=path)
+    torch.save(random_state_dict(), path)
+    config = t2i_config(t2i_world, restore_from=str(trained[0]), inception_weights=path)
     metrics = runner.run(config, str(tmp_path / "eval"))["metrics"]
     # The same statistics computed directly from the generated and the real test images.
     fn = inception.make_feature_fn(*inception.load_fid_inception(path))
     fake = np.load(tmp_path / "eval" / "generated_test.npy")
-    test = builders.data_source(world["dataset"], "test")
+    test = builders.data_source(t2i_world["dataset"], "test")
     real = np.stack([np.asarray(test[i]["image"]) for i in range(len(test))])
     (f_fake, logits), (f_real, _) = fn(fake), fn(real)
     want = im.frechet_distance_of_stats(im.FeatureStats().update(np.asarray(f_fake)),
@@ -96,13 +67,13 @@ def test_fid_and_inception_score_with_a_weights_file(world, trained, tmp_path):
     assert "FID_skipped" not in metrics
 
 
-def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path):
-    config = tiny_config(world, max_steps=8, checkpoint_every=3)
-    straight = _run_script(config, str(tmp_path / "straight"), kill_at=-1)
+def test_killed_after_a_checkpoint_resumes_bitwise(t2i_world, tmp_path):
+    config = t2i_config(t2i_world, max_steps=8, checkpoint_every=3)
+    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run_script(config, str(tmp_path / "killed"), kill_at=6)
+    killed = run_script(config, str(tmp_path / "killed"), kill_at=6)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _run_script(config, str(tmp_path / "killed"), kill_at=-1)
+    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == 6
     want, step = latest_state(str(tmp_path / "straight"))
@@ -114,11 +85,11 @@ def test_killed_after_a_checkpoint_resumes_bitwise(world, tmp_path):
     assert lines("killed") == lines("straight")
 
 
-def test_eight_devices_give_the_losses_of_one(world, tmp_path):
+def test_eight_devices_give_the_losses_of_one(t2i_world, tmp_path):
     curves = {}
     for name, devices, fsdp in (("one", 1, 1), ("eight", 8, 1), ("fsdp", 8, 2)):
-        config = tiny_config(world, fsdp=fsdp, max_steps=4, checkpoint_every=4)
-        out = _run_script(config, str(tmp_path / name), kill_at=-1, devices=devices)
+        config = t2i_config(t2i_world, fsdp=fsdp, max_steps=4, checkpoint_every=4)
+        out = run_script(config, str(tmp_path / name), kill_at=-1, devices=devices)
         assert out.returncode == 0, out.stderr[-3000:]
         rows = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")]
         curves[name] = [[r[k] for k in ("d_adv", "g_adv", "g_itd", "g_itc")] for r in rows]
@@ -126,15 +97,15 @@ def test_eight_devices_give_the_losses_of_one(world, tmp_path):
     np.testing.assert_allclose(curves["fsdp"], curves["one"], rtol=1e-5, atol=1e-6)
 
 
-def test_bad_inputs_get_clear_errors(world, tmp_path):
+def test_bad_inputs_get_clear_errors(t2i_world, tmp_path):
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         coco_t2i.get_config("nope")
     with pytest.raises(KeyError, match="no field 'pixels'"):
-        runner.run(tiny_config(world, image_field="pixels"), str(tmp_path / "a"))
+        runner.run(t2i_config(t2i_world, image_field="pixels"), str(tmp_path / "a"))
     with pytest.raises(ValueError, match="multiple of the 8 devices"):
-        runner.run(tiny_config(world, batch_size=4), str(tmp_path / "b"))
+        runner.run(t2i_config(t2i_world, batch_size=4), str(tmp_path / "b"))
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        runner.run(tiny_config(world, restore_from=str(tmp_path)), str(tmp_path / "c"))
+        runner.run(t2i_config(t2i_world, restore_from=str(tmp_path)), str(tmp_path / "c"))
 
 
 def test_every_t2i_config_variant_validates():
@@ -156,10 +127,10 @@ def test_quick_shapes_t2i_writes_every_output(tmp_path):
     assert 0 < results["probe_ceiling"]["mean"] <= 1 and 0 < results["chance"]["mean"] < 1
 
 
-def test_nonfinite_losses_stop_or_are_skipped(world, tmp_path):
+def test_nonfinite_losses_stop_or_are_skipped(t2i_world, tmp_path):
     import os
     # lr 1e30 with Adam's beta1 = 0: the first D update already makes G's loss NaN.
-    config = tiny_config(world, lr=1e30, max_steps=6, checkpoint_every=1)
+    config = t2i_config(t2i_world, lr=1e30, max_steps=6, checkpoint_every=1)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step 1;"
                        ".*last checkpoint \\(none\\)"):
         runner.run(config, str(tmp_path / "stop"))

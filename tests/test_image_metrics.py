@@ -6,6 +6,7 @@ import scipy.linalg
 
 from c3_jax.eval import image_metrics as im
 from c3_jax.models import inception as inc
+from conftest import random_state_dict
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -142,56 +143,6 @@ def test_inception_score_matches_original_formula():
 
 # --- the FID Inception-v3 --------------------------------------------------------------------
 
-def _pytorch_fid_shapes():
-    """pytorch-fid's fid_inception_v3 conv shapes (O, I, kh, kw) by module name."""
-    s = {"Conv2d_1a_3x3": (32, 3, 3, 3), "Conv2d_2a_3x3": (32, 32, 3, 3),
-         "Conv2d_2b_3x3": (64, 32, 3, 3), "Conv2d_3b_1x1": (80, 64, 1, 1),
-         "Conv2d_4a_3x3": (192, 80, 3, 3)}
-    for m, cin, pool in (("Mixed_5b", 192, 32), ("Mixed_5c", 256, 64), ("Mixed_5d", 288, 64)):
-        s.update({f"{m}.branch1x1": (64, cin, 1, 1), f"{m}.branch5x5_1": (48, cin, 1, 1),
-                  f"{m}.branch5x5_2": (64, 48, 5, 5), f"{m}.branch3x3dbl_1": (64, cin, 1, 1),
-                  f"{m}.branch3x3dbl_2": (96, 64, 3, 3), f"{m}.branch3x3dbl_3": (96, 96, 3, 3),
-                  f"{m}.branch_pool": (pool, cin, 1, 1)})
-    s.update({"Mixed_6a.branch3x3": (384, 288, 3, 3), "Mixed_6a.branch3x3dbl_1": (64, 288, 1, 1),
-              "Mixed_6a.branch3x3dbl_2": (96, 64, 3, 3), "Mixed_6a.branch3x3dbl_3": (96, 96, 3, 3)})
-    for m, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
-        s.update({f"{m}.branch1x1": (192, 768, 1, 1), f"{m}.branch7x7_1": (c7, 768, 1, 1),
-                  f"{m}.branch7x7_2": (c7, c7, 1, 7), f"{m}.branch7x7_3": (192, c7, 7, 1),
-                  f"{m}.branch7x7dbl_1": (c7, 768, 1, 1), f"{m}.branch7x7dbl_2": (c7, c7, 7, 1),
-                  f"{m}.branch7x7dbl_3": (c7, c7, 1, 7), f"{m}.branch7x7dbl_4": (c7, c7, 7, 1),
-                  f"{m}.branch7x7dbl_5": (192, c7, 1, 7), f"{m}.branch_pool": (192, 768, 1, 1)})
-    s.update({"Mixed_7a.branch3x3_1": (192, 768, 1, 1), "Mixed_7a.branch3x3_2": (320, 192, 3, 3),
-              "Mixed_7a.branch7x7x3_1": (192, 768, 1, 1),
-              "Mixed_7a.branch7x7x3_2": (192, 192, 1, 7),
-              "Mixed_7a.branch7x7x3_3": (192, 192, 7, 1),
-              "Mixed_7a.branch7x7x3_4": (192, 192, 3, 3)})
-    for m, cin in (("Mixed_7b", 1280), ("Mixed_7c", 2048)):
-        s.update({f"{m}.branch1x1": (320, cin, 1, 1), f"{m}.branch3x3_1": (384, cin, 1, 1),
-                  f"{m}.branch3x3_2a": (384, 384, 1, 3), f"{m}.branch3x3_2b": (384, 384, 3, 1),
-                  f"{m}.branch3x3dbl_1": (448, cin, 1, 1), f"{m}.branch3x3dbl_2": (384, 448, 3, 3),
-                  f"{m}.branch3x3dbl_3a": (384, 384, 1, 3),
-                  f"{m}.branch3x3dbl_3b": (384, 384, 3, 1),
-                  f"{m}.branch_pool": (192, cin, 1, 1)})
-    return s
-
-
-def _random_state_dict(seed=0):
-    """A pytorch-fid state dict with random, well-scaled values (torch tensors)."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for name, (o, i, kh, kw) in _pytorch_fid_shapes().items():
-        sd[f"{name}.conv.weight"] = rng.normal(size=(o, i, kh, kw)) * np.sqrt(2 / (i * kh * kw))
-        sd[f"{name}.bn.weight"] = rng.uniform(0.5, 1.5, o)
-        sd[f"{name}.bn.bias"] = rng.normal(scale=0.1, size=o)
-        sd[f"{name}.bn.running_mean"] = rng.normal(scale=0.1, size=o)
-        sd[f"{name}.bn.running_var"] = rng.uniform(0.5, 1.5, o)
-    sd["fc.weight"] = rng.normal(scale=0.05, size=(1008, 2048))
-    sd["fc.bias"] = rng.normal(scale=0.1, size=1008)
-    out = {k: torch.from_numpy(v.astype(np.float32)) for k, v in sd.items()}
-    out.update({f"{n}.bn.num_batches_tracked": torch.tensor(0) for n in _pytorch_fid_shapes()})
-    return out
-
-
 def _t_conv(sd, name, x, stride=1, padding=0):
     x = F.conv2d(x, sd[f"{name}.conv.weight"], stride=stride, padding=padding)
     x = F.batch_norm(x, sd[f"{name}.bn.running_mean"], sd[f"{name}.bn.running_var"],
@@ -254,7 +205,7 @@ def _torch_fid_inception(sd, images):
 @pytest.fixture(scope="module")
 def fid_weights(tmp_path_factory):
     """A pytorch-fid weights file with random values, its state dict and the loaded model."""
-    sd = _random_state_dict()
+    sd = random_state_dict()
     path = str(tmp_path_factory.mktemp("fid") / inc.WEIGHTS_FILE)
     torch.save(sd, path)
     module, variables = inc.load_fid_inception(path)

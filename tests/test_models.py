@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from c3_jax.models import clip, gpt2
+from conftest import tiny_gpt2
 
 EOS = 98
 
@@ -68,25 +69,10 @@ def test_clip_legacy_eos_pools_at_highest_id(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-GPT2_CONFIGS = {
-    "gelu_new": dict(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4),
-    "gelu_inner": dict(vocab_size=99, n_positions=40, n_embd=24, n_layer=3, n_head=2, n_inner=50,
-                       activation_function="gelu", layer_norm_epsilon=1e-6),
-}
-
-
-def _tiny_gpt2(path, safetensors=True, name="gelu_new"):
-    config = transformers.GPT2Config(**GPT2_CONFIGS[name])
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    model.save_pretrained(path, safe_serialization=safetensors)
-    return model
-
-
 @pytest.mark.parametrize("name,safetensors", [("gelu_new", True), ("gelu_new", False),
                                               ("gelu_inner", True)])
 def test_gpt2_matches_transformers(tmp_path, name, safetensors):
-    ref = _tiny_gpt2(tmp_path, safetensors, name)
+    ref = tiny_gpt2(tmp_path, safetensors, name)
     module, params = gpt2.from_pretrained(str(tmp_path))
     ids = np.random.default_rng(2).integers(0, 99, size=(2, 9))
     with torch.no_grad():
@@ -95,7 +81,7 @@ def test_gpt2_matches_transformers(tmp_path, name, safetensors):
 
 
 def test_gpt2_prefix_embeddings_with_padding(tmp_path):
-    ref = _tiny_gpt2(tmp_path)
+    ref = tiny_gpt2(tmp_path)
     module, params = gpt2.from_pretrained(str(tmp_path))
     embeds = np.random.default_rng(3).normal(size=(2, 7, 32)).astype(np.float32)
     mask = np.array([[1] * 7, [1] * 4 + [0] * 3])
@@ -107,7 +93,7 @@ def test_gpt2_prefix_embeddings_with_padding(tmp_path):
 
 
 def test_gpt2_prefix_before_token_ids_matches_transformers(tmp_path):
-    ref = _tiny_gpt2(tmp_path)
+    ref = tiny_gpt2(tmp_path)
     module, params = gpt2.from_pretrained(str(tmp_path))
     rng = np.random.default_rng(7)
     prefix = rng.normal(size=(2, 3, 32)).astype(np.float32)
@@ -132,7 +118,7 @@ def test_checkpoint_errors(tmp_path):
     config_file.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="wrong shapes.*visual_projection"):
         clip.from_pretrained(str(tmp_path / "clip"))
-    _tiny_gpt2(tmp_path / "gpt2")
+    tiny_gpt2(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="not a CLIPModel checkpoint"):
         clip.from_pretrained(str(tmp_path / "gpt2"))
     (tmp_path / "gpt2" / "model.safetensors").unlink()
@@ -141,7 +127,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_bfloat16_compute_keeps_float32_params(tmp_path):
-    _tiny_gpt2(tmp_path)
+    tiny_gpt2(tmp_path)
     module, params = gpt2.from_pretrained(str(tmp_path))
     module16, _ = gpt2.from_pretrained(str(tmp_path), dtype=jax.numpy.bfloat16)
     ids = np.random.default_rng(6).integers(0, 99, size=(2, 9))

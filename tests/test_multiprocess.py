@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_captioning import ROOT, tiny_config, world  # noqa: F401 (fixture)
+from conftest import ROOT, caption_config, t2i_config
 
 STEPS, HALF = 20, 10
 DEVICES = 8
@@ -145,10 +145,10 @@ def _assert_same_params(got_dir, want_dir, keys=("params",)) -> None:
 
 
 @pytest.fixture(scope="module")
-def config(world):  # noqa: F811
+def config(caption_world):
     # val_batches=1: validation runs on every process, and 'best' checkpoints are saved
     # alongside 'latest' ones.
-    return tiny_config(world, max_steps=STEPS, checkpoint_every=HALF, val_batches=1,
+    return caption_config(caption_world, max_steps=STEPS, checkpoint_every=HALF, val_batches=1,
                        eval_max_examples=2)
 
 
@@ -193,10 +193,8 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
     _assert_same_run(workdir, one_process)
 
 
-def test_generator_two_processes_train_like_one(tmp_path_factory, tmp_path):
-    from test_generation import tiny_config as t2i_config, world as t2i_world
-    data = t2i_world.__wrapped__(tmp_path_factory)
-    config = t2i_config(data, max_steps=STEPS, checkpoint_every=STEPS, r1_every=2,
+def test_generator_two_processes_train_like_one(t2i_world, tmp_path):
+    config = t2i_config(t2i_world, max_steps=STEPS, checkpoint_every=STEPS, r1_every=2,
                         eval_max_examples=8)
     runs = {}
     for processes in (1, 2):
@@ -213,14 +211,14 @@ def test_generator_two_processes_train_like_one(tmp_path_factory, tmp_path):
                                   np.load(tmp_path / "gen1" / "generated_test.npy"))
 
 
-def test_extraction_writes_one_shard_per_process_of_one_dataset(world, tmp_path):  # noqa: F811
+def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, tmp_path):
     """2 processes x 4 devices, started through the command line's coordinator flags, each
     encode their half of every split and write it as their shard; the dataset reads back as
     the one the 1-process extraction (the fixture) wrote."""
     from c3_jax import embed
     from c3_jax.data import builders
     from configs import coco_extract
-    root, data_dir = world["root"], tmp_path / "data"
+    root, data_dir = caption_world["root"], tmp_path / "data"
     config = coco_extract.get_config()
     config.update(clip=str(root / "clip"), annotations=str(root / "coco" / "dataset_coco.json"),
                   image_root=str(root / "coco"), data_dir=str(data_dir), batch_size=4,
@@ -236,8 +234,8 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(world, tmp_path)
         shards = sorted(f for f in os.listdir(got_dir) if f"-{split}.array_record" in f)
         assert shards == [f"coco_karpathy_clip-{split}.array_record-0000{p}-of-00002"
                           for p in range(2)]
-        got, want = builders.data_source(got_dir, split), builders.data_source(world["dataset"],
-                                                                               split)
+        got = builders.data_source(got_dir, split)
+        want = builders.data_source(caption_world["dataset"], split)
         assert len(got) == len(want) == n
         for i in range(n):
             a, b = got[i], want[i]

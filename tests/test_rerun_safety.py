@@ -3,7 +3,6 @@ reuses exactly the stages whose fields did not change, one workdir holds one run
 datasets are not silently replaced, results are strict JSON, and a Connect that goes
 non-finite stops before any checkpoint holds it."""
 import fcntl
-import hashlib
 import json
 import os
 import subprocess
@@ -18,20 +17,7 @@ from c3_jax.experiments import shapes_world
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
 from configs import embeddings_dataset, geometry_synthetic, shapes_caption
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _snapshot(root) -> dict:
-    """Every file under ``root`` with the hash of its bytes."""
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            path = os.path.join(d, f)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = hashlib.sha1(fh.read()).hexdigest()
-    return out
-
+from conftest import ROOT, snapshot
 
 def _with(config, **overrides):
     config = config.copy_and_resolve_references()
@@ -46,7 +32,7 @@ def _quick(**overrides):
 
 def _mtimes(root, sub: str) -> dict:
     base = os.path.join(root, sub)
-    return {k: os.path.getmtime(os.path.join(base, k)) for k in _snapshot(base)}
+    return {k: os.path.getmtime(os.path.join(base, k)) for k in snapshot(base)}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +41,7 @@ def main_job(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("rerun") / "main"
     config = _quick()
     results = runner.run(config, str(workdir))
-    return config, workdir, results, _snapshot(workdir)
+    return config, workdir, results, snapshot(workdir)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -70,14 +56,14 @@ def test_a_failed_run_leaves_the_workdir_byte_for_byte_and_resumable(main_job, o
     config, workdir, results, before = main_job
     with pytest.raises(runner.ConfigError, match=message):
         runner.run(_with(config, **overrides), str(workdir))
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
 def test_the_unchanged_config_reuses_every_stage(main_job):
     config, workdir, results, before = main_job
     again = runner.run(config, str(workdir))
     assert again["variants"] == json.loads(json.dumps(results["variants"]))
-    after = _snapshot(workdir)
+    after = snapshot(workdir)
     changed = {k for k in before if after.get(k) != before[k]}
     # Only the run's own outputs are rewritten; no stage is rebuilt.
     assert changed <= {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png",
@@ -104,9 +90,9 @@ def test_a_corrected_rerun_reuses_exactly_the_unchanged_stages(tmp_path):
     assert results["geometry"]["modality_gap"] == pytest.approx(
         fresh["geometry"]["modality_gap"], rel=1e-6)
     # A world field: the world and everything after it are built again.
-    world = _snapshot(workdir / "data" / "shapes_world")
+    world = snapshot(workdir / "data" / "shapes_world")
     runner.run(_with(changed, two_object_fraction=0.5), str(workdir))
-    assert _snapshot(workdir / "data" / "shapes_world") != world
+    assert snapshot(workdir / "data" / "shapes_world") != world
     assert _mtimes(workdir, "connect") != connect_files
 
 
