@@ -54,6 +54,8 @@ def main(argv):
     debug = _DEBUG.value or os.environ.get("C3_DEBUG", "0") not in ("", "0")
     try:
         runner.run(_CONFIG.value, _WORKDIR.value)
+        logging.info("results written to %s", os.path.join(os.path.abspath(_WORKDIR.value),
+                                                           "results.json"))
     except USER_ERRORS as err:
         if debug:
             raise

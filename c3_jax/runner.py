@@ -14,7 +14,6 @@ import time
 from importlib import metadata
 from typing import Callable, Mapping
 
-from absl import logging
 
 from c3_jax import parallel
 from c3_jax.experiments import EXPERIMENTS, RESUMABLE, STAGED
@@ -175,5 +174,4 @@ def run(config, workdir: str, **objects) -> dict:
         results["provenance"] = provenance()
         wd.write_json("results.json", results)
         parallel.barrier(f"results {wd.path}")  # the others may read what process 0 wrote
-    logging.info("results written to %s", wd.file("results.json"))
     return results

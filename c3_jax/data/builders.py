@@ -132,8 +132,9 @@ def build_pairs_dataset(name: str, data_dir: str,
         start = int(rows[:p, 1 + j].sum())
         _write_shard(os.fspath(path), features, splits[s],
                      captions.get(s) if captions else None, start)
-        logging.info("process %d of %d wrote rows %d..%d of %s/%s", p, count, start,
-                     start + rows[p, 1 + j], name, s)
+        if count > 1:
+            logging.info("process %d of %d wrote rows %d..%d of %s/%s", p, count, start,
+                         start + rows[p, 1 + j], name, s)
     parallel.barrier(f"dataset {name}: shards")
     if primary:
         _write_info(template, features, names, rows[:, 1:])

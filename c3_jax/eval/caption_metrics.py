@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from typing import Hashable, Mapping, Sequence
 
@@ -93,6 +94,21 @@ def _preview(ids: list, n: int = 10) -> str:
     return repr(ids[:n])[:-1] + (", ...]" if len(ids) > n else "]")
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Sends this process's stderr (file descriptor 2, which child processes inherit) to
+    /dev/null for the block; a failure still raises from the Python side."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
     """PTB-tokenize captions; blank ones stay '' without going through the tokenizer."""
     # Any line break (\r, \u2028, ...) would split a caption into two tokenizer lines and
@@ -100,7 +116,8 @@ def _tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
     flat = {k: [" ".join(c.split()) for c in caps] for k, caps in captions.items()}
     to_tokenize = {(k, j): [{"caption": c}] for k, caps in flat.items()
                    for j, c in enumerate(caps) if c}
-    tokenized = PTBTokenizer().tokenize(to_tokenize) if to_tokenize else {}
+    with _quiet_stderr():  # the Java tokenizer prints a speed line per call
+        tokenized = PTBTokenizer().tokenize(to_tokenize) if to_tokenize else {}
     if tokenized.keys() != to_tokenize.keys() or any(len(v) != 1 for v in tokenized.values()):
         raise RuntimeError("PTBTokenizer output does not line up with its input captions")
     return {k: [tokenized[(k, j)][0] if c else "" for j, c in enumerate(caps)]
