@@ -101,10 +101,11 @@ class Ours:
         tx = captioning.make_optimizer(config, total, trainable)
         self.mesh = parallel.make_mesh(1)
         run = types.SimpleNamespace(config=config, params=params, mesh=self.mesh)
-        _, shardings = captioning._state_shardings(run, tx)
-        self.state = captioning._initial_state(run, tx, shardings)
+        _, shardings = captioning.state_shardings(run, tx)
+        self.state = captioning.initial_state(run, tx, shardings)
         self.step_fn = captioning.make_train_step(self.model, tx, captioning.transform_of(config),
-                                                  self.mesh, shardings)
+                                                  self.mesh, shardings,
+                                                  loss_chunk=args.loss_chunk)
         self.key = jax.random.key(config.seed)
         self.gap = np.zeros(EMBED_DIM, np.float32)
 
@@ -191,6 +192,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed steps per side after the first (checked) one")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--loss_chunk", type=int, default=0,
+                   help="ours: caption positions per LM-head chunk (0: all at once)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="max relative first-step loss difference (default 1e-4; 2e-2 bfloat16)")
     args = p.parse_args()
@@ -250,8 +253,10 @@ def main():
         "reference_dtype": "bfloat16 autocast" if args.dtype == "bfloat16" else "float32",
         "first_step_loss_ours": ours_loss, "first_step_loss_reference": ref_loss,
         "first_step_loss_rel_diff": rel, "reference_dropout": 0.0,
-        "notes": "PyTorch GPT-2 dropout set to 0 (ours has none); both compute logits at all "
-                 "prefix+caption positions; FLOPs = 6*N_blocks*B*T + 6*width*vocab*B*T + "
+        "loss_chunk": args.loss_chunk,
+        "notes": "PyTorch GPT-2 dropout set to 0 (ours has none); PyTorch computes logits at "
+                 "all prefix+caption positions, ours at caption positions only; FLOPs (the "
+                 "reference's work, for both) = 6*N_blocks*B*T + 6*width*vocab*B*T + "
                  "12*depth*T^2*width*B + 6*N_mapper*B",
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

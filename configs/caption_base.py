@@ -26,6 +26,9 @@ def get_config(experiment: str = "caption"):
     c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
     c.init_from, c.restore_from = "", ""
     c.skip_nonfinite = False  # True: a step with NaN/Inf loss or gradients is skipped
+    # LM head over caption positions: all at once (0), or this many positions at a time,
+    # recomputed in the backward pass (the [B, L, vocab] logits never exist whole).
+    c.loss_chunk = 0
     # Evaluation: greedy decoding up to 67 tokens, stopping at EOS or '.', like the reference.
     c.decode, c.beam_size, c.max_decode_tokens, c.stop_at_period = "greedy", 5, 67, True
     c.eval_batch_size, c.eval_max_examples, c.spice = 256, 0, True

@@ -63,7 +63,7 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("chunk", [0, 1, 3, 64])
 def test_chunked_caption_nll_equals_the_full_logits_loss_and_gradients(chunk):
     """The train step's loss (LM head over caption positions only, in chunks) against the
     loss of the whole [B, P + L, V] logits: equal values and gradients."""

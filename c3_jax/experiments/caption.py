@@ -37,7 +37,7 @@ def check(config) -> None:
                                 "clip_length", "max_caption_tokens", "max_decode_tokens",
                                 "eval_batch_size", "beam_size"])
     checks.at_least(config, 0, ["max_steps", "warmup_steps", "val_batches",
-                                "eval_max_examples"])
+                                "eval_max_examples", "loss_chunk"])
     checks.at_least(config, 0.0, ["noise_sigma", "weight_decay", "lr"])  # lr 0: evaluation
     checks.within(config, 0.0, 1.0, ["train_fraction"])
     if config.decode not in ("greedy", "beam"):

@@ -73,7 +73,7 @@ def transform_of(config) -> c3.C3Transform:
 
 
 def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
-                    state_sharding, skip_nonfinite: bool = False):
+                    state_sharding, skip_nonfinite: bool = False, loss_chunk: int = 0):
     """One sharded step: C^3 transform of the batch, masked caption loss (the LM head over
     caption positions only, in chunks), AdamW update."""
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -84,7 +84,7 @@ def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
         def loss_fn(params):
             e = c3.apply_transform(transform, batch["embedding"], mean, rng=rng, train=True,
                                    gap_direction=gap_direction)
-            return model.apply({"params": params}, e, batch["ids"], batch["mask"],
+            return model.apply({"params": params}, e, batch["ids"], batch["mask"], loss_chunk,
                                method="caption_nll")
 
         (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -99,12 +99,12 @@ def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
                    out_shardings=(state_sharding, repl), donate_argnums=0)
 
 
-def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh):
+def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh, loss_chunk: int = 0):
     """Summed caption NLL and token count of a batch (no noise), for validation."""
     def fn(params, batch, mean):
         e = c3.apply_transform(transform, batch["embedding"], mean, train=False)
         loss, count = model.apply({"params": params}, e, batch["ids"], batch["mask"],
-                                  method="caption_nll")
+                                  loss_chunk, method="caption_nll")
         return loss * count, count
 
     return jax.jit(fn, in_shardings=(None, parallel.batch_sharding(mesh), None))
@@ -179,7 +179,7 @@ def _validation_loss(run: Run, params, eval_loss, mean) -> Optional[float]:
     return total / max(count, 1.0)
 
 
-def _initial_state(run: Run, tx, shardings) -> st.TrainState:
+def initial_state(run: Run, tx, shardings) -> st.TrainState:
     params = run.params
     if run.config.init_from:
         params = restore_run_params(run, run.config.init_from)
@@ -189,7 +189,7 @@ def _initial_state(run: Run, tx, shardings) -> st.TrainState:
     return st.TrainState(step, params, opt_state)
 
 
-def _state_shardings(run: Run, tx):
+def state_shardings(run: Run, tx):
     abstract = jax.eval_shape(lambda p: st.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                               run.params)
     return abstract, parallel.state_shardings(run.mesh, abstract)
@@ -201,16 +201,16 @@ def train(run: Run) -> tuple:
     local_batch = parallel.local_batch_size(config.batch_size, len(run.pairs), "training pairs")
     steps = total_steps(config, len(run.pairs))
     tx = make_optimizer(config, max(steps // config.grad_accum, 1), run.trainable)
-    abstract, shardings = _state_shardings(run, tx)
+    abstract, shardings = state_shardings(run, tx)
     mean = run.mean(config.train_field)
     gap = run.gap_direction() if run.transform.noise == "span_only" else np.zeros_like(mean)
     step_fn = make_train_step(run.model, tx, run.transform, run.mesh, shardings,
-                              config.skip_nonfinite)
-    eval_loss = make_eval_loss(run.model, run.transform, run.mesh)
+                              config.skip_nonfinite, config.loss_chunk)
+    eval_loss = make_eval_loss(run.model, run.transform, run.mesh, config.loss_chunk)
     data = iter(_loader(run.pairs, local_batch, config.seed))
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
-                                        lambda: _initial_state(run, tx, shardings))
+                                        lambda: initial_state(run, tx, shardings))
     key = jax.random.key(config.seed)
     schedule = st.warmup_linear_decay(config.lr, config.warmup_steps,
                                       max(steps // config.grad_accum, 1))
@@ -234,7 +234,7 @@ def restore_run_params(run: Run, run_dir: str):
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory; pass the --workdir "
                                 "of a finished captioning run")
     tx = make_optimizer(run.config, 1, run.trainable)
-    abstract, shardings = _state_shardings(run, tx)
+    abstract, shardings = state_shardings(run, tx)
     return checkpoints.restore_params(directory, checkpoints.abstract(abstract, shardings))
 
 
