@@ -262,15 +262,22 @@ def _numbers(tree, prefix=""):
 
 @pytest.mark.parametrize("name", ["shapes_caption", "shapes_t2i"])
 def test_the_shapes_jobs_give_the_figures_of_one_process_on_two(name, tmp_path):
-    """The README's own example: the built-in world's jobs under 2 processes."""
-    import importlib
-    config = importlib.import_module(f"configs.{name}").get_config("quick")
-    config.variants = "c1,c3" if name == "shapes_caption" else "c3"
+    """The README's own example, launch/local_multiprocess.sh, on the built-in world's jobs:
+    2 processes x 4 CPU devices give the figures of 1 process x 8."""
+    variants = "c1,c3" if name == "shapes_caption" else "c3"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(PYTHON=sys.executable, DEVICES="8", GRACE="2",
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", ""))
     results = {}
     for processes in (1, 2):
-        workdir = str(tmp_path / f"{name}{processes}")
-        _ok(_launch(config, workdir, processes, cli=f"configs/{name}.py:quick"))
-        with open(os.path.join(workdir, "results.json")) as f:
+        workdir = tmp_path / f"{name}{processes}"
+        out = subprocess.run(
+            [os.path.join(ROOT, "launch", "local_multiprocess.sh"), str(processes),
+             f"--config=configs/{name}.py:quick", f"--config.variants={variants}",
+             f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+            env={**env, "LOG_DIR": str(tmp_path / f"logs{processes}")})
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+        with open(workdir / "results.json") as f:
             results[processes] = _numbers(json.load(f))
     assert results[2].keys() == results[1].keys()
     for key, want in results[1].items():
