@@ -12,12 +12,10 @@ from c3_jax.eval.caption_metrics import rouge_n, score_captions
 from c3_jax.experiments import checks
 from c3_jax.train.captioning import Run, evaluate, generate, restore_run_params, train
 from c3_jax.workdir import Workdir
-from configs import caption_base
-from configs import field_types
+from configs import caption_base, field_types
 
 FIELDS = {name: field_types(caption_base.get_config(name))
           for name in ("caption", "caption_gap_sensitivity")}
-
 
 
 def _train_or_restore(run: Run) -> tuple:
