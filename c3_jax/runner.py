@@ -61,17 +61,19 @@ def resolve(config) -> Callable:
         raise ConfigError(f"config has no 'experiment' field; set one of {sorted(EXPERIMENTS)}")
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; known experiments: {sorted(EXPERIMENTS)}")
-    module_name, fn_name = EXPERIMENTS[name].split(":")
-    module = importlib.import_module(module_name)
-    validate(config, module.FIELDS[name], name)
-    return getattr(module, fn_name)
+    validate(config, _module(name).FIELDS[name], name)
+    return getattr(_module(name), EXPERIMENTS[name].split(":")[1])
+
+
+def _module(experiment: str):
+    """The module of an experiment (imported when first needed)."""
+    return importlib.import_module(EXPERIMENTS[experiment].split(":")[0])
 
 
 def check_values(config) -> None:
     """The experiment's own ``check(config)``: value ranges, variant names, input files and
     tools, so that a bad value fails before anything is written or computed."""
-    module = importlib.import_module(EXPERIMENTS[config.experiment].split(":")[0])
-    check = getattr(module, "check", None)
+    check = getattr(_module(config.experiment), "check", None)
     if check is not None:
         try:
             check(config)

@@ -114,6 +114,13 @@ def caption_world(tmp_path_factory):
     return {"root": root, "dataset": results["dataset_dir"], "gpt2": str(root / "gpt2")}
 
 
+def override(config, **fields):
+    """A copy of ``config`` with ``fields`` changed."""
+    config = config.copy_and_resolve_references()
+    config.update(fields)
+    return config
+
+
 def snapshot(root) -> dict:
     """Every file under ``root`` with the hash of its bytes."""
     out = {}

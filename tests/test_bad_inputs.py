@@ -14,7 +14,7 @@ from c3_jax import runner
 from c3_jax.data import builders
 from c3_jax.data.text import encode_captions
 from c3_jax.train.checkpoints import CheckpointError
-from conftest import caption_config, gpt2_dir, snapshot, t2i_config
+from conftest import caption_config, gpt2_dir, override, snapshot, t2i_config
 
 
 def _occupied(path) -> dict:
@@ -34,13 +34,6 @@ def _kept(path, before: dict) -> None:
 
 def _where(path) -> str:
     return re.escape(str(path))
-
-
-def _with(config, **overrides):
-    """A copy of ``config`` with ``overrides``."""
-    config = config.copy_and_resolve_references()
-    config.update(overrides)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +140,7 @@ def test_a_workdir_holding_a_run_of_another_config(finished):
     config, workdir, before = finished
     with pytest.raises(runner.ConfigError, match=f"--workdir {_where(workdir)} holds a run of "
                        "another config \\(fields \\['lr'\\] differ\\)"):
-        runner.run(_with(config, lr=1.0), str(workdir))
+        runner.run(override(config, lr=1.0), str(workdir))
     assert snapshot(workdir) == before
 
 
@@ -182,7 +175,7 @@ def _restoring_fails(config, copy, before, tmp_path, message) -> None:
     eval_before = _occupied(tmp_path / "eval")
     for restore_from, workdir in ((str(copy), tmp_path / "eval"), ("", copy)):
         with pytest.raises(CheckpointError, match=message):
-            runner.run(_with(config, restore_from=restore_from), str(workdir))
+            runner.run(override(config, restore_from=restore_from), str(workdir))
         assert snapshot(copy) == before
     _kept(tmp_path / "eval", eval_before)
 
@@ -208,7 +201,7 @@ def test_missing_checkpoint_files(finished, tmp_path):
     _restoring_fails(finished[0], copy, before, tmp_path,
                      f"checkpoint {_where(step_dir)} could not be restored \\(corrupt or "
                      f"incomplete\\): .* does not exist at {_where(step_dir / 'state')}")
-    evaluation = _with(finished[0], restore_from=str(copy))
+    evaluation = override(finished[0], restore_from=str(copy))
     latest = copy / "checkpoints" / "latest"
     shutil.rmtree(latest)  # as if the run had stopped before its first checkpoint
     with pytest.raises(FileNotFoundError, match=f"no latest checkpoint in {_where(latest)}"):
@@ -242,7 +235,7 @@ def _refusing_new_files(path):
 
 def test_a_non_writable_workdir_stops_the_run_before_it_starts(finished, tmp_path):
     config, workdir, before = finished
-    undownloaded = _with(config, dataset_dir=str(tmp_path / "not_yet_downloaded"))
+    undownloaded = override(config, dataset_dir=str(tmp_path / "not_yet_downloaded"))
     with _refusing_new_files(workdir):  # stops before the dataset is looked for
         with pytest.raises(SystemExit, match=f"--workdir {_where(workdir)} is not writable: "):
             runner.run(undownloaded, str(workdir))

@@ -17,17 +17,11 @@ from c3_jax.experiments import shapes_world
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
 from configs import embeddings_dataset, geometry_synthetic, shapes_caption
-from conftest import ROOT, snapshot
-
-def _with(config, **overrides):
-    config = config.copy_and_resolve_references()
-    config.update(overrides)
-    return config
-
+from conftest import ROOT, override, snapshot
 
 def _quick(**overrides):
     """The main job's :quick config on two variants (what these tests need)."""
-    return _with(shapes_caption.get_config("quick"), **{"variants": "c1,c3", **overrides})
+    return override(shapes_caption.get_config("quick"), **{"variants": "c1,c3", **overrides})
 
 
 def _mtimes(root, sub: str) -> dict:
@@ -55,7 +49,7 @@ def test_a_failed_run_leaves_the_workdir_byte_for_byte_and_resumable(main_job, o
                                                                       message):
     config, workdir, results, before = main_job
     with pytest.raises(runner.ConfigError, match=message):
-        runner.run(_with(config, **overrides), str(workdir))
+        runner.run(override(config, **overrides), str(workdir))
     assert snapshot(workdir) == before
 
 
@@ -94,13 +88,13 @@ def test_a_corrected_rerun_reuses_exactly_the_unchanged_stages(tmp_path):
         fresh["geometry"]["modality_gap"], rel=1e-6)
     # A world field: the world and everything after it are built again.
     world = snapshot(workdir / "data" / "shapes_world")
-    runner.run(_with(changed, two_object_fraction=0.5), str(workdir))
+    runner.run(override(changed, two_object_fraction=0.5), str(workdir))
     assert snapshot(workdir / "data" / "shapes_world") != world
     assert _mtimes(workdir, "connect") != connect_files
 
 
 def test_a_workdir_holds_one_run_at_a_time(tmp_path):
-    config = _with(geometry_synthetic.get_config("quick"), steps=20, chunk=10)
+    config = override(geometry_synthetic.get_config("quick"), steps=20, chunk=10)
     workdir = tmp_path / "run"
     workdir.mkdir()
     with open(workdir / ".lock", "a+") as held:  # as a running run holds it
@@ -133,7 +127,7 @@ def test_a_dataset_name_is_not_silently_reused(tmp_path):
     arrays = {"train/text_embedding": np.ones((4, 3), np.float32),
               "train/image_embedding": np.zeros((4, 3), np.float32)}
     np.savez(tmp_path / "a.npz", **arrays)
-    config = _with(embeddings_dataset.get_config(), embeddings=str(tmp_path / "a.npz"),
+    config = override(embeddings_dataset.get_config(), embeddings=str(tmp_path / "a.npz"),
                    data_dir=str(tmp_path / "data"), name="pairs")
     runner.run(config, str(tmp_path / "first"))
     arrays["train/text_embedding"] = 2 * arrays["train/text_embedding"]
@@ -141,7 +135,7 @@ def test_a_dataset_name_is_not_silently_reused(tmp_path):
     with pytest.raises(runner.ConfigError, match="dataset 'pairs' already exists.*overwrite"):
         runner.run(config, str(tmp_path / "second"))
     assert not (tmp_path / "second").exists()
-    result = runner.run(_with(config, overwrite=True), str(tmp_path / "second"))
+    result = runner.run(override(config, overwrite=True), str(tmp_path / "second"))
     from c3_jax.data import builders
     row = builders.data_source(result["dataset_dir"], "train")[0]
     np.testing.assert_array_equal(row["text_embedding"], 2 * np.ones(3))

@@ -9,7 +9,7 @@ import os
 import numpy as np
 from absl import logging
 
-from c3_jax import plots, runner
+from c3_jax import plots
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, shapes_world, stages
@@ -101,14 +101,10 @@ def _captioner_config(config, dataset: str, gpt2_dir: str, name: str, seed: int,
 def _train_captioner(config, dataset, gpt2_dir, name, seed, sigma, attrs, wd: Workdir) -> dict:
     """One captioner run in its own workdir (reused when finished); adds attribute accuracy."""
     sub = wd.file(os.path.join("captioners", f"{name}_seed{seed}"))
-    c = _captioner_config(config, dataset, gpt2_dir, name, seed, sigma)
-    fields = {"captioner": c.to_dict(), "gpt2": shapes_world.fields_of(config, GPT_FIELDS),
-              "upstream": shapes_world.fields_of(
-                  config, shapes_world.WORLD_FIELDS + shapes_world.CONNECT_FIELDS)}
-    if not stages.begin(wd, f"captioner_{name}_seed{seed}", fields, [sub], resumable=True):
-        runner.run(c, sub)
-        stages.finish(wd, f"captioner_{name}_seed{seed}")
-    sub_wd = Workdir(sub)
+    sub_wd = shapes_world.nested_run(
+        config, wd, f"captioner_{name}_seed{seed}",
+        _captioner_config(config, dataset, gpt2_dir, name, seed, sigma), sub,
+        {"gpt2": shapes_world.fields_of(config, GPT_FIELDS)})
     result = sub_wd.read_json("results.json")
     captions = [r["prediction"] for r in sub_wd.read_json("captions_test.json")]
     acc = shapes.attribute_accuracy(captions, attrs)

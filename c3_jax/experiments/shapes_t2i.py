@@ -9,11 +9,11 @@ import os
 import numpy as np
 from absl import logging
 
-from c3_jax import parallel, plots, runner
+from c3_jax import parallel, plots
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.eval import shapes_probe
-from c3_jax.experiments import checks, shapes_world, stages
+from c3_jax.experiments import checks, shapes_world
 from c3_jax.train import connect, generation
 from c3_jax.workdir import Workdir
 from configs import field_types, t2i_base
@@ -71,13 +71,9 @@ def _split(world: str, split: str) -> tuple:
 def _generate_variant(config, dataset, variant, encoder, probe, test_attrs, wd) -> dict:
     """One generator run in its own workdir (reused when finished), scored by the probe."""
     sub = wd.file(os.path.join("generators", variant))
-    c = _generator_config(config, dataset, variant)
-    fields = {"generator": c.to_dict(), "upstream": shapes_world.fields_of(
-        config, shapes_world.WORLD_FIELDS + shapes_world.CONNECT_FIELDS)}
-    if not stages.begin(wd, f"generator_{variant}", fields, [sub], resumable=True):
-        runner.run(c, sub, encoder=encoder)
-        stages.finish(wd, f"generator_{variant}")
-    result = Workdir(sub).read_json("results.json")
+    result = shapes_world.nested_run(config, wd, f"generator_{variant}",
+                                     _generator_config(config, dataset, variant), sub,
+                                     encoder=encoder).read_json("results.json")
     images = np.load(os.path.join(sub, "generated_test.npy"))
     acc = shapes_probe.probe_accuracy(probe, images, test_attrs)
     return {**result["metrics"], "attribute_accuracy": acc["mean"],
