@@ -110,6 +110,38 @@ def apply_transform(t: C3Transform, e: jax.Array, mean: Optional[jax.Array] = No
     return normalize(e)
 
 
+def member_settings(t: C3Transform, train_mean, eval_mean, dim: int) -> dict:
+    """A transform's settings as arrays, for ``apply_as_arrays`` (a sweep member): the
+    train and eval means (zeros without collapse), sigma (0 without noise) and the gap
+    direction (eval mean - train mean for span_only, else zeros)."""
+    if t.noise == "lafite_mix":
+        raise ValueError("a sweep member cannot use noise='lafite_mix'; train it alone")
+    zeros = np.zeros(dim, np.float32)
+    as_f32 = lambda m: zeros if m is None else np.asarray(m, np.float32)
+    return {"mean": as_f32(train_mean) if t.collapse else zeros,
+            "eval_mean": as_f32(eval_mean) if t.collapse else zeros,
+            "sigma": np.float32(0.0 if t.noise == "none" else t.sigma),
+            "gap": (as_f32(eval_mean) - as_f32(train_mean) if t.noise == "span_only"
+                    else zeros)}
+
+
+def apply_as_arrays(e: jax.Array, mean: jax.Array, sigma: jax.Array = 0.0,
+                    gap_direction: Optional[jax.Array] = None, rng: Optional[jax.Array] = None,
+                    train: bool = False) -> jax.Array:
+    """The C^3 transform with every setting an array, so that the members of a vmapped sweep
+    can differ: normalize, subtract ``mean`` (zeros: no collapse), at train time add
+    N(0, sigma^2 I) noise (sigma 0: none) less its component along ``gap_direction``
+    (zeros: isotropic noise), renormalize. Equal to ``apply_transform`` of the same variant."""
+    e = normalize(e) - mean
+    if train:
+        noise = sigma * jax.random.normal(rng, e.shape, e.dtype)
+        if gap_direction is not None:
+            g = normalize(gap_direction.astype(e.dtype))
+            noise = noise - (noise @ g)[..., None] * g
+        e = e + noise
+    return normalize(e)
+
+
 class RunningMean:
     """Streaming mean of L2-normalized embeddings, accumulated in float64.
 

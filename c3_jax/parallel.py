@@ -123,6 +123,26 @@ def state_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):
                         abstract_tree)
 
 
+def member_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):
+    """NamedShardings for a sweep's stacked state: the leading (member) axis split over
+    'data', each member's arrays as in ``state_shardings`` (split over 'fsdp')."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda a: NamedSharding(mesh, P("data", *_leaf_spec(
+        a.shape[1:], fsdp, min_size))), abstract_tree)
+
+
+def member_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A sweep's batches [members, batch, ...]: members over 'data', the batch over 'fsdp'."""
+    return NamedSharding(mesh, P("data", "fsdp"))
+
+
+def put_whole(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array that every process holds whole: each process
+    places its own devices' parts."""
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
 def to_host(tree) -> Any:
     """A pytree of (possibly sharded, multi-process) arrays as numpy, whole, on every host:
     an array on this process's devices alone is read as it is, a global one gathered."""
@@ -147,7 +167,6 @@ def data_parallel(fn: Callable, params, batches, desc: str,
         pad = (-n) % len(devices)  # pad the last batch to a multiple of the device count
         arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
         # Every process holds the whole batch; each places its devices' rows.
-        arrays = tuple(jax.make_array_from_callback(a.shape, shard, lambda i, a=a: a[i])
-                       for a in arrays)
+        arrays = tuple(put_whole(a, shard) for a in arrays)
         out.append(to_host(step(params, arrays))[:n])
     return np.concatenate(out)

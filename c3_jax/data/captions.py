@@ -54,6 +54,12 @@ class CaptionPairs:
         self.ids, self.mask = encode_captions(tokenizer, captions, max_length, truncate)
         return self
 
+    def with_field(self, field: str) -> "CaptionPairs":
+        """The same pairs (and tokens) with another embedding field of the same rows."""
+        other = CaptionPairs(self.source, field, self.caption_field, self.rows, self.output_key)
+        other.ids, other.mask = self.ids, self.mask
+        return other
+
     def __len__(self) -> int:
         return len(self.rows) * self.k
 

@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "coco_extract": "c3_jax.experiments.datasets:run_coco_extract",
     "caption": "c3_jax.experiments.caption:run_caption",
     "caption_gap_sensitivity": "c3_jax.experiments.caption:run_gap_sensitivity",
+    "caption_sweep": "c3_jax.experiments.caption:run_caption_sweep",
     "generate": "c3_jax.experiments.t2i:run_generate",
     "shapes_caption": "c3_jax.experiments.shapes_caption:run_shapes_caption",
     "shapes_t2i": "c3_jax.experiments.shapes_t2i:run_shapes_t2i",
@@ -19,5 +20,5 @@ EXPERIMENTS = {
 }
 # Trainers that resume from the checkpoints in their workdir (a rerun must be of the same
 # config) and composite runs whose cached stages decide what a changed config reuses.
-RESUMABLE = {"caption", "caption_gap_sensitivity", "generate"}
+RESUMABLE = {"caption", "caption_gap_sensitivity", "caption_sweep", "generate"}
 STAGED = {"shapes_caption", "shapes_t2i", "shapes_connect_study"}

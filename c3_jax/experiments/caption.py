@@ -10,12 +10,13 @@ from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.eval.caption_metrics import rouge_n, score_captions
 from c3_jax.experiments import checks
+from c3_jax.train import caption_sweep
 from c3_jax.train.captioning import Run, evaluate, generate, restore_run_params, train
 from c3_jax.workdir import Workdir
 from configs import caption_base, field_types
 
 FIELDS = {name: field_types(caption_base.get_config(name))
-          for name in ("caption", "caption_gap_sensitivity")}
+          for name in ("caption", "caption_gap_sensitivity", "caption_sweep")}
 
 
 def _train_or_restore(run: Run) -> tuple:
@@ -46,7 +47,10 @@ def check(config) -> None:
         if config[field]:
             checks.existing(config[field], field)
     if config.experiment == "caption_gap_sensitivity":
-        _floats(config.shift_norms)
+        _floats(config.shift_norms, "shift_norms")
+    if config.experiment == "caption_sweep":
+        checks.at_least(config, 1, ["seeds"])
+        caption_sweep.check_members(sweep_members(config))
     checks.java()
 
 
@@ -72,7 +76,7 @@ def run_gap_sensitivity(config, wd: Workdir) -> dict:
     unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
                                      jax.random.key(config.seed), config.shift_gamma)
     rows = {}
-    for norm in _floats(config.shift_norms):
+    for norm in _floats(config.shift_norms, "shift_norms"):
         captions = generate(run, params, embeddings, mean, shift=norm * unit)
         scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)), spice=False)
         rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1), "ROUGE-L": scores["ROUGE-L"],
@@ -87,11 +91,49 @@ def _first_captions(source, config) -> list:
     return [cd.captions_of(source[i], config.caption_field)[0] for i in range(n)]
 
 
-def _floats(text: str) -> list:
+def _floats(text: str, field: str) -> list:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"shift_norms={text!r} must be comma-separated numbers") from None
+        raise ValueError(f"{field}={text!r} must be comma-separated numbers") from None
+
+
+def sweep_members(config) -> list:
+    """The members of a caption_sweep: every variant x sigma (noisy variants) x seed;
+    'supervised' is c1 trained on ``eval_field`` (the paired upper bound)."""
+    sigmas = _floats(config.sigmas, "sigmas") or [config.noise_sigma]
+    members = []
+    for name in [v.strip() for v in config.variants.split(",") if v.strip()]:
+        variant, field = (("c1", config.eval_field) if name == "supervised" else
+                          (name, config.train_field))
+        if variant not in c3.VARIANTS:
+            raise ValueError(f"config field 'variants' names {name!r}; known: "
+                             f"{sorted(c3.VARIANTS) + ['supervised']}")
+        noisy = c3.VARIANTS[variant]["noise"] != "none"
+        for sigma in (sigmas if noisy else [config.noise_sigma]):
+            tag = f"_sigma{sigma:g}" if noisy and len(sigmas) > 1 else ""
+            members += [caption_sweep.Member(f"{name}{tag}_seed{config.seed + k}", variant,
+                                             config.seed + k, sigma, field)
+                        for k in range(config.seeds)]
+    return members
+
+
+def run_caption_sweep(config, wd: Workdir) -> dict:
+    """Every member of ``sweep_members`` trained and evaluated as one program; scores per
+    member and, per variant (and sigma), their mean and std over seeds."""
+    sweep = caption_sweep.Sweep(config, sweep_members(config), wd)
+    params, summary = caption_sweep.train(sweep)
+    results = caption_sweep.evaluate(sweep, params)
+    groups = {}
+    for m in sweep.members:
+        groups.setdefault(m.name.rsplit("_seed", 1)[0], []).append(results[m.name]["metrics"])
+    table = {g: {k: {"mean": float(np.mean([r[k] for r in rows])),
+                     "std": float(np.std([r[k] for r in rows]))}
+                 for k, v in rows[0].items() if isinstance(v, (int, float))}
+             for g, rows in groups.items()}
+    return {"members": {n: {**summary[n], "metrics": r["metrics"],
+                            "samples": r["captions"][:5]} for n, r in results.items()},
+            "by_variant": table, "seeds": config.seeds}
 
 
 def _plot_loss(wd: Workdir) -> None:

@@ -8,8 +8,9 @@ resumes exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +35,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Model and optimizer
 
 
-def build_model(config, dim: int):
-    """The ClipCap module, its initial params (GPT-2 pretrained unless from scratch) and
-    which params train."""
+def build_module(config):
+    """The ClipCap module and GPT-2's pretrained params (None when trained from scratch)."""
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype={config.dtype!r}; expected one of {sorted(DTYPES)}")
     dtype = DTYPES[config.dtype]
@@ -48,15 +48,28 @@ def build_model(config, dim: int):
         gpt_config = gpt_module.config
     mapper = clipcap.MapperConfig(config.mapper, config.prefix_length, config.clip_length,
                                   config.mapper_depth)
-    model = clipcap.ClipCap(mapper, gpt_config, dtype)
+    return clipcap.ClipCap(mapper, gpt_config, dtype), gpt_params
+
+
+def init_params(model: clipcap.ClipCap, key, dim: int):
+    """Randomly initialized params of the whole captioner (mapper and GPT-2)."""
     ids = jnp.zeros((1, 2), jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, dim)), ids,
-                                 jnp.ones_like(ids))["params"]
+    return model.init(key, jnp.zeros((1, dim)), ids, jnp.ones_like(ids))["params"]
+
+
+def trainable_of(config, params) -> dict:
+    return {"mapper": jax.tree.map(lambda _: True, params["mapper"]),
+            "gpt": jax.tree.map(lambda _: not config.freeze_gpt, params["gpt"])}
+
+
+def build_model(config, dim: int):
+    """The ClipCap module, its initial params (GPT-2 pretrained unless from scratch) and
+    which params train."""
+    model, gpt_params = build_module(config)
+    params = jax.jit(functools.partial(init_params, model, dim=dim))(jax.random.key(config.seed))
     if gpt_params is not None:
         params = {**params, "gpt": gpt_params}
-    trainable = {"mapper": jax.tree.map(lambda _: True, params["mapper"]),
-                 "gpt": jax.tree.map(lambda _: not config.freeze_gpt, params["gpt"])}
-    return model, params, trainable
+    return model, params, trainable_of(config, params)
 
 
 def make_optimizer(config, total_updates: int, trainable) -> optax.GradientTransformation:
@@ -72,27 +85,32 @@ def transform_of(config) -> c3.C3Transform:
 # Jitted steps
 
 
+def train_update(model: clipcap.ClipCap, tx, state, batch: dict, embed: Callable,
+                 skip_nonfinite: bool, loss_chunk: int):
+    """One AdamW update on the masked caption loss of ``embed(batch['embedding'])`` (the LM
+    head over caption positions only, in chunks); returns (state, metrics)."""
+    def loss_fn(params):
+        return model.apply({"params": params}, embed(batch["embedding"]), batch["ids"],
+                           batch["mask"], loss_chunk, method="caption_nll")
+
+    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return st.guard_finite(new, state, metrics, skip_nonfinite)
+
+
 def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
                     state_sharding, skip_nonfinite: bool = False, loss_chunk: int = 0):
-    """One sharded step: C^3 transform of the batch, masked caption loss (the LM head over
-    caption positions only, in chunks), AdamW update."""
+    """One sharded step: C^3 transform of the batch, then ``train_update``."""
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def step(state: st.TrainState, batch: dict, mean, gap_direction, key):
         rng = jax.random.fold_in(key, state.step)
-
-        def loss_fn(params):
-            e = c3.apply_transform(transform, batch["embedding"], mean, rng=rng, train=True,
-                                   gap_direction=gap_direction)
-            return model.apply({"params": params}, e, batch["ids"], batch["mask"], loss_chunk,
-                               method="caption_nll")
-
-        (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
-        return st.guard_finite(st.TrainState(state.step + 1, params, opt_state), state,
-                               metrics, skip_nonfinite)
+        embed = lambda e: c3.apply_transform(transform, e, mean, rng=rng, train=True,
+                                             gap_direction=gap_direction)
+        return train_update(model, tx, state, batch, embed, skip_nonfinite, loss_chunk)
 
     batch_sh = parallel.batch_sharding(mesh)
     return jax.jit(step, in_shardings=(state_sharding, batch_sh, repl, repl, repl),
@@ -242,7 +260,7 @@ def restore_run_params(run: Run, run_dir: str):
 # Decoding and evaluation
 
 
-def _stop_ids(tokenizer, at_period: bool) -> tuple:
+def stop_ids(tokenizer, at_period: bool) -> tuple:
     stops = [tokenizer.eos_token_id]
     if at_period:
         period = tokenizer(".", add_special_tokens=False)["input_ids"]
@@ -251,7 +269,7 @@ def _stop_ids(tokenizer, at_period: bool) -> tuple:
     return tuple(sorted(set(stops)))
 
 
-def _decode_text(tokenizer, tokens: np.ndarray, stops: tuple) -> str:
+def decode_text(tokenizer, tokens: np.ndarray, stops: tuple) -> str:
     tokens = list(tokens)
     for i, t in enumerate(tokens):
         if t in stops:
@@ -266,30 +284,30 @@ def generate(run: Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray
     collapse with ``mean``), optional constant ``shift``, mapper, then decoding."""
     config = run.config
     decoder = gpt2.GPT2(run.model.gpt, run.model.dtype)
-    stops = _stop_ids(run.tokenizer, config.stop_at_period)
+    stops = stop_ids(run.tokenizer, config.stop_at_period)
     mean = jnp.zeros(embeddings.shape[1]) if mean is None else jnp.asarray(mean)
     shift = jnp.zeros(embeddings.shape[1]) if shift is None else jnp.asarray(shift)
     transform = dataclasses.replace(run.transform, noise="none")
     prefix_fn = jax.jit(lambda p, e: run.model.apply(
         {"params": p}, c3.apply_transform(transform, e, mean) + shift, method="prefix"))
-    decode = _decoder(config, decoder, stops, run.tokenizer.eos_token_id)
+    decode = make_decoder(config, decoder, stops, run.tokenizer.eos_token_id)
     sharding = parallel.batch_sharding(run.mesh)
-    batch, n, out = _eval_batch(config), len(embeddings), []
+    batch, n, out = eval_batch(config), len(embeddings), []
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        e = jax.make_array_from_callback(padded.shape, sharding, lambda idx: padded[idx])
+        e = parallel.put_whole(padded, sharding)
         tokens = parallel.to_host(decode(params["gpt"], prefix_fn(params, e)))[:len(chunk)]
-        out.extend(_decode_text(run.tokenizer, row, stops) for row in tokens)
+        out.extend(decode_text(run.tokenizer, row, stops) for row in tokens)
     return out
 
 
-def _eval_batch(config) -> int:
+def eval_batch(config) -> int:
     n = jax.device_count()
     return max(n, config.eval_batch_size // n * n)
 
 
-def _decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int):
+def make_decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int):
     if config.decode == "greedy":
         return lambda p, prefix: decoding.greedy(module, p, prompt_embeds=prefix,
                                                  max_new_tokens=config.max_decode_tokens,
@@ -308,7 +326,7 @@ def evaluate(run: Run, params) -> dict:
     source = builders.data_source(config.dataset_dir, config.test_split)
     embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
                                     config.eval_max_examples)
-    _check_width(embeddings, run.pairs.dim, config.eval_field)
+    check_width(embeddings, run.pairs.dim, config.eval_field)
     mean = run.mean(config.eval_field) if run.transform.collapse else None
     captions = generate(run, params, embeddings, mean)
     metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
@@ -320,7 +338,7 @@ def evaluate(run: Run, params) -> dict:
                         zip(captions[:5], refs[:5])]}
 
 
-def _check_width(embeddings: np.ndarray, dim: int, field: str) -> None:
+def check_width(embeddings: np.ndarray, dim: int, field: str) -> None:
     if embeddings.shape[1] != dim:
         raise ValueError(f"{field!r} embeddings are {embeddings.shape[1]}-d but the captioner "
                          f"was built for {dim}-d training embeddings")

@@ -405,7 +405,7 @@ def evaluate(run: Run, params, limit: int = 0) -> dict:
 
 def _global(x: np.ndarray, mesh) -> jax.Array:
     """A batch every process holds in full, as a global array split over the devices."""
-    return jax.make_array_from_callback(x.shape, parallel.batch_sharding(mesh), lambda i: x[i])
+    return parallel.put_whole(x, parallel.batch_sharding(mesh))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Callable, Iterator, Optional, Tuple
 
 import jax
+import numpy as np
 from absl import logging
 
 from c3_jax.data import pipeline
@@ -25,6 +26,7 @@ class LoopConfig:
     skip_nonfinite: bool = False
     desc: str = "train"
     postfix: Tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
+    members: Tuple[str, ...] = ()  # a sweep's member names: metrics have a member axis
 
 
 class MetricWriter:
@@ -58,28 +60,48 @@ class MetricWriter:
 Step = Callable[[object, dict, int], tuple]  # (state, global batch, step index) -> (state, metrics)
 
 
+def host_metrics(metrics: dict, members: Tuple[str, ...]) -> dict:
+    """Metrics as floats; a metric with a member axis gives one value per member
+    ('loss/c3_seed0') and their mean ('loss'); padding members past ``members`` are left out."""
+    out = {}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        if v.ndim == 0:
+            out[k] = float(v)
+            continue
+        v = v[:len(members)]
+        out[k] = float(v.mean())
+        out.update({f"{k}/{name}": float(x) for name, x in zip(members, v)})
+    return out
+
+
 def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
         checkpoints.Checkpoints, wd: Workdir, loop: LoopConfig,
         learning_rate: Optional[Callable[[int], float]] = None,
         validate: Optional[Callable[[object], Optional[float]]] = None,
-        after_step: Optional[Callable[[int, object], None]] = None) -> tuple:
+        after_step: Optional[Callable[[int, object], None]] = None,
+        at_checkpoint: Optional[Callable[[object], tuple]] = None) -> tuple:
     """Runs ``step`` from ``start`` to ``loop.steps`` on ``data`` (local batches, placed
     with ``batch_sharding``); returns (state, the last logged metrics, the last validation
     value). Metrics after ``start`` (logged by a run that was cut) are dropped first;
     ``validate(state)`` at each checkpoint gives the value ``best/`` keeps the best of
-    (lower is better); ``after_step(done, state)`` runs after every step (e.g. a probe).
+    (lower is better); ``after_step(done, state)`` runs after every step (e.g. a probe);
+    ``at_checkpoint(state) -> (state, metrics)`` before each save (e.g. a sweep keeping
+    each member's best params). ``batch_sharding`` None: ``data`` yields global arrays.
     A non-finite step stops the run before it is saved, unless ``skip_nonfinite``."""
     wd.truncate_metrics(start)
-    writer, watch = MetricWriter(wd), st.NonFiniteWatch()
+    writer, watch = MetricWriter(wd), st.NonFiniteWatch(loop.members)
+    place = ((lambda b: b) if batch_sharding is None else
+             (lambda b: pipeline.global_batch(b, batch_sharding)))
     bar = progress_bar(range(start, loop.steps), initial=start, total=loop.steps,
                        desc=loop.desc, unit="step")
     last, val = {}, None
     for i in bar:
-        state, metrics = step(state, pipeline.global_batch(next(data), batch_sharding), i)
+        state, metrics = step(state, place(next(data)), i)
         done = i + 1
         watch.update(metrics, done)
         if done % loop.log_every == 0 or done == loop.steps:
-            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            last = host_metrics(metrics, loop.members)
             if learning_rate is not None:
                 last["learning_rate"] = float(learning_rate(done - 1))
             writer.write(done, last)
@@ -88,6 +110,9 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
             after_step(done, state)
         if done % loop.checkpoint_every == 0 or done == loop.steps:
             watch.check(ckpts, loop.skip_nonfinite)
+            if at_checkpoint is not None:
+                state, extra = at_checkpoint(state)
+                writer.write(done, extra)
             val = validate(state) if validate is not None else None
             if val is not None:
                 writer.write(done, {"val_loss": val})

@@ -6,6 +6,7 @@ from typing import Any, Optional
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 
@@ -30,31 +31,39 @@ def guard_finite(new_state, old_state, metrics: dict, skip: bool):
 
 
 class NonFiniteWatch:
-    """The first step whose metrics were not finite, tracked on device (no host sync per
-    step) and read when the trainer logs or is about to save."""
+    """The first step whose metrics were not finite (per sweep member when the 'nonfinite'
+    metric has a member axis), tracked on device (no host sync per step) and read when the
+    trainer logs or is about to save."""
 
-    def __init__(self):
-        self.first = jnp.asarray(-1, jnp.int32)
+    def __init__(self, members: tuple = ()):
+        self.members, self.first = members, None
         self._update = jax.jit(lambda f, bad, step: jnp.where((f < 0) & (bad > 0), step, f))
 
     def update(self, metrics: dict, step: int) -> None:
-        self.first = self._update(self.first, metrics["nonfinite"], step)
+        bad = metrics["nonfinite"]
+        if self.first is None:
+            self.first = jnp.full(jnp.shape(bad), -1, jnp.int32)
+        self.first = self._update(self.first, bad, step)
 
     def check(self, ckpts, skip: bool) -> None:
         """Stops (after finishing pending saves) if a step was not finite, unless skipping."""
-        first = int(self.first)
-        if first < 0:
+        first = np.atleast_1d(np.asarray(-1 if self.first is None else self.first))
+        bad = first >= 0
+        if not bad.any():
             return
+        step = int(first[bad].min())
+        who = ("" if not self.members else " of member(s) " + ", ".join(
+            name for name, b in zip(self.members, bad) if b))
         if skip:
-            logging.warning("non-finite loss or gradients from step %d on; those steps were "
-                            "skipped (skip_nonfinite)", first)
-            self.first = jnp.asarray(-1, jnp.int32)
+            logging.warning("non-finite loss or gradients%s from step %d on; those steps were "
+                            "skipped (skip_nonfinite)", who, step)
+            self.first = None
             return
         ckpts.wait()
         last = ckpts.latest_step()
         ckpts.close()
         raise FloatingPointError(
-            f"non-finite loss or gradients at step {first}; stopped without saving it. The "
+            f"non-finite loss or gradients{who} at step {step}; stopped without saving it. The "
             f"last checkpoint ({'none' if last is None else f'step {last}'}) in "
             f"{ckpts.directory} is intact; lower the learning rate, check the data for NaN/Inf, "
             "or set --config.skip_nonfinite=True to skip such steps")

@@ -1,0 +1,310 @@
+"""A sweep of captioners trained as one program: the members (C^3 variant x seed x sigma x
+training field) are stacked on a leading axis and trained by one ``jax.vmap``ped, jitted
+step, with everything that differs between them passed as data: the collapse mean (zeros:
+no collapse), sigma (0: no noise), the gap direction (span_only), the RNG key and the
+embedding field each member reads. The member axis is split over the mesh's 'data' axis
+(each member's batch over 'fsdp'), so several devices train several members at once.
+
+A member ends with the parameters it would have trained alone (``captioning.train`` with
+its seed, variant, sigma and field; tests check this), and decoding runs every member in
+one batched program. Checkpoints hold the stacked state, each member's best params by
+validation loss and every data stream's position, so a sweep resumes exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from c3_jax import c3, parallel
+from c3_jax.data import builders, pipeline
+from c3_jax.data import captions as cd
+from c3_jax.data.text import load_tokenizer
+from c3_jax.eval.caption_metrics import score_captions
+from c3_jax.models import gpt2
+from c3_jax.progress import progress_bar
+from c3_jax.train import captioning, checkpoints, loop
+from c3_jax.train import state as st
+from c3_jax.workdir import Workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One captioner of a sweep; the sweep's config gives everything else."""
+    name: str
+    variant: str = "c3"  # a C^3 variant (c1, c2_collapse, c2_corrupt, c3, span_only)
+    seed: int = 0
+    sigma: float = c3.CLIP_SIGMA
+    train_field: str = "text_embedding"
+
+
+@flax.struct.dataclass
+class SweepState:
+    """The stacked TrainState of the members, and each one's best params by validation
+    (``best``/``best_value`` are None when the sweep validates nothing)."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    best: Any = None
+    best_value: Optional[jax.Array] = None
+
+
+def check_members(members: Sequence[Member]) -> None:
+    if not members:
+        raise ValueError("a sweep needs at least one member")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sweep member names repeat: {names}")
+    for m in members:
+        c3.member_settings(c3.variant(m.variant, m.sigma), None, None, 1)  # names the error
+
+
+class Sweep:
+    """What training and decoding of a sweep share: the config's shared settings (its
+    ``seed``, ``variant``, ``noise_sigma`` and ``train_field`` are the members'), the mesh,
+    the pairs of every field a member trains on, the model and the per-member settings."""
+
+    def __init__(self, config, members: Sequence[Member], wd: Workdir):
+        check_members(members)
+        if config.train_fraction < 1:
+            raise ValueError("a sweep trains on the whole split (train_fraction=1); train a "
+                             "fraction's captioner alone")
+        self.config, self.wd, self.members = config, wd, tuple(members)
+        parallel.maybe_initialize_distributed()
+        self.mesh = parallel.make_mesh(config.fsdp)
+        data = self.mesh.shape["data"]
+        self.size = -(-len(members) // data) * data  # padded with copies of member 0
+        self.padded = self.members + (self.members[0],) * (self.size - len(members))
+        source = builders.data_source(config.dataset_dir, config.train_split)
+        self.tokenizer = load_tokenizer(config.gpt2)
+        fields = sorted({m.train_field for m in members})
+        first = cd.CaptionPairs(source, fields[0], config.caption_field).tokenize(
+            self.tokenizer, config.max_caption_tokens, config.truncate_captions)
+        self.pairs = {f: first.with_field(f) for f in fields}
+        self.dim = first.dim
+        self.model, self.gpt_params = captioning.build_module(config)
+        means = {f: cd.field_mean(source, f) for f in {*fields, config.eval_field}}
+        settings = [c3.member_settings(c3.variant(m.variant, m.sigma), means[m.train_field],
+                                       means[config.eval_field], self.dim)
+                    for m in self.padded]
+        self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}
+        self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
+
+    def put(self, tree):
+        """Host arrays with a leading member axis, placed over the mesh."""
+        sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        return jax.tree.map(lambda a: parallel.put_whole(a, sharding), tree)
+
+
+class SweepBatches:
+    """The sweep's training batches [members, batch, ...]: one seeded stream per (seed,
+    field), read whole by every process and placed over the mesh; its position (every
+    stream's) is saved with the checkpoints."""
+
+    def __init__(self, sweep: Sweep, batch: int, sharding):
+        self.keys = [f"{m.seed}/{m.train_field}" for m in sweep.padded]
+        self.streams = {
+            f"{m.seed}/{m.train_field}": iter(pipeline.make_loader(
+                sweep.pairs[m.train_field], batch, int(m.seed), shard_index=0, shard_count=1))
+            for m in sweep.padded}
+        self.sharding = sharding
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        read = {k: next(it) for k, it in self.streams.items()}
+        return {name: parallel.put_whole(np.stack([read[k][name] for k in self.keys]),
+                                         self.sharding)
+                for name in ("embedding", "ids", "mask")}
+
+    def position(self) -> dict:
+        return {k: it.position() for k, it in self.streams.items()}
+
+    def set_position(self, position: dict) -> None:
+        if sorted(position) != sorted(self.streams):
+            raise ValueError(f"the checkpoint's data streams {sorted(position)} are not this "
+                             f"sweep's {sorted(self.streams)}; resume with the same members")
+        for k, it in self.streams.items():
+            it.set_position(position[k])
+
+
+def _member_step(sweep: Sweep, tx):
+    config = sweep.config
+
+    def step(state, batch, settings, seed):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        embed = lambda e: c3.apply_as_arrays(e, settings["mean"], settings["sigma"],
+                                             settings["gap"], rng, train=True)
+        return captioning.train_update(sweep.model, tx, state, batch, embed,
+                                       config.skip_nonfinite, config.loss_chunk)
+
+    return jax.vmap(step)
+
+
+def _init(sweep: Sweep, tx, with_best: bool):
+    """The stacked initial state: each member's params from its own seed (as alone)."""
+    def init(seed):
+        params = captioning.init_params(sweep.model, jax.random.key(seed), sweep.dim)
+        if sweep.gpt_params is not None:
+            params = {**params, "gpt": sweep.gpt_params}
+        return SweepState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                          params if with_best else None,
+                          jnp.asarray(jnp.inf, jnp.float32) if with_best else None)
+    return jax.vmap(init)
+
+
+def _validation(sweep: Sweep):
+    """Per-member mean validation NLL ([members], no noise), as ``captioning`` computes it
+    alone: the first ``val_batches`` batches of the val split in order."""
+    config = sweep.config
+    if config.val_batches <= 0 or not config.val_split:
+        return None
+    source = builders.data_source(config.dataset_dir, config.val_split)
+    first = cd.CaptionPairs(source, next(iter(sweep.pairs)), config.caption_field).tokenize(
+        sweep.tokenizer, config.max_caption_tokens, config.truncate_captions)
+    val = {f: first.with_field(f) for f in sweep.pairs}
+    batch = min(config.batch_size, len(next(iter(val.values()))) // jax.device_count()
+                * jax.device_count())
+    if batch == 0:
+        return None
+    fields = [m.train_field for m in sweep.padded]
+    sharding = parallel.member_batch_sharding(sweep.mesh)
+
+    def loss(params, batch, settings):
+        e = c3.apply_as_arrays(batch["embedding"], settings["mean"])
+        nll, count = sweep.model.apply({"params": params}, e, batch["ids"], batch["mask"],
+                                       config.loss_chunk, method="caption_nll")
+        return nll * count, count
+    loss = jax.jit(jax.vmap(loss))
+    settings = sweep.put(sweep.settings)
+
+    def validate(params) -> jax.Array:
+        loaders = {f: iter(pipeline.make_loader(p, batch, 0, shuffle=False, num_epochs=1,
+                                                shard_index=0, shard_count=1))
+                   for f, p in val.items()}
+        total = count = 0.0
+        for _ in range(config.val_batches):
+            try:
+                read = {f: next(it) for f, it in loaders.items()}
+            except StopIteration:
+                break
+            stacked = {k: parallel.put_whole(np.stack([read[f][k] for f in fields]), sharding)
+                       for k in ("embedding", "ids", "mask")}
+            s, c = parallel.to_host(loss(params, stacked, settings))
+            total, count = total + s.astype(np.float64), count + c.astype(np.float64)
+        return total / np.maximum(count, 1.0)
+    return validate
+
+
+def _keep_best(sweep: Sweep, validate, last: dict):
+    """At each checkpoint: validation losses, logged, kept in ``last`` and folded into each
+    member's best params."""
+    names = [m.name for m in sweep.members]
+    member = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
+
+    @jax.jit
+    def update(state, values):
+        better = values < state.best_value
+        pick = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+        return state.replace(best=jax.tree.map(pick, state.params, state.best),
+                             best_value=jnp.where(better, values, state.best_value))
+
+    def at_checkpoint(state):
+        values = validate(state.params)
+        state = update(state, parallel.put_whole(values.astype(np.float32), member))
+        last.update({n: float(v) for n, v in zip(names, values)})
+        return state, {f"val_loss/{n}": last[n] for n in names}
+    return at_checkpoint
+
+
+def train(sweep: Sweep) -> tuple:
+    """Trains (or resumes) the sweep in ``sweep.wd``; returns (the members' last params,
+    stacked, as ``captioning.train`` returns one's; {member: summary}). Each member's best
+    params by validation are kept in the checkpoints (``best``)."""
+    config, wd = sweep.config, sweep.wd
+    pairs = len(next(iter(sweep.pairs.values())))
+    parallel.local_batch_size(config.batch_size, pairs, "training pairs")
+    if config.batch_size % sweep.mesh.shape["fsdp"]:
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of fsdp="
+                         f"{config.fsdp}")
+    steps = captioning.total_steps(config, pairs)
+    updates = max(steps // config.grad_accum, 1)
+    trainable = captioning.trainable_of(
+        config, jax.eval_shape(lambda k: captioning.init_params(sweep.model, k, sweep.dim),
+                               jax.random.key(0)))
+    tx = captioning.make_optimizer(config, updates, trainable)
+    validate = _validation(sweep)
+    init = _init(sweep, tx, validate is not None)
+    seeds = sweep.put(sweep.seeds)
+    abstract = jax.eval_shape(init, seeds)
+    shardings = parallel.member_shardings(sweep.mesh, abstract)
+    settings = sweep.put(sweep.settings)
+    step_fn = jax.jit(_member_step(sweep, tx), donate_argnums=0,
+                      out_shardings=(shardings, None))
+    data = SweepBatches(sweep, config.batch_size, parallel.member_batch_sharding(sweep.mesh))
+    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    state, start = ckpts.resume_or_init(abstract, shardings, data,
+                                        lambda: jax.jit(init, out_shardings=shardings)(seeds))
+    schedule = st.warmup_linear_decay(config.lr, config.warmup_steps, updates)
+    names, val = tuple(m.name for m in sweep.members), {}
+    state, last, _ = loop.fit(
+        state, start, lambda s, batch, i: step_fn(s, batch, settings, seeds), data, None,
+        ckpts, wd, loop.LoopConfig(steps, config.log_every, config.checkpoint_every,
+                                   config.skip_nonfinite, desc="sweep", members=names),
+        learning_rate=lambda i: schedule(i // config.grad_accum),
+        at_checkpoint=None if validate is None else _keep_best(sweep, validate, val))
+    summary = {n: {"steps": steps, "resumed_from": start, "train_pairs": pairs,
+                   **({"final_loss": last[f"loss/{n}"]} if f"loss/{n}" in last else {}),
+                   **({"val_loss": val[n]} if n in val else {})}
+               for n in names}
+    return state.params, summary
+
+
+def generate(sweep: Sweep, params, embeddings: np.ndarray) -> list:
+    """Every member's captions of raw ``embeddings`` [n, d] (C^3 in eval mode with the
+    member's eval-modality mean), decoded in one batched program: [members][n]."""
+    config = sweep.config
+    stops = captioning.stop_ids(sweep.tokenizer, config.stop_at_period)
+    decode = captioning.make_decoder(config, gpt2.GPT2(sweep.model.gpt, sweep.model.dtype),
+                                     stops, sweep.tokenizer.eos_token_id)
+
+    def member(p, mean, e):
+        e = c3.apply_as_arrays(e, mean)
+        return decode(p["gpt"], sweep.model.apply({"params": p}, e, method="prefix"))
+    member_sh = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
+    repl = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec())
+    fn = jax.jit(jax.vmap(member, in_axes=(0, 0, None)), out_shardings=member_sh)
+    means = sweep.put(sweep.settings["eval_mean"])
+    batch, n = max(1, config.eval_batch_size), len(embeddings)
+    tokens = []
+    for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
+        chunk = embeddings[start:start + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
+        tokens.append(parallel.to_host(fn(params, means, parallel.put_whole(padded, repl)))
+                      [:, :len(chunk)])
+    tokens = np.concatenate(tokens, 1)
+    return [[captioning.decode_text(sweep.tokenizer, row, stops) for row in rows]
+            for rows in tokens[:len(sweep.members)]]
+
+
+def evaluate(sweep: Sweep, params) -> dict:
+    """Each member's captions of the test split's ``eval_field`` embeddings, scored against
+    the references: {member: {metrics, captions}}; writes ``captions_test.json``."""
+    config = sweep.config
+    source = builders.data_source(config.dataset_dir, config.test_split)
+    embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
+                                    config.eval_max_examples)
+    captioning.check_width(embeddings, sweep.dim, config.eval_field)
+    out = {}
+    for m, captions in zip(sweep.members, generate(sweep, params, embeddings)):
+        metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
+                                 spice=config.spice)
+        out[m.name] = {"metrics": metrics, "captions": captions}
+    sweep.wd.write_json("captions_test.json", {
+        "references": refs, "captions": {n: r["captions"] for n, r in out.items()}})
+    return out

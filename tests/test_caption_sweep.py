@@ -1,0 +1,95 @@
+"""Captioners trained as one vmapped sweep: each member equals the same captioner trained
+alone, and a killed sweep resumes bitwise."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from c3_jax import c3
+from c3_jax.train import caption_sweep, captioning
+from c3_jax.workdir import Workdir
+from conftest import caption_config, override, run_script, latest_state
+
+MEMBERS = [caption_sweep.Member("c3_seed0", "c3", 0, 0.1),
+           caption_sweep.Member("supervised_seed1", "c1", 1, 0.1, "image_embedding"),
+           caption_sweep.Member("span_only_seed2", "span_only", 2, 0.2),
+           caption_sweep.Member("c2_collapse_seed0", "c2_collapse", 0, 0.1)]
+
+
+def test_as_arrays_transform_equals_the_named_variants():
+    rng = np.random.default_rng(0)
+    e, mean, gap = (rng.normal(size=s).astype(np.float32) for s in ((5, 8), (8,), (8,)))
+    key = jax.random.key(3)
+    for name in ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only"):
+        t = c3.variant(name, 0.3)
+        s = c3.member_settings(t, mean, mean + gap, 8)
+        for train in (False, True):
+            want = c3.apply_transform(t, e, mean, rng=key, train=train, gap_direction=gap)
+            got = c3.apply_as_arrays(e, s["mean"], s["sigma"], s["gap"], key, train=train)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_a_member_trained_in_a_sweep_equals_it_trained_alone(caption_world, tmp_path):
+    config = caption_config(caption_world, max_steps=8, checkpoint_every=8, val_batches=1)
+    sweep = caption_sweep.Sweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
+    params, summary = caption_sweep.train(sweep)
+    params = jax.tree.map(np.asarray, params)
+    captions = caption_sweep.generate(sweep, params, _test_embeddings(caption_world))
+    for k, m in enumerate(MEMBERS):
+        alone_config = override(config, variant=m.variant, seed=m.seed, noise_sigma=m.sigma,
+                                train_field=m.train_field)
+        run = captioning.Run(alone_config, Workdir(str(tmp_path / m.name)))
+        alone, alone_summary = captioning.train(run)
+        _assert_params_equal(jax.tree.map(lambda a: a[k], params), alone, m.name)
+        for key in ("final_loss", "val_loss"):
+            np.testing.assert_allclose(summary[m.name][key], alone_summary[key], rtol=1e-5)
+        mean = run.mean(config.eval_field) if c3.VARIANTS[m.variant]["collapse"] else None
+        assert captions[k] == captioning.generate(run, alone, _test_embeddings(caption_world),
+                                                  mean), m.name
+    rows = [json.loads(line) for line in open(tmp_path / "sweep" / "metrics.jsonl")]
+    assert all(f"loss/{m.name}" in rows[0] for m in MEMBERS)
+    assert any(f"val_loss/{m.name}" in r for r in rows for m in MEMBERS)
+
+
+def _assert_params_equal(got, want, name):
+    """rtol 1e-5, except the attention key biases: softmax is invariant to adding one
+    constant to a query's logits, so their gradient is 0 in exact arithmetic and both runs
+    hold Adam-normalized rounding noise there (|value| ~1e-6); those must only stay tiny."""
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                            jax.tree.leaves(want)):
+        where = f"{name} {jax.tree_util.keystr(path)}"
+        if "k_proj" in where and "bias" in where:
+            assert np.abs(a).max() < 1e-4 and np.abs(np.asarray(b)).max() < 1e-4, where
+        else:
+            np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-7, err_msg=where)
+
+
+def _test_embeddings(world):
+    from c3_jax.data import builders
+    from c3_jax.data import captions as cd
+    source = builders.data_source(world["dataset"], "test")
+    return cd.eval_rows(source, "image_embedding", "caption")[0]
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path, devices):
+    """Killed after its step-4 checkpoint and run again, a sweep (two devices: the members
+    split over them) ends with the uninterrupted sweep's state, best params included."""
+    config = override(caption_config(caption_world, max_steps=8, checkpoint_every=4,
+                                     val_batches=1),
+                      experiment="caption_sweep", variants="c1,c3,supervised", seeds=1,
+                      sigmas="", spice=False)
+    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1, devices=devices)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run_script(config, str(tmp_path / "killed"), kill_at=4, devices=devices)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1, devices=devices)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, step_a = latest_state(str(tmp_path / "straight"))
+    b, step_b = latest_state(str(tmp_path / "killed"))
+    assert step_a == step_b == 8
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    results = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert results["members"]["c3_seed0"]["resumed_from"] == 4
+    assert sorted(results["by_variant"]) == ["c1", "c3", "supervised"]
