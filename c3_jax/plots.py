@@ -158,3 +158,19 @@ def metric_panels(panels: dict, xlabel: str, path: str, xticklabels=None,
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def sweep_panels(x, panels: dict, marks: dict, xlabel: str, path: str) -> str:
+    """One panel per metric: mean ± std over seeds at each ``x`` (error bars), and the
+    vertical lines of ``marks`` ({label: x}, e.g. a calibrated value)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for ax, (metric, (mean, std)) in zip(np.atleast_1d(axes), panels.items()):
+        ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, color="C0",
+                    label="mean ± std over seeds")
+        for color, (label, value) in zip(_styles(len(marks) + 1)[1:], marks.items()):
+            ax.axvline(value, color=color, ls="--", lw=1, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    return _save(fig, path)

@@ -181,6 +181,39 @@ def make_loader(source: Sequence, batch_size: int, seed: int, *, shuffle: bool =
                              shuffle, num_epochs, transform, drop_remainder)
 
 
+class MemberBatches:
+    """Batches [members, batch, ...] of a sweep: member i reads ``sources[i]`` in the order
+    of ``seeds[i]``; members with the same stream key (``keys[i]``, e.g. 'seed/field') share
+    one stream. Every process reads the whole batch and ``place(array)`` puts it on the
+    devices; the position (every stream's) is what a checkpoint saves."""
+
+    def __init__(self, keys: Sequence[str], sources: Sequence, seeds: Sequence[int],
+                 batch_size: int, fields: Sequence[str], place: Callable):
+        self.keys, self.fields, self.place = list(keys), tuple(fields), place
+        self.streams = {}
+        for key, source, seed in zip(keys, sources, seeds):
+            if key not in self.streams:
+                self.streams[key] = iter(make_loader(source, batch_size, int(seed),
+                                                     shard_index=0, shard_count=1))
+
+    def __iter__(self) -> "MemberBatches":
+        return self
+
+    def __next__(self) -> dict:
+        read = {k: next(it) for k, it in self.streams.items()}
+        return {f: self.place(np.stack([read[k][f] for k in self.keys])) for f in self.fields}
+
+    def position(self) -> dict:
+        return {k: it.position() for k, it in self.streams.items()}
+
+    def set_position(self, position: dict) -> None:
+        if sorted(position) != sorted(self.streams):
+            raise ValueError(f"the checkpoint's data streams {sorted(position)} are not this "
+                             f"sweep's {sorted(self.streams)}; resume with the same members")
+        for k, it in self.streams.items():
+            it.set_position(position[k])
+
+
 @functools.lru_cache(maxsize=64)
 def _process_rows(sharding: jax.sharding.Sharding, rows: int) -> tuple:
     """(first, stop) rows of a ``rows``-long leading axis on this process's devices."""

@@ -3,6 +3,8 @@ space -> captioners trained on text embeddings only, per C^3 variant and seed ->
 test images scored by COCO metrics and by attribute accuracy against the ground truth."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 
@@ -14,6 +16,7 @@ from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, shapes_world, stages
 from c3_jax.experiments.geometry import pair_geometry
+from c3_jax.train import caption_sweep
 from c3_jax.workdir import Workdir
 from configs import caption_base, field_types
 from configs import shapes_caption as defaults
@@ -48,7 +51,7 @@ def check(config) -> None:
     checks.java()
 
 
-def _geometry(config, dataset: str, wd: Workdir) -> dict:
+def geometry_report(config, dataset: str, wd: Workdir) -> dict:
     """Effective dims, the gap, Table 1 statistics and calibrated sigma on test pairs
     (each image with its first caption); calibration uses val pairs."""
     test = builders.data_source(dataset, "test")
@@ -61,7 +64,7 @@ def _geometry(config, dataset: str, wd: Workdir) -> dict:
     return report
 
 
-def _gpt2_dir(config, tokenizer, wd: Workdir) -> str:
+def gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     """A GPT-2 config (trained from scratch) with the world's tokenizer."""
     path = wd.file("gpt2")
     fields = {**shapes_world.fields_of(config, shapes_world.WORLD_FIELDS + GPT_FIELDS)}
@@ -81,32 +84,73 @@ def _gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     return path
 
 
-def _captioner_config(config, dataset: str, gpt2_dir: str, name: str, seed: int,
-                      sigma_calibrated: float):
-    variant, field, sigma = VARIANTS[name]
+def _captioner_config(config, dataset: str, gpt2_path: str):
+    """The captioners' shared settings (a sweep member gives variant, seed, sigma, field)."""
     c = caption_base.get_config("caption")
     c.update(dict(
-        gpt2=gpt2_dir, gpt2_from_scratch=True, prefix_length=config.prefix_length,
-        dataset_dir=dataset, train_field=field, max_caption_tokens=shapes_world.MAX_TOKENS,
-        truncate_captions=False, variant=variant,
-        noise_sigma=sigma_calibrated if sigma == "calibrated" else config.noise_sigma,
-        batch_size=config.caption_batch, max_steps=config.caption_steps, lr=config.caption_lr,
-        warmup_steps=config.caption_warmup, seed=seed, log_every=50,
+        gpt2=gpt2_path, gpt2_from_scratch=True, prefix_length=config.prefix_length,
+        dataset_dir=dataset, max_caption_tokens=shapes_world.MAX_TOKENS,
+        truncate_captions=False, batch_size=config.caption_batch,
+        max_steps=config.caption_steps, lr=config.caption_lr,
+        warmup_steps=config.caption_warmup, log_every=50,
         checkpoint_every=config.caption_steps, val_batches=4,
         max_decode_tokens=config.max_decode_tokens, eval_batch_size=config.eval_batch_size,
         spice=False))
     return c
 
 
-def _train_captioner(config, dataset, gpt2_dir, name, seed, sigma, attrs, wd: Workdir) -> dict:
-    """One captioner run in its own workdir (reused when finished); adds attribute accuracy."""
-    sub = wd.file(os.path.join("captioners", f"{name}_seed{seed}"))
-    sub_wd = shapes_world.nested_run(
-        config, wd, f"captioner_{name}_seed{seed}",
-        _captioner_config(config, dataset, gpt2_dir, name, seed, sigma), sub,
-        {"gpt2": shapes_world.fields_of(config, GPT_FIELDS)})
-    result = sub_wd.read_json("results.json")
-    captions = [r["prediction"] for r in sub_wd.read_json("captions_test.json")]
+def members(config, sigma_calibrated: float, sigmas=None) -> list:
+    """The sweep: every variant (at each of ``sigmas``, default the config's) x seed."""
+    out = []
+    for name in shapes_world.variant_names(config.variants, VARIANTS):
+        variant, field, sigma = VARIANTS[name]
+        for value in (sigmas or [sigma_calibrated if sigma == "calibrated"
+                                 else config.noise_sigma]):
+            tag = f"_sigma{value:g}" if sigmas else ""
+            out += [caption_sweep.Member(f"{name}{tag}_seed{config.seed + s}", variant,
+                                         config.seed + s, value, field)
+                    for s in range(config.seeds)]
+    return out
+
+
+def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
+                     wd: Workdir) -> dict:
+    """Every member's results, each cached in ``captioners/<member>/`` as a stage of its own;
+    the members not yet done are trained and decoded together as one sweep (in
+    ``captioners/sweep_<hash>/``, which resumes when cut)."""
+    base = _captioner_config(config, dataset, gpt2_path)
+    shared = {"run": base.to_dict(), "gpt2": shapes_world.fields_of(config, GPT_FIELDS),
+              "upstream": shapes_world.fields_of(config, shapes_world.WORLD_FIELDS
+                                                 + shapes_world.CONNECT_FIELDS)}
+    out_dir = lambda m: wd.file(os.path.join("captioners", m.name))
+    pending = [m for m in sweep_members
+               if not stages.begin(wd, f"captioner_{m.name}",
+                                   {**shared, "member": dataclasses.asdict(m)}, [out_dir(m)])]
+    if pending:
+        tag = hashlib.sha1(json.dumps({**shared, "members": [dataclasses.asdict(m) for m in
+                                                             pending]}, sort_keys=True,
+                                      default=str).encode()).hexdigest()[:10]
+        sweep = caption_sweep.Sweep(base, pending,
+                                    Workdir(wd.file(os.path.join("captioners", f"sweep_{tag}"))))
+        params, summary = caption_sweep.train(sweep)
+        results = caption_sweep.evaluate(sweep, params)
+        refs = cd.eval_rows(builders.data_source(dataset, base.test_split), base.eval_field,
+                            base.caption_field)[1]
+        for m in pending:
+            member_wd = Workdir(out_dir(m))
+            member_wd.write_json("results.json", {**summary[m.name],
+                                                  "metrics": results[m.name]["metrics"]})
+            member_wd.write_json("captions_test.json", [
+                {"prediction": c, "references": r}
+                for c, r in zip(results[m.name]["captions"], refs)])
+            stages.finish(wd, f"captioner_{m.name}")
+    return {m.name: Workdir(out_dir(m)) for m in sweep_members}
+
+
+def member_result(member_wd: Workdir, attrs: dict) -> dict:
+    """A finished member's scores, with attribute accuracy against the ground truth."""
+    result = member_wd.read_json("results.json")
+    captions = [r["prediction"] for r in member_wd.read_json("captions_test.json")]
     acc = shapes.attribute_accuracy(captions, attrs)
     return {**result["metrics"], "attribute_accuracy": acc["mean"],
             "exact_match": acc["exact_match"], "per_attribute": acc, "captions": captions,
@@ -156,18 +200,20 @@ def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int =
 def run_shapes_caption(config, wd: Workdir) -> dict:
     """Connect -> Collapse -> Corrupt on the built-in world; see the module docstring."""
     model, params, world, tokenizer, dataset = shapes_world.connected_world(config, wd)
-    geometry = _geometry(config, dataset, wd)
+    geometry = geometry_report(config, dataset, wd)
     # The criterion the Connect recipe was chosen by (the Connect study's): val pairs.
     geometry["val"] = shapes_world.space_probe(model, world, tokenizer, "val")(params)
     logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f",
                  geometry["modality_gap"], geometry["effective_dim_x"],
                  geometry["effective_dim_y"], geometry["sigma_calibrated"])
-    gpt2_dir = _gpt2_dir(config, tokenizer, wd)
+    gpt2_path = gpt2_dir(config, tokenizer, wd)
     attrs = shapes_world.test_attributes(dataset)
-    runs = {name: [_train_captioner(config, dataset, gpt2_dir, name, config.seed + s,
-                                    geometry["sigma_calibrated"], attrs, wd)
-                   for s in range(config.seeds)]
-            for name in shapes_world.variant_names(config.variants, VARIANTS)}
+    sweep_members = members(config, geometry["sigma_calibrated"])
+    done = train_captioners(config, dataset, gpt2_path, sweep_members, wd)
+    runs = {}
+    for m in sweep_members:
+        runs.setdefault(m.name.rsplit("_seed", 1)[0], []).append(
+            member_result(done[m.name], attrs))
     agg = _aggregate(runs)
     chance = shapes.chance_accuracy(attrs)
     table = _results_table(agg, chance, config.seeds, config.seed)

@@ -13,6 +13,7 @@ validation loss and every data stream's position, so a sweep resumes exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional, Sequence
 
 import flax
@@ -100,62 +101,31 @@ class Sweep:
         return jax.tree.map(lambda a: parallel.put_whole(a, sharding), tree)
 
 
-class SweepBatches:
-    """The sweep's training batches [members, batch, ...]: one seeded stream per (seed,
-    field), read whole by every process and placed over the mesh; its position (every
-    stream's) is saved with the checkpoints."""
-
-    def __init__(self, sweep: Sweep, batch: int, sharding):
-        self.keys = [f"{m.seed}/{m.train_field}" for m in sweep.padded]
-        self.streams = {
-            f"{m.seed}/{m.train_field}": iter(pipeline.make_loader(
-                sweep.pairs[m.train_field], batch, int(m.seed), shard_index=0, shard_count=1))
-            for m in sweep.padded}
-        self.sharding = sharding
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        read = {k: next(it) for k, it in self.streams.items()}
-        return {name: parallel.put_whole(np.stack([read[k][name] for k in self.keys]),
-                                         self.sharding)
-                for name in ("embedding", "ids", "mask")}
-
-    def position(self) -> dict:
-        return {k: it.position() for k, it in self.streams.items()}
-
-    def set_position(self, position: dict) -> None:
-        if sorted(position) != sorted(self.streams):
-            raise ValueError(f"the checkpoint's data streams {sorted(position)} are not this "
-                             f"sweep's {sorted(self.streams)}; resume with the same members")
-        for k, it in self.streams.items():
-            it.set_position(position[k])
-
-
-def _member_step(sweep: Sweep, tx):
-    config = sweep.config
-
+def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0):
+    """The sweep's step, vmapped over members: (state, batch, settings, seed) -> (state,
+    metrics), each with a leading member axis; a member's step is ``captioning``'s with the
+    C^3 transform's settings as arrays (``c3.apply_as_arrays``)."""
     def step(state, batch, settings, seed):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         embed = lambda e: c3.apply_as_arrays(e, settings["mean"], settings["sigma"],
                                              settings["gap"], rng, train=True)
-        return captioning.train_update(sweep.model, tx, state, batch, embed,
-                                       config.skip_nonfinite, config.loss_chunk)
+        return captioning.train_update(model, tx, state, batch, embed, skip_nonfinite,
+                                       loss_chunk)
 
     return jax.vmap(step)
 
 
-def _init(sweep: Sweep, tx, with_best: bool):
-    """The stacked initial state: each member's params from its own seed (as alone)."""
-    def init(seed):
-        params = captioning.init_params(sweep.model, jax.random.key(seed), sweep.dim)
-        if sweep.gpt_params is not None:
-            params = {**params, "gpt": sweep.gpt_params}
+def stacked_init(model, tx, dim: int, with_best: bool = False):
+    """(seeds [members], pretrained GPT-2 params or None) -> the stacked initial SweepState:
+    each member's params from its own seed, as alone (pretrained GPT-2 shared by all)."""
+    def init(seed, gpt_params):
+        params = captioning.init_params(model, jax.random.key(seed), dim)
+        if gpt_params is not None:
+            params = {**params, "gpt": gpt_params}
         return SweepState(jnp.zeros((), jnp.int32), params, tx.init(params),
                           params if with_best else None,
                           jnp.asarray(jnp.inf, jnp.float32) if with_best else None)
-    return jax.vmap(init)
+    return jax.vmap(init, in_axes=(0, None))
 
 
 def _validation(sweep: Sweep):
@@ -239,17 +209,25 @@ def train(sweep: Sweep) -> tuple:
                                jax.random.key(0)))
     tx = captioning.make_optimizer(config, updates, trainable)
     validate = _validation(sweep)
-    init = _init(sweep, tx, validate is not None)
+    init = functools.partial(stacked_init(sweep.model, tx, sweep.dim, validate is not None),
+                             gpt_params=sweep.gpt_params)
     seeds = sweep.put(sweep.seeds)
     abstract = jax.eval_shape(init, seeds)
     shardings = parallel.member_shardings(sweep.mesh, abstract)
     settings = sweep.put(sweep.settings)
-    step_fn = jax.jit(_member_step(sweep, tx), donate_argnums=0,
+    step_fn = jax.jit(member_step(sweep.model, tx, config.skip_nonfinite, config.loss_chunk),
+                      donate_argnums=0,
                       out_shardings=(shardings, None))
-    data = SweepBatches(sweep, config.batch_size, parallel.member_batch_sharding(sweep.mesh))
+    sharding = parallel.member_batch_sharding(sweep.mesh)
+    data = pipeline.MemberBatches(
+        [f"{m.seed}/{m.train_field}" for m in sweep.padded],
+        [sweep.pairs[m.train_field] for m in sweep.padded], [m.seed for m in sweep.padded],
+        config.batch_size, ("embedding", "ids", "mask"),
+        lambda a: parallel.put_whole(a, sharding))
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
-    state, start = ckpts.resume_or_init(abstract, shardings, data,
-                                        lambda: jax.jit(init, out_shardings=shardings)(seeds))
+    state, start = ckpts.resume_or_init(
+        abstract, shardings, data,
+        lambda: jax.jit(init.func, out_shardings=shardings)(seeds, sweep.gpt_params))
     schedule = st.warmup_linear_decay(config.lr, config.warmup_steps, updates)
     names, val = tuple(m.name for m in sweep.members), {}
     state, last, _ = loop.fit(

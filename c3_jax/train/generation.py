@@ -109,16 +109,18 @@ def to_uint8(images: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
-                    encode: Callable, transform: c3.C3Transform, cfg: StepConfig,
-                    g_tx, d_tx, mesh, shardings, skip_nonfinite: bool = False):
-    """One sharded G+D step on {'image' uint8, 'embedding'}; ``encode(images [-1, 1])`` is
-    the frozen CLIP image embedding (for the itc term). ``with_r1`` (static: two compiled
-    variants, StyleGAN2's lazy regularization) adds the R1 penalty to the D loss."""
+def gan_update(gen: stylegan2.Generator, disc: stylegan2.Discriminator, encode: Callable,
+               cfg: StepConfig, g_tx, d_tx, state: GANState, batch: dict, key,
+               with_r1: bool, condition: Callable, clip_space: Callable,
+               skip_nonfinite: bool = False):
+    """One G+D update on {'image' uint8, 'embedding'}: ``condition(embedding, rng)`` is the
+    C^3 train transform, ``clip_space(e)`` maps the frozen CLIP embedding ``encode(images in
+    [-1, 1])`` of a generated image for the itc term; ``with_r1`` (StyleGAN2's lazy
+    regularization) adds the R1 penalty to the D loss. Returns (state, metrics)."""
     z_dim = gen.config.z_dim
     d_apply = lambda p, x, c: disc.apply({"params": p}, x, c)
 
-    def d_loss_fn(d_params, real, fake, cond, with_r1: bool):
+    def d_loss_fn(d_params, real, fake, cond):
         fake_logits, _ = d_apply(d_params, fake, cond)
         real_logits, real_feat = d_apply(d_params, real, cond)
         adv = jax.nn.softplus(fake_logits).mean() + jax.nn.softplus(-real_logits).mean()
@@ -127,40 +129,48 @@ def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
         loss = adv + cfg.itd_weight * itd + 0.5 * cfg.r1_gamma * cfg.r1_every * r1
         return loss, {"d_adv": adv, "d_itd": itd, "r1": r1}
 
-    def g_loss_fn(g_params, d_params, z, cond, noise_rng, mean):
+    def g_loss_fn(g_params, d_params, z, cond, noise_rng):
         fake = gen.apply({"params": g_params}, z, cond, noise_rng)
         logits, feat = d_apply(d_params, fake, cond)
         adv = jax.nn.softplus(-logits).mean()
         itd = contrastive_loss(feat, cond, cfg.temperature)
-        clip_emb = c3.apply_transform(transform, encode(fake), mean)
-        itc = contrastive_loss(clip_emb, cond, cfg.temperature)
+        itc = contrastive_loss(clip_space(encode(fake)), cond, cfg.temperature)
         loss = adv + cfg.itd_weight * itd + cfg.itc_weight * itc
         return loss, {"g_adv": adv, "g_itd": itd, "g_itc": itc}
 
+    keys = jax.random.split(jax.random.fold_in(key, state.step), 5)
+    b = batch["embedding"].shape[0]
+    cond = condition(batch["embedding"], keys[0])
+    real = to_unit_range(batch["image"])
+    fake = gen.apply({"params": state.g_params}, jax.random.normal(keys[1], (b, z_dim)),
+                     cond, keys[2])
+    d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(
+        state.d_params, real, jax.lax.stop_gradient(fake), cond)
+    d_updates, d_opt = d_tx.update(d_grads, state.d_opt, state.d_params)
+    d_params = optax.apply_updates(state.d_params, d_updates)
+    (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        state.g_params, d_params, jax.random.normal(keys[3], (b, z_dim)), cond, keys[4])
+    g_updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
+    g_params = optax.apply_updates(state.g_params, g_updates)
+    beta = ema_beta(cfg, state.step)
+    ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema, g_params)
+    metrics = {**d_metrics, **g_metrics, "g_loss": g_loss,
+               "g_grad_norm": optax.tree.norm(g_grads), "d_grad_norm": optax.tree.norm(d_grads)}
+    new = GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema)
+    return st.guard_finite(new, state, metrics, skip_nonfinite)
+
+
+def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
+                    encode: Callable, transform: c3.C3Transform, cfg: StepConfig,
+                    g_tx, d_tx, mesh, shardings, skip_nonfinite: bool = False):
+    """One sharded ``gan_update`` with the C^3 ``transform`` (``with_r1`` static: two
+    compiled variants)."""
     def step(state: GANState, batch: dict, mean, gap_direction, key, with_r1: bool):
-        keys = jax.random.split(jax.random.fold_in(key, state.step), 5)
-        b = batch["embedding"].shape[0]
-        cond = c3.apply_transform(transform, batch["embedding"], mean, rng=keys[0], train=True,
-                                  gap_direction=gap_direction)
-        real = to_unit_range(batch["image"])
-        fake = gen.apply({"params": state.g_params}, jax.random.normal(keys[1], (b, z_dim)),
-                         cond, keys[2])
-        d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(
-            state.d_params, real, jax.lax.stop_gradient(fake), cond, with_r1)
-        d_updates, d_opt = d_tx.update(d_grads, state.d_opt, state.d_params)
-        d_params = optax.apply_updates(state.d_params, d_updates)
-        (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-            state.g_params, d_params, jax.random.normal(keys[3], (b, z_dim)), cond, keys[4],
-            mean)
-        g_updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
-        g_params = optax.apply_updates(state.g_params, g_updates)
-        beta = ema_beta(cfg, state.step)
-        ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema, g_params)
-        metrics = {**d_metrics, **g_metrics, "g_loss": g_loss,
-                   "g_grad_norm": optax.tree.norm(g_grads),
-                   "d_grad_norm": optax.tree.norm(d_grads)}
-        new = GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema)
-        return st.guard_finite(new, state, metrics, skip_nonfinite)
+        condition = lambda e, rng: c3.apply_transform(transform, e, mean, rng=rng, train=True,
+                                                      gap_direction=gap_direction)
+        clip_space = lambda e: c3.apply_transform(transform, e, mean)
+        return gan_update(gen, disc, encode, cfg, g_tx, d_tx, state, batch, key, with_r1,
+                          condition, clip_space, skip_nonfinite)
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), repl, repl, repl),
@@ -277,20 +287,24 @@ class Run:
         return self._means[field]
 
     def init_state(self) -> GANState:
-        cfg = self.gan
-        z, c = jnp.zeros((2, cfg.z_dim)), jnp.zeros((2, cfg.cond_dim))
-        img = jnp.zeros((2, cfg.resolution, cfg.resolution, 3))
-        g_key, d_key = jax.random.split(jax.random.key(self.config.seed))
-        g = self.gen.init(g_key, z, c)["params"]
-        d = self.disc.init(d_key, img, c)["params"]
-        return GANState(jnp.zeros((), jnp.int32), g, d, self.tx.init(g), self.tx.init(d), g)
+        return init_state(self.gen, self.disc, self.tx, self.gan, jax.random.key(self.config.seed))
 
     def shardings(self):
         abstract = jax.eval_shape(self.init_state)
         return abstract, parallel.state_shardings(self.mesh, abstract)
 
 
-def _check_batch(config, rows: ImageRows) -> int:
+def init_state(gen, disc, tx, cfg: stylegan2.GANConfig, key) -> GANState:
+    """Initial G and D params (from ``key``), their Adam states, and the EMA generator."""
+    z, c = jnp.zeros((2, cfg.z_dim)), jnp.zeros((2, cfg.cond_dim))
+    img = jnp.zeros((2, cfg.resolution, cfg.resolution, 3))
+    g_key, d_key = jax.random.split(key)
+    g = gen.init(g_key, z, c)["params"]
+    d = disc.init(d_key, img, c)["params"]
+    return GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d), g)
+
+
+def check_batch(config, rows: ImageRows) -> int:
     if config.batch_size % config.mbstd_group and config.batch_size > config.mbstd_group:
         raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
                          f"mbstd_group={config.mbstd_group}")
@@ -300,7 +314,7 @@ def _check_batch(config, rows: ImageRows) -> int:
 def train(run: Run) -> tuple:
     """Trains (or resumes) in ``run.wd``; returns (the EMA generator params, summary)."""
     config, wd = run.config, run.wd
-    local_batch = _check_batch(config, run.rows)
+    local_batch = check_batch(config, run.rows)
     abstract, shardings = run.shardings()
     mean = run.mean(config.train_field)
     gap = (run.mean(config.eval_field) - mean if run.transform.noise == "span_only"
@@ -358,49 +372,70 @@ def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
     return x if not extra else np.concatenate([x, np.repeat(x[-1:], extra, 0)])
 
 
-def evaluate(run: Run, params, limit: int = 0) -> dict:
-    """Images from the test split's text embeddings (first caption of each row): Fréchet
-    distance to the real test images in the encoder's (CLIP) space, CLIP score, and FID/IS
-    when ``inception_weights`` is set; returns metrics, samples and generated images."""
-    config = run.config
+class ImageScores:
+    """Scores of generated images, accumulated batch by batch: the Fréchet distance to the
+    real images in the encoder's (CLIP) space, the CLIP score against the conditioning text
+    embeddings, and FID/IS when an Inception is given."""
+
+    def __init__(self, encoder: Encoder, inception=None):
+        self.encoder, self.inception = encoder, inception
+        self.encode = jax.jit(lambda p, x: encoder.fn(p, to_unit_range(x)))
+        self.stats = {k: im.FeatureStats() for k in ("clip_fake", "clip_real", "inc_fake",
+                                                     "inc_real")}
+        self.clip_scores, self.logits = [], []
+
+    def update(self, fake: np.ndarray, real: np.ndarray, text: np.ndarray) -> None:
+        f_fake = np.asarray(self.encode(self.encoder.params, fake))
+        self.stats["clip_fake"].update(f_fake)
+        self.stats["clip_real"].update(np.asarray(self.encode(self.encoder.params, real)))
+        self.clip_scores.append(np.sum(_unit(f_fake) * _unit(text), -1))
+        if self.inception is not None:
+            for name, batch in (("inc_fake", fake), ("inc_real", real)):
+                feats, lg = self.inception(batch)
+                self.stats[name].update(feats)
+                if name == "inc_fake":
+                    self.logits.append(lg)
+
+    def result(self) -> dict:
+        stats = self.stats
+        metrics = {"clip_frechet_distance": im.frechet_distance_of_stats(stats["clip_fake"],
+                                                                         stats["clip_real"]),
+                   "clip_score": float(np.mean(np.concatenate(self.clip_scores))),
+                   "num_generated": stats["clip_fake"].count}
+        if self.inception is None:
+            metrics["FID_skipped"] = ("no inception_weights file given (the standard FID "
+                                      "Inception weights, pt_inception-2015-12-05-6726825d.pth)")
+        else:
+            metrics["FID"] = im.frechet_distance_of_stats(stats["inc_fake"], stats["inc_real"])
+            logits = np.concatenate(self.logits)
+            metrics["IS"], metrics["IS_std"] = im.inception_score(logits, min(10, len(logits)))
+        return metrics
+
+
+def test_batches(config, limit: int = 0):
+    """The test split's batches (text embeddings, real images, captions), with a progress bar."""
     source = builders.data_source(config.dataset_dir, config.test_split)
+    total = len(source) if limit <= 0 else min(limit, len(source))
+    return progress_bar(_batches(source, config, limit), desc="generate", unit="batch",
+                        total=-(-total // config.eval_batch_size))
+
+
+def evaluate(run: Run, params, limit: int = 0) -> dict:
+    """Images from the test split's text embeddings (first caption of each row), scored by
+    ``ImageScores``; returns metrics, samples and generated images."""
+    config = run.config
     mean = run.mean(config.eval_field)  # Collapse with the *text* mean at test time
     generate = make_generate(run.gen, run.transform, run.mesh)
-    encode = jax.jit(lambda p, x: run.encoder.fn(p, to_unit_range(x)))
-    inception = _inception(config.inception_weights)
-    stats = {k: im.FeatureStats() for k in ("clip_fake", "clip_real", "inc_fake", "inc_real")}
-    logits, clip_scores, images, captions = [], [], [], []
+    scores = ImageScores(run.encoder, inception_of(config.inception_weights))
+    images, captions = [], []
     key = jax.random.key(config.seed + 1)
-    total = len(source) if limit <= 0 else min(limit, len(source))
-    batches = progress_bar(_batches(source, config, limit), desc="generate", unit="batch",
-                           total=-(-total // config.eval_batch_size))
-    for i, (e, real, caps) in enumerate(batches):
+    for i, (e, real, caps) in enumerate(test_batches(config, limit)):
         fake = np.asarray(generate(params, _global(_pad(e, jax.device_count()), run.mesh),
                                    mean, jax.random.fold_in(key, i)))[: len(e)]
-        f_fake = np.asarray(encode(run.encoder.params, fake))
-        stats["clip_fake"].update(f_fake)
-        stats["clip_real"].update(np.asarray(encode(run.encoder.params, real)))
-        clip_scores.append(np.sum(_unit(f_fake) * _unit(e), -1))
-        if inception is not None:
-            for name, batch in (("inc_fake", fake), ("inc_real", real)):
-                feats, lg = inception(batch)
-                stats[name].update(feats)
-                if name == "inc_fake":
-                    logits.append(lg)
+        scores.update(fake, real, e)
         images.append(fake)
         captions += caps
-    metrics = {"clip_frechet_distance": im.frechet_distance_of_stats(stats["clip_fake"],
-                                                                     stats["clip_real"]),
-               "clip_score": float(np.mean(np.concatenate(clip_scores))),
-               "num_generated": stats["clip_fake"].count}
-    if inception is None:
-        metrics["FID_skipped"] = ("no inception_weights file given (the standard FID "
-                                  "Inception weights, pt_inception-2015-12-05-6726825d.pth)")
-    else:
-        metrics["FID"] = im.frechet_distance_of_stats(stats["inc_fake"], stats["inc_real"])
-        logits = np.concatenate(logits)
-        metrics["IS"], metrics["IS_std"] = im.inception_score(logits, min(10, len(logits)))
-    return {"metrics": metrics, "images": np.concatenate(images), "captions": captions}
+    return {"metrics": scores.result(), "images": np.concatenate(images), "captions": captions}
 
 
 def _global(x: np.ndarray, mesh) -> jax.Array:
@@ -412,7 +447,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _inception(path: str):
+def inception_of(path: str):
     """A jitted (uint8 images) -> (pool features, logits) of the FID Inception, or None."""
     if not path:
         return None

@@ -1,0 +1,158 @@
+"""A sweep of N captioners as one vmapped program vs the same N trained one after another.
+
+Both sides train the same N members (C^3 variants c1, c2_collapse, c2_corrupt, c3,
+span_only and 'supervised' (c1), cycled, seeds 0, 1, ...) for --steps steps on the same
+random batches (embeddings, caption ids with padding), from the same initial params:
+  * sequential (the path of one run per captioner): per member, ``captioning``'s
+    ``make_train_step`` (its own jit, hence its own compilation), its init, its steps;
+  * sweep: ``caption_sweep.member_step`` vmapped over the N members (one compilation),
+    ``caption_sweep.stacked_init``, the same steps for all members at once.
+Sizes: 'world' (the built-in world's captioner: width 64, depth 2, 4-token prefix, its
+vocabulary and caption length, batch 64) or 'gpt2_small' (GPT-2 small from scratch, 512-d
+embeddings, 10-token prefix, 20 caption tokens, batch 8). Wall time includes compilation
+(what a researcher waits for); steady captions/s excludes the first step of each program.
+The two sides run one after the other in one process (persistent compilation cache off),
+then the sweep once more, so a slow spell of the shared machine shows as a spread.
+Prints a table and one JSON line (with the matmul peak of this run and the load average).
+"""
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from c3_jax import c3, parallel
+from c3_jax.timing import matmul_peak_flops
+from c3_jax.train import caption_sweep, captioning
+from c3_jax.train import state as st
+from configs import caption_base
+
+SIZES = {  # width, depth, heads, vocab, prefix, caption tokens, embedding dim, batch
+    "world": (64, 2, 4, 40, 4, 16, 64, 64),
+    "gpt2_small": (768, 12, 12, 50257, 10, 20, 512, 8),
+}
+CYCLE = [("c1", "text_embedding"), ("c2_collapse", "text_embedding"),
+         ("c2_corrupt", "text_embedding"), ("c3", "text_embedding"),
+         ("span_only", "text_embedding"), ("c1", "image_embedding")]
+
+
+def setup(size: str, directory: str):
+    width, depth, heads, vocab, prefix, tokens, dim, batch = SIZES[size]
+    gpt_dir = os.path.join(directory, "gpt2")
+    os.makedirs(gpt_dir)
+    with open(os.path.join(gpt_dir, "config.json"), "w") as f:
+        json.dump({"model_type": "gpt2", "vocab_size": vocab, "n_positions": prefix + tokens + 8,
+                   "n_embd": width, "n_layer": depth, "n_head": heads,
+                   "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}, f)
+    c = caption_base.get_config("caption")
+    c.update(dict(gpt2=gpt_dir, gpt2_from_scratch=True, prefix_length=prefix,
+                  batch_size=batch, lr=1e-3, warmup_steps=10, max_caption_tokens=tokens))
+    return c, tokens, dim, vocab
+
+
+def batches(steps: int, batch: int, tokens: int, dim: int, vocab: int) -> list:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(steps):
+        lengths = rng.integers(tokens // 2, tokens + 1, size=batch)
+        mask = (np.arange(tokens)[None] < lengths[:, None]).astype(np.int32)
+        out.append({"embedding": rng.normal(size=(batch, dim)).astype(np.float32),
+                    "ids": rng.integers(1, vocab, (batch, tokens)).astype(np.int32) * mask,
+                    "mask": mask})
+    return out
+
+
+def settings(n: int, dim: int) -> list:
+    rng = np.random.default_rng(1)
+    means = {f: rng.normal(size=dim).astype(np.float32) * 0.3 for f in
+             ("text_embedding", "image_embedding")}
+    return [c3.member_settings(c3.variant(v, c3.CLIP_SIGMA), means[f], means["image_embedding"],
+                               dim) for v, f in (CYCLE[i % len(CYCLE)] for i in range(n))]
+
+
+def sequential(config, n: int, data: list, dim: int) -> tuple:
+    """Each member as its own run's step: its own jit and compilation."""
+    mesh = parallel.make_mesh(1)
+    start, steady = time.perf_counter(), 0.0
+    for i, s in enumerate(settings(n, dim)):
+        member = config.copy_and_resolve_references()
+        member.seed = i
+        model, params, trainable = captioning.build_model(member, dim)
+        tx = captioning.make_optimizer(member, len(data), trainable)
+        state = st.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
+        shardings = parallel.state_shardings(mesh, state)
+        variant, _ = CYCLE[i % len(CYCLE)]
+        step = captioning.make_train_step(model, tx, c3.variant(variant, c3.CLIP_SIGMA), mesh,
+                                          shardings)
+        state, key = jax.device_put(state, shardings), jax.random.key(i)
+        for j, b in enumerate(data):
+            t = time.perf_counter()
+            state, metrics = step(state, b, s["mean"], s["gap"], key)
+            jax.block_until_ready(metrics)
+            steady += 0 if j == 0 else time.perf_counter() - t
+    return time.perf_counter() - start, steady
+
+
+def sweep(config, n: int, data: list, dim: int) -> tuple:
+    """All members in one vmapped program."""
+    start = time.perf_counter()
+    model, _ = captioning.build_module(config)
+    trainable = captioning.trainable_of(config, jax.eval_shape(
+        lambda k: captioning.init_params(model, k, dim), jax.random.key(0)))
+    tx = captioning.make_optimizer(config, len(data), trainable)
+    state = jax.jit(caption_sweep.stacked_init(model, tx, dim))(np.arange(n, dtype=np.uint32),
+                                                                 None)
+    member = settings(n, dim)
+    stacked = {k: np.stack([m[k] for m in member]) for k in member[0]}
+    step = jax.jit(caption_sweep.member_step(model, tx), donate_argnums=0)
+    seeds, steady = np.arange(n, dtype=np.uint32), 0.0
+    for j, b in enumerate(data):
+        b = {k: np.broadcast_to(v, (n,) + v.shape) for k, v in b.items()}
+        t = time.perf_counter()
+        state, metrics = step(state, b, stacked, seeds)
+        jax.block_until_ready(metrics)
+        steady += 0 if j == 0 else time.perf_counter() - t
+    return time.perf_counter() - start, steady
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="world")
+    parser.add_argument("--members", default="6,18")
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    peak = matmul_peak_flops()
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        config, tokens, dim, vocab = setup(args.size, d)
+        data = batches(args.steps, config.batch_size, tokens, dim, vocab)
+        for n in [int(v) for v in args.members.split(",")]:
+            captions = n * config.batch_size * args.steps
+            seq_wall, seq_steady = sequential(config, n, data, dim)
+            sw_wall, sw_steady = sweep(config, n, data, dim)
+            again_wall, again_steady = sweep(config, n, data, dim)
+            per = lambda steady: n * config.batch_size * (args.steps - 1) / steady
+            rows.append({"members": n, "steps": args.steps, "captions": captions,
+                         "sequential_wall_s": seq_wall, "sweep_wall_s": [sw_wall, again_wall],
+                         "sequential_steady_captions_per_s": per(seq_steady),
+                         "sweep_steady_captions_per_s": [per(sw_steady), per(again_steady)],
+                         "wall_ratio": [seq_wall / sw_wall, seq_wall / again_wall],
+                         "steady_ratio": [seq_steady / sw_steady, seq_steady / again_steady]})
+            r = rows[-1]
+            print(f"N={n:3d} {args.size}: sequential {seq_wall:6.1f} s "
+                  f"({r['sequential_steady_captions_per_s']:8.0f} captions/s steady) | sweep "
+                  f"{sw_wall:6.1f} / {again_wall:6.1f} s "
+                  f"({r['sweep_steady_captions_per_s'][0]:8.0f} / "
+                  f"{r['sweep_steady_captions_per_s'][1]:8.0f} captions/s) | wall "
+                  f"{r['wall_ratio'][0]:.1f}x / {r['wall_ratio'][1]:.1f}x, steady "
+                  f"{r['steady_ratio'][0]:.1f}x / {r['steady_ratio'][1]:.1f}x", flush=True)
+    print(json.dumps({"benchmark": "sweep", "size": args.size, "rows": rows,
+                      "matmul_peak_gflops": peak / 1e9, "load_average_1min": os.getloadavg()[0],
+                      "devices": str(jax.devices())}))
+
+
+if __name__ == "__main__":
+    main()
