@@ -123,6 +123,17 @@ def state_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):
                         abstract_tree)
 
 
+def member_mesh(members: int, fsdp: int = 1) -> Mesh:
+    """The mesh of a sweep of ``members``: its 'data' axis (members split over it) as large
+    as divides the devices (over ``fsdp``) without exceeding the members, so few or no
+    padding members are computed; the rest of the devices form the 'fsdp' axis."""
+    n = jax.device_count()
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"fsdp={fsdp} must divide the device count {n}")
+    data = max(k for k in range(1, n // fsdp + 1) if (n // fsdp) % k == 0 and k <= members)
+    return make_mesh(n // data)
+
+
 def member_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):
     """NamedShardings for a sweep's stacked state: the leading (member) axis split over
     'data', each member's arrays as in ``state_shardings`` (split over 'fsdp')."""

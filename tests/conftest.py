@@ -12,8 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Eight host devices so tests can run sharded jitted steps on CPU; the CPU backend's LLVM
 # optimizations off: the tests' programs are tiny and compile-bound (a quarter faster).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                                   "--xla_backend_optimization_level=0")
+FAST_COMPILE = "--xla_backend_optimization_level=0"  # also for the tests' subprocesses
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, the test processes and the
 # subprocesses they start (the same programs compile once): about 3x on the end-to-end
@@ -188,7 +188,8 @@ def run_script(config, workdir, kill_at, devices=1, mid_save=False):
     path = os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".json")
     with open(path, "w") as f:
         json.dump(config.to_dict(), f)
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    env = {**os.environ,
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
            "PYTHONPATH": ROOT}
     args = [path, workdir, str(kill_at)] + (["mid_save"] if mid_save else [])
     return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, *args],

@@ -3,8 +3,6 @@ space -> captioners trained on text embeddings only, per C^3 variant and seed ->
 test images scored by COCO metrics and by attribute accuracy against the ground truth."""
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 
@@ -115,36 +113,27 @@ def members(config, sigma_calibrated: float, sigmas=None) -> list:
 
 def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
                      wd: Workdir) -> dict:
-    """Every member's results, each cached in ``captioners/<member>/`` as a stage of its own;
-    the members not yet done are trained and decoded together as one sweep (in
-    ``captioners/sweep_<hash>/``, which resumes when cut)."""
+    """{member: its Workdir, with results.json and captions_test.json}: each member cached
+    in ``captioners/<member>/``; those not done yet trained and decoded as one sweep."""
     base = _captioner_config(config, dataset, gpt2_path)
     shared = {"run": base.to_dict(), "gpt2": shapes_world.fields_of(config, GPT_FIELDS),
               "upstream": shapes_world.fields_of(config, shapes_world.WORLD_FIELDS
                                                  + shapes_world.CONNECT_FIELDS)}
-    out_dir = lambda m: wd.file(os.path.join("captioners", m.name))
-    pending = [m for m in sweep_members
-               if not stages.begin(wd, f"captioner_{m.name}",
-                                   {**shared, "member": dataclasses.asdict(m)}, [out_dir(m)])]
-    if pending:
-        tag = hashlib.sha1(json.dumps({**shared, "members": [dataclasses.asdict(m) for m in
-                                                             pending]}, sort_keys=True,
-                                      default=str).encode()).hexdigest()[:10]
-        sweep = caption_sweep.Sweep(base, pending,
-                                    Workdir(wd.file(os.path.join("captioners", f"sweep_{tag}"))))
+
+    def train(pending, sweep_wd, outputs):
+        sweep = caption_sweep.Sweep(base, pending, sweep_wd)
         params, summary = caption_sweep.train(sweep)
         results = caption_sweep.evaluate(sweep, params)
         refs = cd.eval_rows(builders.data_source(dataset, base.test_split), base.eval_field,
                             base.caption_field)[1]
         for m in pending:
-            member_wd = Workdir(out_dir(m))
-            member_wd.write_json("results.json", {**summary[m.name],
-                                                  "metrics": results[m.name]["metrics"]})
-            member_wd.write_json("captions_test.json", [
+            outputs[m.name].write_json("results.json", {**summary[m.name],
+                                                        "metrics": results[m.name]["metrics"]})
+            outputs[m.name].write_json("captions_test.json", [
                 {"prediction": c, "references": r}
                 for c, r in zip(results[m.name]["captions"], refs)])
-            stages.finish(wd, f"captioner_{m.name}")
-    return {m.name: Workdir(out_dir(m)) for m in sweep_members}
+
+    return stages.cached_members(wd, "captioner", sweep_members, shared, train)
 
 
 def member_result(member_wd: Workdir, attrs: dict) -> dict:

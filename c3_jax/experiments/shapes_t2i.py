@@ -4,7 +4,6 @@ a LAFITE StyleGAN2 trained on ``train`` images only per C^3 variant, images gene
 accuracy a probe classifier (trained on real images) reads from them."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from absl import logging
@@ -13,8 +12,8 @@ from c3_jax import parallel, plots
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.eval import shapes_probe
-from c3_jax.experiments import checks, shapes_world
-from c3_jax.train import connect, generation
+from c3_jax.experiments import checks, shapes_world, stages
+from c3_jax.train import connect, gan_sweep, generation
 from c3_jax.workdir import Workdir
 from configs import field_types, t2i_base
 from configs import shapes_t2i as defaults
@@ -44,13 +43,13 @@ def _encoder(model, params) -> generation.Encoder:
     return generation.Encoder(fn, params)
 
 
-def _generator_config(config, dataset: str, variant: str):
+def _generator_config(config, dataset: str):
+    """The generators' shared settings (a sweep member gives variant, sigma and seed)."""
     c = t2i_base.get_config()
     c.update(dict(
         clip="", z_dim=config.z_dim, w_dim=config.w_dim, mapping_layers=config.mapping_layers,
         cond_hidden=config.cond_hidden, channel_base=config.channel_base,
-        channel_max=config.channel_max, dataset_dir=dataset, variant=variant,
-        noise_sigma=config.noise_sigma, batch_size=config.gan_batch,
+        channel_max=config.channel_max, dataset_dir=dataset, batch_size=config.gan_batch,
         max_steps=config.gan_steps, lr=config.gan_lr, r1_gamma=config.r1_gamma,
         r1_every=config.r1_every, itd_weight=config.itd_weight, itc_weight=config.itc_weight,
         ema_kimg=config.ema_kimg, ema_rampup=0.05, seed=config.seed,
@@ -68,13 +67,32 @@ def _split(world: str, split: str) -> tuple:
             {k: np.asarray([int(r[k]) for r in rows]) for k in keys})
 
 
-def _generate_variant(config, dataset, variant, encoder, probe, test_attrs, wd) -> dict:
-    """One generator run in its own workdir (reused when finished), scored by the probe."""
-    sub = wd.file(os.path.join("generators", variant))
-    result = shapes_world.nested_run(config, wd, f"generator_{variant}",
-                                     _generator_config(config, dataset, variant), sub,
-                                     encoder=encoder).read_json("results.json")
-    images = np.load(os.path.join(sub, "generated_test.npy"))
+def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> dict:
+    """{variant: its Workdir, with results.json and generated_test.npy}: each cached in
+    ``generators/<variant>/``; those not done yet trained and sampled as one sweep."""
+    base = _generator_config(config, dataset)
+    members = [gan_sweep.Member(v, v, config.seed, config.noise_sigma, base.train_field)
+               for v in variants]
+    shared = {"run": base.to_dict(), "upstream": shapes_world.fields_of(
+        config, shapes_world.WORLD_FIELDS + shapes_world.CONNECT_FIELDS)}
+
+    def train(pending, sweep_wd, outputs):
+        sweep = gan_sweep.GanSweep(base, pending, sweep_wd, encoder)
+        ema, summary = gan_sweep.train(sweep)
+        results = gan_sweep.evaluate(sweep, ema, base.eval_max_examples)
+        for m in pending:
+            outputs[m.name].write_json("results.json", {**summary[m.name],
+                                                        "metrics": results[m.name]["metrics"]})
+            if outputs[m.name].primary:
+                np.save(outputs[m.name].file("generated_test.npy"), results[m.name]["images"])
+
+    return stages.cached_members(wd, "generator", members, shared, train)
+
+
+def _scored(generator_wd: Workdir, probe, test_attrs: dict) -> dict:
+    """A finished generator's metrics, with the attribute accuracy the probe reads."""
+    result = generator_wd.read_json("results.json")
+    images = np.load(generator_wd.file("generated_test.npy"))
     acc = shapes_probe.probe_accuracy(probe, images, test_attrs)
     return {**result["metrics"], "attribute_accuracy": acc["mean"],
             "exact_match": acc["exact_match"], "per_attribute": acc, "images": images}
@@ -109,8 +127,9 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
                                      seed=config.seed)
     ceiling = shapes_probe.probe_accuracy(probe, test_images, test_attrs)
     logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
-    rows = {v: _generate_variant(config, dataset, v, encoder, probe, test_attrs, wd)
-            for v in shapes_world.variant_names(config.variants, VARIANTS)}
+    variants = shapes_world.variant_names(config.variants, VARIANTS)
+    done = _generators(config, dataset, variants, encoder, wd)
+    rows = {v: _scored(done[v], probe, test_attrs) for v in variants}
     chance = shapes.chance_accuracy(test_attrs)
     table = _table(rows, ceiling, chance)
     if wd.primary:

@@ -10,7 +10,7 @@ from typing import Mapping, Optional
 import jax
 import numpy as np
 
-from c3_jax import geometry, runner
+from c3_jax import geometry
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokenizer
@@ -185,19 +185,6 @@ def connected_world(config, wd: Workdir) -> tuple:
     model, params = _connect(config, world, tokenizer, wd)
     dataset = _embed_splits(config, world, tokenizer, model, params, wd)
     return model, params, world, tokenizer, dataset
-
-
-def nested_run(config, wd: Workdir, name: str, run_config, sub: str, extra_fields=None,
-               **objects) -> Workdir:
-    """A run of another experiment (a captioner, a generator) in its own workdir ``sub``,
-    done once per its config, the world and Connect it builds on and ``extra_fields``;
-    an unfinished one resumes. Returns its workdir."""
-    fields = {"run": run_config.to_dict(), **(extra_fields or {}),
-              "upstream": fields_of(config, WORLD_FIELDS + CONNECT_FIELDS)}
-    if not stages.begin(wd, name, fields, [sub], resumable=True):
-        runner.run(run_config, sub, **objects)
-        stages.finish(wd, name)
-    return Workdir(sub)
 
 
 def test_attributes(dataset: str) -> dict:

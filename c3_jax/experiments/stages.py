@@ -3,10 +3,12 @@ captioner or generator): each records the fields that shaped it in
 ``<workdir>/stages/<name>.json`` and is reused only while they are equal."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from absl import logging
 
@@ -64,6 +66,28 @@ def finish(wd: Workdir, name: str) -> None:
             record = json.load(f)
         _write(path, {**record, "done": True})
     parallel.barrier(f"stage {name} done")
+
+
+def cached_members(wd: Workdir, kind: str, members: Sequence, shared: Mapping,
+                   train: Callable[[list, Workdir, dict], None]) -> dict:
+    """{member name: its Workdir ``<kind>s/<name>/``} for the members of a sweep (dataclasses
+    with a ``name``), each a stage of its own (``shared`` fields plus the member's). The
+    members not done yet are trained together: ``train(pending, sweep workdir, {name:
+    Workdir})`` writes each one's outputs; the sweep's workdir (``<kind>s/sweep_<hash>``)
+    is named by everything that shapes it, so a cut sweep resumes and no other mixes in."""
+    out = {m.name: wd.file(os.path.join(f"{kind}s", m.name)) for m in members}
+    pending = [m for m in members
+               if not begin(wd, f"{kind}_{m.name}", {**shared, "member": dataclasses.asdict(m)},
+                            [out[m.name]])]
+    if pending:
+        key = json.dumps(to_jsonable({**shared, "members": [dataclasses.asdict(m)
+                                                            for m in pending]}), sort_keys=True)
+        tag = hashlib.sha1(key.encode()).hexdigest()[:10]
+        train(pending, Workdir(wd.file(os.path.join(f"{kind}s", f"sweep_{tag}"))),
+              {m.name: Workdir(out[m.name]) for m in pending})
+        for m in pending:
+            finish(wd, f"{kind}_{m.name}")
+    return {name: Workdir(path) for name, path in out.items()}
 
 
 def _write(path: str, record: dict) -> None:

@@ -13,7 +13,6 @@ validation loss and every data stream's position, so a sweep resumes exactly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Optional, Sequence
 
 import flax
@@ -76,7 +75,7 @@ class Sweep:
                              "fraction's captioner alone")
         self.config, self.wd, self.members = config, wd, tuple(members)
         parallel.maybe_initialize_distributed()
-        self.mesh = parallel.make_mesh(config.fsdp)
+        self.mesh = parallel.member_mesh(len(members), config.fsdp)
         data = self.mesh.shape["data"]
         self.size = -(-len(members) // data) * data  # padded with copies of member 0
         self.padded = self.members + (self.members[0],) * (self.size - len(members))
@@ -198,10 +197,10 @@ def train(sweep: Sweep) -> tuple:
     params by validation are kept in the checkpoints (``best``)."""
     config, wd = sweep.config, sweep.wd
     pairs = len(next(iter(sweep.pairs.values())))
-    parallel.local_batch_size(config.batch_size, pairs, "training pairs")
-    if config.batch_size % sweep.mesh.shape["fsdp"]:
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of fsdp="
-                         f"{config.fsdp}")
+    split = sweep.mesh.shape["fsdp"]
+    if config.batch_size % split or config.batch_size > pairs:
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the {split} "
+                         f"devices each member is split over, and at most the {pairs} pairs")
     steps = captioning.total_steps(config, pairs)
     updates = max(steps // config.grad_accum, 1)
     trainable = captioning.trainable_of(
@@ -209,10 +208,9 @@ def train(sweep: Sweep) -> tuple:
                                jax.random.key(0)))
     tx = captioning.make_optimizer(config, updates, trainable)
     validate = _validation(sweep)
-    init = functools.partial(stacked_init(sweep.model, tx, sweep.dim, validate is not None),
-                             gpt_params=sweep.gpt_params)
+    init = stacked_init(sweep.model, tx, sweep.dim, validate is not None)
     seeds = sweep.put(sweep.seeds)
-    abstract = jax.eval_shape(init, seeds)
+    abstract = jax.eval_shape(init, seeds, sweep.gpt_params)
     shardings = parallel.member_shardings(sweep.mesh, abstract)
     settings = sweep.put(sweep.settings)
     step_fn = jax.jit(member_step(sweep.model, tx, config.skip_nonfinite, config.loss_chunk),
@@ -227,7 +225,7 @@ def train(sweep: Sweep) -> tuple:
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(
         abstract, shardings, data,
-        lambda: jax.jit(init.func, out_shardings=shardings)(seeds, sweep.gpt_params))
+        lambda: jax.jit(init, out_shardings=shardings)(seeds, sweep.gpt_params))
     schedule = st.warmup_linear_decay(config.lr, config.warmup_steps, updates)
     names, val = tuple(m.name for m in sweep.members), {}
     state, last, _ = loop.fit(

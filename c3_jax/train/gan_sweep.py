@@ -29,6 +29,7 @@ class GanSweep(generation.Run):
         caption_sweep.check_members(members)
         super().__init__(config, wd, encoder)
         self.members = tuple(members)
+        self.mesh = parallel.member_mesh(len(members))
         data = self.mesh.shape["data"]
         size = -(-len(members) // data) * data  # padded with copies of member 0
         self.padded = self.members + (self.members[0],) * (size - len(members))
@@ -85,7 +86,7 @@ def train(sweep: GanSweep) -> tuple:
     stacked; {member: summary})."""
     config, wd = sweep.config, sweep.wd
     generation.check_batch(config, sweep.rows)
-    if sweep.mesh.shape["fsdp"] > 1:
+    if config.fsdp > 1:
         raise ValueError("a generator sweep splits its members over the devices; set fsdp=1")
     seeds, settings = sweep.put(sweep.seeds), sweep.put(sweep.settings)
     abstract = jax.eval_shape(sweep.stacked_init, seeds)

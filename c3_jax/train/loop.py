@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterator, Optional, Tuple
 
-import jax
 import numpy as np
 from absl import logging
 
+from c3_jax import parallel
 from c3_jax.data import pipeline
 from c3_jax.progress import progress_bar
 from c3_jax.train import checkpoints
@@ -64,7 +64,7 @@ def host_metrics(metrics: dict, members: Tuple[str, ...]) -> dict:
     """Metrics as floats; a metric with a member axis gives one value per member
     ('loss/c3_seed0') and their mean ('loss'); padding members past ``members`` are left out."""
     out = {}
-    for k, v in jax.device_get(metrics).items():
+    for k, v in parallel.to_host(metrics).items():
         v = np.asarray(v)
         if v.ndim == 0:
             out[k] = float(v)

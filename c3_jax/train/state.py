@@ -10,6 +10,8 @@ import numpy as np
 import optax
 from absl import logging
 
+from c3_jax import parallel
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -47,7 +49,7 @@ class NonFiniteWatch:
 
     def check(self, ckpts, skip: bool) -> None:
         """Stops (after finishing pending saves) if a step was not finite, unless skipping."""
-        first = np.atleast_1d(np.asarray(-1 if self.first is None else self.first))
+        first = np.atleast_1d(-1 if self.first is None else parallel.to_host(self.first))
         bad = first >= 0
         if not bad.any():
             return
