@@ -123,15 +123,23 @@ def state_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):
                         abstract_tree)
 
 
-def member_mesh(members: int, fsdp: int = 1) -> Mesh:
+def member_mesh(members: int, fsdp: int = 1, split_batch: bool = True) -> Mesh:
     """The mesh of a sweep of ``members``: its 'data' axis (members split over it) as large
     as divides the devices (over ``fsdp``) without exceeding the members, so few or no
-    padding members are computed; the rest of the devices form the 'fsdp' axis."""
-    n = jax.device_count()
+    padding members are computed, and a multiple of the process count (every process takes
+    part). With ``split_batch`` the rest of the devices form the 'fsdp' axis (each member's
+    batch split over it); without, the mesh holds only the 'data' devices, spread evenly
+    over the processes (the others would compute copies)."""
+    n, processes = jax.device_count(), jax.process_count()
     if fsdp < 1 or n % fsdp:
         raise ValueError(f"fsdp={fsdp} must divide the device count {n}")
-    data = max(k for k in range(1, n // fsdp + 1) if (n // fsdp) % k == 0 and k <= members)
-    return make_mesh(n // data)
+    outer = n // fsdp
+    sizes = [k for k in range(1, outer + 1) if outer % k == 0 and k % processes == 0]
+    data = max([k for k in sizes if k <= members] or sizes[:1])
+    if split_batch:
+        return make_mesh(n // data)
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))[::n // data]
+    return Mesh(np.asarray(devices).reshape(data, 1), DATA_AXES)
 
 
 def member_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Eight host devices so tests can run sharded jitted steps on CPU; the CPU backend's LLVM
 # optimizations off: the tests' programs are tiny and compile-bound (a quarter faster).
 FAST_COMPILE = "--xla_backend_optimization_level=0"  # also for the tests' subprocesses
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, the test processes and the
 # subprocesses they start (the same programs compile once): about 3x on the end-to-end

@@ -4,7 +4,6 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
 from c3_jax import c3
 from c3_jax.train import caption_sweep, captioning
@@ -72,10 +71,10 @@ def _test_embeddings(world):
     return cd.eval_rows(source, "image_embedding", "caption")[0]
 
 
-@pytest.mark.parametrize("devices", [1, 2])
-def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path, devices):
-    """Killed after its step-4 checkpoint and run again, a sweep (two devices: the members
-    split over them) ends with the uninterrupted sweep's state, best params included."""
+def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path, devices=2):
+    """Killed after its step-4 checkpoint and run again, a sweep (on two devices: the
+    members split over them) ends with the uninterrupted sweep's state, best params
+    included."""
     config = override(caption_config(caption_world, max_steps=8, checkpoint_every=4,
                                      val_batches=1),
                       experiment="caption_sweep", variants="c1,c3,supervised", seeds=1,

@@ -147,7 +147,8 @@ def test_eight_devices_give_the_loss_curve_of_one(caption_world, tmp_path):
     ("coco_caption", ["", "c1", "c2_collapse", "c2_corrupt", "span_only", "supervised",
                       "finetune", "transformer,beam", "c1,beam"]),
     ("imagebind_caption", ["audio", "video,c1", "image,c2_corrupt"]),
-    ("caption_gap_sensitivity", [""])])
+    ("caption_gap_sensitivity", [""]),
+    ("coco_caption_sweep", ["", "supervised", "supervised,sigma"])])
 def test_every_caption_config_variant_validates(module, variants):
     import importlib
     for v in variants:

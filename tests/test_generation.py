@@ -102,8 +102,8 @@ def test_bad_inputs_get_clear_errors(t2i_world, tmp_path):
         coco_t2i.get_config("nope")
     with pytest.raises(KeyError, match="no field 'pixels'"):
         runner.run(t2i_config(t2i_world, image_field="pixels"), str(tmp_path / "a"))
-    with pytest.raises(ValueError, match="multiple of the 8 devices"):
-        runner.run(t2i_config(t2i_world, batch_size=4), str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="multiple of the 2 devices"):
+        runner.run(t2i_config(t2i_world, batch_size=3, mbstd_group=1), str(tmp_path / "b"))
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         runner.run(t2i_config(t2i_world, restore_from=str(tmp_path)), str(tmp_path / "c"))
 
@@ -113,18 +113,6 @@ def test_every_t2i_config_variant_validates():
         runner.resolve(coco_t2i.get_config(v))
     runner.resolve(shapes_t2i.get_config())
     runner.resolve(shapes_t2i.get_config("quick"))
-
-
-def test_quick_shapes_t2i_writes_every_output(tmp_path):
-    config = shapes_t2i.get_config("quick")
-    config.variants = "c1,c3"
-    results = runner.run(config, str(tmp_path))
-    for name in ("RESULTS.md", "samples.png", "results.json"):
-        assert (tmp_path / name).exists(), name
-    assert sorted(results["variants"]) == ["c1", "c3"]
-    for row in results["variants"].values():
-        assert 0 <= row["attribute_accuracy"] <= 1 and np.isfinite(row["clip_frechet_distance"])
-    assert 0 < results["probe_ceiling"]["mean"] <= 1 and 0 < results["chance"]["mean"] < 1
 
 
 def test_nonfinite_losses_stop_or_are_skipped(t2i_world, tmp_path):

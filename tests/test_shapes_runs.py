@@ -6,7 +6,7 @@ import numpy as np
 
 from c3_jax import runner
 from c3_jax.train import connect
-from configs import shapes_caption
+from configs import shapes_caption, shapes_sigma_sweep
 
 
 def test_clip_loss_matches_a_numpy_reference():
@@ -52,3 +52,17 @@ def test_quick_main_job_writes_every_output(tmp_path):
     again = runner.run(config, str(tmp_path))
     assert again["variants"] == json.loads(json.dumps(results["variants"]))
     assert os.path.isdir(tmp_path / "connect" / "checkpoints" / "latest")
+
+
+def test_quick_sigma_sweep_marks_the_calibrated_sigma(tmp_path):
+    config = shapes_sigma_sweep.get_config("quick")
+    results = runner.run(config, str(tmp_path))
+    assert sorted(results["by_sigma"]) == ["0", "0.1"]
+    for row in results["by_sigma"].values():
+        assert len(row["attribute_accuracy"]["per_seed"]) == config.seeds == 2
+        assert 0 <= row["attribute_accuracy"]["mean"] <= 1
+    assert results["best_sigma"] in (0.0, 0.1) and results["sigma_calibrated"] > 0
+    assert (tmp_path / "sigma_sweep.png").exists()
+    assert "calibrated sigma" in (tmp_path / "SIGMA_SWEEP.md").read_text().lower()
+    # One sweep trained all four captioners.
+    assert len([p for p in os.listdir(tmp_path / "captioners") if p.startswith("sweep_")]) == 1

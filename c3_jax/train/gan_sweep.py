@@ -29,7 +29,7 @@ class GanSweep(generation.Run):
         caption_sweep.check_members(members)
         super().__init__(config, wd, encoder)
         self.members = tuple(members)
-        self.mesh = parallel.member_mesh(len(members))
+        self.mesh = parallel.member_mesh(len(members), split_batch=False)
         data = self.mesh.shape["data"]
         size = -(-len(members) // data) * data  # padded with copies of member 0
         self.padded = self.members + (self.members[0],) * (size - len(members))
