@@ -227,7 +227,7 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, t
     results = _launch(config, str(tmp_path / "extract"), 2, cli="configs/coco_extract.py")
     _ok(results)
     for p, (_, log) in enumerate(results):
-        assert f"process {p} of 2, 4 local / 8 global devices" in log
+        assert f"process {p} of 2, {DEVICES // 2} local / {DEVICES} global devices" in log
         assert f"process {p} of 2 wrote rows {6 * p}..{6 * (p + 1)} of coco_karpathy_clip/train" \
             in log, log[-3000:]
     got_dir = str(data_dir / "coco_karpathy_clip" / "1.0.0")
@@ -283,10 +283,9 @@ def test_the_shapes_jobs_give_the_figures_of_one_process_on_two(name, tmp_path):
             results[processes] = _numbers(json.load(f))
         for output in ("RESULTS.md", "samples.png", "config.json"):
             assert (workdir / output).exists(), output
-    variant_rows = {k.split("/")[2] for k in results[1] if k.startswith("/variants/")}
-    assert variant_rows == {"c1", "c3"}
-    for variant in variant_rows:
-        assert 0 <= results[1][f"/variants/{variant}/attribute_accuracy"] <= 1
+    assert {k.split("/")[2] for k in results[1] if k.startswith("/variants/")} == {"c1", "c3"}
+    accuracy = [v for k, v in results[1].items() if "/attribute_accuracy" in k]
+    assert accuracy and all(0 <= v <= 1 for v in accuracy)
     assert results[2].keys() == results[1].keys()
     for key, want in results[1].items():
         got = results[2][key]
