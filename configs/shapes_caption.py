@@ -46,6 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.max_decode_tokens, c.eval_batch_size = 20, 250
     if "quick" in parts:
         c.seeds = 1
+        c.image_size = 16  # the smallest world (fewer generator blocks in shapes_t2i)
         c.connect_size, c.train_size, c.val_size, c.test_size = 512, 256, 64, 64
         c.clip_width, c.clip_depth, c.projection_dim = 32, 1, 32
         c.connect_steps, c.connect_batch = 20, 64

@@ -1,4 +1,4 @@
-"""Shared test set-up: eight CPU devices, one compilation cache for the session, tiny
+"""Shared test set-up: two CPU devices, one compilation cache for the session, tiny
 Hugging Face checkpoints and datasets made here (nothing is downloaded), and the helpers the
 end-to-end tests share."""
 import hashlib
@@ -10,7 +10,7 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Eight host devices so tests can run sharded jitted steps on CPU; the CPU backend's LLVM
+# Two host devices so tests can run sharded jitted steps on CPU; the CPU backend's LLVM
 # optimizations off: the tests' programs are tiny and compile-bound (a quarter faster).
 FAST_COMPILE = "--xla_backend_optimization_level=0"  # also for the tests' subprocesses
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
