@@ -29,5 +29,5 @@ setup(
     ],
     # torch (with transformers' models) is the independent reference the tests compare against.
     # Pin torch: this workplace serves a local CPU build of exactly 2.13.0.
-    extras_require={"test": ["pytest", "pytest-xdist", "scipy", "torch==2.13.0"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "filelock", "scipy", "torch==2.13.0"]},
 )

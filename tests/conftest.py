@@ -4,6 +4,7 @@ end-to-end tests share."""
 import hashlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,8 @@ if _CACHE:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import jax  # noqa: E402  (after the environment above)
+import filelock  # noqa: E402  (after the environment above)
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 import pytest  # noqa: E402
@@ -96,11 +98,23 @@ def _fake_coco(root, n=16):
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
 
 
-@pytest.fixture(scope="session")
-def caption_world(tmp_path_factory):
-    """A tiny fake COCO (coloured squares), extracted by the coco_extract command with a tiny
-    CLIP, and a tiny GPT-2: {'root', 'dataset', 'gpt2'}."""
-    root = tmp_path_factory.mktemp("caption_world")
+def _shared(factory, name: str, build) -> dict:
+    """``build(root)``'s dict, made once per test session also when pytest-xdist runs
+    several workers: the first to ask builds it under a lock in the session's shared
+    temporary directory; the others read what it wrote."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this session
+    root, record = base / name, base / f"{name}.json"
+    with filelock.FileLock(str(base / f"{name}.lock")):
+        if not record.exists():
+            root.mkdir(exist_ok=True)
+            record.write_text(json.dumps({k: str(v) for k, v in build(root).items()}))
+    return {k: (pathlib.Path(v) if k == "root" else v)
+            for k, v in json.loads(record.read_text()).items()}
+
+
+def _build_caption_world(root) -> dict:
     clip_dir(root / "clip")
     gpt2_dir(root / "gpt2")
     _fake_coco(root / "coco")
@@ -112,6 +126,13 @@ def caption_world(tmp_path_factory):
     results = json.loads((root / "extract" / "results.json").read_text())
     assert results["splits"] == {"train": 12, "val": 2, "test": 2}  # restval in train
     return {"root": root, "dataset": results["dataset_dir"], "gpt2": str(root / "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def caption_world(tmp_path_factory):
+    """A tiny fake COCO (coloured squares), extracted by the coco_extract command with a tiny
+    CLIP, and a tiny GPT-2: {'root', 'dataset', 'gpt2'}."""
+    return _shared(tmp_path_factory, "caption_world", _build_caption_world)
 
 
 def override(config, **fields):
@@ -199,7 +220,10 @@ def run_script(config, workdir, kill_at, devices=1, mid_save=False):
 @pytest.fixture(scope="session")
 def t2i_world(tmp_path_factory):
     """16 train / 8 test rows: 16x16 images, 16-d image and text embeddings (the tiny CLIP's width), 2 captions."""
-    root = tmp_path_factory.mktemp("t2i_world")
+    return _shared(tmp_path_factory, "t2i_world", _build_t2i_world)
+
+
+def _build_t2i_world(root) -> dict:
     clip_dir(root / "clip")
     rng = np.random.default_rng(0)
     splits, captions = {}, {}
