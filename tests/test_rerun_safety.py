@@ -158,7 +158,7 @@ def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
     world = shapes_world.world_dataset(config, wd)
     tokenizer = shapes_world.world_tokenizer(world, wd, {})
     model = shapes_world.clip_model(tokenizer, width=16, depth=1, heads=2, projection_dim=8,
-                                    image_size=32, patch_size=8)
+                                    image_size=config.image_size, patch_size=8)
     pairs = shapes_world.connect_pairs(world, tokenizer)
     assert isinstance(pairs, cd.CaptionPairs)
     cfg = connect.ConnectConfig(steps=6, batch_size=32, lr=1e30, warmup_steps=0, log_every=1,
