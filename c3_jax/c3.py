@@ -110,12 +110,17 @@ def apply_transform(t: C3Transform, e: jax.Array, mean: Optional[jax.Array] = No
     return normalize(e)
 
 
+def check_sweepable(t: C3Transform) -> None:
+    """Raises unless ``apply_as_arrays`` can express the transform (a sweep member)."""
+    if t.noise == "lafite_mix":
+        raise ValueError("a sweep member cannot use noise='lafite_mix'; train it alone")
+
+
 def member_settings(t: C3Transform, train_mean, eval_mean, dim: int) -> dict:
     """A transform's settings as arrays, for ``apply_as_arrays`` (a sweep member): the
     train and eval means (zeros without collapse), sigma (0 without noise) and the gap
     direction (eval mean - train mean for span_only, else zeros)."""
-    if t.noise == "lafite_mix":
-        raise ValueError("a sweep member cannot use noise='lafite_mix'; train it alone")
+    check_sweepable(t)
     zeros = np.zeros(dim, np.float32)
     as_f32 = lambda m: zeros if m is None else np.asarray(m, np.float32)
     return {"mean": as_f32(train_mean) if t.collapse else zeros,

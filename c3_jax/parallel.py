@@ -155,6 +155,13 @@ def member_batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data", "fsdp"))
 
 
+def put_members(mesh: Mesh, tree) -> Any:
+    """Host arrays with a leading member axis, held whole by every process, placed with the
+    members over 'data'."""
+    sharding = NamedSharding(mesh, P("data"))
+    return jax.tree.map(lambda a: put_whole(a, sharding), tree)
+
+
 def put_whole(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """A global array from a host array that every process holds whole: each process
     places its own devices' parts."""

@@ -110,11 +110,10 @@ def sweep_members(config) -> list:
             raise ValueError(f"config field 'variants' names {name!r}; known: "
                              f"{sorted(c3.VARIANTS) + ['supervised']}")
         noisy = c3.VARIANTS[variant]["noise"] != "none"
-        for sigma in (sigmas if noisy else [config.noise_sigma]):
-            tag = f"_sigma{sigma:g}" if noisy and len(sigmas) > 1 else ""
-            members += [caption_sweep.Member(f"{name}{tag}_seed{config.seed + k}", variant,
-                                             config.seed + k, sigma, field)
-                        for k in range(config.seeds)]
+        members += caption_sweep.member_grid(name, variant, field,
+                                             sigmas if noisy else [config.noise_sigma],
+                                             config.seed, config.seeds,
+                                             noisy and len(sigmas) > 1)
     return members
 
 

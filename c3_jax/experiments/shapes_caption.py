@@ -102,12 +102,9 @@ def members(config, sigma_calibrated: float, sigmas=None) -> list:
     out = []
     for name in shapes_world.variant_names(config.variants, VARIANTS):
         variant, field, sigma = VARIANTS[name]
-        for value in (sigmas or [sigma_calibrated if sigma == "calibrated"
-                                 else config.noise_sigma]):
-            tag = f"_sigma{value:g}" if sigmas else ""
-            out += [caption_sweep.Member(f"{name}{tag}_seed{config.seed + s}", variant,
-                                         config.seed + s, value, field)
-                    for s in range(config.seeds)]
+        values = sigmas or [sigma_calibrated if sigma == "calibrated" else config.noise_sigma]
+        out += caption_sweep.member_grid(name, variant, field, values, config.seed,
+                                         config.seeds, bool(sigmas))
     return out
 
 

@@ -42,6 +42,14 @@ class Member:
     train_field: str = "text_embedding"
 
 
+def member_grid(name: str, variant: str, field: str, sigmas: Sequence[float], first_seed: int,
+                seeds: int, tag_sigma: bool) -> list:
+    """The members ``name[_sigma<s>]_seed<k>`` of one variant: every sigma x seed."""
+    return [Member(f"{name}{f'_sigma{sigma:g}' if tag_sigma else ''}_seed{first_seed + k}",
+                   variant, first_seed + k, sigma, field)
+            for sigma in sigmas for k in range(seeds)]
+
+
 @flax.struct.dataclass
 class SweepState:
     """The stacked TrainState of the members, and each one's best params by validation
@@ -60,7 +68,7 @@ def check_members(members: Sequence[Member]) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"sweep member names repeat: {names}")
     for m in members:
-        c3.member_settings(c3.variant(m.variant, m.sigma), None, None, 1)  # names the error
+        c3.check_sweepable(c3.variant(m.variant, m.sigma))
 
 
 class Sweep:
@@ -93,11 +101,6 @@ class Sweep:
                     for m in self.padded]
         self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
-
-    def put(self, tree):
-        """Host arrays with a leading member axis, placed over the mesh."""
-        sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
-        return jax.tree.map(lambda a: parallel.put_whole(a, sharding), tree)
 
 
 def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0):
@@ -150,7 +153,7 @@ def _validation(sweep: Sweep):
                                        config.loss_chunk, method="caption_nll")
         return nll * count, count
     loss = jax.jit(jax.vmap(loss))
-    settings = sweep.put(sweep.settings)
+    settings = parallel.put_members(sweep.mesh, sweep.settings)
 
     def validate(params) -> jax.Array:
         loaders = {f: iter(pipeline.make_loader(p, batch, 0, shuffle=False, num_epochs=1,
@@ -209,10 +212,10 @@ def train(sweep: Sweep) -> tuple:
     tx = captioning.make_optimizer(config, updates, trainable)
     validate = _validation(sweep)
     init = stacked_init(sweep.model, tx, sweep.dim, validate is not None)
-    seeds = sweep.put(sweep.seeds)
+    seeds = parallel.put_members(sweep.mesh, sweep.seeds)
     abstract = jax.eval_shape(init, seeds, sweep.gpt_params)
     shardings = parallel.member_shardings(sweep.mesh, abstract)
-    settings = sweep.put(sweep.settings)
+    settings = parallel.put_members(sweep.mesh, sweep.settings)
     step_fn = jax.jit(member_step(sweep.model, tx, config.skip_nonfinite, config.loss_chunk),
                       donate_argnums=0,
                       out_shardings=(shardings, None))
@@ -255,7 +258,7 @@ def generate(sweep: Sweep, params, embeddings: np.ndarray) -> list:
     member_sh = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
     repl = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec())
     fn = jax.jit(jax.vmap(member, in_axes=(0, 0, None)), out_shardings=member_sh)
-    means = sweep.put(sweep.settings["eval_mean"])
+    means = parallel.put_members(sweep.mesh, sweep.settings["eval_mean"])
     batch, n = max(1, config.eval_batch_size), len(embeddings)
     tokens = []
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
