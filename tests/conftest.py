@@ -158,6 +158,39 @@ def cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+def launch_local(processes: int, config_arg: str, workdir, log_dir, *overrides):
+    """launch/local_multiprocess.sh (the README's example): ``processes`` JAX processes of
+    one run sharing 2 CPU devices, with the tests' compile flag and compilation cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(PYTHON=sys.executable, DEVICES="2", GRACE="2", XLA_FLAGS=FAST_COMPILE,
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
+               LOG_DIR=str(log_dir))
+    return subprocess.run([os.path.join(ROOT, "launch", "local_multiprocess.sh"),
+                           str(processes), f"--config={config_arg}", *overrides,
+                           f"--workdir={workdir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+def numbers(tree, prefix="") -> dict:
+    """{path: value} of the numbers and strings in a results tree (timings left out)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                if key not in ("wall_time_s", "provenance", "hist") and "seconds" not in key
+                for k, v in numbers(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in numbers(sub, f"{prefix}/{i}").items()}
+    return {prefix: tree}
+
+
+def assert_same_numbers(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        else:
+            assert got[key] == value, key
+
+
 def caption_config(world, variant="c3", **overrides):
     c = coco_caption.get_config(variant)
     c.unlock()
@@ -238,10 +271,13 @@ def _build_t2i_world(root) -> dict:
 
 
 def t2i_config(world, variant="c3", **overrides):
+    """A tiny LAFITE run on ``world``. R1 on every step (r1_every=1): one compiled G+D
+    program per run instead of two (lazy R1, two programs, is what test_gan_sweep and
+    test_stylegan2 check)."""
     c = coco_t2i.get_config(variant)
     c.update(dict(clip=world["clip"], dataset_dir=world["dataset"], z_dim=8, w_dim=8,
                   mapping_layers=2, cond_hidden=8, channel_base=64, channel_max=8,
-                  batch_size=8, max_steps=6, r1_every=2, log_every=1, checkpoint_every=3,
+                  batch_size=8, max_steps=6, r1_every=1, log_every=1, checkpoint_every=3,
                   eval_max_examples=0, eval_batch_size=8, num_samples=4))
     c.update(overrides)
     return c

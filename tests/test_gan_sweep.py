@@ -1,10 +1,11 @@
-"""Text-to-image generators trained as one vmapped sweep (lazy R1 steps included; the
-tests' 8 devices split the members): each member equals the same generator trained alone,
-images and scores included."""
+"""Text-to-image generators trained as one sweep (lazy R1 steps included; the tests' 2
+devices split the members): each member equals the same generator trained alone, images
+and scores included, and a sweep that crashed after a checkpoint resumes bitwise."""
 import jax
 import numpy as np
+import pytest
 
-from c3_jax.train import gan_sweep, generation
+from c3_jax.train import checkpoints, gan_sweep, generation
 from c3_jax.workdir import Workdir
 from conftest import override, t2i_config
 
@@ -12,25 +13,51 @@ MEMBERS = [gan_sweep.Member("c3_seed0", "c3", 0, 0.1),
            gan_sweep.Member("span_only_seed1", "span_only", 1, 0.2)]
 
 
-def test_a_generator_trained_in_a_sweep_equals_it_trained_alone(t2i_world, tmp_path):
+def _crash_after_step(monkeypatch, step: int) -> None:
+    """Checkpoints.save raises once the checkpoint of ``step`` is on disk (a crash)."""
+    save = checkpoints.Checkpoints.save
+
+    def save_then_crash(self, at, *args, **kwargs):
+        save(self, at, *args, **kwargs)
+        if at == step:
+            self.wait()
+            raise RuntimeError("crashed")
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", save_then_crash)
+
+
+def test_a_generator_trained_in_a_sweep_equals_it_trained_alone(t2i_world, tmp_path,
+                                                                monkeypatch):
     config = t2i_config(t2i_world, max_steps=4, checkpoint_every=4, r1_every=2)
     sweep = gan_sweep.GanSweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
     ema, summary = gan_sweep.train(sweep)
     ema = jax.tree.map(np.asarray, ema)
+    # Crashed after its step-2 checkpoint and run again: bitwise the uninterrupted sweep.
+    cut = override(config, checkpoint_every=2)
+    with monkeypatch.context() as m:
+        _crash_after_step(m, 2)
+        with pytest.raises(RuntimeError, match="crashed"):
+            gan_sweep.train(gan_sweep.GanSweep(cut, MEMBERS, Workdir(str(tmp_path / "cut"))))
+    resumed, resumed_summary = gan_sweep.train(
+        gan_sweep.GanSweep(cut, MEMBERS, Workdir(str(tmp_path / "cut"))))
+    assert resumed_summary[MEMBERS[0].name]["resumed_from"] == 2
+    for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, np.asarray(b))
     results = gan_sweep.evaluate(sweep, ema)
-    for k, m in enumerate(MEMBERS):
-        alone_config = override(config, variant=m.variant, seed=m.seed, noise_sigma=m.sigma)
-        run = generation.Run(alone_config, Workdir(str(tmp_path / m.name)), sweep.encoder)
-        alone, alone_summary = generation.train(run)
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ema)[0],
-                                jax.tree.leaves(alone)):
-            np.testing.assert_allclose(a[k], np.asarray(b), rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{m.name} {jax.tree_util.keystr(path)}")
-        for key in ("g_loss", "d_adv", "r1"):
-            np.testing.assert_allclose(summary[m.name]["final_metrics"][key],
-                                       alone_summary["final_metrics"][key], rtol=1e-5, atol=1e-7)
-        want = generation.evaluate(run, alone)
-        assert np.abs(results[m.name]["images"].astype(int)
-                      - want["images"].astype(int)).max() <= 1, m.name
-        np.testing.assert_allclose(results[m.name]["metrics"]["clip_score"],
-                                   want["metrics"]["clip_score"], rtol=1e-4)
+    # The second member alone (every setting differs from the first's; it sits on the
+    # second device): one alone run, as the first member's would repeat the check.
+    k, m = 1, MEMBERS[1]
+    alone_config = override(config, variant=m.variant, seed=m.seed, noise_sigma=m.sigma)
+    run = generation.Run(alone_config, Workdir(str(tmp_path / m.name)), sweep.encoder)
+    alone, alone_summary = generation.train(run)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ema)[0],
+                            jax.tree.leaves(alone)):
+        np.testing.assert_allclose(a[k], np.asarray(b), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{m.name} {jax.tree_util.keystr(path)}")
+    for key in ("g_loss", "d_adv", "r1"):
+        np.testing.assert_allclose(summary[m.name]["final_metrics"][key],
+                                   alone_summary["final_metrics"][key], rtol=1e-5, atol=1e-7)
+    want = generation.evaluate(run, alone)
+    assert np.abs(results[m.name]["images"].astype(int)
+                  - want["images"].astype(int)).max() <= 1, m.name
+    np.testing.assert_allclose(results[m.name]["metrics"]["clip_score"],
+                               want["metrics"]["clip_score"], rtol=1e-4)

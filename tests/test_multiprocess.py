@@ -1,7 +1,8 @@
 """Several JAX processes train exactly like one: the captioner on the tiny fake COCO of
-test_captioning with 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo
+test_captioning with 2 processes x 1 CPU device (jax.distributed on 127.0.0.1, gloo
 collectives) gives the losses and parameters of 1 process x 2 devices, and a checkpoint
-written with one process count resumes with the other."""
+written with one process count resumes with the other; the generator, extraction and the
+built-in world's jobs likewise."""
 import json
 import os
 import socket
@@ -14,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, ROOT, caption_config, t2i_config
+from conftest import (FAST_COMPILE, ROOT, assert_same_numbers, caption_config, launch_local,
+                      numbers, override, run_script, t2i_config)
 
 STEPS, HALF = 20, 10
 DEVICES = 2  # 1 process x 2 devices is the reference of 2 processes x 1
@@ -194,22 +196,35 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
     _assert_same_run(workdir, one_process)
 
 
-def test_generator_two_processes_train_like_one(t2i_world, tmp_path):
-    config = t2i_config(t2i_world, max_steps=STEPS, checkpoint_every=STEPS, r1_every=2,
-                        eval_max_examples=8)
-    runs = {}
-    for processes in (1, 2):
-        workdir = str(tmp_path / f"gen{processes}")
-        _ok(_launch(config, workdir, processes))
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            runs[processes] = [[r[k] for k in ("d_adv", "g_adv", "g_itd", "g_itc", "r1")]
-                               for r in map(json.loads, f)]
-    assert len(runs[1]) == STEPS
-    np.testing.assert_allclose(runs[2], runs[1], rtol=1e-5, atol=1e-6)
-    _assert_same_params(str(tmp_path / "gen2"), str(tmp_path / "gen1"),
-                        ("g_params", "d_params", "ema"))
-    np.testing.assert_array_equal(np.load(tmp_path / "gen2" / "generated_test.npy"),
-                                  np.load(tmp_path / "gen1" / "generated_test.npy"))
+def test_generator_trains_alike_on_one_device_four_and_two_processes(t2i_world, tmp_path):
+    """1 process x 1 device is the reference of 1 process x 4 devices with fsdp=2 (the batch
+    and the parameters split) and of 2 processes x 1 device (the batch split over the
+    processes): the same losses, parameters and images."""
+    steps = 6
+    config = t2i_config(t2i_world, max_steps=steps, checkpoint_every=steps, eval_max_examples=8)
+    runs = {name: str(tmp_path / name) for name in ("one", "fsdp", "two")}
+    for name, devices, fsdp in (("one", 1, 1), ("fsdp", 4, 2)):
+        out = run_script(override(config, fsdp=fsdp), runs[name], kill_at=-1, devices=devices)
+        assert out.returncode == 0, out.stderr[-3000:]
+    _ok(_launch(config, runs["two"], 2))
+    keys = ("d_adv", "g_adv", "g_itd", "g_itc", "r1")
+    want_params, want_step = _params(runs["one"], ("g_params", "d_params", "ema"))
+    want_images = np.load(os.path.join(runs["one"], "generated_test.npy")).astype(int)
+    for name in ("fsdp", "two"):
+        np.testing.assert_allclose(_metrics(runs[name], keys), _metrics(runs["one"], keys),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        got, step = _params(runs[name], ("g_params", "d_params", "ema"))
+        assert step == want_step == steps
+        for (path, a), b in zip(jax.tree.leaves_with_path(want_params), jax.tree.leaves(got)):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name} {jax.tree_util.keystr(path)}")
+        images = np.load(os.path.join(runs[name], "generated_test.npy")).astype(int)
+        assert np.abs(images - want_images).max() <= 1, name
+
+
+def _metrics(workdir, keys) -> list:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [[r[k] for k in keys] for r in map(json.loads, f)]
 
 
 def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, tmp_path):
@@ -250,46 +265,21 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, t
             embed.square_images([str(root / "coco" / p) for p, _, _ in paths], 16))
 
 
-def _numbers(tree, prefix=""):
-    """{path: value} of the numbers and strings in a results tree (timings left out)."""
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items()
-                if key not in ("wall_time_s", "provenance", "hist") and "seconds" not in key
-                for k, v in _numbers(sub, f"{prefix}/{key}").items()}
-    if isinstance(tree, list):
-        return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f"{prefix}/{i}").items()}
-    return {prefix: tree}
-
-
-@pytest.mark.parametrize("name", ["shapes_caption", "shapes_t2i"])
-def test_the_shapes_jobs_give_the_figures_of_one_process_on_two(name, tmp_path):
-    """The README's own example, launch/local_multiprocess.sh, on the built-in world's jobs:
-    2 processes x 1 CPU device give the figures of 1 process x 2 (a sweep's members split
-    over the devices: over the processes)."""
-    variants = "c1,c3"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env.update(PYTHON=sys.executable, DEVICES="2", GRACE="2", XLA_FLAGS=FAST_COMPILE,
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", ""))
+def test_shapes_t2i_gives_the_figures_of_one_process_on_two(tmp_path):
+    """The README's own example, launch/local_multiprocess.sh, on ``shapes_t2i:quick``:
+    2 processes x 1 CPU device give the figures of 1 process x 2 (the sweep's generators
+    split over the devices: over the processes). The main job's twin is in
+    test_shapes_runs."""
     results = {}
     for processes in (1, 2):
-        workdir = tmp_path / f"{name}{processes}"
-        out = subprocess.run(
-            [os.path.join(ROOT, "launch", "local_multiprocess.sh"), str(processes),
-             f"--config=configs/{name}.py:quick", f"--config.variants={variants}",
-             f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-            env={**env, "LOG_DIR": str(tmp_path / f"logs{processes}")})
+        workdir = tmp_path / f"run{processes}"
+        out = launch_local(processes, "configs/shapes_t2i.py:quick", workdir,
+                           tmp_path / f"logs{processes}", "--config.variants=c1,c3")
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-        with open(workdir / "results.json") as f:
-            results[processes] = _numbers(json.load(f))
+        results[processes] = numbers(json.loads((workdir / "results.json").read_text()))
         for output in ("RESULTS.md", "samples.png", "config.json"):
             assert (workdir / output).exists(), output
     assert {k.split("/")[2] for k in results[1] if k.startswith("/variants/")} == {"c1", "c3"}
     accuracy = [v for k, v in results[1].items() if "/attribute_accuracy" in k]
     assert accuracy and all(0 <= v <= 1 for v in accuracy)
-    assert results[2].keys() == results[1].keys()
-    for key, want in results[1].items():
-        got = results[2][key]
-        if isinstance(want, float):
-            assert got == pytest.approx(want, rel=1e-4, abs=1e-6), key
-        else:
-            assert got == want, key
+    assert_same_numbers(results[2], results[1])

@@ -6,6 +6,7 @@ import numpy as np
 
 from c3_jax import runner
 from c3_jax.train import connect
+from conftest import assert_same_numbers, launch_local, numbers
 from configs import shapes_caption, shapes_sigma_sweep
 
 
@@ -25,9 +26,10 @@ def test_clip_loss_matches_a_numpy_reference():
     np.testing.assert_allclose(capped, 0.5 * (ce(big) + ce(big.T)), rtol=1e-5)
 
 
-def test_quick_main_job_writes_every_output(tmp_path):
+def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_path):
     config = shapes_caption.get_config("quick")
-    results = runner.run(config, str(tmp_path))
+    results = runner.run(config, str(tmp_path / "run"))
+    tmp_path = tmp_path / "run"
     for name in ("config.json", "connect/metrics.jsonl", "results.json", "RESULTS.md",
                  "samples.png", "gap_statistics.png", "spectra.png"):
         assert (tmp_path / name).exists(), name
@@ -52,6 +54,16 @@ def test_quick_main_job_writes_every_output(tmp_path):
     again = runner.run(config, str(tmp_path))
     assert again["variants"] == json.loads(json.dumps(results["variants"]))
     assert os.path.isdir(tmp_path / "connect" / "checkpoints" / "latest")
+    # The README's own example, launch/local_multiprocess.sh: 2 processes x 1 CPU device
+    # give the figures of this run's 1 process x 2 (the sweep's members split over the
+    # processes).
+    two = tmp_path.parent / "two"
+    out = launch_local(2, "configs/shapes_caption.py:quick", two, tmp_path.parent / "logs")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    for output in ("RESULTS.md", "samples.png", "config.json"):
+        assert (two / output).exists(), output
+    assert_same_numbers(numbers(json.loads((two / "results.json").read_text())),
+                        numbers(json.loads((tmp_path / "results.json").read_text())))
 
 
 def test_quick_sigma_sweep_marks_the_calibrated_sigma(tmp_path):
