@@ -98,7 +98,7 @@ def _fake_coco(root, n=16):
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
 
 
-def _shared(factory, name: str, build) -> dict:
+def shared_once(factory, name: str, build) -> dict:
     """``build(root)``'s dict, made once per test session also when pytest-xdist runs
     several workers: the first to ask builds it under a lock in the session's shared
     temporary directory; the others read what it wrote."""
@@ -132,7 +132,7 @@ def _build_caption_world(root) -> dict:
 def caption_world(tmp_path_factory):
     """A tiny fake COCO (coloured squares), extracted by the coco_extract command with a tiny
     CLIP, and a tiny GPT-2: {'root', 'dataset', 'gpt2'}."""
-    return _shared(tmp_path_factory, "caption_world", _build_caption_world)
+    return shared_once(tmp_path_factory, "caption_world", _build_caption_world)
 
 
 def override(config, **fields):
@@ -253,7 +253,7 @@ def run_script(config, workdir, kill_at, devices=1, mid_save=False):
 @pytest.fixture(scope="session")
 def t2i_world(tmp_path_factory):
     """16 train / 8 test rows: 16x16 images, 16-d image and text embeddings (the tiny CLIP's width), 2 captions."""
-    return _shared(tmp_path_factory, "t2i_world", _build_t2i_world)
+    return shared_once(tmp_path_factory, "t2i_world", _build_t2i_world)
 
 
 def _build_t2i_world(root) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import (FAST_COMPILE, ROOT, assert_same_numbers, caption_config, launch_local,
-                      numbers, override, run_script, t2i_config)
+                      numbers, override, run_script, shared_once, t2i_config)
 
 STEPS, HALF = 20, 10
 DEVICES = 2  # 1 process x 2 devices is the reference of 2 processes x 1
@@ -157,10 +157,12 @@ def config(caption_world):
 
 @pytest.fixture(scope="module")
 def one_process(config, tmp_path_factory):
-    """The reference: 1 process x 2 devices, trained and evaluated."""
-    workdir = str(tmp_path_factory.mktemp("one") / "run")
-    _ok(_launch(config, workdir, 1))
-    return workdir
+    """The reference: 1 process x 2 devices, trained and evaluated (once per test session,
+    whichever pytest-xdist worker asks first)."""
+    def build(root):
+        _ok(_launch(config, str(root / "run"), 1))
+        return {"root": root}
+    return str(shared_once(tmp_path_factory, "caption_one_process", build)["root"] / "run")
 
 
 def test_two_processes_train_and_evaluate_like_one(config, one_process, tmp_path):
@@ -180,6 +182,15 @@ def test_two_processes_train_and_evaluate_like_one(config, one_process, tmp_path
         assert captions == json.load(f)
     for p, (_, log) in enumerate(results):
         assert f"RAN AS process {p} of 2 with 1 of 2 devices" in log
+
+
+def test_four_devices_with_fsdp_train_like_one_process_of_two(config, one_process, tmp_path):
+    """1 process x 4 devices, the batch over 2 and the parameters over 2 (fsdp=2): the
+    losses, validation losses and parameters of the reference (1 process x 2 devices)."""
+    workdir = str(tmp_path / "fsdp")
+    out = run_script(override(config, fsdp=2), workdir, kill_at=-1, devices=4)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _assert_same_run(workdir, one_process)
 
 
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
