@@ -38,5 +38,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if quick:
         c.z_dim, c.w_dim, c.cond_hidden, c.channel_base, c.channel_max = 8, 16, 16, 128, 8
         c.gan_steps, c.gan_batch = 4, 8
+        c.r1_every = 1  # R1 on every step: one compiled G+D program instead of two
         c.probe_steps, c.num_samples = 20, 4
     return c

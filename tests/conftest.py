@@ -98,6 +98,18 @@ def _fake_coco(root, n=16):
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
 
 
+# The modules whose end-to-end tests take minutes go first, so that the two workers do not
+# finish on one of them alone (the order of tests does not matter otherwise).
+LONG_FIRST = ("test_multiprocess", "test_gan_sweep", "test_shapes_runs", "test_generation",
+              "test_rerun_safety", "test_caption_sweep", "test_captioning")
+
+
+def pytest_collection_modifyitems(items):
+    rank = lambda item: (LONG_FIRST.index(item.module.__name__)
+                         if item.module.__name__ in LONG_FIRST else len(LONG_FIRST))
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 def shared_once(factory, name: str, build) -> dict:
     """``build(root)``'s dict, made once per test session also when pytest-xdist runs
     several workers: the first to ask builds it under a lock in the session's shared

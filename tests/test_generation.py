@@ -15,9 +15,10 @@ from conftest import cli, latest_state, random_state_dict, run_script, t2i_confi
 
 @pytest.fixture(scope="module")
 def trained(t2i_world, tmp_path_factory):
-    """An image-only C3 run on the tiny t2i_world: (its workdir, its results)."""
+    """An image-only C3 run on the tiny t2i_world, lazy R1 every 2 steps: (its workdir, its
+    results)."""
     workdir = tmp_path_factory.mktemp("trained") / "train"
-    return workdir, runner.run(t2i_config(t2i_world), str(workdir))
+    return workdir, runner.run(t2i_config(t2i_world, r1_every=2), str(workdir))
 
 
 def test_image_only_training_then_generation_from_text_and_restore_for_eval(t2i_world, trained,
@@ -106,7 +107,7 @@ def test_every_t2i_config_variant_validates():
 def test_nonfinite_losses_stop_or_are_skipped(t2i_world, tmp_path):
     import os
     # lr 1e30 with Adam's beta1 = 0: the first D update already makes G's loss NaN.
-    config = t2i_config(t2i_world, lr=1e30, max_steps=6, checkpoint_every=1)
+    config = t2i_config(t2i_world, lr=1e30, max_steps=3, checkpoint_every=1)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step 1;"
                        ".*last checkpoint \\(none\\)"):
         runner.run(config, str(tmp_path / "stop"))
@@ -115,4 +116,4 @@ def test_nonfinite_losses_stop_or_are_skipped(t2i_world, tmp_path):
     config.skip_nonfinite = True  # every step is skipped: the initial state survives
     runner.run(config, str(tmp_path / "skip"))
     state, last = latest_state(str(tmp_path / "skip"))
-    assert last == 6 and all(np.isfinite(a).all() for a in jax.tree.leaves(state))
+    assert last == 3 and all(np.isfinite(a).all() for a in jax.tree.leaves(state))
