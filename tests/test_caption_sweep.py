@@ -71,7 +71,7 @@ def _test_embeddings(world):
     return cd.eval_rows(source, "image_embedding", "caption")[0]
 
 
-def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path, devices=2):
+def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path):
     """Killed after its step-4 checkpoint and run again, a sweep (on two devices: the
     members split over them) ends with the uninterrupted sweep's state, best params
     included."""
@@ -79,11 +79,11 @@ def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path, devices=2):
                                      val_batches=1),
                       experiment="caption_sweep", variants="c1,c3,supervised", seeds=1,
                       sigmas="", spice=False)
-    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1, devices=devices)
+    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1, devices=2)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = run_script(config, str(tmp_path / "killed"), kill_at=4, devices=devices)
+    killed = run_script(config, str(tmp_path / "killed"), kill_at=4, devices=2)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1, devices=devices)
+    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1, devices=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, step_a = latest_state(str(tmp_path / "straight"))
     b, step_b = latest_state(str(tmp_path / "killed"))

@@ -1,5 +1,6 @@
 """The captioner end to end on a tiny fake COCO: extraction -> text-only training ->
-image evaluation -> metrics; exact resume after SIGKILL; 1 vs 4 devices."""
+image evaluation -> metrics; exact resume after SIGKILL (device and process counts:
+test_multiprocess)."""
 import json
 import os
 

@@ -1,6 +1,7 @@
 """The text-to-image trainer end to end on a tiny dataset with a tiny Hugging Face CLIP:
 image-only training -> generation from text -> metrics; restore-for-eval; exact resume after
-SIGKILL; 1 vs 4 devices; the shapes t2i_world's ':quick' run."""
+SIGKILL; non-finite losses (device and process counts, the shapes_t2i ':quick' run:
+test_multiprocess)."""
 import json
 
 import jax
