@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -17,17 +17,31 @@ from c3_jax.progress import progress_bar
 from c3_jax import parallel
 
 
-def encode_images(module: clip.CLIP, params, preprocess: ImagePreprocessor,
-                  paths: Sequence[str], batch_size: int = 256,
-                  devices: Optional[Sequence] = None) -> np.ndarray:
-    """CLIP image features [n, projection_dim] of image files (``devices`` as in
-    ``data_parallel``)."""
-    if not paths:
-        return np.zeros((0, module.config.projection_dim), np.float32)
-    batches = ((preprocess.batch([Image.open(p) for p in paths[i:i + batch_size]]),)
-               for i in range(0, len(paths), batch_size))
+def image_encoder(module: clip.CLIP, params, preprocess: ImagePreprocessor,
+                  devices: Optional[Sequence] = None) -> Callable:
+    """``f(image paths) -> CLIP image features [n, projection_dim]`` (float32), sharded over
+    ``devices`` as in ``parallel.sharded_function``."""
     fn = lambda prm, a: module.apply({"params": prm}, a[0], method="encode_image")
-    return parallel.data_parallel(fn, params, batches, "image embeddings", devices)
+    apply = parallel.sharded_function(fn, params, devices)
+    return lambda paths: apply(preprocess.batch([Image.open(p) for p in paths])
+                               ).astype(np.float32)
+
+
+def text_encoder(module: clip.CLIP, params, tokenizer,
+                 devices: Optional[Sequence] = None) -> Callable:
+    """``f(texts) -> CLIP text features [n, projection_dim]`` (float32); texts are
+    padded/truncated to the model's context (``devices`` as in ``image_encoder``)."""
+    fn = lambda prm, a: module.apply({"params": prm}, a[0], a[1], method="encode_text")
+    apply = parallel.sharded_function(fn, params, devices)
+    length = module.config.max_positions
+
+    def encode(texts):
+        tok = tokenizer(list(texts), padding="max_length", truncation=True,
+                        max_length=length, return_tensors="np")
+        return apply(tok["input_ids"].astype(np.int32),
+                     tok["attention_mask"].astype(np.int32)).astype(np.float32)
+
+    return encode
 
 
 def square_images(paths: Sequence[str], size: int) -> np.ndarray:
@@ -35,27 +49,9 @@ def square_images(paths: Sequence[str], size: int) -> np.ndarray:
     centre-cropped."""
     prep = ImagePreprocessor(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     out = np.zeros((len(paths), size, size, 3), np.uint8)
-    for i, p in enumerate(progress_bar(paths, desc=f"images at {size}px", unit="image")):
+    for i, p in enumerate(paths):
         out[i] = np.clip(np.round(prep(Image.open(p)).transpose(1, 2, 0) * 255.0), 0, 255)
     return out
-
-
-def encode_texts(module: clip.CLIP, params, tokenizer, texts: Sequence[str],
-                 batch_size: int = 1024, devices: Optional[Sequence] = None) -> np.ndarray:
-    """CLIP text features [n, projection_dim]; texts are padded/truncated to the model's
-    context (``devices`` as in ``data_parallel``)."""
-    length = module.config.max_positions
-    if not texts:
-        return np.zeros((0, module.config.projection_dim), np.float32)
-
-    def batches():
-        for i in range(0, len(texts), batch_size):
-            tok = tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
-                            max_length=length, return_tensors="np")
-            yield tok["input_ids"].astype(np.int32), tok["attention_mask"].astype(np.int32)
-
-    fn = lambda prm, a: module.apply({"params": prm}, a[0], a[1], method="encode_text")
-    return parallel.data_parallel(fn, params, batches(), "text embeddings", devices)
 
 
 def karpathy_split(annotation_file: str) -> dict:
@@ -80,31 +76,39 @@ def extract_coco(clip_dir: str, annotation_file: str, image_root: str, data_dir:
     """Writes one example per image: its embedding, its first ``captions_per_image``
     caption embeddings [k, d], those captions, the COCO id and, when ``image_size`` > 0,
     the image itself (uint8, shortest edge resized, centre-cropped square: for
-    text-to-image). With several JAX processes each reads and encodes its own part of
-    every split on its own devices and writes it as its shard of the one dataset."""
+    text-to-image). ``batch_size`` images at a time are read, encoded and written, so
+    memory does not grow with the dataset. With several JAX processes each reads and
+    encodes its own part of every split on its own devices and writes it as its shard of
+    the one dataset."""
     builders.check_new(data_dir, name, overwrite)  # before loading or encoding anything
-    module, params = clip.from_pretrained(clip_dir)
-    preprocess, tokenizer = ImagePreprocessor.from_pretrained(clip_dir), load_tokenizer(clip_dir)
-    k, devices = captions_per_image, jax.local_devices()
     everything = karpathy_split(annotation_file)
-    _check_coco(everything, image_root, k)
-    splits, captions = {}, {}
-    for split, items in everything.items():
-        items = items[builders.process_rows(len(items))]
-        paths = [os.path.join(image_root, p) for p, _, _ in items]
-        caps = [c[:k] for _, c, _ in items]
-        text = encode_texts(module, params, tokenizer, [c for cs in caps for c in cs],
-                            batch_size, devices)
-        splits[split] = {
-            "image_embedding": encode_images(module, params, preprocess, paths, batch_size,
-                                             devices).astype(np.float32),
-            "text_embedding": text.reshape(len(items), k, -1).astype(np.float32),
-            "image_id": np.asarray([i for _, _, i in items], np.int64)}
-        if image_size > 0:
-            splits[split]["image"] = square_images(paths, image_size)
-        captions[split] = caps
-    return builders.build_pairs_dataset(name, data_dir, splits, captions, local_rows=True,
-                                        overwrite=overwrite)
+    _check_coco(everything, image_root, captions_per_image)
+    module, params = clip.from_pretrained(clip_dir)
+    devices = jax.local_devices()
+    images = image_encoder(module, params, ImagePreprocessor.from_pretrained(clip_dir), devices)
+    texts = text_encoder(module, params, load_tokenizer(clip_dir), devices)
+    k, d = captions_per_image, module.config.projection_dim
+    fields = {"image_embedding": ((d,), np.float32), "text_embedding": ((k, d), np.float32),
+              "image_id": ((), np.int64)}
+    if image_size > 0:
+        fields["image"] = ((image_size, image_size, 3), np.uint8)
+    sizes = {split: len(items) for split, items in everything.items()}
+    with builders.PairsWriter(name, data_dir, sizes, fields, (k,), overwrite) as writer:
+        for split, items in everything.items():
+            part = builders.process_rows(len(items))
+            for lo in progress_bar(range(part.start, part.stop, batch_size),
+                                   desc=f"extract {split}", unit="batch"):
+                batch = items[lo:min(lo + batch_size, part.stop)]
+                paths = [os.path.join(image_root, p) for p, _, _ in batch]
+                caps = [c[:k] for _, c, _ in batch]
+                rows = {"image_embedding": images(paths),
+                        "text_embedding": texts([c for cs in caps for c in cs]
+                                                ).reshape(len(batch), k, d),
+                        "image_id": np.asarray([i for _, _, i in batch], np.int64)}
+                if image_size > 0:
+                    rows["image"] = square_images(paths, image_size)
+                writer.write(split, lo, rows, caps)
+    return writer.final
 
 
 def _check_coco(splits: dict, image_root: str, k: int) -> None:

@@ -179,20 +179,30 @@ def to_host(tree) -> Any:
 
 def data_parallel(fn: Callable, params, batches, desc: str,
                   devices: Optional[Sequence] = None) -> np.ndarray:
-    """Applies jitted ``fn(params, *arrays)`` to host batches sharded over ``devices``:
-    by default all devices of all processes, every process passing the same batches;
-    with ``jax.local_devices()`` each process computes its own batches alone."""
+    """``sharded_function(fn, params, devices)`` applied to every batch of host arrays,
+    the outputs concatenated."""
+    apply = sharded_function(fn, params, devices)
+    return np.concatenate([apply(*arrays) for arrays in progress_bar(batches, desc=desc,
+                                                                      unit="batch")])
+
+
+def sharded_function(fn: Callable, params, devices: Optional[Sequence] = None) -> Callable:
+    """``f(*host arrays) -> host array``: jitted ``fn(params, arrays)`` with the arrays'
+    rows sharded over ``devices``: by default all devices of all processes, every process
+    passing the same arrays; with ``jax.local_devices()`` each process computes its own
+    arrays alone. Any row count (the last rows are repeated to fill the devices)."""
     devices = jax.devices() if devices is None else list(devices)
     mesh = Mesh(np.array(devices), ("data",))
     shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     params = jax.device_put(params, replicated)
     step = jax.jit(fn, in_shardings=(replicated, shard), out_shardings=shard)
-    out = []
-    for arrays in progress_bar(batches, desc=desc, unit="batch"):
+
+    def apply(*arrays) -> np.ndarray:
         n = len(arrays[0])
-        pad = (-n) % len(devices)  # pad the last batch to a multiple of the device count
+        pad = (-n) % len(devices)  # pad to a multiple of the device count
         arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
         # Every process holds the whole batch; each places its devices' rows.
         arrays = tuple(put_whole(a, shard) for a in arrays)
-        out.append(to_host(step(params, arrays))[:n])
-    return np.concatenate(out)
+        return to_host(step(params, arrays))[:n]
+
+    return apply

@@ -88,6 +88,13 @@ class Workdir:
         os.replace(tmp, self.file(name))
         return self.file(name)
 
+    def write_text(self, name: str, text: str) -> str:
+        if self.primary:
+            with open(self.file(name + ".tmp"), "w") as f:
+                f.write(text)
+            os.replace(self.file(name + ".tmp"), self.file(name))
+        return self.file(name)
+
     def reset_metrics(self) -> None:
         """Starts an empty metrics.jsonl (runs that resume append instead)."""
         if not self.primary:

@@ -48,6 +48,55 @@ def test_generic_builder_rejects_bad_input(tmp_path):
     assert not (tmp_path / "bad_pairs").exists()
 
 
+def _rows(path, split) -> list:
+    return [{k: np.asarray(v) for k, v in ex.items()} for ex in builders.data_source(path, split)]
+
+
+def test_streamed_writes_equal_the_one_call_build(tmp_path):
+    """Rows written by PairsWriter in uneven batches read back as the whole arrays written
+    by build_pairs_dataset in one call: the same rows, dataset_info.json and features.json;
+    rows out of order, a batch of another shape or rows left unwritten fail, and a failed
+    write never looks complete."""
+    rng = np.random.default_rng(4)
+    splits = {s: {"image": rng.integers(0, 256, (n, 6, 6, 3), dtype=np.uint8),
+                  "text_embedding": rng.normal(size=(n, 3, 8)),  # float64: stored as float32
+                  "image_id": np.arange(n, dtype=np.int64) + 100}
+              for s, n in (("train", 23), ("test", 4))}
+    captions = {s: [[f"{s} {i} {j}" for j in range(3)] for i in range(len(a["image"]))]
+                for s, a in splits.items()}
+    whole = builders.build_pairs_dataset("whole", str(tmp_path), splits, captions)
+    fields, caption_shape = builders.fields_of(splits, captions)
+    sizes = {s: len(a["image"]) for s, a in splits.items()}
+    with builders.PairsWriter("streamed", str(tmp_path), sizes, fields, caption_shape) as w:
+        for s, arrays in splits.items():
+            for lo, hi in ((0, 1), (1, 8), (8, 8), (8, 23)):
+                w.write(s, lo, {k: v[lo:hi] for k, v in arrays.items()}, captions[s][lo:hi])
+    for s in splits:
+        got, want = _rows(w.final, s), _rows(whole, s)
+        assert len(got) == len(want) == sizes[s]
+        for a, b in zip(got, want):
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(np.stack([r["text_embedding"] for r in got]),
+                                      splits[s]["text_embedding"].astype(np.float32))
+    for meta in ("dataset_info.json", "features.json"):
+        got, want = (json.loads(open(f"{d}/{meta}").read()) for d in (w.final, whole))
+        assert json.dumps(got).replace("streamed", "whole") == json.dumps(want), meta
+    head = {k: v[:2] for k, v in splits["test"].items()}
+    with pytest.raises(ValueError, match="rows must arrive in order"):
+        with builders.PairsWriter("skips", str(tmp_path), sizes, fields, caption_shape) as w:
+            w.write("test", 1, head, captions["test"][:2])
+    with pytest.raises(ValueError, match=r"'image' has rows of shape \(6, 6\), the dataset"):
+        with builders.PairsWriter("shape", str(tmp_path), sizes, fields, caption_shape) as w:
+            w.write("test", 0, {**head, "image": head["image"][..., 0]}, captions["test"][:2])
+    with pytest.raises(ValueError, match="not written"):
+        with builders.PairsWriter("short", str(tmp_path), sizes, fields, caption_shape) as w:
+            w.write("test", 0, head, captions["test"][:2])
+    for name in ("skips", "shape", "short"):
+        assert not (tmp_path / name / builders.VERSION).exists()
+
+
 def _indices(loader):
     return np.concatenate([b["index"] for b in loader])
 

@@ -1,5 +1,5 @@
-"""TFDS datasets (array_record, no TensorFlow) of precomputed embeddings, written as one
-shard per JAX process."""
+"""TFDS datasets (array_record, no TensorFlow) of precomputed embeddings, written as rows
+arrive (constant memory), one shard per JAX process."""
 from __future__ import annotations
 
 import os
@@ -21,126 +21,207 @@ VERSION = "1.0.0"
 def process_rows(n: int) -> slice:
     """This process's contiguous part of ``n`` rows (the first ``n % count`` processes get
     one more), so that the shards of all processes, in process order, are rows 0..n-1."""
-    p, count = jax.process_index(), jax.process_count()
+    return rows_of(n, jax.process_index(), jax.process_count())
+
+
+def rows_of(n: int, p: int, count: int) -> slice:
+    """Process ``p``'s part of ``n`` rows split over ``count`` processes."""
     start = p * (n // count) + min(p, n % count)
     return slice(start, start + n // count + (p < n % count))
 
 
-def _features(splits, captions) -> tfds.features.FeaturesDict:
+def fields_of(splits: Mapping[str, Mapping[str, np.ndarray]],
+              captions: Optional[Mapping[str, Sequence]] = None) -> tuple:
+    """``(fields, caption_shape)`` of ``PairsWriter`` for whole arrays and captions."""
     first = next(iter(splits.values()))
-    features = {k: tfds.features.Tensor(shape=v.shape[1:], dtype=v.dtype)
-                for k, v in first.items()}
-    features["index"] = np.int64
-    if captions:
-        first_caption = next(c for cs in captions.values() for c in cs)
-        features["caption"] = (tfds.features.Text() if isinstance(first_caption, str) else
-                               tfds.features.Sequence(tfds.features.Text(),
-                                                      length=len(first_caption)))
-    return tfds.features.FeaturesDict(features)
+    fields = {k: (v.shape[1:], v.dtype) for k, v in first.items()}
+    if not captions:
+        return fields, None
+    caption = next((c for cs in captions.values() for c in cs), "")
+    return fields, (() if isinstance(caption, str) else (len(caption),))
 
 
-def _check_splits(splits, captions) -> Optional[str]:
-    """What is wrong with ``splits``/``captions``, or None."""
-    if not splits:
-        return "no splits given"
-    for split, arrays in splits.items():
-        lengths = {k: len(v) for k, v in arrays.items()}
-        if len(set(lengths.values())) != 1:
-            return f"split {split!r}: arrays have different row counts {lengths}"
-        for k, v in arrays.items():
-            if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
-                return f"split {split!r}: array {k!r} contains NaN or Inf"
-        if captions is not None and len(captions.get(split, ())) != next(iter(lengths.values())):
-            return (f"split {split!r}: {len(captions.get(split, ()))} captions for "
-                    f"{next(iter(lengths.values()))} rows")
-    return None
+def _storage_dtype(dtype) -> np.dtype:
+    """Floating arrays are stored as float32 (embeddings need no more); others as they are."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if np.issubdtype(dtype, np.floating) else dtype
 
 
 def _storage(a: np.ndarray) -> np.ndarray:
-    """Floating arrays are stored as float32 (embeddings need no more); others as they are."""
-    return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+    return a.astype(_storage_dtype(a.dtype), copy=False)
 
 
-def _my_part(splits, captions, local_rows: bool) -> tuple:
-    """This process's rows of ``splits`` (as stored) and ``captions``: all of them with
-    ``local_rows``, else its part ``process_rows(n)``."""
-    mine = {s: slice(None) if local_rows else process_rows(len(next(iter(a.values()))))
-            for s, a in splits.items()}
-    arrays = {s: {k: _storage(np.asarray(v[mine[s]])) for k, v in a.items()}
-              for s, a in splits.items()}
-    return arrays, captions and {s: captions[s][mine[s]] for s in splits}
+def _features(fields: Mapping[str, tuple], caption_shape: Optional[tuple]):
+    features = {k: tfds.features.Tensor(shape=tuple(shape), dtype=_storage_dtype(dtype))
+                for k, (shape, dtype) in fields.items()}
+    features["index"] = np.int64
+    if caption_shape is not None:
+        features["caption"] = (tfds.features.Text() if caption_shape == () else
+                               tfds.features.Sequence(tfds.features.Text(),
+                                                      length=caption_shape[0]))
+    return tfds.features.FeaturesDict(features)
 
 
-def _all_rows(ok: bool, rows: Sequence[int]) -> np.ndarray:
-    """[processes, 1 + len(rows)]: every process's ``ok`` flag and row counts."""
-    mine = np.asarray([int(ok), *rows], np.int64)
-    if jax.process_count() == 1:
-        return mine[None]
-    return np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+def _check_rows(split: str, arrays, captions, fields, caption_shape) -> int:
+    """The number of rows in a batch of ``split``; ValueError when it does not fit the
+    dataset's fields or holds NaN or Inf."""
+    where = f"split {split!r}"
+    if set(arrays) != set(fields):
+        raise ValueError(f"{where}: fields {sorted(arrays)}, the dataset has {sorted(fields)}")
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{where}: arrays have different row counts {lengths}")
+    n = next(iter(lengths.values()))
+    for k, v in arrays.items():
+        if tuple(v.shape[1:]) != tuple(fields[k][0]):
+            raise ValueError(f"{where}: array {k!r} has rows of shape {v.shape[1:]}, "
+                             f"the dataset {tuple(fields[k][0])}")
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            raise ValueError(f"{where}: array {k!r} contains NaN or Inf")
+    if (captions is None) != (caption_shape is None):
+        raise ValueError(f"{where}: captions given to a dataset without them, or missing")
+    if captions is not None and len(captions) != n:
+        raise ValueError(f"{where}: {len(captions)} captions for {n} rows")
+    return n
 
 
-def _write_shard(path: str, features, arrays: Mapping[str, np.ndarray],
-                 captions: Optional[Sequence], start: int) -> None:
-    """Rows of ``arrays`` as one array_record shard; row i is example ``start + i``."""
-    writer = ArrayRecordWriter(path, "group_size:1")
-    for i in range(len(next(iter(arrays.values())))):
-        example = {k: v[i] for k, v in arrays.items()}
-        example["index"] = start + i
-        if captions is not None:
-            example["caption"] = captions[i]
-        writer.write(features.serialize_example(example))
-    writer.close()
+class PairsWriter:
+    """A TFDS dataset of rows (arrays of fixed shapes and optional captions) written as the
+    rows arrive, so that memory does not grow with the dataset.
+
+    ``sizes`` gives every split's row count; each JAX process writes one shard of each
+    split, its part ``process_rows(n)``. ``write(split, first, arrays, captions)`` takes
+    rows ``first, first + 1, ...`` of a split in any batch size and keeps those of this
+    process's part, which must arrive in order; example i is row i (its ``index`` field
+    too). ``fields`` maps each field to its row (shape, dtype); floating fields are stored
+    as float32. ``caption_shape`` is None (no captions), () (one string per row) or (k,)
+    (k strings per row). Shards go to ``incomplete.<version>``, renamed when every process
+    has written its whole part, so that a failed build never looks complete. Use it as a
+    context manager: leaving the block with an error, or with rows missing, fails on every
+    process together."""
+
+    def __init__(self, name: str, data_dir: str, sizes: Mapping[str, int],
+                 fields: Mapping[str, tuple], caption_shape: Optional[tuple] = None,
+                 overwrite: bool = False):
+        check_new(data_dir, name, overwrite)
+        if not sizes or min(sizes.values()) < 0:
+            raise ValueError(f"dataset {name}: split sizes {dict(sizes)} must be >= 0")
+        self.name, self.sizes = name, {s: int(n) for s, n in sizes.items()}
+        self.final, tmp = (os.path.join(data_dir, name, v)
+                           for v in (VERSION, "incomplete." + VERSION))
+        self.features = _features(fields, caption_shape)
+        self.fields, self.caption_shape = dict(fields), caption_shape
+        self.parts = {s: process_rows(n) for s, n in self.sizes.items()}
+        self.next = {s: part.start for s, part in self.parts.items()}
+        self.written_bytes = 0
+        if jax.process_index() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a build that died before its rename
+            shutil.rmtree(self.final, ignore_errors=True)  # only there with ``overwrite``
+            os.makedirs(tmp)
+        parallel.barrier(f"dataset {name}: directory")
+        self.template = tfds.core.ShardedFileTemplate(
+            data_dir=tmp, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+            dataset_name=name, filetype_suffix="array_record")
+        self.writers = {s: ArrayRecordWriter(os.fspath(self._shard(s, jax.process_index())),
+                                             "group_size:1") for s in sorted(self.sizes)}
+
+    def _shard(self, split: str, p: int):
+        return self.template.replace(split=split).sharded_filepath(
+            shard_index=p, num_shards=jax.process_count())
+
+    def write(self, split: str, first: int, arrays: Mapping[str, np.ndarray],
+              captions: Optional[Sequence] = None) -> None:
+        """Rows ``first...`` of ``split``: ``arrays`` {field: [rows, ...]} and their
+        captions; the rows outside this process's part are skipped."""
+        n = _check_rows(split, arrays, captions, self.fields, self.caption_shape)
+        part = self.parts[split]
+        lo, hi = max(first, part.start), min(first + n, part.stop)
+        if lo >= hi:
+            return
+        if lo != self.next[split]:
+            raise ValueError(f"dataset {self.name}/{split}: rows must arrive in order; "
+                             f"expected row {self.next[split]}, got {lo}")
+        writer = self.writers[split]
+        for i in range(lo - first, hi - first):
+            example = {k: _storage(np.asarray(v[i])) for k, v in arrays.items()}
+            example["index"] = first + i
+            if captions is not None:
+                example["caption"] = captions[i]
+            record = self.features.serialize_example(example)
+            writer.write(record)
+            self.written_bytes += len(record)
+        self.next[split] = hi
+
+    def __enter__(self) -> "PairsWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        missing = {s: (self.next[s], part.stop) for s, part in self.parts.items()
+                   if self.next[s] != part.stop}
+        ok = kind is None and not missing
+        if not _everyone(ok):
+            if kind is None:
+                raise ValueError(f"dataset {self.name}: " + (
+                    f"rows [from, to) not written: {missing}" if missing else
+                    "another process failed"))
+            return  # this process's own error propagates
+        p, count = jax.process_index(), jax.process_count()
+        for s, part in sorted(self.parts.items()) if count > 1 else ():
+            logging.info("process %d of %d wrote rows %d..%d of %s/%s", p, count, part.start,
+                         part.stop, self.name, s)
+        parallel.barrier(f"dataset {self.name}: shards")
+        if p == 0:
+            self._write_info()
+            os.rename(self.template.data_dir, self.final)
+        parallel.barrier(f"dataset {self.name}: done")
+
+    def _write_info(self) -> None:
+        """dataset_info.json and features.json of the shards."""
+        count, infos = jax.process_count(), []
+        for s in sorted(self.sizes):
+            parts = [rows_of(self.sizes[s], p, count) for p in range(count)]
+            infos.append(tfds.core.SplitInfo(
+                name=s, shard_lengths=[part.stop - part.start for part in parts],
+                num_bytes=sum(os.path.getsize(self._shard(s, p)) for p in range(count)),
+                filename_template=self.template.replace(split=s)))
+        tfds.folder_dataset.write_metadata(
+            data_dir=self.template.data_dir, features=self.features, split_infos=infos,
+            version=VERSION, filename_template=self.template, check_data=False,
+            disable_shuffling=True)
 
 
 def build_pairs_dataset(name: str, data_dir: str,
                         splits: Mapping[str, Mapping[str, np.ndarray]],
                         captions: Optional[Mapping[str, Sequence]] = None,
-                        local_rows: bool = False, overwrite: bool = False) -> str:
-    """Writes ``splits`` ({split: {field: [n, ...] array}}) as TFDS dataset ``name``.
+                        overwrite: bool = False) -> str:
+    """Writes ``splits`` ({split: {field: [n, ...] array}}) as TFDS dataset ``name``, with
+    ``PairsWriter``: every JAX process calls it with the same arrays and writes its part.
+    Example i is row i; a row's caption is one string or a fixed-length list of strings.
+    Every array is checked before anything is written. Returns the dataset directory,
+    readable with ``tfds.builder_from_directory``."""
+    if not splits:
+        raise ValueError("no splits given")
+    if captions is not None and set(captions) != set(splits):
+        raise ValueError(f"captions are given for splits {sorted(captions)}, the arrays for "
+                         f"{sorted(splits)}")
+    fields, caption_shape = fields_of(splits, captions)
+    sizes = {s: len(next(iter(a.values()))) for s, a in splits.items()}
+    rows = {s: (splits[s], None if captions is None else captions[s]) for s in sorted(splits)}
+    for s, (arrays, texts) in rows.items():
+        _check_rows(s, arrays, texts, fields, caption_shape)
+    with PairsWriter(name, data_dir, sizes, fields, caption_shape, overwrite) as writer:
+        for s, (arrays, texts) in rows.items():
+            writer.write(s, 0, arrays, texts)
+    return writer.final
 
-    Every JAX process calls it and writes one shard of each split: its part
-    ``process_rows(n)`` of the rows, or with ``local_rows`` all the rows it was given
-    (its part of the dataset, in process order, e.g. the rows it encoded). Example i is
-    row i (its ``index`` field too); floating arrays are stored as float32; a row's
-    caption is one string or a fixed-length list of strings. Shards go to
-    ``incomplete.<version>``, renamed once all are written, so a failed build never looks
-    complete. A complete dataset of that name is replaced only with ``overwrite`` (else
-    FileExistsError, before anything is written). Returns the dataset directory,
-    readable with ``tfds.builder_from_directory``.
-    """
-    error = _check_splits(splits, captions)
-    final, tmp = (os.path.join(data_dir, name, v) for v in (VERSION, "incomplete." + VERSION))
-    names = sorted(splits) if error is None else []
-    if error is None:
-        splits, captions = _my_part(splits, captions, local_rows)
-    rows = _all_rows(error is None, [len(next(iter(splits[s].values()))) for s in names])
-    if error is not None or not rows[:, 0].all():
-        raise ValueError(error or f"dataset {name}: another process found bad input")
-    check_new(data_dir, name, overwrite)
-    primary, p, count = jax.process_index() == 0, jax.process_index(), jax.process_count()
-    if primary:
-        shutil.rmtree(tmp, ignore_errors=True)  # a build that died before its rename
-        shutil.rmtree(final, ignore_errors=True)  # only there with ``overwrite``
-        os.makedirs(tmp)
-    parallel.barrier(f"dataset {name}: directory")
-    features = _features(splits, captions)
-    template = tfds.core.ShardedFileTemplate(
-        data_dir=tmp, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-        dataset_name=name, filetype_suffix="array_record")
-    for j, s in enumerate(names):
-        path = template.replace(split=s).sharded_filepath(shard_index=p, num_shards=count)
-        start = int(rows[:p, 1 + j].sum())
-        _write_shard(os.fspath(path), features, splits[s],
-                     captions.get(s) if captions else None, start)
-        if count > 1:
-            logging.info("process %d of %d wrote rows %d..%d of %s/%s", p, count, start,
-                         start + rows[p, 1 + j], name, s)
-    parallel.barrier(f"dataset {name}: shards")
-    if primary:
-        _write_info(template, features, names, rows[:, 1:])
-        os.rename(tmp, final)
-    parallel.barrier(f"dataset {name}: done")
-    return final
+
+def _everyone(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).all())
 
 
 def check_new(data_dir: str, name: str, overwrite: bool) -> None:
@@ -149,20 +230,6 @@ def check_new(data_dir: str, name: str, overwrite: bool) -> None:
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"dataset {name!r} already exists at {final}; choose another "
                               "--config.name or pass --config.overwrite=True to replace it")
-
-
-def _write_info(template, features, names: Sequence[str], rows: np.ndarray) -> None:
-    """dataset_info.json and features.json of the shards in ``template.data_dir``."""
-    infos = []
-    for j, s in enumerate(names):
-        paths = template.replace(split=s).sharded_filepaths(num_shards=len(rows))
-        infos.append(tfds.core.SplitInfo(
-            name=s, shard_lengths=[int(n) for n in rows[:, j]],
-            num_bytes=sum(os.path.getsize(p) for p in paths),
-            filename_template=template.replace(split=s)))
-    tfds.folder_dataset.write_metadata(
-        data_dir=template.data_dir, features=features, split_infos=infos, version=VERSION,
-        filename_template=template, check_data=False, disable_shuffling=True)
 
 
 def load_npz_splits(path: str) -> dict:

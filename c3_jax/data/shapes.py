@@ -430,19 +430,25 @@ def scene(split: str, index: int, seed: int = 0, image_size: int = 32,
 def build_dataset(data_dir: str, sizes: Mapping[str, int], seed: int = 0,
                   image_size: int = 32, name: str = "shapes_world",
                   two_object_fraction: float = 0.3, caption_omit: float = 0.0) -> str:
-    """Writes ``sizes[split]`` scenes per split (indices 0..n-1) as a TFDS dataset.
+    """Writes ``sizes[split]`` scenes per split (indices 0..n-1) as a TFDS dataset, as they
+    are generated (each process its part, ``_CHUNK`` scenes at a time).
 
     Fields: ``image``, ``num_objects``, the ``ATTRIBUTES`` arrays, ``layout``, and
     ``caption`` (5 strings per row).  Returns the dataset directory."""
     from c3_jax.data import builders
-    splits, captions = {}, {}
-    for split, n in sizes.items():
-        d = generate(split, 0, int(n), seed, image_size, two_object_fraction,
-                     caption_omit=caption_omit)
-        splits[split] = {"image": d["image"], "num_objects": d["num_objects"],
-                         **{k: d[k] for k in ATTRIBUTES}, "layout": d["layout"]}
-        captions[split] = d["captions"]
-    return builders.build_pairs_dataset(name, data_dir, splits, captions)
+    for split in sizes:  # every argument checked before anything is written
+        generate(split, 0, 0, seed, image_size, two_object_fraction, caption_omit=caption_omit)
+    s = int(image_size)
+    fields = {"image": ((s, s, 3), np.uint8), "num_objects": ((), np.int64),
+              **{k: ((), np.int64) for k in ATTRIBUTES}, "layout": ((), np.int64)}
+    with builders.PairsWriter(name, data_dir, sizes, fields, (CAPTIONS_PER_SCENE,)) as writer:
+        for split, n in sizes.items():
+            part = builders.process_rows(int(n))
+            for lo in range(part.start, part.stop, _CHUNK):
+                d = generate(split, lo, min(_CHUNK, part.stop - lo), seed, image_size,
+                             two_object_fraction, caption_omit=caption_omit)
+                writer.write(split, lo, {k: d[k] for k in fields}, d["captions"])
+    return writer.final
 
 
 # ----------------------------------------------------------------------------- parsing

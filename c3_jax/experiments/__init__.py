@@ -10,6 +10,7 @@ EXPERIMENTS = {
     "geometry_embeddings": "c3_jax.experiments.geometry:run_embeddings",
     "embeddings_dataset": "c3_jax.experiments.datasets:run_embeddings_dataset",
     "coco_extract": "c3_jax.experiments.datasets:run_coco_extract",
+    "coco_dryrun": "c3_jax.experiments.dryrun:run_coco_dryrun",
     "caption": "c3_jax.experiments.caption:run_caption",
     "caption_gap_sensitivity": "c3_jax.experiments.caption:run_gap_sensitivity",
     "caption_sweep": "c3_jax.experiments.caption:run_caption_sweep",
@@ -22,4 +23,5 @@ EXPERIMENTS = {
 # Trainers that resume from the checkpoints in their workdir (a rerun must be of the same
 # config) and composite runs whose cached stages decide what a changed config reuses.
 RESUMABLE = {"caption", "caption_gap_sensitivity", "caption_sweep", "generate"}
-STAGED = {"shapes_caption", "shapes_t2i", "shapes_connect_study", "shapes_sigma_sweep"}
+STAGED = {"coco_dryrun", "shapes_caption", "shapes_t2i", "shapes_connect_study",
+          "shapes_sigma_sweep"}

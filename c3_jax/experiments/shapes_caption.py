@@ -3,8 +3,6 @@ space -> captioners trained on text embeddings only, per C^3 variant and seed ->
 test images scored by COCO metrics and by attribute accuracy against the ground truth."""
 from __future__ import annotations
 
-import json
-import os
 
 import numpy as np
 from absl import logging
@@ -14,6 +12,7 @@ from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, shapes_world, stages
 from c3_jax.experiments.geometry import pair_geometry
+from c3_jax.models import gpt2
 from c3_jax.train import caption_sweep
 from c3_jax.workdir import Workdir
 from configs import caption_base, field_types
@@ -69,15 +68,8 @@ def gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     if stages.begin(wd, "gpt2", fields, [path]):
         return path
     if wd.primary:
-        os.makedirs(path)
-        tokenizer.save_pretrained(path)
-        hf = {"model_type": "gpt2", "vocab_size": len(tokenizer), "n_positions": 64,
-              "n_embd": config.gpt_width, "n_layer": config.gpt_depth,
-              "n_head": config.gpt_heads, "activation_function": "gelu_new",
-              "layer_norm_epsilon": 1e-5, "bos_token_id": tokenizer.eos_token_id,
-              "eos_token_id": tokenizer.eos_token_id}
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(hf, f, indent=2)
+        gpt2.write_config_dir(path, tokenizer, config.gpt_width, config.gpt_depth,
+                              config.gpt_heads, 64)
     stages.finish(wd, "gpt2")
     return path
 
@@ -203,9 +195,8 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
     agg = _aggregate(runs)
     chance = shapes.chance_accuracy(attrs)
     table = _results_table(agg, chance, config.seeds, config.seed)
-    if wd.primary:
-        with open(wd.file("RESULTS.md"), "w") as f:
-            f.write("# Shapes world: captioning images from text-only training\n\n" + table)
+    wd.write_text("RESULTS.md", "# Shapes world: captioning images from text-only "
+                  "training\n\n" + table)
     print("\n" + table)
     _samples_png(dataset, world, runs, wd)
     return {"variants": agg, "chance": chance, "geometry": geometry,

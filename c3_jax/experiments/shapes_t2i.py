@@ -132,10 +132,8 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     rows = {v: _scored(done[v], probe, test_attrs) for v in variants}
     chance = shapes.chance_accuracy(test_attrs)
     table = _table(rows, ceiling, chance)
-    if wd.primary:
-        with open(wd.file("RESULTS.md"), "w") as f:
-            f.write("# Shapes world: images from test captions, generators trained on "
-                    "images only\n\n" + table)
+    wd.write_text("RESULTS.md", "# Shapes world: images from test captions, generators "
+                  "trained on images only\n\n" + table)
     print("\n" + table)
     test = builders.data_source(world, "test")
     captions = [cd.captions_of(test[i], "caption")[0]

@@ -134,29 +134,37 @@ def _connect(config, world: str, tokenizer, wd: Workdir):
     return model, params
 
 
-def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir) -> str:
+def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir,
+                  chunk: int = 4096) -> str:
     """The frozen CLIP's embeddings of the train/val/test splits (with the images), in
-    COCO's layout."""
+    COCO's layout, written ``chunk`` rows at a time."""
     fields = fields_of(config, WORLD_FIELDS + CONNECT_FIELDS)
     if stages.begin(wd, "embeddings", fields, [wd.file(os.path.join("data", "shapes_clip"))]):
         return wd.file(os.path.join("data", "shapes_clip", builders.VERSION))
-    splits, captions = {}, {}
-    for split in ("train", "val", "test"):
-        src = builders.data_source(world, split)
-        rows = [src[i] for i in range(len(src))]
-        caps = [cd.captions_of(r, "caption") for r in rows]
-        ids, mask = encode_captions(tokenizer, [c for cs in caps for c in cs], MAX_TOKENS)
-        text = connect.encode(model, params, ids=ids, mask=mask)
-        images = np.stack([r["image"] for r in rows])
-        splits[split] = {
-            "image": images, "image_embedding": connect.encode(model, params, images=images),
-            "text_embedding": text.reshape(len(rows), len(caps[0]), -1),
-            **{k: np.asarray([r[k] for r in rows]) for k in ("num_objects",) + shapes.ATTRIBUTES}}
-        captions[split] = caps
-    # Every process encoded every row (data-parallel) and writes its part.
-    path = builders.build_pairs_dataset("shapes_clip", wd.file("data"), splits, captions)
+    sources = {s: builders.data_source(world, s) for s in ("train", "val", "test")}
+    s, d, k = config.image_size, config.projection_dim, shapes.CAPTIONS_PER_SCENE
+    columns = {"image": ((s, s, 3), np.uint8), "image_embedding": ((d,), np.float32),
+               "text_embedding": ((k, d), np.float32),
+               **{a: ((), np.int64) for a in ("num_objects",) + shapes.ATTRIBUTES}}
+    # Every process encodes every row (data-parallel); the writer keeps its part.
+    with builders.PairsWriter("shapes_clip", wd.file("data"),
+                              {s: len(src) for s, src in sources.items()}, columns,
+                              (k,)) as writer:
+        for split, src in sources.items():
+            for lo in range(0, len(src), chunk):
+                rows = [src[i] for i in range(lo, min(lo + chunk, len(src)))]
+                caps = [cd.captions_of(r, "caption") for r in rows]
+                ids, mask = encode_captions(tokenizer, [c for cs in caps for c in cs], MAX_TOKENS)
+                images = np.stack([r["image"] for r in rows])
+                writer.write(split, lo, {
+                    "image": images,
+                    "image_embedding": connect.encode(model, params, images=images),
+                    "text_embedding": connect.encode(model, params, ids=ids, mask=mask
+                                                     ).reshape(len(rows), k, d),
+                    **{a: np.asarray([r[a] for r in rows])
+                       for a in ("num_objects",) + shapes.ATTRIBUTES}}, caps)
     stages.finish(wd, "embeddings")
-    return path
+    return writer.final
 
 
 def space_probe(model: clip.CLIP, world: str, tokenizer, split: str = "val",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -112,3 +114,17 @@ def from_pretrained(path: str, dtype=jnp.float32):
     return checkpoint.load_pretrained(path, GPT2Config.from_hf, lambda c: GPT2(c, dtype),
                                       convert_hf, lambda c: (jnp.zeros((1, 2), jnp.int32),),
                                       "GPT-2")
+
+
+def write_config_dir(path: str, tokenizer, width: int, depth: int, heads: int,
+                     max_positions: int, vocab_size: int = 0) -> None:
+    """A Hugging Face GPT-2 directory without weights (config.json and ``tokenizer``), for
+    a GPT-2 trained from scratch; ``vocab_size`` 0: the tokenizer's."""
+    os.makedirs(path, exist_ok=True)
+    tokenizer.save_pretrained(path)
+    hf = {"model_type": "gpt2", "vocab_size": vocab_size or len(tokenizer),
+          "n_positions": max_positions, "n_embd": width, "n_layer": depth, "n_head": heads,
+          "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+          "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)

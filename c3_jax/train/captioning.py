@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from typing import Callable, Optional
 
 import jax
@@ -241,6 +242,7 @@ def train(run: Run) -> tuple:
         validate=lambda s: _validation_loss(run, s.params, eval_loss, mean))
     summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs),
                **({"final_loss": last["loss"]} if "loss" in last else {}),
+               **{k: last[k] for k in ("seconds_per_step",) if k in last},
                **({"val_loss": val} if val is not None else {})}
     return state.params, summary
 
@@ -279,9 +281,10 @@ def decode_text(tokenizer, tokens: np.ndarray, stops: tuple) -> str:
 
 
 def generate(run: Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray],
-             shift: Optional[np.ndarray] = None) -> list:
+             shift: Optional[np.ndarray] = None, marks: Optional[list] = None) -> list:
     """Captions of raw ``embeddings`` [n, d]: C^3 transform (eval mode: normalize, and
-    collapse with ``mean``), optional constant ``shift``, mapper, then decoding."""
+    collapse with ``mean``), optional constant ``shift``, mapper, then decoding.
+    ``marks`` gets (batch, time) as each batch's tokens reach the host."""
     config = run.config
     decoder = gpt2.GPT2(run.model.gpt, run.model.dtype)
     stops = stop_ids(run.tokenizer, config.stop_at_period)
@@ -299,6 +302,8 @@ def generate(run: Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray
         e = parallel.put_whole(padded, sharding)
         tokens = parallel.to_host(decode(params["gpt"], prefix_fn(params, e)))[:len(chunk)]
         out.extend(decode_text(run.tokenizer, row, stops) for row in tokens)
+        if marks is not None:
+            marks.append((len(marks) + 1, time.perf_counter()))
     return out
 
 
@@ -328,12 +333,14 @@ def evaluate(run: Run, params) -> dict:
                                     config.eval_max_examples)
     check_width(embeddings, run.pairs.dim, config.eval_field)
     mean = run.mean(config.eval_field) if run.transform.collapse else None
-    captions = generate(run, params, embeddings, mean)
+    marks = []
+    captions = generate(run, params, embeddings, mean, marks=marks)
     metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
                              spice=config.spice)
     run.wd.write_json("captions_test.json", [{"prediction": c, "references": r}
                                             for c, r in zip(captions, refs)])
     return {"metrics": metrics, "num_test": len(captions),
+            **loop.pace(marks, "decode_batch"),
             "samples": [{"prediction": c, "reference": r[0]} for c, r in
                         zip(captions[:5], refs[:5])]}
 

@@ -244,7 +244,13 @@ def clip_encoder(path: str) -> Encoder:
     """The image tower of a Hugging Face CLIP directory, with CLIP's preprocessing."""
     module, params = clip.from_pretrained(path)
     prep = ImagePreprocessor.from_pretrained(path)
-    mean, std = jnp.asarray(prep.mean), jnp.asarray(prep.std)
+    return tower_encoder(module, params, prep.mean, prep.std)
+
+
+def tower_encoder(module: clip.CLIP, params, mean, std) -> Encoder:
+    """A CLIP's image tower on images in [-1, 1]: resized to its input size, normalized
+    with ``mean``/``std``."""
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
 
     def fn(p, images):
         size = module.config.image_size

@@ -5,6 +5,7 @@ a validation value that picks the best checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
@@ -88,20 +89,22 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
     (lower is better); ``after_step(done, state)`` runs after every step (e.g. a probe);
     ``at_checkpoint(state) -> (state, metrics)`` before each save (e.g. a sweep keeping
     each member's best params). ``batch_sharding`` None: ``data`` yields global arrays.
-    A non-finite step stops the run before it is saved, unless ``skip_nonfinite``."""
+    A non-finite step stops the run before it is saved, unless ``skip_nonfinite``. The
+    returned metrics add ``seconds_per_step`` (see ``pace``), not written to the logs."""
     wd.truncate_metrics(start)
     writer, watch = MetricWriter(wd), st.NonFiniteWatch(loop.members)
     place = ((lambda b: b) if batch_sharding is None else
              (lambda b: pipeline.global_batch(b, batch_sharding)))
     bar = progress_bar(range(start, loop.steps), initial=start, total=loop.steps,
                        desc=loop.desc, unit="step")
-    last, val = {}, None
+    last, val, marks = {}, None, []
     for i in bar:
         state, metrics = step(state, place(next(data)), i)
         done = i + 1
         watch.update(metrics, done)
         if done % loop.log_every == 0 or done == loop.steps:
             last = host_metrics(metrics, loop.members)
+            marks.append((done, time.perf_counter()))
             if learning_rate is not None:
                 last["learning_rate"] = float(learning_rate(done - 1))
             writer.write(done, last)
@@ -120,4 +123,15 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
     ckpts.wait()
     ckpts.close()
     writer.close()
-    return state, last, val
+    return state, {**last, **pace(marks)}, val
+
+
+def pace(marks: list, unit: str = "step") -> dict:
+    """{'seconds_per_<unit>'}: the median wall time per step between consecutive
+    ``marks`` ((step, time) when a step's outputs reached the host). The time before the
+    first mark is left out, and the median leaves out a later compilation (e.g. of the
+    lazy R1 step's twin); {} with fewer than two marks."""
+    if len(marks) < 2:
+        return {}
+    rates = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:])]
+    return {f"seconds_per_{unit}": float(np.median(rates))}

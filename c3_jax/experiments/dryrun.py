@@ -1,0 +1,279 @@
+"""A COCO-sized dry run with nothing downloaded ('coco_dryrun'): a dataset of the Karpathy
+split's size written from synthetic embeddings and captions, the real captioning
+experiment for a few steps with a randomly initialised GPT-2 of the paper's size, the
+real text-to-image experiment for a few steps at 64 px, and the figures a user needs
+before the real run: peak memory, size on disk, write throughput, step times and the
+projected wall time of the paper's schedules on this machine."""
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import jax
+import numpy as np
+
+from c3_jax.data import builders
+from c3_jax.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from c3_jax.data.text import build_word_tokenizer
+from c3_jax.experiments import caption, checks, stages, t2i
+from c3_jax.models import clip, gpt2
+from c3_jax.progress import progress_bar
+from c3_jax.train import generation
+from c3_jax.workdir import Workdir
+from configs import caption_base, coco_dryrun, field_types, t2i_base
+
+FIELDS = {"coco_dryrun": field_types(coco_dryrun.get_config())}
+
+# Words of the synthetic captions: "a <adjective> <noun> <verb> <preposition> the <noun> ."
+ADJECTIVES = ("small", "large", "red", "white", "black", "young", "old", "wooden", "busy",
+              "green", "empty", "tall", "yellow", "blue", "little", "brown")
+NOUNS = ("man", "woman", "dog", "cat", "train", "bus", "table", "street", "plate", "horse",
+         "kitchen", "bench", "pizza", "field", "boat", "giraffe", "bird", "car", "child",
+         "room", "tree", "sign", "clock", "beach", "person", "laptop", "bed", "window")
+VERBS = ("sitting", "standing", "walking", "parked", "lying", "riding", "looking", "eating",
+         "holding", "waiting")
+PREPOSITIONS = ("on", "in", "near", "next to", "under", "behind", "across")
+WORDS = ("a", "the", ".") + ADJECTIVES + NOUNS + VERBS + tuple(
+    w for p in PREPOSITIONS for w in p.split())
+
+
+def check(config) -> None:
+    checks.at_least(config, 1, ["train_size", "val_size", "test_size", "captions_per_image",
+                                "embedding_dim", "write_batch", "gpt2_width", "gpt2_depth",
+                                "gpt2_heads", "t2i_rows", "t2i_eval_examples",
+                                "t2i_latent_dim", "t2i_mapping_layers", "t2i_channel_max",
+                                "clip_width", "clip_depth", "clip_heads", "clip_patch_size",
+                                "paper_epochs", "paper_batch", "paper_t2i_steps"])
+    # Two steps at least: the first compiles, the step time is taken over the others.
+    checks.at_least(config, 2, ["caption_steps", "t2i_steps"])
+    checks.at_least(config, 16, ["t2i_image_size"])
+    checks.at_least(config, config.caption_eval_batch, ["caption_eval_examples"])
+    checks.at_least(config, 1, ["caption_eval_batch"])
+    checks.at_least(config, 0, ["gpt2_vocab"])
+    if 0 < config.gpt2_vocab < len(WORDS) + 3:
+        raise ValueError(f"gpt2_vocab {config.gpt2_vocab} is smaller than the synthetic "
+                         f"captions' tokenizer ({len(WORDS) + 3} tokens); 0 uses its size")
+    for width, heads in (("gpt2_width", "gpt2_heads"), ("clip_width", "clip_heads")):
+        if config[width] % config[heads]:
+            raise ValueError(f"{width} {config[width]} is not a multiple of {heads} "
+                             f"{config[heads]}")
+    if config.clip_image_size % config.clip_patch_size:
+        raise ValueError(f"clip_image_size {config.clip_image_size} is not a multiple of "
+                         f"clip_patch_size {config.clip_patch_size}")
+    checks.java()
+
+
+def synthetic_captions(rng: np.random.Generator, rows: int, k: int) -> list:
+    """``rows`` lists of ``k`` COCO-like sentences (10-12 words) drawn by ``rng``."""
+    pick = lambda words: [words[i] for i in rng.integers(0, len(words), rows * k)]
+    parts = zip(pick(ADJECTIVES), pick(NOUNS), pick(VERBS), pick(PREPOSITIONS), pick(NOUNS))
+    sentences = [f"a {a} {n} {v} {p} the {m} ." for a, n, v, p, m in parts]
+    return [sentences[i * k:(i + 1) * k] for i in range(rows)]
+
+
+def synthetic_rows(seed: int, split: str, start: int, rows: int, k: int, dim: int,
+                   image_size: int = 0) -> tuple:
+    """Rows ``start...`` of a synthetic split (the same for any batching: each row is drawn
+    from its own seed): unit image embeddings, k unit text embeddings near each, shifted by
+    one offset of length 0.8 (a modality gap), an id, captions and, when ``image_size`` > 0,
+    uint8 noise images. Returns (arrays, captions)."""
+    arrays = {"image_embedding": np.empty((rows, dim), np.float32),
+              "text_embedding": np.empty((rows, k, dim), np.float32),
+              "image_id": np.arange(start, start + rows, dtype=np.int64)}
+    if image_size:
+        arrays["image"] = np.empty((rows, image_size, image_size, 3), np.uint8)
+    gap = np.random.default_rng([seed, 1]).normal(size=dim)
+    gap *= 0.8 / np.linalg.norm(gap)
+    captions = []
+    for j in range(rows):
+        rng = np.random.default_rng([seed, sum(map(ord, split)), start + j])
+        image = rng.normal(size=dim) / np.sqrt(dim)
+        text = image + 0.5 * rng.normal(size=(k, dim)) / np.sqrt(dim) + gap
+        arrays["image_embedding"][j] = image / np.linalg.norm(image)
+        arrays["text_embedding"][j] = text / np.linalg.norm(text, axis=-1, keepdims=True)
+        if image_size:
+            arrays["image"][j] = rng.integers(0, 256, (image_size, image_size, 3), np.uint8)
+        captions += synthetic_captions(rng, 1, k)
+    return arrays, captions
+
+
+def write_synthetic_dataset(name: str, data_dir: str, sizes: dict, k: int, dim: int,
+                            image_size: int, write_batch: int, seed: int,
+                            overwrite: bool = False) -> dict:
+    """Writes the synthetic dataset with ``PairsWriter``, ``write_batch`` rows at a time
+    (each process its part); returns its figures: rows, seconds, rows/s, MB/s of
+    serialized records, bytes on disk and the process's peak RSS after the write."""
+    fields = {"image_embedding": ((dim,), np.float32),
+              "text_embedding": ((k, dim), np.float32), "image_id": ((), np.int64)}
+    if image_size:
+        fields["image"] = ((image_size, image_size, 3), np.uint8)
+    start = time.perf_counter()
+    with builders.PairsWriter(name, data_dir, sizes, fields, (k,), overwrite) as writer:
+        for split, n in sizes.items():
+            part = builders.process_rows(n)
+            for lo in progress_bar(range(part.start, part.stop, write_batch),
+                                   desc=f"write {split}", unit="batch"):
+                arrays, caps = synthetic_rows(seed, split, lo,
+                                              min(write_batch, part.stop - lo), k, dim,
+                                              image_size)
+                writer.write(split, lo, arrays, caps)
+    seconds = time.perf_counter() - start
+    rows = sum(len(range(n)[builders.process_rows(n)]) for n in sizes.values())
+    return {"dataset_dir": writer.final, "rows": sum(sizes.values()), "seconds": seconds,
+            "rows_per_second": rows / seconds,
+            "write_mb_per_second": writer.written_bytes / seconds / 1e6,
+            "bytes_on_disk": _disk_bytes(writer.final), "peak_rss_gb": peak_rss_gb()}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (GB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _disk_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def _staged(wd: Workdir, name: str, fields: dict, build) -> dict:
+    """``build(directory)``'s figures, cached as stage ``name`` of ``wd`` (in ``name/``)."""
+    sub = Workdir(wd.file(name))
+    if stages.begin(wd, name, fields, [sub.path]):
+        return sub.read_json("figures.json")
+    sub = Workdir(sub.path)  # begin removed the outputs of other fields
+    figures = build(sub)
+    sub.write_json("figures.json", figures)
+    stages.finish(wd, name)
+    return figures
+
+
+def run_coco_dryrun(config, wd: Workdir) -> dict:
+    sizes = {"train": config.train_size, "val": config.val_size, "test": config.test_size}
+    k, dim = config.captions_per_image, config.embedding_dim
+    base = {f: config[f] for f in ("seed", "captions_per_image", "embedding_dim",
+                                   "write_batch")}
+    dataset = _staged(wd, "dataset", {**base, "sizes": sizes}, lambda sub: {
+        **write_synthetic_dataset("coco_synthetic", sub.file("data"), sizes, k, dim, 0,
+                                  config.write_batch, config.seed)})
+    gpt2_path = _gpt2_dir(config, wd)
+    captioning = _staged(wd, "captioning", {
+        **base, "sizes": sizes, "gpt2": _gpt2_fields(config),
+        "steps": config.caption_steps, "eval": config.caption_eval_examples,
+        "eval_batch": config.caption_eval_batch},
+        lambda sub: _captioning(config, dataset["dataset_dir"], gpt2_path, sub))
+    t2i_sizes = {"train": config.t2i_rows, "test": config.t2i_eval_examples}
+    t2i_figures = _staged(wd, "t2i", {
+        **base, "sizes": t2i_sizes, **{f: config[f] for f in config if f.startswith(
+            ("t2i_", "clip_"))}}, lambda sub: _t2i(config, t2i_sizes, sub))
+    results = {"dataset": dataset, "captioning": captioning, "t2i": t2i_figures,
+               "peak_rss_gb": peak_rss_gb(), "cpu_count": os.cpu_count(),
+               "devices": [d.device_kind for d in jax.local_devices()]}
+    wd.write_text("RESULTS.md", _table(results))
+    return results
+
+
+def _gpt2_fields(config) -> dict:
+    return {f: config[f] for f in ("gpt2_width", "gpt2_depth", "gpt2_heads", "gpt2_vocab")}
+
+
+def _gpt2_dir(config, wd: Workdir) -> str:
+    """A GPT-2 config of the paper's size (randomly initialised by the captioner) with a
+    word tokenizer of the synthetic captions."""
+    path = wd.file("gpt2")
+    if not stages.begin(wd, "gpt2", _gpt2_fields(config), [path]):
+        if wd.primary:
+            tokenizer = build_word_tokenizer([" ".join(WORDS)], path)
+            gpt2.write_config_dir(path, tokenizer, config.gpt2_width, config.gpt2_depth,
+                                  config.gpt2_heads, 1024, vocab_size=config.gpt2_vocab)
+        stages.finish(wd, "gpt2")
+    return path
+
+
+def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
+    """The 'caption' experiment (C^3, the paper's setup) for ``caption_steps`` steps and
+    its evaluation on ``caption_eval_examples`` test images; step time and projection."""
+    c = caption_base.get_config("caption")
+    c.update(dict(gpt2=gpt2_path, gpt2_from_scratch=True, dataset_dir=dataset,
+                  max_steps=config.caption_steps, log_every=1,
+                  checkpoint_every=config.caption_steps, val_batches=1,
+                  eval_max_examples=config.caption_eval_examples,
+                  eval_batch_size=config.caption_eval_batch, spice=False,
+                  seed=config.seed))
+    start = time.perf_counter()
+    out = caption.run_caption(c, sub)
+    seconds = time.perf_counter() - start
+    pairs = config.train_size * config.captions_per_image
+    steps = config.paper_epochs * (pairs // config.paper_batch)
+    per_step = out["seconds_per_step"]
+    decode = out["seconds_per_decode_batch"] / config.caption_eval_batch
+    return {"steps": config.caption_steps, "batch_size": c.batch_size,
+            "seconds_per_step": per_step, "run_seconds": seconds,
+            "decode_seconds_per_image": decode,
+            "paper_schedule": {"epochs": config.paper_epochs, "batch": config.paper_batch,
+                               "steps": steps},
+            "projected_train_hours": steps * per_step / 3600,
+            "projected_test_eval_hours": config.test_size * decode / 3600,
+            "metrics_on_random_weights": out.get("metrics", {}),
+            "peak_rss_gb": peak_rss_gb()}
+
+
+def _t2i(config, sizes: dict, sub: Workdir) -> dict:
+    """The 'generate' experiment (LAFITE's StyleGAN2 of coco_t2i, with a frozen randomly
+    initialised CLIP ViT-B/32) on a small dataset of synthetic images."""
+    written = write_synthetic_dataset("coco_synthetic_images", sub.file("data"), sizes,
+                                      config.captions_per_image, config.embedding_dim,
+                                      config.t2i_image_size, config.write_batch, config.seed)
+    c = t2i_base.get_config()
+    width = config.t2i_latent_dim
+    c.update(dict(z_dim=width, w_dim=width, cond_hidden=width,
+                  mapping_layers=config.t2i_mapping_layers,
+                  channel_max=config.t2i_channel_max,
+                  clip="", dataset_dir=written["dataset_dir"], max_steps=config.t2i_steps,
+                  log_every=1, checkpoint_every=config.t2i_steps,
+                  eval_max_examples=config.t2i_eval_examples,
+                  eval_batch_size=config.t2i_eval_examples, num_samples=4,
+                  seed=config.seed))
+    start = time.perf_counter()
+    out = t2i.run_generate(c, Workdir(sub.file("run")), _random_clip(config))
+    seconds = time.perf_counter() - start
+    per_step = out["final_metrics"]["seconds_per_step"]
+    return {"image_size": config.t2i_image_size, "steps": config.t2i_steps,
+            "batch_size": c.batch_size, "r1_every": c.r1_every,
+            "seconds_per_step": per_step, "run_seconds": seconds,
+            "paper_steps": config.paper_t2i_steps,
+            "projected_train_hours": config.paper_t2i_steps * per_step / 3600,
+            "peak_rss_gb": peak_rss_gb()}
+
+
+def _random_clip(config) -> generation.Encoder:
+    """A CLIP image tower of the config's size (ViT-B/32's by default), randomly
+    initialised: there are no weights here."""
+    tower = clip.Tower(config.clip_width, config.clip_depth, config.clip_heads,
+                       4 * config.clip_width)
+    module = clip.CLIP(clip.CLIPConfig(vision=tower, image_size=config.clip_image_size,
+                                       patch_size=config.clip_patch_size))
+    size = config.clip_image_size
+    params = jax.jit(lambda key: module.init(
+        key, jax.numpy.zeros((1, 3, size, size)), method="encode_image")["params"])(
+        jax.random.key(config.seed))
+    return generation.tower_encoder(module, params, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+
+
+def _table(results: dict) -> str:
+    d, c, g = results["dataset"], results["captioning"], results["t2i"]
+    return "\n".join([
+        "| figure | value |", "|---|---|",
+        f"| dataset rows | {d['rows']:,} |",
+        f"| dataset on disk | {d['bytes_on_disk'] / 1e9:.2f} GB |",
+        f"| write throughput | {d['rows_per_second']:,.0f} rows/s, "
+        f"{d['write_mb_per_second']:.1f} MB/s |",
+        f"| peak RSS after the write | {d['peak_rss_gb']:.2f} GB |",
+        f"| captioner step (batch {c['batch_size']}) | {c['seconds_per_step']:.2f} s |",
+        f"| paper schedule ({c['paper_schedule']['steps']:,} steps) | "
+        f"{c['projected_train_hours']:.1f} h train + "
+        f"{c['projected_test_eval_hours']:.1f} h test decoding |",
+        f"| text-to-image step (batch {g['batch_size']}, {g['image_size']} px) | "
+        f"{g['seconds_per_step']:.2f} s |",
+        f"| LAFITE schedule ({g['paper_steps']:,} steps) | "
+        f"{g['projected_train_hours']:.1f} h |",
+        f"| peak RSS of the whole run | {results['peak_rss_gb']:.2f} GB |", ""])
