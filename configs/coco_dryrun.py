@@ -32,6 +32,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Text-to-image: t2i_base's LAFITE StyleGAN2 (batch 16) at 64 px.
     c.t2i_image_size, c.t2i_rows, c.t2i_steps, c.t2i_eval_examples = 64, 256, 5, 16
     c.t2i_latent_dim, c.t2i_mapping_layers, c.t2i_channel_max = 512, 8, 512  # z, w, cond
+    c.t2i_r1_every = 16  # lazy R1 as t2i_base (two programs: with and without R1)
     c.paper_t2i_steps = 750_000  # t2i_base's max_steps, to project
     # Its frozen encoder: CLIP ViT-B/32's image tower, randomly initialised.
     c.clip_width, c.clip_depth, c.clip_heads, c.clip_image_size, c.clip_patch_size = (
@@ -42,6 +43,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.caption_steps, c.caption_eval_examples, c.caption_eval_batch = 3, 8, 4
         c.t2i_image_size, c.t2i_rows, c.t2i_steps, c.t2i_eval_examples = 16, 32, 3, 4
         c.t2i_latent_dim, c.t2i_mapping_layers, c.t2i_channel_max = 16, 1, 8
+        c.t2i_r1_every = 1  # one program
         c.clip_width, c.clip_depth, c.clip_heads, c.clip_image_size, c.clip_patch_size = (
             32, 1, 2, 32, 8)
     return c

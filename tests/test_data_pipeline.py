@@ -1,5 +1,6 @@
 """TFDS builders (array_record, no TensorFlow) and the grain pipeline."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -52,11 +53,55 @@ def _rows(path, split) -> list:
     return [{k: np.asarray(v) for k, v in ex.items()} for ex in builders.data_source(path, split)]
 
 
-def test_streamed_writes_equal_the_one_call_build(tmp_path):
-    """Rows written by PairsWriter in uneven batches read back as the whole arrays written
-    by build_pairs_dataset in one call: the same rows, dataset_info.json and features.json;
-    rows out of order, a batch of another shape or rows left unwritten fail, and a failed
-    write never looks complete."""
+def _in_memory_write(data_dir, name, splits, captions) -> str:
+    """The writer before streaming, written out with tfds alone: whole float32 arrays, one
+    shard per split, the features and metadata built from them."""
+    import tensorflow_datasets as tfds
+    from array_record.python.array_record_module import ArrayRecordWriter
+    arrays = {s: {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in a.items()}
+              for s, a in splits.items()}
+    first = next(iter(arrays.values()))
+    features = tfds.features.FeaturesDict({
+        **{k: tfds.features.Tensor(shape=v.shape[1:], dtype=v.dtype) for k, v in first.items()},
+        "index": np.int64,
+        "caption": tfds.features.Sequence(tfds.features.Text(), length=3)})
+    path = os.path.join(data_dir, name, "1.0.0")
+    os.makedirs(path)
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+        dataset_name=name, filetype_suffix="array_record")
+    infos = []
+    for s, a in sorted(arrays.items()):
+        shard = os.fspath(template.replace(split=s).sharded_filepath(shard_index=0, num_shards=1))
+        writer = ArrayRecordWriter(shard, "group_size:1")
+        for i in range(len(a["image"])):
+            writer.write(features.serialize_example(
+                {**{k: v[i] for k, v in a.items()}, "index": i, "caption": captions[s][i]}))
+        writer.close()
+        infos.append(tfds.core.SplitInfo(name=s, shard_lengths=[len(a["image"])],
+                                         num_bytes=os.path.getsize(shard),
+                                         filename_template=template.replace(split=s)))
+    tfds.folder_dataset.write_metadata(data_dir=path, features=features, split_infos=infos,
+                                       version="1.0.0", filename_template=template,
+                                       check_data=False, disable_shuffling=True)
+    return path
+
+
+def _metadata(path) -> tuple:
+    """features.json and dataset_info.json, less each split's byte count."""
+    info = json.loads(open(f"{path}/dataset_info.json").read())
+    for split in info["splits"]:
+        split.pop("numBytes")
+    return json.loads(open(f"{path}/features.json").read()), info
+
+
+def test_streamed_writes_equal_the_in_memory_writer(tmp_path):
+    """Rows written by PairsWriter in uneven batches, and whole arrays given to
+    build_pairs_dataset, read back as the same dataset written in memory with tfds alone
+    (the writer before streaming): the same rows, dataset_info.json and features.json
+    (num_bytes aside: array_record files are not byte-reproducible). Rows out of order, a
+    batch of another shape or rows left unwritten fail, and a failed write never looks
+    complete."""
     rng = np.random.default_rng(4)
     splits = {s: {"image": rng.integers(0, 256, (n, 6, 6, 3), dtype=np.uint8),
                   "text_embedding": rng.normal(size=(n, 3, 8)),  # float64: stored as float32
@@ -64,25 +109,24 @@ def test_streamed_writes_equal_the_one_call_build(tmp_path):
               for s, n in (("train", 23), ("test", 4))}
     captions = {s: [[f"{s} {i} {j}" for j in range(3)] for i in range(len(a["image"]))]
                 for s, a in splits.items()}
-    whole = builders.build_pairs_dataset("whole", str(tmp_path), splits, captions)
+    want = _in_memory_write(str(tmp_path), "pairs", splits, captions)
+    whole = builders.build_pairs_dataset("pairs", str(tmp_path / "whole"), splits, captions)
     fields, caption_shape = builders.fields_of(splits, captions)
     sizes = {s: len(a["image"]) for s, a in splits.items()}
-    with builders.PairsWriter("streamed", str(tmp_path), sizes, fields, caption_shape) as w:
+    with builders.PairsWriter("pairs", str(tmp_path / "streamed"), sizes, fields,
+                              caption_shape) as w:
         for s, arrays in splits.items():
             for lo, hi in ((0, 1), (1, 8), (8, 8), (8, 23)):
                 w.write(s, lo, {k: v[lo:hi] for k, v in arrays.items()}, captions[s][lo:hi])
-    for s in splits:
-        got, want = _rows(w.final, s), _rows(whole, s)
-        assert len(got) == len(want) == sizes[s]
-        for a, b in zip(got, want):
-            assert a.keys() == b.keys()
-            for k in a:
-                np.testing.assert_array_equal(a[k], b[k])
-        np.testing.assert_array_equal(np.stack([r["text_embedding"] for r in got]),
-                                      splits[s]["text_embedding"].astype(np.float32))
-    for meta in ("dataset_info.json", "features.json"):
-        got, want = (json.loads(open(f"{d}/{meta}").read()) for d in (w.final, whole))
-        assert json.dumps(got).replace("streamed", "whole") == json.dumps(want), meta
+    for got_dir in (whole, w.final):
+        for s in splits:
+            got, ref = _rows(got_dir, s), _rows(want, s)
+            assert len(got) == len(ref) == sizes[s]
+            for a, b in zip(got, ref):
+                assert a.keys() == b.keys()
+                for k in a:
+                    np.testing.assert_array_equal(a[k], b[k])
+        assert _metadata(got_dir) == _metadata(want)
     head = {k: v[:2] for k, v in splits["test"].items()}
     with pytest.raises(ValueError, match="rows must arrive in order"):
         with builders.PairsWriter("skips", str(tmp_path), sizes, fields, caption_shape) as w:

@@ -43,6 +43,7 @@ def check(config) -> None:
                                 "embedding_dim", "write_batch", "gpt2_width", "gpt2_depth",
                                 "gpt2_heads", "t2i_rows", "t2i_eval_examples",
                                 "t2i_latent_dim", "t2i_mapping_layers", "t2i_channel_max",
+                                "t2i_r1_every",
                                 "clip_width", "clip_depth", "clip_heads", "clip_patch_size",
                                 "paper_epochs", "paper_batch", "paper_t2i_steps"])
     # Two steps at least: the first compiles, the step time is taken over the others.
@@ -137,10 +138,10 @@ def _disk_bytes(path: str) -> int:
 
 def _staged(wd: Workdir, name: str, fields: dict, build) -> dict:
     """``build(directory)``'s figures, cached as stage ``name`` of ``wd`` (in ``name/``)."""
-    sub = Workdir(wd.file(name))
-    if stages.begin(wd, name, fields, [sub.path]):
-        return sub.read_json("figures.json")
-    sub = Workdir(sub.path)  # begin removed the outputs of other fields
+    path = wd.file(name)
+    if stages.begin(wd, name, fields, [path]):
+        return Workdir(path).read_json("figures.json")
+    sub = Workdir(path)
     figures = build(sub)
     sub.write_json("figures.json", figures)
     stages.finish(wd, name)
@@ -226,7 +227,7 @@ def _t2i(config, sizes: dict, sub: Workdir) -> dict:
     c = t2i_base.get_config()
     width = config.t2i_latent_dim
     c.update(dict(z_dim=width, w_dim=width, cond_hidden=width,
-                  mapping_layers=config.t2i_mapping_layers,
+                  mapping_layers=config.t2i_mapping_layers, r1_every=config.t2i_r1_every,
                   channel_max=config.t2i_channel_max,
                   clip="", dataset_dir=written["dataset_dir"], max_steps=config.t2i_steps,
                   log_every=1, checkpoint_every=config.t2i_steps,
