@@ -1,7 +1,9 @@
 """Geometry of the multi-modal contrastive space (Section 3, Appendices C, G, I).
 
-Effective dimension, the Table 1 gap statistics, the synthetic contrastive run,
-MLP dimensional collapse, Lemma 2's stable region and gap-distance shifts.
+Effective dimension, the Table 1 gap statistics, the structure of the gap (residual
+anisotropy, the mean gap's share, subspace overlap, transfer across clusters), the
+synthetic contrastive run, MLP dimensional collapse, Lemma 2's stable region and
+gap-distance shifts.
 All heavy work is jit/scan based; only per-block summaries come back to the host.
 """
 from __future__ import annotations
@@ -245,6 +247,112 @@ def space_summary(e_x, e_y, rng: jax.Array, group_size: int = 100,
         "effective_dim_y": effective_dimension(y.astype(np.float32), gamma),
         "recall_at_1": recall_at_1(x, y),
     }
+
+
+# ---------------------------------------------------------------------------
+# The structure of the gap: is the residual isotropic, how much of the pairwise gap is the
+# global mean gap, do the modalities share their principal subspaces, does a gap
+# estimated on some clusters of pairs hold on the others?
+
+
+def second_moments(x, y=None, chunk: int = 32768) -> tuple:
+    """(n, mean [d], covariance [d, d]) of the rows of ``x`` (or of ``x - y``), float64,
+    accumulated ``chunk`` rows at a time through BLAS (host arrays, memory maps too)."""
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"second moments need at least 2 rows, got {n}")
+    total, outer = np.zeros(d), np.zeros((d, d))
+    shift = np.asarray(x[0], np.float32) - (0 if y is None else np.asarray(y[0], np.float32))
+    for lo in range(0, n, chunk):
+        rows = np.asarray(x[lo:lo + chunk], np.float32)
+        if y is not None:
+            rows = rows - np.asarray(y[lo:lo + chunk], np.float32)
+        rows = rows - shift  # around one row: no cancellation when the mean is large
+        total += rows.sum(0, dtype=np.float64)
+        outer += rows.T @ rows
+    mean = total / n
+    cov = (outer - n * np.outer(mean, mean)) / (n - 1)
+    return n, mean + shift, cov
+
+
+def residual_structure(x, y, chunk: int = 32768) -> dict:
+    """The pairwise gap g_i = x_i - y_i split into the global mean gap m and the residual
+    g_i - m (the alignment noise): the residual covariance's spectrum, its top-eigenvalue
+    ratio (largest eigenvalue over the mean one: 1 when isotropic), its effective dimension
+    (participation ratio (sum l)^2 / sum l^2, also as a fraction of d), and the share of
+    the pairwise gap energy E|g|^2 that the mean gap explains, |m|^2 / E|g|^2."""
+    n, m, cov = second_moments(x, y, chunk)
+    spectrum = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
+    residual = float(spectrum.sum()) * (n - 1) / n
+    participation = float(spectrum.sum() ** 2 / np.sum(spectrum ** 2))
+    return {"residual_spectrum": spectrum,
+            "top_eigenvalue_ratio": float(spectrum[0] / spectrum.mean()),
+            "residual_effective_dim": participation,
+            "residual_effective_dim_fraction": participation / len(spectrum),
+            "mean_gap_energy_share": float(m @ m / (m @ m + residual))}
+
+
+def covariance_eigh(x, chunk: int = 32768) -> tuple:
+    """(eigenvalues descending, eigenvectors as columns) of the covariance of rows of ``x``."""
+    values, vectors = np.linalg.eigh(second_moments(x, chunk=chunk)[2])
+    return np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+
+
+def subspace_overlap(u, v, ks) -> dict:
+    """For each k: |U_k^T V_k|_F^2 / k of the leading k columns of two orthonormal bases
+    (1: the same k-dimensional subspace, k/d expected by chance)."""
+    return {int(k): float(np.sum((u[:, :k].T @ v[:, :k]) ** 2) / k) for k in ks}
+
+
+@functools.partial(jax.jit, static_argnames=("clusters", "iterations"))
+def _spherical_kmeans(points: jax.Array, rng: jax.Array, clusters: int,
+                      iterations: int) -> jax.Array:
+    centers = points[jax.random.choice(rng, points.shape[0], (clusters,), replace=False)]
+
+    def step(centers, _):
+        labels = jnp.argmax(points @ centers.T, axis=1)
+        sums = jax.ops.segment_sum(points, labels, clusters)
+        return jnp.where(jnp.linalg.norm(sums, axis=1, keepdims=True) > 0,
+                         normalize(sums), centers), None
+
+    centers = jax.lax.scan(step, centers, None, length=iterations)[0]
+    return jnp.argmax(points @ centers.T, axis=1)
+
+
+def gap_transfer(x, y, rng: jax.Array, clusters: int = 16, splits: int = 10,
+                 max_pairs: int = 20_000, iterations: int = 20) -> dict:
+    """Does a gap estimated on some pairs hold on others? Pairs (up to ``max_pairs``, drawn
+    at random) are clustered by content (spherical k-means on x + y); ``splits`` times, the
+    clusters are halved at random, the mean gap m_A is estimated on one half and applied
+    to the other half's pairs B. Reports, mean and std over the splits: cos(m_A, m_B), the
+    share of B's pairwise gap energy that subtracting m_A removes,
+    1 - E|g_B - m_A|^2 / E|g_B|^2, the share its own mean gap removes, |m_B|^2 / E|g_B|^2,
+    and their ratio (1: the gap transfers fully)."""
+    take, split_rng, fit_rng = jax.random.split(rng, 3)
+    n = x.shape[0]
+    rows = np.sort(np.asarray(jax.random.choice(take, n, (min(n, max_pairs),), replace=False)))
+    xs, ys = np.asarray(x[rows], np.float64), np.asarray(y[rows], np.float64)
+    labels = np.asarray(_spherical_kmeans(normalize(jnp.asarray(xs + ys, jnp.float32)),
+                                          fit_rng, clusters, iterations))
+    g = xs - ys
+    energy = lambda v: float(np.mean(np.sum(v ** 2, axis=1)))
+    rows_out = []
+    for key in jax.random.split(split_rng, splits):
+        half = np.asarray(jax.random.permutation(key, clusters))[:clusters // 2]
+        in_a = np.isin(labels, half)
+        if in_a.all() or not in_a.any():
+            continue
+        m_a, g_b = g[in_a].mean(0), g[~in_a]
+        m_b = g_b.mean(0)
+        rows_out.append((float(m_a @ m_b / np.linalg.norm(m_a) / np.linalg.norm(m_b)),
+                         1.0 - energy(g_b - m_a) / energy(g_b), float(m_b @ m_b) / energy(g_b)))
+    values = np.asarray(rows_out)
+    ratio = values[:, 1] / values[:, 2]
+    stat = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v))}
+    return {"clusters": clusters, "splits": len(values), "pairs": len(rows),
+            "cos_estimate_held_out": stat(values[:, 0]),
+            "explained_by_estimate": stat(values[:, 1]),
+            "explained_by_own_mean": stat(values[:, 2]), "transfer_ratio": stat(ratio)}
 
 
 # ---------------------------------------------------------------------------

@@ -94,6 +94,36 @@ def gap_histograms(stats: dict, path: str) -> str:
     return _save(fig, path)
 
 
+def gap_structure(structure: dict, path: str, names=("x", "y")) -> str:
+    """The gap's structure: the residual covariance's spectrum against an isotropic one,
+    the mean gap's share of the gap energy, the principal-subspace overlap by k, and the
+    share of held-out clusters' gap energy removed by a gap estimated on the others."""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
+    s = np.asarray(structure["residual_spectrum"], np.float64)
+    axes[0].plot(np.arange(1, len(s) + 1), s / s.mean(), label="residual")
+    axes[0].axhline(1.0, color="grey", ls="--", label="isotropic")
+    axes[0].set(yscale="log", xlabel="eigenvalue index", ylabel="eigenvalue / mean",
+                title=f"residual: top ratio {structure['top_eigenvalue_ratio']:.1f}, "
+                      f"d_eff {structure['residual_effective_dim']:.0f}")
+    axes[0].legend(fontsize=7)
+    share = structure["mean_gap_energy_share"]
+    axes[1].bar(["mean gap", "residual"], [share, 1 - share], color=["C0", "C1"])
+    axes[1].set(ylim=(0, 1), ylabel="share of E|x - y|^2", title="pairwise gap energy")
+    ks = sorted(structure["subspace_overlap"])
+    _line(axes[2], ks, [structure["subspace_overlap"][k] for k in ks], "C2", "overlap")
+    axes[2].set(xscale="log", ylim=(0, 1.05), xlabel="k",
+                ylabel="|U_k^T V_k|^2 / k", title=f"top-k subspaces of {names[0]}, {names[1]}")
+    t = structure["transfer"]
+    keys = ("explained_by_estimate", "explained_by_own_mean")
+    axes[3].bar(["estimated on\nother clusters", "own mean\n(oracle)"],
+                [t[k]["mean"] for k in keys], yerr=[t[k]["std"] for k in keys],
+                color=["C3", "C0"], capsize=4)
+    axes[3].set(ylabel="share of held-out gap energy removed",
+                title=f"transfer over {t['clusters']} clusters: ratio "
+                      f"{t['transfer_ratio']['mean']:.2f}")
+    return _save(fig, path)
+
+
 def stable_region(taus, margins: dict, path: str, r_max: float = 2.0) -> str:
     """Figure 5: required margin vs temperature; the region above it is stable."""
     fig, ax = plt.subplots(figsize=(6, 3.8))

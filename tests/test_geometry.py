@@ -263,3 +263,71 @@ def test_orthogonal_shift():
     np.testing.assert_allclose(shifted.mean(0) - e.mean(0), c, atol=1e-6)
     with pytest.raises(ValueError, match="no orthogonal direction"):
         geometry.orthogonal_shift(rng.normal(size=(100, 8)), 1.0, jax.random.PRNGKey(0), 1.0)
+
+
+def test_residual_structure_of_a_planted_spectrum_and_gap():
+    """Residual spectrum, top-eigenvalue ratio, participation ratio and the mean gap's
+    share of the gap energy against their closed forms, on pairs whose residual has an
+    exact sample covariance and mean."""
+    rng = np.random.default_rng(5)
+    n, lam = 4000, np.array([8.0, 4.0] + [0.5] * 14) * 1e-3
+    m = np.zeros(16)
+    m[0], m[3] = 0.3, 0.4  # |m|^2 = 0.25
+    y = rng.normal(size=(n, 16))
+    x = y + _with_covariance(rng, n, lam) - 3.0 + m
+    out = geometry.residual_structure(x.astype(np.float32), y.astype(np.float32), chunk=1000)
+    np.testing.assert_allclose(out["residual_spectrum"], lam, rtol=2e-4, atol=1e-8)
+    assert out["top_eigenvalue_ratio"] == pytest.approx(8e-3 / lam.mean(), rel=2e-4)
+    assert out["residual_effective_dim"] == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(),
+                                                          rel=2e-4)
+    assert out["residual_effective_dim_fraction"] == pytest.approx(
+        out["residual_effective_dim"] / 16)
+    assert out["mean_gap_energy_share"] == pytest.approx(
+        0.25 / (0.25 + lam.sum() * (n - 1) / n), rel=2e-4)
+
+
+def test_subspace_overlap_and_covariance_eigenvectors():
+    eye = np.eye(6)
+    shifted = eye[:, [2, 3, 4, 5, 0, 1]]
+    assert geometry.subspace_overlap(eye, shifted, [2, 4, 6]) == {2: 0.0, 4: 0.5, 6: 1.0}
+    rng = np.random.default_rng(6)
+    x = _with_covariance(rng, 3000, 2.0 ** -np.arange(5))
+    values, vectors = geometry.covariance_eigh(x, chunk=700)
+    np.testing.assert_allclose(values, 2.0 ** -np.arange(5), rtol=1e-4)
+    cov = np.cov(x, rowvar=False)
+    np.testing.assert_allclose(cov @ vectors, vectors * values, atol=1e-5)
+    assert geometry.subspace_overlap(vectors, vectors, [3]) == {3: pytest.approx(1.0)}
+
+
+def _clustered_pairs(rng, gap_of_cluster, per_cluster=300, dim=16, spread=0.05):
+    """Pairs in len(gap_of_cluster) well-separated content clusters; x = y + its gap."""
+    ys, gs = [], []
+    for c, gap in enumerate(gap_of_cluster):
+        center = np.zeros(dim)
+        center[c] = 1.0
+        ys.append(center + spread * rng.normal(size=(per_cluster, dim)))
+        gs.append(np.broadcast_to(gap, (per_cluster, dim)))
+    y = np.concatenate(ys)
+    return y + np.concatenate(gs) + 1e-3 * rng.normal(size=y.shape), y
+
+
+def test_gap_transfer_of_a_global_and_of_cluster_specific_gaps():
+    rng = np.random.default_rng(7)
+    dim, k = 16, 8
+    common = np.zeros(dim)
+    common[12] = 0.5
+    x, y = _clustered_pairs(rng, [common] * k)
+    out = geometry.gap_transfer(x, y, jax.random.PRNGKey(0), clusters=k)
+    assert out["cos_estimate_held_out"]["mean"] > 0.999
+    assert out["transfer_ratio"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    assert out["explained_by_own_mean"]["mean"] > 0.99
+    # Each cluster its own gap, orthogonal to the others' and summing to zero overall.
+    own = np.zeros((k, dim))
+    for c in range(k // 2):
+        own[2 * c, 8 + c] = own[2 * c + 1, 8 + c] = 0.5
+        own[2 * c + 1, 8 + c] *= -1
+    x, y = _clustered_pairs(rng, own)
+    plain = geometry.gap_transfer(x, y, jax.random.PRNGKey(1), clusters=k)
+    assert plain["pairs"] == len(x) and plain["splits"] == 10
+    assert plain["transfer_ratio"]["mean"] < 0.2
+    assert plain["explained_by_estimate"]["mean"] <= 0.05

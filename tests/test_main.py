@@ -97,6 +97,10 @@ def test_embeddings_run_and_errors(tmp_path):
                          - (y / np.linalg.norm(y, axis=1, keepdims=True)).mean(0))
     assert results["modality_gap"] == pytest.approx(gap, rel=1e-5)
     assert (tmp_path / "run" / "gap_statistics.png").exists()
+    assert (tmp_path / "run" / "gap_structure.png").exists()
+    structure = results["structure"]  # the gap's structure, checked in test_geometry
+    assert structure["transfer"]["splits"] == 10 and 0 < structure["mean_gap_energy_share"] < 1
+    assert set(structure["subspace_overlap"]) >= {1, 2, 5, 10, 20}
     c.y_key = "caption"
     with pytest.raises(KeyError, match="no array 'caption'"):
         runner.run(c, str(tmp_path / "run2"))

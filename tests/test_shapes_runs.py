@@ -31,7 +31,7 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
     results = runner.run(config, str(tmp_path / "run"))
     tmp_path = tmp_path / "run"
     for name in ("config.json", "connect/metrics.jsonl", "results.json", "RESULTS.md",
-                 "samples.png", "gap_statistics.png", "spectra.png"):
+                 "samples.png", "gap_statistics.png", "spectra.png", "gap_structure.png"):
         assert (tmp_path / name).exists(), name
     variants = [v for v in config.variants.split(",")]
     assert sorted(results["variants"]) == sorted(variants)

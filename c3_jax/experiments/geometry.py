@@ -211,7 +211,9 @@ def pair_geometry(x: np.ndarray, y: np.ndarray, wd: Workdir, *, seed: int, group
                   calibration_pairs: int, gamma: float, title: str = "",
                   names: tuple = ("x", "y")) -> dict:
     """Appendix C on paired embeddings (float32, owned, normalized here in place):
-    effective dims, Table 1 statistics, the gap, calibrated sigma, and their figures."""
+    effective dims, Table 1 statistics, the gap, calibrated sigma, the gap's structure
+    (``gap_structure``, and the overlap of the modalities' principal subspaces), and
+    their figures."""
     start = time.perf_counter()
     x, y = _normalize_rows_inplace(x, names[0]), _normalize_rows_inplace(y, names[1])
     rng_stats, rng_cal = jax.random.split(jax.random.PRNGKey(seed))
@@ -222,13 +224,17 @@ def pair_geometry(x: np.ndarray, y: np.ndarray, wd: Workdir, *, seed: int, group
     cal_idx = np.asarray(jax.random.choice(rng_cal, x.shape[0], (n_cal,), replace=False))
     calibrated = c3.calibrate_sigma(x[cal_idx], y[cal_idx])
     gap = float(np.linalg.norm(x.mean(0, dtype=np.float64) - y.mean(0, dtype=np.float64)))
-    # Last use of x and y: center them in place rather than copying 2 x n x d floats.
-    spectra = {"image": np.asarray(geometry.covariance_spectrum(x, overwrite_input=True)),
-               "text": np.asarray(geometry.covariance_spectrum(y, overwrite_input=True))}
+    structure = gap_structure(x, y, jax.random.fold_in(rng_cal, 1))
+    eigh = {"image": geometry.covariance_eigh(x), "text": geometry.covariance_eigh(y)}
+    spectra = {k: values for k, (values, _) in eigh.items()}
     eff = {k: geometry.effective_dimension_of_spectrum(s, gamma) for k, s in spectra.items()}
+    structure["subspace_overlap"] = geometry.subspace_overlap(
+        eigh["image"][1], eigh["text"][1], sorted({1, 2, 5, 10, 20, 50, max(eff.values())}
+                                                  & set(range(1, x.shape[1] + 1))))
     compute_s = time.perf_counter() - start
     plots.gap_histograms(stats, wd.file("gap_statistics.png"))
     plots.spectra(spectra, eff, wd.file("spectra.png"), title)
+    plots.gap_structure(structure, wd.file("gap_structure.png"), names)
     logging.info("computed in %.1fs (Table 1 statistics %.1fs)", compute_s, stats_s)
     return {
         "num_pairs": int(x.shape[0]), "dim": int(x.shape[1]), "stats_seconds": stats_s,
@@ -238,7 +244,15 @@ def pair_geometry(x: np.ndarray, y: np.ndarray, wd: Workdir, *, seed: int, group
         "num_groups": stats["num_groups"], "group_size": group_size,
         "sigma_calibrated": calibrated["sigma"], "sigma_calibration_pairs": n_cal,
         "sigma_fixed_clip": c3.CLIP_SIGMA, "compute_seconds": compute_s,
+        "structure": {k: v for k, v in structure.items() if k != "residual_spectrum"},
     }
+
+
+def gap_structure(x: np.ndarray, y: np.ndarray, rng) -> dict:
+    """The residual's anisotropy and the mean gap's share (``geometry.residual_structure``)
+    and the gap's transfer across clusters of pairs (``geometry.gap_transfer``)."""
+    return {**geometry.residual_structure(x, y),
+            "transfer": geometry.gap_transfer(x, y, rng)}
 
 
 def run_embeddings(config, wd: Workdir) -> dict:
