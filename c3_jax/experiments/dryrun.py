@@ -120,7 +120,7 @@ def write_synthetic_dataset(name: str, data_dir: str, sizes: dict, k: int, dim: 
                                               image_size)
                 writer.write(split, lo, arrays, caps)
     seconds = time.perf_counter() - start
-    rows = sum(len(range(n)[builders.process_rows(n)]) for n in sizes.values())
+    rows = sum(part.stop - part.start for part in writer.parts.values())  # this process's
     return {"dataset_dir": writer.final, "rows": sum(sizes.values()), "seconds": seconds,
             "rows_per_second": rows / seconds,
             "write_mb_per_second": writer.written_bytes / seconds / 1e6,
@@ -168,7 +168,7 @@ def run_coco_dryrun(config, wd: Workdir) -> dict:
             ("t2i_", "clip_"))}}, lambda sub: _t2i(config, t2i_sizes, sub))
     results = {"dataset": dataset, "captioning": captioning, "t2i": t2i_figures,
                "peak_rss_gb": peak_rss_gb(), "cpu_count": os.cpu_count(),
-               "devices": [d.device_kind for d in jax.local_devices()]}
+               "devices": [d.device_kind for d in jax.devices()]}
     wd.write_text("RESULTS.md", _table(results))
     return results
 
