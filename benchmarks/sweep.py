@@ -67,10 +67,11 @@ def batches(steps: int, batch: int, tokens: int, dim: int, vocab: int) -> list:
 
 def settings(n: int, dim: int) -> list:
     rng = np.random.default_rng(1)
-    means = {f: rng.normal(size=dim).astype(np.float32) * 0.3 for f in
-             ("text_embedding", "image_embedding")}
-    return [c3.member_settings(c3.variant(v, c3.CLIP_SIGMA), means[f], means["image_embedding"],
-                               dim) for v, f in (CYCLE[i % len(CYCLE)] for i in range(n))]
+    moments = {f: c3.Moments(rng.normal(size=dim).astype(np.float32) * 0.3,
+                             np.full(dim, 0.1, np.float32))
+               for f in ("text_embedding", "image_embedding")}
+    return [c3.member_settings(v, c3.CLIP_SIGMA, moments[f], moments["image_embedding"])
+            for v, f in (CYCLE[i % len(CYCLE)] for i in range(n))]
 
 
 def sequential(config, n: int, data: list, dim: int) -> tuple:
@@ -84,13 +85,11 @@ def sequential(config, n: int, data: list, dim: int) -> tuple:
         tx = captioning.make_optimizer(member, len(data), trainable)
         state = st.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
         shardings = parallel.state_shardings(mesh, state)
-        variant, _ = CYCLE[i % len(CYCLE)]
-        step = captioning.make_train_step(model, tx, c3.variant(variant, c3.CLIP_SIGMA), mesh,
-                                          shardings)
+        step = captioning.make_train_step(model, tx, mesh, shardings)
         state, key = jax.device_put(state, shardings), jax.random.key(i)
         for j, b in enumerate(data):
             t = time.perf_counter()
-            state, metrics = step(state, b, s["mean"], s["gap"], key)
+            state, metrics = step(state, b, s, key)
             jax.block_until_ready(metrics)
             steady += 0 if j == 0 else time.perf_counter() - t
     return time.perf_counter() - start, steady

@@ -110,88 +110,211 @@ def apply_transform(t: C3Transform, e: jax.Array, mean: Optional[jax.Array] = No
     return normalize(e)
 
 
-def check_sweepable(t: C3Transform) -> None:
-    """Raises unless ``apply_as_arrays`` can express the transform (a sweep member)."""
-    if t.noise == "lafite_mix":
-        raise ValueError("a sweep member cannot use noise='lafite_mix'; train it alone")
+# Every method a sweep member (or a captioner trained alone) can use: the paper's variants
+# (less 'lafite', whose mix is not an array setting) and the gap-closing methods after C^3.
+METHODS = ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only", "c3_aniso", "c3_std",
+           "realign", "capdec_offset", "decap")
+NOISY = ("c2_corrupt", "c3", "span_only", "c3_aniso", "c3_std", "capdec_offset")
+COLLAPSING = ("c2_collapse", "c3", "c3_aniso", "c3_std")
+# DeCap's projection: softmax(similarity / 0.01) over the memory of text embeddings.
+DECAP_TEMPERATURE = 0.01
 
 
-def member_settings(t: C3Transform, train_mean, eval_mean, dim: int) -> dict:
-    """A transform's settings as arrays, for ``apply_as_arrays`` (a sweep member): the
-    train and eval means (zeros without collapse), sigma (0 without noise) and the gap
-    direction (eval mean - train mean for span_only, else zeros)."""
-    check_sweepable(t)
-    zeros = np.zeros(dim, np.float32)
-    as_f32 = lambda m: zeros if m is None else np.asarray(m, np.float32)
-    return {"mean": as_f32(train_mean) if t.collapse else zeros,
-            "eval_mean": as_f32(eval_mean) if t.collapse else zeros,
-            "sigma": np.float32(0.0 if t.noise == "none" else t.sigma),
-            "gap": (as_f32(eval_mean) - as_f32(train_mean) if t.noise == "span_only"
-                    else zeros)}
+def check_method(name: str) -> None:
+    """Raises unless ``name`` is one of ``METHODS`` (what ``member_settings`` expresses)."""
+    if name == "lafite":
+        raise ValueError("method 'lafite' (noise='lafite_mix') is not an array setting: train "
+                         "it alone with the text-to-image generator")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {list(METHODS)}")
 
 
-def apply_as_arrays(e: jax.Array, mean: jax.Array, sigma: jax.Array = 0.0,
-                    gap_direction: Optional[jax.Array] = None, rng: Optional[jax.Array] = None,
-                    train: bool = False) -> jax.Array:
-    """The C^3 transform with every setting an array, so that the members of a vmapped sweep
-    can differ: normalize, subtract ``mean`` (zeros: no collapse), at train time add
-    N(0, sigma^2 I) noise (sigma 0: none) less its component along ``gap_direction``
-    (zeros: isotropic noise), renormalize. Equal to ``apply_transform`` of the same variant."""
-    e = normalize(e) - mean
-    if train:
-        noise = sigma * jax.random.normal(rng, e.shape, e.dtype)
-        if gap_direction is not None:
-            g = normalize(gap_direction.astype(e.dtype))
-            noise = noise - (noise @ g)[..., None] * g
-        e = e + noise
-    return normalize(e)
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    """Per-dimension mean and standard deviation of a modality's normalized embeddings."""
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def trace(self) -> float:
+        """The total variance (trace of the covariance)."""
+        return float(np.sum(np.square(self.std, dtype=np.float64)))
 
 
-class RunningMean:
-    """Streaming mean of L2-normalized embeddings, accumulated in float64.
+def member_settings(method: str, sigma: float, train: Moments, evaluation: Moments,
+                    noise: Optional[dict] = None) -> dict:
+    """A method's settings as arrays, for ``member_train`` / ``member_eval``, from the moments
+    of the training modality (``train``) and of the modality met at inference
+    (``evaluation``), both over the training split, and for 'c3_aniso' the residual noise
+    model (``geometry.residual_noise``: per-dimension std and factor at unit RMS). With a
+    noise model every member's ``factor`` has its shape (zeros where unused), so that the
+    members of a sweep stack.
 
-    Equal (to float64 rounding) to ``np.mean(normalized(all_embeddings), 0)``
-    for data that does not fit in memory. ``state()``/``from_state`` allow resuming.
+    - c1 / c2_collapse / c2_corrupt / c3 / span_only: the paper's variants.
+    - c3_aniso: Collapse, then Corrupt with noise of the residual's covariance, scaled so its
+      mean per-dimension variance is sigma^2 (at the calibrated sigma: the covariance itself).
+    - c3_std: Collapse, then each dimension scaled to the modality's RMS std (per-dimension
+      std matched; total variance kept, so sigma means what it means in c3), then Corrupt;
+      at inference the eval modality is standardized with its own moments.
+    - realign: the training modality moved onto the eval modality's statistics: its mean
+      removed, scaled by sqrt(trace ratio), the eval mean added; inference unchanged.
+    - capdec_offset: CapDec (Corrupt) with the modality offset (eval mean - train mean) added
+      to the training embeddings.
+    - decap: trained as c1; at inference the embedding is replaced by its projection onto
+      the memory of training embeddings (``project_to_memory``).
     """
+    check_method(method)
+    f32 = lambda a: np.asarray(a, np.float32)
+    d = len(train.mean)
+    zeros, ones = np.zeros(d, np.float32), np.ones(d, np.float32)
+    rank = 0 if noise is None else np.shape(noise["factor"])[1]
+    s = {"mean": zeros, "scale": ones, "shift": zeros, "sigma": zeros,
+         "factor": np.zeros((d, rank), np.float32), "gap": zeros, "eval_mean": zeros,
+         "eval_scale": ones, "project": np.float32(0.0)}
+    if method in COLLAPSING:
+        s["mean"], s["eval_mean"] = f32(train.mean), f32(evaluation.mean)
+    if method in NOISY:
+        s["sigma"] = np.full(d, sigma, np.float32)
+    if method == "span_only":
+        s["gap"] = f32(evaluation.mean) - f32(train.mean)
+    elif method == "c3_aniso":
+        if noise is None:
+            raise ValueError("method 'c3_aniso' needs the residual noise model")
+        s["sigma"], s["factor"] = f32(sigma * noise["std"]), f32(sigma * noise["factor"])
+    elif method == "c3_std":
+        s["scale"], s["eval_scale"] = _rms_over_std(train.std), _rms_over_std(evaluation.std)
+    elif method == "realign":
+        s["mean"], s["shift"] = f32(train.mean), f32(evaluation.mean)
+        s["scale"] = np.full(d, np.sqrt(evaluation.trace / max(train.trace, 1e-30)), np.float32)
+    elif method == "capdec_offset":
+        s["mean"] = f32(train.mean) - f32(evaluation.mean)
+    elif method == "decap":
+        s["project"] = np.float32(1.0)
+    return s
+
+
+def _rms_over_std(std) -> np.ndarray:
+    std = np.maximum(np.asarray(std, np.float64), 1e-12)
+    return (np.sqrt(np.mean(std ** 2)) / std).astype(np.float32)
+
+
+def member_train(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
+    """A method's training-side transform with its settings ``s`` as arrays (so that the
+    members of a vmapped sweep can differ): normalize, subtract ``mean``, scale, add
+    ``shift``; with an ``rng``, add noise ``sigma * z`` (per dimension) ``+ factor @ z'``
+    less its component along ``gap`` (zeros: none); renormalize. For the paper's variants
+    equal to ``apply_transform``."""
+    e = (normalize(e) - s["mean"]) * s["scale"] + s["shift"]
+    if rng is None:
+        return normalize(e)
+    return normalize(e + member_noise(s, rng, e.shape, e.dtype))
+
+
+def member_noise(s: dict, rng: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
+    """Corrupt's noise of settings ``s``: ``sigma * z + z' @ factor^T`` (z, z' standard
+    normal), less its component along ``gap``: covariance diag(sigma^2) + factor factor^T
+    (projected off the gap direction)."""
+    noise = s["sigma"] * jax.random.normal(rng, shape, dtype)
+    rank = s["factor"].shape[-1]
+    if rank:
+        z = jax.random.normal(jax.random.fold_in(rng, 1), shape[:-1] + (rank,), dtype)
+        noise = noise + z @ s["factor"].T.astype(dtype)
+    g = normalize(s["gap"].astype(dtype))
+    return noise - (noise @ g)[..., None] * g
+
+
+def member_eval(s: dict, e: jax.Array, projected: Optional[jax.Array] = None) -> jax.Array:
+    """A method's inference-side transform: normalize; where ``project`` is set, take
+    ``projected`` (``project_to_memory`` of the same rows) instead; subtract ``eval_mean``,
+    scale by ``eval_scale``, renormalize."""
+    e = normalize(e)
+    if projected is not None:
+        e = jnp.where(s["project"] > 0, projected.astype(e.dtype), e)
+    return normalize((e - s["eval_mean"]) * s["eval_scale"])
+
+
+def project_to_memory(e: jax.Array, memory: jax.Array, temperature: float = DECAP_TEMPERATURE,
+                      chunk: int = 8192) -> jax.Array:
+    """DeCap's projection: sum_j softmax_j(<e, m_j> / temperature) m_j over the memory rows
+    ``m_j`` (normalized here, like ``e``), computed ``chunk`` memory rows at a time with a
+    running log-sum-exp, so the memory's [n, M] similarity matrix never exists whole."""
+    e = normalize(e).astype(jnp.float32)
+    m = normalize(memory).astype(jnp.float32)
+    size = m.shape[0]
+    chunk = min(chunk, size)
+    pad = -size % chunk
+    m = jnp.concatenate([m, jnp.zeros((pad, m.shape[1]), m.dtype)]).reshape(-1, chunk, m.shape[1])
+    valid = (jnp.arange(m.shape[0] * chunk) < size).reshape(-1, chunk)
+
+    def add(carry, block):
+        top, total, acc = carry
+        rows, ok = block
+        logits = jnp.where(ok, e @ rows.T / temperature, -jnp.inf)
+        new_top = jnp.maximum(top, logits.max(-1))
+        keep = jnp.exp(top - new_top)
+        p = jnp.exp(logits - new_top[:, None])
+        return (new_top, total * keep + p.sum(-1), acc * keep[:, None] + p @ rows), None
+
+    n = e.shape[0]
+    start = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros_like(e))
+    _, total, acc = jax.lax.scan(add, start, (m, valid))[0]
+    return acc / total[:, None]
+
+
+class RunningMoments:
+    """Streaming per-dimension mean and std of L2-normalized embeddings, accumulated in
+    float64: equal (to float64 rounding) to ``np.mean`` / ``np.std`` of all the normalized
+    embeddings, for data that does not fit in memory. ``state()``/``from_state`` resume."""
 
     def __init__(self, dim: Optional[int] = None):
         self.dim = dim
         self.count = 0
         self.total = None if dim is None else np.zeros(dim, np.float64)
+        self.squares = None if dim is None else np.zeros(dim, np.float64)
 
-    def update(self, batch) -> "RunningMean":
+    def update(self, batch) -> "RunningMoments":
         b = np.asarray(batch, np.float64)
         if b.ndim != 2:
-            raise ValueError(f"RunningMean.update expects [B, d] embeddings, got shape {b.shape}")
+            raise ValueError(f"RunningMoments.update expects [B, d] embeddings, got shape "
+                             f"{b.shape}")
         if self.total is None:
-            self.dim, self.total = b.shape[1], np.zeros(b.shape[1], np.float64)
+            self.dim = b.shape[1]
+            self.total, self.squares = np.zeros(self.dim), np.zeros(self.dim)
         if b.shape[1] != self.dim:
             raise ValueError(f"embedding width {b.shape[1]} != {self.dim} seen before")
         if not np.isfinite(b).all():
             raise ValueError("embeddings contain NaN or Inf")
         b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
         self.total += b.sum(0)
+        self.squares += np.square(b).sum(0)
         self.count += b.shape[0]
         return self
 
     def result(self) -> np.ndarray:
+        """The mean."""
         if self.count == 0:
-            raise ValueError("RunningMean has seen no embeddings")
+            raise ValueError("RunningMoments has seen no embeddings")
         return self.total / self.count
 
+    def moments(self) -> Moments:
+        mean = self.result()
+        var = np.maximum(self.squares / self.count - mean ** 2, 0.0)
+        return Moments(mean, np.sqrt(var))
+
     def state(self) -> dict:
-        return {"count": self.count, "total": self.total}
+        return {"count": self.count, "total": self.total, "squares": self.squares}
 
     @classmethod
-    def from_state(cls, state: dict) -> "RunningMean":
+    def from_state(cls, state: dict) -> "RunningMoments":
         m = cls(len(state["total"]))
         m.count, m.total = int(state["count"]), np.array(state["total"], np.float64)
+        m.squares = np.array(state["squares"], np.float64)
         return m
 
 
 def modality_mean(batches: Iterable, progress: bool = False) -> np.ndarray:
     """Mean of the normalized embeddings over an iterable of ``[B, d]`` batches."""
-    acc = RunningMean()
+    acc = RunningMoments()
     if progress:
         batches = progress_bar(batches, desc="modality mean", unit="batch")
     for b in batches:

@@ -292,6 +292,30 @@ def residual_structure(x, y, chunk: int = 32768) -> dict:
             "mean_gap_energy_share": float(m @ m / (m @ m + residual))}
 
 
+def residual_noise(x, y, rank: int = 0, chunk: int = 32768) -> dict:
+    """A Gaussian model of the alignment noise of paired embeddings (normalized here): the
+    covariance of the residual (x_i - y_i) - mean gap, as ``factor`` [d, r] (its top ``rank``
+    eigenvectors times the square roots of their eigenvalues; every one when ``rank`` is 0
+    or >= d) and ``std`` [d] (the rest of each dimension's variance, zeros at full rank),
+    scaled so the mean per-dimension variance is 1: noise ``sigma * (std z + factor z')``
+    has covariance ``sigma^2 C / (tr C / d)``. ``sigma`` is the scale taken out,
+    sqrt(tr C / d), which equals ``calibrate_sigma``'s."""
+    x, y = (np.asarray(a, np.float64) for a in (x, y))
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    _, _, cov = second_moments(x, y, chunk)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+    d = len(values)
+    r = d if rank <= 0 else min(rank, d)
+    factor = vectors[:, :r] * np.sqrt(values[:r])
+    rest = (np.zeros(d) if r == d else
+            np.clip(np.diag(cov) - np.sum(factor ** 2, axis=1), 0.0, None))
+    unit = float(np.sqrt(np.trace(cov) / d))
+    return {"factor": factor / unit, "std": np.sqrt(rest) / unit, "sigma": unit,
+            "num_pairs": int(x.shape[0])}
+
+
 def covariance_eigh(x, chunk: int = 32768) -> tuple:
     """(eigenvalues descending, eigenvectors as columns) of the covariance of rows of ``x``."""
     values, vectors = np.linalg.eigh(second_moments(x, chunk=chunk)[2])

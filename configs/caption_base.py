@@ -19,7 +19,14 @@ def get_config(experiment: str = "caption"):
     c.train_field, c.eval_field, c.caption_field = "text_embedding", "image_embedding", "caption"
     c.max_caption_tokens, c.truncate_captions, c.train_fraction = 40, True, 1.0
     # Training: AdamW lr 2e-5, 5000 warmup steps then linear decay, batch 40, 10 epochs.
-    c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA
+    c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA  # variant: any of c3.METHODS
+    # c3_aniso's noise model: the residual of the first `calibration_pairs` (eval_field,
+    # train_field) pairs of `calibration_split`; its top `noise_rank` directions + a
+    # diagonal (0: the full covariance).
+    c.calibration_split, c.calibration_pairs, c.noise_rank = "val", 500, 0
+    # decap: the memory is the first `decap_memory` train_field embeddings of the training
+    # split (0: all of them), projected onto at softmax temperature `decap_temperature`.
+    c.decap_temperature, c.decap_memory = c3.DECAP_TEMPERATURE, 0
     c.batch_size, c.num_epochs, c.max_steps = 40, 10, 0
     c.lr, c.warmup_steps, c.weight_decay, c.grad_accum = 2e-5, 5000, 0.01, 1
     c.fsdp, c.seed = 1, 0

@@ -41,8 +41,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Captioner: MLP mapper -> prefix -> GPT-2 trained from scratch on the world's words.
     c.gpt_width, c.gpt_depth, c.gpt_heads, c.prefix_length = 64, 2, 4, 4
     c.caption_steps, c.caption_batch, c.caption_lr, c.caption_warmup = 300, 64, 3e-3, 30
-    c.noise_sigma = CLIP_SIGMA  # the paper's fixed sigma; 'c3_calibrated' uses the geometry's
-    c.calibration_pairs = 100
+    c.noise_sigma = CLIP_SIGMA  # the paper's fixed sigma
+    # 'c3_calibrated' (and 'c3_aniso') take sigma from the residual of the first
+    # `calibration_pairs` val pairs; c3_aniso's noise has its top `noise_rank` directions
+    # (0: the full covariance).
+    c.calibration_pairs, c.noise_rank = 100, 0
     c.max_decode_tokens, c.eval_batch_size = 20, 250
     if "quick" in parts:
         c.seeds = 1

@@ -104,22 +104,25 @@ def test_transform_inside_sharded_jit():
     np.testing.assert_allclose(out, step(batch, mean, jax.random.PRNGKey(0)), atol=1e-6)
 
 
-def test_running_mean_equals_numpy_mean_of_normalized():
+def test_running_moments_equal_numpy_mean_and_std_of_normalized():
     rng = np.random.default_rng(9)
     data = (rng.normal(size=(10_000, 48)) * 5 + 100).astype(np.float32)
-    acc = c3.RunningMean()
+    acc = c3.RunningMoments()
     for start in range(0, len(data), 777):  # uneven batches
         acc.update(data[start:start + 777])
     ref = (data.astype(np.float64) / np.linalg.norm(data.astype(np.float64), axis=1,
                                                       keepdims=True)).mean(0)
     np.testing.assert_allclose(acc.result(), ref, rtol=0, atol=1e-14)
-    resumed = c3.RunningMean.from_state(c3.RunningMean().update(data[:5000]).state())
+    resumed = c3.RunningMoments.from_state(c3.RunningMoments().update(data[:5000]).state())
     np.testing.assert_allclose(resumed.update(data[5000:]).result(), ref, atol=1e-14)
     np.testing.assert_allclose(c3.modality_mean(np.array_split(data, 7)), ref, atol=1e-14)
+    normalized = data.astype(np.float64) / np.linalg.norm(data.astype(np.float64), axis=1,
+                                                          keepdims=True)
+    np.testing.assert_allclose(resumed.moments().std, normalized.std(0), rtol=1e-6)
 
 
 def test_running_mean_rejects_bad_input():
-    acc = c3.RunningMean().update(np.ones((2, 4)))
+    acc = c3.RunningMoments().update(np.ones((2, 4)))
     with pytest.raises(ValueError, match="width 3"):
         acc.update(np.ones((2, 3)))
     with pytest.raises(ValueError, match="NaN"):

@@ -88,14 +88,36 @@ def fraction_rows(num_rows: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(num_rows)[:count])
 
 
-def field_mean(source, field: str, batch: int = 1024, desc: str = "") -> np.ndarray:
-    """Mean of the normalized ``field`` embeddings over a split (every caption's, if [k, d])."""
-    acc = c3.RunningMean()
-    for start in progress_bar(range(0, len(source), batch), desc=desc or f"mean of {field}",
-                      unit="batch", leave=False):
+def field_moments(source, field: str, batch: int = 1024, desc: str = "") -> "c3.Moments":
+    """Per-dimension mean and std of the normalized ``field`` embeddings over a split (every
+    caption's, if [k, d]), streamed ``batch`` rows at a time."""
+    acc = c3.RunningMoments()
+    for start in progress_bar(range(0, len(source), batch), desc=desc or f"moments of {field}",
+                              unit="batch", leave=False):
         rows = [source[i][field] for i in range(start, min(start + batch, len(source)))]
         acc.update(np.concatenate([np.reshape(r, (-1, np.shape(r)[-1])) for r in rows]))
-    return acc.result().astype(np.float32)
+    m = acc.moments()
+    return c3.Moments(m.mean.astype(np.float32), m.std.astype(np.float32))
+
+
+def field_rows(source, field: str, limit: int = 0, batch: int = 1024) -> np.ndarray:
+    """Every ``field`` embedding of a split (every caption's, if [k, d]) as one float32 array
+    [rows, d], the first ``limit`` rows when > 0, filled ``batch`` rows at a time."""
+    first = np.reshape(np.asarray(source[0][field]), (-1, np.shape(source[0][field])[-1]))
+    total = len(source) * first.shape[0]
+    out = np.empty((total if limit <= 0 else min(limit, total), first.shape[1]), np.float32)
+    filled = 0
+    for start in range(0, len(source), batch):
+        if filled == len(out):
+            break
+        rows = [source[i][field] for i in range(start, min(start + batch, len(source)))]
+        rows = np.concatenate([np.reshape(r, (-1, first.shape[1])) for r in rows])
+        take = min(len(rows), len(out) - filled)
+        out[filled:filled + take] = rows[:take]
+        filled += take
+    if not np.isfinite(out).all():
+        raise ValueError(f"{field!r} embeddings contain NaN or Inf")
+    return out
 
 
 def eval_rows(source, field: str, caption_field: str, limit: int = 0):

@@ -10,7 +10,7 @@ from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.eval.caption_metrics import rouge_n, score_captions
 from c3_jax.experiments import checks
-from c3_jax.train import caption_sweep
+from c3_jax.train import caption_sweep, captioning
 from c3_jax.train.captioning import Run, evaluate, generate, restore_run_params, train
 from c3_jax.workdir import Workdir
 from configs import caption_base, field_types
@@ -28,9 +28,7 @@ def _train_or_restore(run: Run) -> tuple:
 
 def check(config) -> None:
     """Every value of a captioning config, checked before any work."""
-    if config.variant not in c3.VARIANTS:
-        raise ValueError(f"config field 'variant' is {config.variant!r}; known: "
-                         f"{sorted(c3.VARIANTS)}")
+    c3.check_method(config.variant)
     checks.at_least(config, 1, ["batch_size", "num_epochs", "grad_accum", "fsdp", "log_every",
                                 "checkpoint_every", "keep_checkpoints", "prefix_length",
                                 "clip_length", "max_caption_tokens", "max_decode_tokens",
@@ -72,12 +70,14 @@ def run_gap_sensitivity(config, wd: Workdir) -> dict:
     embeddings, _ = cd.eval_rows(source, config.train_field, config.caption_field,
                                  config.eval_max_examples)
     own = [[r] for r in _first_captions(source, config)]
-    mean = run.mean(config.train_field) if run.transform.collapse else None
+    own_modality = run.moments(config.train_field)  # met at inference here
+    settings = c3.member_settings(config.variant, config.noise_sigma, own_modality,
+                                  own_modality)
     unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
                                      jax.random.key(config.seed), config.shift_gamma)
     rows = {}
     for norm in _floats(config.shift_norms, "shift_norms"):
-        captions = generate(run, params, embeddings, mean, shift=norm * unit)
+        captions = generate(run, params, embeddings, settings, shift=norm * unit)
         scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)), spice=False)
         rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1), "ROUGE-L": scores["ROUGE-L"],
                              "METEOR": scores["METEOR"], "sample": captions[0]}
@@ -99,22 +99,14 @@ def _floats(text: str, field: str) -> list:
 
 
 def sweep_members(config) -> list:
-    """The members of a caption_sweep: every variant x sigma (noisy variants) x seed;
-    'supervised' is c1 trained on ``eval_field`` (the paired upper bound)."""
+    """The members of a caption_sweep: every variant x sigma (noisy variants) x seed
+    (``caption_sweep.NAMED``: 'supervised' is c1 trained on ``eval_field``, the paired upper
+    bound; 'c3_calibrated' and 'c3_aniso' use the calibrated sigma)."""
     sigmas = _floats(config.sigmas, "sigmas") or [config.noise_sigma]
-    members = []
-    for name in [v.strip() for v in config.variants.split(",") if v.strip()]:
-        variant, field = (("c1", config.eval_field) if name == "supervised" else
-                          (name, config.train_field))
-        if variant not in c3.VARIANTS:
-            raise ValueError(f"config field 'variants' names {name!r}; known: "
-                             f"{sorted(c3.VARIANTS) + ['supervised']}")
-        noisy = c3.VARIANTS[variant]["noise"] != "none"
-        members += caption_sweep.member_grid(name, variant, field,
-                                             sigmas if noisy else [config.noise_sigma],
-                                             config.seed, config.seeds,
-                                             noisy and len(sigmas) > 1)
-    return members
+    names = [v.strip() for v in config.variants.split(",") if v.strip()]
+    return caption_sweep.named_members(
+        names, config, sigmas, lambda: captioning.noise_model(config)["sigma"],
+        len(sigmas) > 1)
 
 
 def run_caption_sweep(config, wd: Workdir) -> dict:

@@ -13,20 +13,13 @@ from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, shapes_world, stages
 from c3_jax.experiments.geometry import pair_geometry
 from c3_jax.models import gpt2
-from c3_jax.train import caption_sweep
+from c3_jax.train import caption_sweep, captioning
 from c3_jax.workdir import Workdir
 from configs import caption_base, field_types
 from configs import shapes_caption as defaults
 
 FIELDS = {"shapes_caption": field_types(defaults.get_config())}
-# variant -> (C^3 variant, training field, sigma: "fixed" | "calibrated")
-VARIANTS = {"c1": ("c1", "text_embedding", "fixed"),
-            "c2_collapse": ("c2_collapse", "text_embedding", "fixed"),
-            "c2_corrupt": ("c2_corrupt", "text_embedding", "fixed"),
-            "c3": ("c3", "text_embedding", "fixed"),
-            "c3_calibrated": ("c3", "text_embedding", "calibrated"),
-            "supervised": ("c1", "image_embedding", "fixed"),
-            "span_only": ("span_only", "text_embedding", "fixed")}
+VARIANTS = caption_sweep.NAMED  # variant -> (method, field, sigma: fixed | calibrated)
 GPT_FIELDS = ("gpt_width", "gpt_depth", "gpt_heads")
 METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy",
            "exact_match")
@@ -49,8 +42,9 @@ def check(config) -> None:
 
 
 def geometry_report(config, dataset: str, wd: Workdir) -> dict:
-    """Effective dims, the gap, Table 1 statistics and calibrated sigma on test pairs
-    (each image with its first caption); calibration uses val pairs."""
+    """Effective dims, the gap, Table 1 statistics, the gap's structure and the residual's
+    sigma on test pairs (each image with its first caption). The sigma captioners train
+    with is calibrated on val pairs instead (``calibrated_sigma``)."""
     test = builders.data_source(dataset, "test")
     x = np.stack([np.asarray(test[i]["image_embedding"], np.float32) for i in range(len(test))])
     y = np.stack([np.asarray(test[i]["text_embedding"][0], np.float32) for i in range(len(test))])
@@ -74,11 +68,12 @@ def gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     return path
 
 
-def _captioner_config(config, dataset: str, gpt2_path: str):
+def captioner_config(config, dataset: str, gpt2_path: str = ""):
     """The captioners' shared settings (a sweep member gives variant, seed, sigma, field)."""
     c = caption_base.get_config("caption")
     c.update(dict(
-        gpt2=gpt2_path, gpt2_from_scratch=True, prefix_length=config.prefix_length,
+        seed=config.seed, calibration_pairs=config.calibration_pairs,
+        noise_rank=config.noise_rank, gpt2=gpt2_path, gpt2_from_scratch=True, prefix_length=config.prefix_length,
         dataset_dir=dataset, max_caption_tokens=shapes_world.MAX_TOKENS,
         truncate_captions=False, batch_size=config.caption_batch,
         max_steps=config.caption_steps, lr=config.caption_lr,
@@ -89,22 +84,27 @@ def _captioner_config(config, dataset: str, gpt2_path: str):
     return c
 
 
-def members(config, sigma_calibrated: float, sigmas=None) -> list:
-    """The sweep: every variant (at each of ``sigmas``, default the config's) x seed."""
-    out = []
-    for name in shapes_world.variant_names(config.variants, VARIANTS):
-        variant, field, sigma = VARIANTS[name]
-        values = sigmas or [sigma_calibrated if sigma == "calibrated" else config.noise_sigma]
-        out += caption_sweep.member_grid(name, variant, field, values, config.seed,
-                                         config.seeds, bool(sigmas))
-    return out
+def calibrated_sigma(config, dataset: str) -> float:
+    """Corrupt's sigma calibrated on the first ``calibration_pairs`` val pairs (each image
+    with its first caption): ``captioning.noise_model``'s, which c3_aniso's noise shares."""
+    return captioning.noise_model(captioner_config(config, dataset))["sigma"]
+
+
+def members(config, dataset: str, sigmas=None) -> list:
+    """The sweep: every variant (noisy ones at each of ``sigmas``, default the config's
+    sigma; calibrated ones at ``calibrated_sigma``) x seed."""
+    base = captioner_config(config, dataset)
+    base.seeds = config.seeds
+    return caption_sweep.named_members(
+        shapes_world.variant_names(config.variants, VARIANTS), base,
+        sigmas or [config.noise_sigma], lambda: calibrated_sigma(config, dataset), bool(sigmas))
 
 
 def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
                      wd: Workdir) -> dict:
     """{member: its Workdir, with results.json and captions_test.json}: each member cached
     in ``captioners/<member>/``; those not done yet trained and decoded as one sweep."""
-    base = _captioner_config(config, dataset, gpt2_path)
+    base = captioner_config(config, dataset, gpt2_path)
     shared = {"run": base.to_dict(), "gpt2": shapes_world.fields_of(config, GPT_FIELDS),
               "upstream": shapes_world.fields_of(config, shapes_world.WORLD_FIELDS
                                                  + shapes_world.CONNECT_FIELDS)}
@@ -181,12 +181,13 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
     geometry = geometry_report(config, dataset, wd)
     # The criterion the Connect recipe was chosen by (the Connect study's): val pairs.
     geometry["val"] = shapes_world.space_probe(model, world, tokenizer, "val")(params)
-    logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f",
-                 geometry["modality_gap"], geometry["effective_dim_x"],
-                 geometry["effective_dim_y"], geometry["sigma_calibrated"])
+    sigma = calibrated_sigma(config, dataset)
+    logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f "
+                 "(val pairs)", geometry["modality_gap"], geometry["effective_dim_x"],
+                 geometry["effective_dim_y"], sigma)
     gpt2_path = gpt2_dir(config, tokenizer, wd)
     attrs = shapes_world.test_attributes(dataset)
-    sweep_members = members(config, geometry["sigma_calibrated"])
+    sweep_members = members(config, dataset)
     done = train_captioners(config, dataset, gpt2_path, sweep_members, wd)
     runs = {}
     for m in sweep_members:
@@ -200,5 +201,5 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
     print("\n" + table)
     _samples_png(dataset, world, runs, wd)
     return {"variants": agg, "chance": chance, "geometry": geometry,
-            "sigma_calibrated": geometry["sigma_calibrated"], "sigma_fixed": config.noise_sigma,
+            "sigma_calibrated": sigma, "sigma_fixed": config.noise_sigma,
             "seeds": config.seeds, "num_test": int(len(attrs["shape"]))}

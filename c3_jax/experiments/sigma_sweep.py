@@ -38,9 +38,10 @@ def check(config) -> None:
 def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
     """See the module docstring; writes sigma_sweep.png and SIGMA_SWEEP.md."""
     _, _, _, tokenizer, dataset = shapes_world.connected_world(config, wd)
-    calibrated = shapes_caption.geometry_report(config, dataset, wd)["sigma_calibrated"]
+    shapes_caption.geometry_report(config, dataset, wd)
+    calibrated = shapes_caption.calibrated_sigma(config, dataset)
     sigmas = sigmas_of(config)
-    members = shapes_caption.members(config, calibrated, sigmas)
+    members = shapes_caption.members(config, dataset, sigmas)
     done = shapes_caption.train_captioners(config, dataset,
                                            shapes_caption.gpt2_dir(config, tokenizer, wd),
                                            members, wd)

@@ -36,7 +36,7 @@ from c3_jax.workdir import Workdir
 class Member:
     """One captioner of a sweep; the sweep's config gives everything else."""
     name: str
-    variant: str = "c3"  # a C^3 variant (c1, c2_collapse, c2_corrupt, c3, span_only)
+    variant: str = "c3"  # one of c3.METHODS
     seed: int = 0
     sigma: float = c3.CLIP_SIGMA
     train_field: str = "text_embedding"
@@ -48,6 +48,32 @@ def member_grid(name: str, variant: str, field: str, sigmas: Sequence[float], fi
     return [Member(f"{name}{f'_sigma{sigma:g}' if tag_sigma else ''}_seed{first_seed + k}",
                    variant, first_seed + k, sigma, field)
             for sigma in sigmas for k in range(seeds)]
+
+
+# The variant names configs use: (method, trained on the config's train_field or its
+# eval_field, sigma: the config's or the calibrated one, ``captioning.noise_model``'s).
+NAMED = {**{m: (m, "train", "fixed") for m in c3.METHODS},
+         "c3_calibrated": ("c3", "train", "calibrated"),
+         "c3_aniso": ("c3_aniso", "train", "calibrated"),
+         "supervised": ("c1", "eval", "fixed")}
+
+
+def named_members(names: Sequence[str], config, sigmas: Sequence[float], calibrated,
+                  tag_sigma: bool) -> list:
+    """The members of the named variants (``NAMED``) x seeds of ``config`` (its seed, seeds,
+    train_field and eval_field): noisy variants at each of ``sigmas``, calibrated ones at
+    ``calibrated()`` (called only when needed), the others at ``config.noise_sigma``."""
+    out = []
+    for name in names:
+        if name not in NAMED:
+            raise ValueError(f"unknown variant {name!r}; known: {sorted(NAMED)}")
+        method, on, kind = NAMED[name]
+        field = config.train_field if on == "train" else config.eval_field
+        values = ([calibrated()] if kind == "calibrated" else
+                  list(sigmas) if method in c3.NOISY else [config.noise_sigma])
+        out += member_grid(name, method, field, values, config.seed, config.seeds,
+                           tag_sigma and kind == "fixed" and method in c3.NOISY)
+    return out
 
 
 @flax.struct.dataclass
@@ -68,7 +94,7 @@ def check_members(members: Sequence[Member]) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"sweep member names repeat: {names}")
     for m in members:
-        c3.check_sweepable(c3.variant(m.variant, m.sigma))
+        c3.check_method(m.variant)
 
 
 class Sweep:
@@ -95,10 +121,19 @@ class Sweep:
         self.pairs = {f: first.with_field(f) for f in fields}
         self.dim = first.dim
         self.model, self.gpt_params = captioning.build_module(config)
-        means = {f: cd.field_mean(source, f) for f in {*fields, config.eval_field}}
-        settings = [c3.member_settings(c3.variant(m.variant, m.sigma), means[m.train_field],
-                                       means[config.eval_field], self.dim)
+        moments = {f: cd.field_moments(source, f) for f in {*fields, config.eval_field}}
+        methods = {m.variant for m in members}
+        noise = captioning.noise_model(config) if "c3_aniso" in methods else None
+        settings = [c3.member_settings(m.variant, m.sigma, moments[m.train_field],
+                                       moments[config.eval_field], noise)
                     for m in self.padded]
+        self.memory = None
+        if "decap" in methods:
+            if any(m.variant == "decap" and m.train_field != config.train_field
+                   for m in members):
+                raise ValueError(f"decap's memory is {config.train_field!r}; a decap member "
+                                 "must train on it")
+            self.memory = cd.field_rows(source, config.train_field, config.decap_memory)
         self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
 
@@ -106,11 +141,10 @@ class Sweep:
 def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0):
     """The sweep's step, vmapped over members: (state, batch, settings, seed) -> (state,
     metrics), each with a leading member axis; a member's step is ``captioning``'s with the
-    C^3 transform's settings as arrays (``c3.apply_as_arrays``)."""
+    method's settings as arrays (``c3.member_train``)."""
     def step(state, batch, settings, seed):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        embed = lambda e: c3.apply_as_arrays(e, settings["mean"], settings["sigma"],
-                                             settings["gap"], rng, train=True)
+        embed = lambda e: c3.member_train(settings, e, rng)
         return captioning.train_update(model, tx, state, batch, embed, skip_nonfinite,
                                        loss_chunk)
 
@@ -148,7 +182,7 @@ def _validation(sweep: Sweep):
     sharding = parallel.member_batch_sharding(sweep.mesh)
 
     def loss(params, batch, settings):
-        e = c3.apply_as_arrays(batch["embedding"], settings["mean"])
+        e = c3.member_train(settings, batch["embedding"])
         nll, count = sweep.model.apply({"params": params}, e, batch["ids"], batch["mask"],
                                        config.loss_chunk, method="caption_nll")
         return nll * count, count
@@ -245,26 +279,33 @@ def train(sweep: Sweep) -> tuple:
 
 
 def generate(sweep: Sweep, params, embeddings: np.ndarray) -> list:
-    """Every member's captions of raw ``embeddings`` [n, d] (C^3 in eval mode with the
-    member's eval-modality mean), decoded in one batched program: [members][n]."""
+    """Every member's captions of raw ``embeddings`` [n, d] (its method's inference
+    transform, ``c3.member_eval``; decap's projection computed once per batch for all),
+    decoded in one batched program: [members][n]."""
     config = sweep.config
     stops = captioning.stop_ids(sweep.tokenizer, config.stop_at_period)
     decode = captioning.make_decoder(config, gpt2.GPT2(sweep.model.gpt, sweep.model.dtype),
                                      stops, sweep.tokenizer.eos_token_id)
 
-    def member(p, mean, e):
-        e = c3.apply_as_arrays(e, mean)
+    def member(p, s, e, projected):
+        e = c3.member_eval(s, e, projected)
         return decode(p["gpt"], sweep.model.apply({"params": p}, e, method="prefix"))
+
+    def members(params, settings, e, memory):
+        projected = (None if memory is None else
+                     c3.project_to_memory(e, memory, config.decap_temperature))
+        return jax.vmap(member, in_axes=(0, 0, None, None))(params, settings, e, projected)
     member_sh = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
     repl = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec())
-    fn = jax.jit(jax.vmap(member, in_axes=(0, 0, None)), out_shardings=member_sh)
-    means = parallel.put_members(sweep.mesh, sweep.settings["eval_mean"])
+    fn = jax.jit(members, out_shardings=member_sh)
+    settings = parallel.put_members(sweep.mesh, sweep.settings)
+    memory = None if sweep.memory is None else parallel.put_whole(sweep.memory, repl)
     batch, n = max(1, config.eval_batch_size), len(embeddings)
     tokens = []
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        tokens.append(parallel.to_host(fn(params, means, parallel.put_whole(padded, repl)))
+        tokens.append(parallel.to_host(fn(params, settings, parallel.put_whole(padded, repl), memory))
                       [:, :len(chunk)])
     tokens = np.concatenate(tokens, 1)
     return [[captioning.decode_text(sweep.tokenizer, row, stops) for row in rows]

@@ -7,7 +7,6 @@ resumes exactly.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from c3_jax import c3, parallel
+from c3_jax import c3, geometry, parallel
 from c3_jax.data import builders, pipeline
 from c3_jax.data import captions as cd
 from c3_jax.data.text import load_tokenizer
@@ -78,10 +77,6 @@ def make_optimizer(config, total_updates: int, trainable) -> optax.GradientTrans
                     trainable if config.freeze_gpt else None, config.grad_accum)
 
 
-def transform_of(config) -> c3.C3Transform:
-    return c3.variant(config.variant, config.noise_sigma)
-
-
 # ---------------------------------------------------------------------------
 # Jitted steps
 
@@ -102,26 +97,26 @@ def train_update(model: clipcap.ClipCap, tx, state, batch: dict, embed: Callable
     return st.guard_finite(new, state, metrics, skip_nonfinite)
 
 
-def make_train_step(model: clipcap.ClipCap, tx, transform: c3.C3Transform, mesh,
-                    state_sharding, skip_nonfinite: bool = False, loss_chunk: int = 0):
-    """One sharded step: C^3 transform of the batch, then ``train_update``."""
+def make_train_step(model: clipcap.ClipCap, tx, mesh, state_sharding,
+                    skip_nonfinite: bool = False, loss_chunk: int = 0):
+    """One sharded step: the method's training transform of the batch (``c3.member_train``
+    with the settings as arrays), then ``train_update``."""
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    def step(state: st.TrainState, batch: dict, mean, gap_direction, key):
+    def step(state: st.TrainState, batch: dict, settings: dict, key):
         rng = jax.random.fold_in(key, state.step)
-        embed = lambda e: c3.apply_transform(transform, e, mean, rng=rng, train=True,
-                                             gap_direction=gap_direction)
+        embed = lambda e: c3.member_train(settings, e, rng)
         return train_update(model, tx, state, batch, embed, skip_nonfinite, loss_chunk)
 
     batch_sh = parallel.batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(state_sharding, batch_sh, repl, repl, repl),
+    return jax.jit(step, in_shardings=(state_sharding, batch_sh, repl, repl),
                    out_shardings=(state_sharding, repl), donate_argnums=0)
 
 
-def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh, loss_chunk: int = 0):
+def make_eval_loss(model: clipcap.ClipCap, mesh, loss_chunk: int = 0):
     """Summed caption NLL and token count of a batch (no noise), for validation."""
-    def fn(params, batch, mean):
-        e = c3.apply_transform(transform, batch["embedding"], mean, train=False)
+    def fn(params, batch, settings):
+        e = c3.member_train(settings, batch["embedding"])
         loss, count = model.apply({"params": params}, e, batch["ids"], batch["mask"],
                                   loss_chunk, method="caption_nll")
         return loss * count, count
@@ -133,7 +128,7 @@ def make_eval_loss(model: clipcap.ClipCap, transform: c3.C3Transform, mesh, loss
 # Training
 
 
-_MEANS: dict = {}  # (dataset dir, split, field) -> modality mean
+_MOMENTS: dict = {}  # (dataset dir, split, field) -> c3.Moments
 
 
 class Run:
@@ -149,24 +144,63 @@ class Run:
         self.tokenizer = load_tokenizer(config.gpt2)
         self.pairs = self.caption_pairs(self.train_source, config.train_field, rows)
         self.model, self.params, self.trainable = build_model(config, self.pairs.dim)
-        self.transform = transform_of(config)
+        c3.check_method(config.variant)
+
+    def moments(self, field: str) -> c3.Moments:
+        """Per-dimension mean and std of ``field`` over the whole training split (its mean is
+        Algorithm 1's); kept for later runs on the same dataset in this process."""
+        key = (os.path.abspath(self.config.dataset_dir), self.config.train_split, field)
+        if key not in _MOMENTS:
+            _MOMENTS[key] = cd.field_moments(self.train_source, field)
+        return _MOMENTS[key]
 
     def mean(self, field: str) -> np.ndarray:
-        """Modality mean of ``field`` over the whole training split (Algorithm 1); kept for
-        later runs on the same dataset in this process."""
-        key = (os.path.abspath(self.config.dataset_dir), self.config.train_split, field)
-        if key not in _MEANS:
-            _MEANS[key] = cd.field_mean(self.train_source, field)
-        return _MEANS[key]
+        return self.moments(field).mean
+
+    def settings(self, method: str, sigma: float, train_field: str,
+                 noise: Optional[dict] = None) -> dict:
+        """``c3.member_settings`` of a method trained on ``train_field`` and met with the
+        config's ``eval_field`` at inference."""
+        return c3.member_settings(method, sigma, self.moments(train_field),
+                                  self.moments(self.config.eval_field), noise)
 
     def caption_pairs(self, source, field: str, rows=None) -> cd.CaptionPairs:
         """(embedding, tokenized caption) pairs of a split."""
         return cd.CaptionPairs(source, field, self.config.caption_field, rows).tokenize(
             self.tokenizer, self.config.max_caption_tokens, self.config.truncate_captions)
 
-    def gap_direction(self) -> np.ndarray:
-        """Mean eval-modality minus mean train-modality embedding (span_only noise)."""
-        return self.mean(self.config.eval_field) - self.mean(self.config.train_field)
+    def own_settings(self) -> dict:
+        """The settings of the config's own method, sigma and training field."""
+        config = self.config
+        return self.settings(config.variant, config.noise_sigma, config.train_field,
+                             noise_model(config) if config.variant == "c3_aniso" else None)
+
+    def memory(self) -> np.ndarray:
+        """decap's memory: the training split's ``train_field`` embeddings."""
+        return cd.field_rows(self.train_source, self.config.train_field,
+                             self.config.decap_memory)
+
+
+_NOISE: dict = {}  # (dataset dir, split, fields, pairs, rank) -> residual noise model
+
+
+def noise_model(config) -> dict:
+    """c3_aniso's noise model (``geometry.residual_noise``) of the first
+    ``calibration_pairs`` (eval_field, train_field's first caption) pairs of the config's
+    ``calibration_split``, rank ``noise_rank``; its ``sigma`` is the calibrated sigma."""
+    key = (os.path.abspath(config.dataset_dir), config.calibration_split, config.eval_field,
+           config.train_field, config.calibration_pairs, config.noise_rank)
+    if key not in _NOISE:
+        source = builders.data_source(config.dataset_dir, config.calibration_split)
+        x, _ = cd.eval_rows(source, config.eval_field, config.caption_field,
+                            config.calibration_pairs)
+        y, _ = cd.eval_rows(source, config.train_field, config.caption_field,
+                            config.calibration_pairs)
+        if len(x) < 2:
+            raise ValueError(f"the {config.calibration_split!r} split has {len(x)} rows; "
+                             "calibration needs at least 2 pairs")
+        _NOISE[key] = geometry.residual_noise(x, y, config.noise_rank)
+    return _NOISE[key]
 
 
 def total_steps(config, num_pairs: int) -> int:
@@ -179,7 +213,7 @@ def _loader(pairs, local_batch: int, seed: int, epochs=None, shuffle=True):
     return pipeline.make_loader(pairs, local_batch, seed, shuffle=shuffle, num_epochs=epochs)
 
 
-def _validation_loss(run: Run, params, eval_loss, mean) -> Optional[float]:
+def _validation_loss(run: Run, params, eval_loss, settings) -> Optional[float]:
     config = run.config
     if config.val_batches <= 0 or not config.val_split:
         return None
@@ -193,7 +227,8 @@ def _validation_loss(run: Run, params, eval_loss, mean) -> Optional[float]:
     for i, local in enumerate(loader):
         if i >= config.val_batches:
             break
-        s, c = eval_loss(params, pipeline.global_batch(local, parallel.batch_sharding(run.mesh)), mean)
+        batch = pipeline.global_batch(local, parallel.batch_sharding(run.mesh))
+        s, c = eval_loss(params, batch, settings)
         total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)
 
@@ -221,11 +256,10 @@ def train(run: Run) -> tuple:
     steps = total_steps(config, len(run.pairs))
     tx = make_optimizer(config, max(steps // config.grad_accum, 1), run.trainable)
     abstract, shardings = state_shardings(run, tx)
-    mean = run.mean(config.train_field)
-    gap = run.gap_direction() if run.transform.noise == "span_only" else np.zeros_like(mean)
-    step_fn = make_train_step(run.model, tx, run.transform, run.mesh, shardings,
-                              config.skip_nonfinite, config.loss_chunk)
-    eval_loss = make_eval_loss(run.model, run.transform, run.mesh, config.loss_chunk)
+    settings = run.own_settings()
+    step_fn = make_train_step(run.model, tx, run.mesh, shardings, config.skip_nonfinite,
+                              config.loss_chunk)
+    eval_loss = make_eval_loss(run.model, run.mesh, config.loss_chunk)
     data = iter(_loader(run.pairs, local_batch, config.seed))
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
@@ -234,12 +268,12 @@ def train(run: Run) -> tuple:
     schedule = st.warmup_linear_decay(config.lr, config.warmup_steps,
                                       max(steps // config.grad_accum, 1))
     state, last, val = loop.fit(
-        state, start, lambda s, batch, i: step_fn(s, batch, mean, gap, key), data,
+        state, start, lambda s, batch, i: step_fn(s, batch, settings, key), data,
         parallel.batch_sharding(run.mesh), ckpts, wd,
         loop.LoopConfig(steps, config.log_every, config.checkpoint_every,
                         config.skip_nonfinite),
         learning_rate=lambda i: schedule(i // config.grad_accum),
-        validate=lambda s: _validation_loss(run, s.params, eval_loss, mean))
+        validate=lambda s: _validation_loss(run, s.params, eval_loss, settings))
     summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs),
                **({"final_loss": last["loss"]} if "loss" in last else {}),
                **{k: last[k] for k in ("seconds_per_step",) if k in last},
@@ -280,19 +314,24 @@ def decode_text(tokenizer, tokens: np.ndarray, stops: tuple) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
-def generate(run: Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray],
+def generate(run: Run, params, embeddings: np.ndarray, settings: dict,
              shift: Optional[np.ndarray] = None, marks: Optional[list] = None) -> list:
-    """Captions of raw ``embeddings`` [n, d]: C^3 transform (eval mode: normalize, and
-    collapse with ``mean``), optional constant ``shift``, mapper, then decoding.
-    ``marks`` gets (batch, time) as each batch's tokens reach the host."""
+    """Captions of raw ``embeddings`` [n, d]: the method's inference transform
+    (``c3.member_eval`` with ``settings``; decap's projection onto ``run.memory()``), an
+    optional constant ``shift``, the mapper, then decoding. ``marks`` gets (batch, time) as
+    each batch's tokens reach the host."""
     config = run.config
     decoder = gpt2.GPT2(run.model.gpt, run.model.dtype)
     stops = stop_ids(run.tokenizer, config.stop_at_period)
-    mean = jnp.zeros(embeddings.shape[1]) if mean is None else jnp.asarray(mean)
     shift = jnp.zeros(embeddings.shape[1]) if shift is None else jnp.asarray(shift)
-    transform = dataclasses.replace(run.transform, noise="none")
-    prefix_fn = jax.jit(lambda p, e: run.model.apply(
-        {"params": p}, c3.apply_transform(transform, e, mean) + shift, method="prefix"))
+    memory = run.memory() if settings["project"] > 0 else None
+
+    def prefix(p, s, e, memory):
+        projected = (None if memory is None else
+                     c3.project_to_memory(e, memory, config.decap_temperature))
+        return run.model.apply({"params": p}, c3.member_eval(s, e, projected) + shift,
+                               method="prefix")
+    prefix_fn = jax.jit(prefix)
     decode = make_decoder(config, decoder, stops, run.tokenizer.eos_token_id)
     sharding = parallel.batch_sharding(run.mesh)
     batch, n, out = eval_batch(config), len(embeddings), []
@@ -300,7 +339,8 @@ def generate(run: Run, params, embeddings: np.ndarray, mean: Optional[np.ndarray
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
         e = parallel.put_whole(padded, sharding)
-        tokens = parallel.to_host(decode(params["gpt"], prefix_fn(params, e)))[:len(chunk)]
+        tokens = parallel.to_host(decode(params["gpt"], prefix_fn(params, settings, e,
+                                                                  memory)))[:len(chunk)]
         out.extend(decode_text(run.tokenizer, row, stops) for row in tokens)
         if marks is not None:
             marks.append((len(marks) + 1, time.perf_counter()))
@@ -325,16 +365,15 @@ def make_decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int):
 
 
 def evaluate(run: Run, params) -> dict:
-    """Captions the test split's ``eval_field`` embeddings (collapsed with that modality's
-    mean when the variant collapses) and scores them against the references."""
+    """Captions the test split's ``eval_field`` embeddings (through the method's inference
+    transform) and scores them against the references."""
     config = run.config
     source = builders.data_source(config.dataset_dir, config.test_split)
     embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
                                     config.eval_max_examples)
     check_width(embeddings, run.pairs.dim, config.eval_field)
-    mean = run.mean(config.eval_field) if run.transform.collapse else None
     marks = []
-    captions = generate(run, params, embeddings, mean, marks=marks)
+    captions = generate(run, params, embeddings, run.own_settings(), marks=marks)
     metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
                              spice=config.spice)
     run.wd.write_json("captions_test.json", [{"prediction": c, "references": r}

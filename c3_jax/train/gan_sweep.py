@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from c3_jax import c3, parallel
 from c3_jax.data import pipeline
-from c3_jax.train import caption_sweep, checkpoints, generation, loop
+from c3_jax.train import caption_sweep, captioning, checkpoints, generation, loop
 from c3_jax.workdir import Workdir
 
 Member = caption_sweep.Member  # its train_field is the config's
@@ -35,8 +35,13 @@ class GanSweep(generation.Run):
         data = self.mesh.shape["data"]
         size = -(-len(members) // data) * data  # padded with copies of member 0
         self.padded = self.members + (self.members[0],) * (size - len(members))
-        train, test = self.mean(config.train_field), self.mean(config.eval_field)
-        settings = [c3.member_settings(c3.variant(m.variant, m.sigma), train, test, self.rows.dim)
+        methods = {m.variant for m in members}
+        if "decap" in methods:
+            raise ValueError("decap projects onto a memory of the training modality at "
+                             "inference: it has no text-to-image form here")
+        train, test = self.moments(config.train_field), self.moments(config.eval_field)
+        noise = captioning.noise_model(config) if "c3_aniso" in methods else None
+        settings = [c3.member_settings(m.variant, m.sigma, train, test, noise)
                     for m in self.padded]
         self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
@@ -71,9 +76,8 @@ def over_members(fn, mesh, shared: int = 0):
 def member_step(sweep: GanSweep, cfg: generation.StepConfig, skip_nonfinite: bool):
     """(state, batch, settings, seeds, with_r1) -> (state, metrics), over the members."""
     def member(state, batch, s, seed, with_r1):
-        condition = lambda e, rng: c3.apply_as_arrays(e, s["mean"], s["sigma"], s["gap"], rng,
-                                                      train=True)
-        clip_space = lambda e: c3.apply_as_arrays(e, s["mean"])
+        condition = lambda e, rng: c3.member_train(s, e, rng)
+        clip_space = lambda e: c3.member_train(s, e)
         return generation.gan_update(sweep.gen, sweep.disc, sweep.encoder, cfg, sweep.tx,
                                      sweep.tx, state, batch, jax.random.key(seed), with_r1,
                                      condition, clip_space, skip_nonfinite)
@@ -124,25 +128,25 @@ def train(sweep: GanSweep) -> tuple:
 
 def evaluate(sweep: GanSweep, ema, limit: int = 0) -> dict:
     """Every member's images from the test split's text embeddings (the eval-modality mean
-    collapsed per the member's variant; its own latents, as alone), generated in one
+    through the member's method, ``c3.member_eval``; its own latents, as alone), generated in one
     batched program and scored by ``generation.ImageScores``: {member: {metrics, images}}."""
     config = sweep.config
     gen = sweep.gen
 
-    def member(params, mean, seed, e, i):
-        cond = c3.apply_as_arrays(e, mean)
+    def member(params, settings, seed, e, i):
+        cond = c3.member_eval(settings, e)
         z_key, noise_key = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), i))
         z = jax.random.normal(z_key, (e.shape[0], gen.config.z_dim))
         return generation.to_uint8(gen.apply({"params": params}, z, cond, noise_key))
 
     repl = jax.sharding.NamedSharding(sweep.mesh, P())
     fn = jax.jit(over_members(member, sweep.mesh, shared=2))
-    means, seeds = parallel.put_members(sweep.mesh, (sweep.settings["eval_mean"], sweep.seeds))
+    settings, seeds = parallel.put_members(sweep.mesh, (sweep.settings, sweep.seeds))
     inception = generation.inception_of(config.inception_weights)
     scores = [generation.ImageScores(sweep.encoder, inception) for _ in sweep.members]
     images = [[] for _ in sweep.members]
     for i, (e, real, _) in enumerate(generation.test_batches(config, limit)):
-        fake = parallel.to_host(fn(ema, means, seeds, parallel.put_whole(e, repl),
+        fake = parallel.to_host(fn(ema, settings, seeds, parallel.put_whole(e, repl),
                                    parallel.put_whole(np.int32(i), repl)))
         for k, s in enumerate(scores):
             s.update(fake[k], real, e)

@@ -276,7 +276,7 @@ class Run:
         self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
         self.transform = c3.variant(config.variant, config.noise_sigma)
         self.tx = optimizer(config)
-        self._means: dict = {}
+        self._moments: dict = {}
 
     def _check_encoder(self) -> None:
         r = self.rows.resolution
@@ -286,11 +286,15 @@ class Run:
                              f"{self.config.train_field!r} is {self.rows.dim}-d; use the CLIP "
                              "that embedded the dataset")
 
+    def moments(self, field: str) -> c3.Moments:
+        """Per-dimension mean and std of ``field`` over the training split."""
+        if field not in self._moments:
+            self._moments[field] = cd.field_moments(self.train_source, field)
+        return self._moments[field]
+
     def mean(self, field: str) -> np.ndarray:
         """Modality mean of ``field`` over the training split (Algorithm 1)."""
-        if field not in self._means:
-            self._means[field] = cd.field_mean(self.train_source, field)
-        return self._means[field]
+        return self.moments(field).mean
 
     def init_state(self) -> GANState:
         return init_state(self.gen, self.disc, self.tx, self.gan, jax.random.key(self.config.seed))

@@ -1,0 +1,24 @@
+"""The gap-closing methods side by side on the built-in world: the main job's world,
+Connect and captioners (configs/shapes_caption.py), with every method of c3.METHODS beside
+the paper's variants, x 3 seeds, trained and decoded as one sweep.
+
+Methods (c3.member_settings): c3_aniso (Corrupt with the residual's covariance, at the
+calibrated sigma), c3_std (Collapse matching per-dimension std), realign (the text moved
+onto the image statistics: mean, covariance trace), capdec_offset (CapDec with its modality
+offset), decap (trained as c1, image embeddings projected onto the memory of training text
+embeddings at inference).
+
+Variants: '' (the comparison), 'quick' (a tiny end-to-end check for tests).
+"""
+from configs import parse_arg
+from configs import shapes_caption
+
+VARIANTS = ("quick",)
+
+
+def get_config(arg: str = ""):
+    parts = parse_arg(arg, VARIANTS, "shapes_methods")
+    c = shapes_caption.get_config("quick" if "quick" in parts else "")
+    c.variants = ("c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,c3_aniso,c3_std,"
+                  "realign,capdec_offset,decap")
+    return c

@@ -1,0 +1,176 @@
+"""The gap-closing methods (c3.member_settings / member_train / member_eval) against closed
+forms and independent numpy computations."""
+import jax
+import numpy as np
+import pytest
+
+from c3_jax import c3, geometry
+
+
+def _unit(a):
+    a = np.asarray(a, np.float64)
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def _moments(e) -> c3.Moments:
+    n = _unit(e)
+    return c3.Moments(n.mean(0).astype(np.float32), n.std(0).astype(np.float32))
+
+
+def _modalities(seed=0, n=400, d=8):
+    """Text and image embeddings with different means and per-dimension scales."""
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(n, d)) * np.linspace(0.2, 2.0, d) + 1.5 * np.eye(d)[0]
+    i = rng.normal(size=(n, d)) * np.linspace(1.5, 0.3, d) - 1.0 * np.eye(d)[1]
+    return t.astype(np.float32), i.astype(np.float32)
+
+
+def test_member_transform_equals_the_paper_variants():
+    rng = np.random.default_rng(0)
+    e, mean, gap = (rng.normal(size=s).astype(np.float32) for s in ((5, 8), (8,), (8,)))
+    key = jax.random.key(3)
+    ones = np.ones(8, np.float32)
+    train, evaluation = c3.Moments(mean, ones), c3.Moments(mean + gap, ones)
+    for name in ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only"):
+        t = c3.variant(name, 0.3)
+        s = c3.member_settings(name, 0.3, train, evaluation)
+        want = c3.apply_transform(t, e, mean, rng=key, train=True, gap_direction=gap)
+        np.testing.assert_allclose(c3.member_train(s, e, key), want, rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
+        want = c3.apply_transform(t, e, mean if t.collapse else None)
+        np.testing.assert_allclose(c3.member_train(s, e), want, rtol=1e-6, atol=1e-7)
+        want = c3.apply_transform(t, e, mean + gap if t.collapse else None)
+        np.testing.assert_allclose(c3.member_eval(s, e), want, rtol=1e-6, atol=1e-7)
+
+
+def test_unknown_and_lafite_methods_are_refused():
+    with pytest.raises(ValueError, match="lafite"):
+        c3.check_method("lafite")
+    with pytest.raises(ValueError, match="unknown method"):
+        c3.check_method("c4")
+    m = c3.Moments(np.zeros(4), np.ones(4))
+    with pytest.raises(ValueError, match="noise model"):
+        c3.member_settings("c3_aniso", 0.1, m, m)
+
+
+def _planted_pairs(n=20_000, d=16, seed=1):
+    """Pairs whose residual has a known covariance: eigenvalues 2^-k along a random basis."""
+    rng = np.random.default_rng(seed)
+    basis = np.zeros((d, d - 1))  # the residual lies off the first axis, where y points
+    basis[1:] = np.linalg.qr(rng.normal(size=(d - 1, d - 1)))[0]
+    spectrum = 0.001 * 2.0 ** -np.arange(d - 1)
+    cov = (basis * spectrum) @ basis.T
+    y = np.zeros((n, d))
+    y[:, 0] = 100.0  # normalizing divides every row by ~100 * sqrt(1.09): nearly constant
+    x = y + 100.0 * rng.multivariate_normal(np.zeros(d), cov, n) + 100.0 * 0.3 * np.eye(d)[1]
+    return x, y, cov, spectrum
+
+
+def test_residual_noise_recovers_a_planted_covariance():
+    x, y, cov, spectrum = _planted_pairs()
+    model = geometry.residual_noise(x, y)
+    # Independent estimate: numpy's covariance of the normalized pairs' differences.
+    diff = _unit(x) - _unit(y)
+    want = np.cov(diff, rowvar=False)
+    unit = np.sqrt(np.trace(want) / len(want))
+    np.testing.assert_allclose(model["factor"] @ model["factor"].T, want / unit ** 2,
+                               atol=1e-4 * np.abs(want / unit ** 2).max())
+    np.testing.assert_allclose(model["std"], 0.0)
+    assert model["sigma"] == pytest.approx(c3.calibrate_sigma(x, y)["sigma"], rel=1e-5)
+    # ... and the planted spectrum (to sampling error, after the ~1/100 normalization).
+    got = np.linalg.eigvalsh(model["factor"] @ model["factor"].T)[::-1]
+    np.testing.assert_allclose(got[:4] / got[0], spectrum[:4] / spectrum[0], rtol=0.05)
+
+
+def test_low_rank_noise_keeps_the_top_directions_and_each_variance():
+    x, y, _, _ = _planted_pairs()
+    full, low = geometry.residual_noise(x, y), geometry.residual_noise(x, y, rank=3)
+    cov = full["factor"] @ full["factor"].T
+    approx = low["factor"] @ low["factor"].T + np.diag(low["std"] ** 2)
+    np.testing.assert_allclose(np.diag(approx), np.diag(cov), rtol=1e-6, atol=1e-9)
+    values, vectors = np.linalg.eigh(cov)
+    top = (vectors[:, -3:] * values[-3:]) @ vectors[:, -3:].T
+    np.testing.assert_allclose(low["factor"] @ low["factor"].T, top, atol=1e-6)
+    assert low["factor"].shape == (16, 3)
+
+
+def test_aniso_noise_has_the_calibrated_covariance_at_the_calibrated_sigma():
+    x, y, _, _ = _planted_pairs(n=5000, d=8)
+    model = geometry.residual_noise(x, y)
+    m = c3.Moments(np.zeros(8), np.ones(8))
+    s = c3.member_settings("c3_aniso", model["sigma"], m, m, model)
+    noise = np.asarray(c3.member_noise(jax.tree.map(np.asarray, s), jax.random.key(0),
+                                       (200_000, 8)), np.float64)
+    want = np.cov(_unit(x) - _unit(y), rowvar=False)
+    np.testing.assert_allclose(np.cov(noise, rowvar=False), want,
+                               atol=0.02 * np.abs(want).max())
+    np.testing.assert_allclose(noise.mean(0), 0.0, atol=5 * np.sqrt(want.max() / 200_000))
+
+
+def test_c3_std_standardizes_each_modality_to_its_rms_std():
+    t, i = _modalities()
+    mt, mi = _moments(t), _moments(i)
+    s = c3.member_settings("c3_std", 0.1, mt, mi)
+    rms_t = np.sqrt(np.mean(_unit(t).std(0) ** 2))
+    scaled = (_unit(t) - _unit(t).mean(0)) * s["scale"]
+    np.testing.assert_allclose(scaled.std(0), rms_t, rtol=1e-5)  # every dimension
+    want = _unit((_unit(i) - _unit(i).mean(0)) * np.sqrt(np.mean(_unit(i).std(0) ** 2))
+                 / _unit(i).std(0))
+    np.testing.assert_allclose(c3.member_eval(s, i), want, atol=2e-6)
+    want = _unit((_unit(t) - _unit(t).mean(0)) * rms_t / _unit(t).std(0))
+    np.testing.assert_allclose(c3.member_train(s, t), want, atol=2e-6)
+
+
+def test_realign_moves_text_onto_the_image_mean_and_trace():
+    t, i = _modalities()
+    s = c3.member_settings("realign", 0.1, _moments(t), _moments(i))
+    nt, ni = _unit(t), _unit(i)
+    moved = (nt - nt.mean(0)) * np.sqrt(np.sum(ni.var(0)) / np.sum(nt.var(0))) + ni.mean(0)
+    np.testing.assert_allclose(moved.mean(0), ni.mean(0), atol=1e-12)
+    assert np.sum(moved.var(0)) == pytest.approx(np.sum(ni.var(0)), rel=1e-9)
+    np.testing.assert_allclose(c3.member_train(s, t), _unit(moved), atol=2e-6)
+    np.testing.assert_allclose(c3.member_eval(s, i), ni, atol=1e-6)  # inference unchanged
+    assert not s["sigma"].any()  # no Corrupt
+
+
+def test_capdec_offset_adds_the_modality_offset_then_noise():
+    t, i = _modalities()
+    s = c3.member_settings("capdec_offset", 0.2, _moments(t), _moments(i))
+    offset = _unit(i).mean(0) - _unit(t).mean(0)
+    np.testing.assert_allclose(c3.member_train(s, t), _unit(_unit(t) + offset), atol=2e-6)
+    key = jax.random.key(5)
+    noise = 0.2 * np.asarray(jax.random.normal(key, t.shape))
+    np.testing.assert_allclose(c3.member_train(s, t, key), _unit(_unit(t) + offset + noise),
+                               atol=2e-6)
+    np.testing.assert_allclose(c3.member_eval(s, i), _unit(i), atol=1e-6)
+
+
+def _softmax_projection(e, memory, temperature):
+    e, memory = _unit(e), _unit(memory)
+    logits = e @ memory.T / temperature
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return (p / p.sum(1, keepdims=True)) @ memory
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_decap_projection_equals_the_softmax_weighted_memory(chunk):
+    rng = np.random.default_rng(2)
+    e, memory = rng.normal(size=(9, 8)), rng.normal(size=(101, 8))
+    got = c3.project_to_memory(e.astype(np.float32), memory.astype(np.float32), 0.05, chunk)
+    np.testing.assert_allclose(got, _softmax_projection(e, memory, 0.05), atol=2e-6)
+    # At a tiny temperature the projection is the nearest memory row.
+    cold = c3.project_to_memory(e.astype(np.float32), memory.astype(np.float32), 1e-5, chunk)
+    nearest = _unit(memory)[np.argmax(_unit(e) @ _unit(memory).T, axis=1)]
+    np.testing.assert_allclose(cold, nearest, atol=1e-5)
+
+
+def test_decap_member_projects_only_at_inference():
+    t, i = _modalities()
+    s = c3.member_settings("decap", 0.1, _moments(t), _moments(i))
+    projected = c3.project_to_memory(i, t)
+    np.testing.assert_allclose(c3.member_eval(s, i, projected),
+                               _unit(_softmax_projection(i, t, c3.DECAP_TEMPERATURE)),
+                               atol=2e-5)
+    np.testing.assert_allclose(c3.member_train(s, t, jax.random.key(0)), _unit(t), atol=1e-6)
+    c1 = c3.member_settings("c1", 0.1, _moments(t), _moments(i))
+    np.testing.assert_allclose(c3.member_eval(c1, i, projected), _unit(i), atol=1e-6)
