@@ -1,4 +1,5 @@
-"""The built-in world's main job (':quick') end to end, and Connect's loss."""
+"""The built-in world's main job with every method (shapes_methods ':quick') end to end, and
+Connect's loss."""
 import json
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 from c3_jax import runner
 from c3_jax.train import connect
 from conftest import assert_same_numbers, launch_local, numbers
-from configs import shapes_caption, shapes_sigma_sweep
+from configs import shapes_methods, shapes_sigma_sweep
 
 
 def test_clip_loss_matches_a_numpy_reference():
@@ -27,7 +28,7 @@ def test_clip_loss_matches_a_numpy_reference():
 
 
 def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_path):
-    config = shapes_caption.get_config("quick")
+    config = shapes_methods.get_config("quick")
     results = runner.run(config, str(tmp_path / "run"))
     tmp_path = tmp_path / "run"
     for name in ("config.json", "connect/metrics.jsonl", "results.json", "RESULTS.md",
@@ -40,12 +41,13 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
             assert np.isfinite(row[metric]["mean"]), (name, metric)
             assert 0 <= row[metric]["mean"] <= 10, (name, metric)  # CIDEr may exceed 1
     geometry = results["geometry"]
-    assert geometry["modality_gap"] > 0 and geometry["sigma_calibrated"] > 0
+    assert geometry["modality_gap"] > 0 and results["sigma_calibrated"] > 0
     assert geometry["effective_dim_x"] >= 1 and "gap_orthogonality" in geometry["statistics"]
     table = (tmp_path / "RESULTS.md").read_text()
     assert all(f"| {v} |" in table for v in variants)
     # One seed: no "± 0.0"; one chance row.
-    assert "±" not in table and table.count("| chance") == 1 and "seed 0" in table
+    assert "±" not in table and table.count("| chance") == 2 and "seed 0" in table
+    assert "| DeCap 24.7 / 25.0 / 91.2 |" in table  # the published COCO anchors
     # The val-pair geometry the Connect recipe was chosen by.
     assert 0 <= geometry["val"]["recall_at_1"] <= 1 and geometry["val"]["gap_length"] > 0
     connect_rows = [json.loads(line) for line in open(tmp_path / "connect" / "metrics.jsonl")]
@@ -58,7 +60,7 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
     # give the figures of this run's 1 process x 2 (the sweep's members split over the
     # processes).
     two = tmp_path.parent / "two"
-    out = launch_local(2, "configs/shapes_caption.py:quick", two, tmp_path.parent / "logs")
+    out = launch_local(2, "configs/shapes_methods.py:quick", two, tmp_path.parent / "logs")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     for output in ("RESULTS.md", "samples.png", "config.json"):
         assert (two / output).exists(), output
