@@ -125,7 +125,6 @@ def main():
 
     gen, disc = stylegan2.Generator(gan), stylegan2.Discriminator(gan)
     encoder = make_encoder(preset["clip"], args.preset)
-    transform = c3.variant("c3")
     opt_config = t2i_base.get_config()
     opt_config.lr = preset["lr"]
     tx = generation.optimizer(opt_config)
@@ -145,8 +144,9 @@ def main():
 
     rng = np.random.default_rng(0)
     e = rng.normal(size=(1024, gan.cond_dim)) + 2.0 * rng.normal(size=gan.cond_dim)
-    mean = (e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0).astype(np.float32)
-    gap = np.zeros(gan.cond_dim, np.float32)
+    moments = c3.Moments((e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0),
+                         np.ones(gan.cond_dim))
+    settings = c3.member_settings("c3", c3.CLIP_SIGMA, moments, moments)
     key = jax.random.key(0)
     batch_sharding = parallel.batch_sharding(mesh)
     batches = [jax.device_put({
@@ -154,24 +154,24 @@ def main():
         "embedding": rng.normal(size=(b, gan.cond_dim)).astype(np.float32)}, batch_sharding)
         for _ in range(4)]
 
-    build = lambda: generation.make_train_step(gen, disc, encoder, transform, cfg, tx, tx,
-                                               mesh, shardings)
+    build = lambda: generation.make_train_step(gen, disc, encoder, cfg, tx, tx, mesh,
+                                               shardings)
     step_fn = build()
-    example = (state, batches[0], mean, gap, key)
+    example = (state, batches[0], settings, key)
     start = time.perf_counter()
     with_r1 = _flops(step_fn.lower(*example, True).compile())
     compile_s = time.perf_counter() - start
     without_r1 = _flops(step_fn.lower(*example, False).compile())
 
     for i in range(args.warmup):
-        state, metrics = step_fn(state, batches[i % len(batches)], mean, gap, key,
+        state, metrics = step_fn(state, batches[i % len(batches)], settings, key,
                                  i % cfg.r1_every == 0)
     jax.block_until_ready((state, metrics))
     first = args.warmup  # state.step of the first timed step
     r1_steps = sum((first + i) % cfg.r1_every == 0 for i in range(steps))
     start = time.perf_counter()
     for i in range(steps):
-        state, metrics = step_fn(state, batches[i % len(batches)], mean, gap, key,
+        state, metrics = step_fn(state, batches[i % len(batches)], settings, key,
                                  (first + i) % cfg.r1_every == 0)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - start

@@ -16,7 +16,6 @@ from c3_jax.progress import progress_bar
 
 # CapDec / C^3 noise for CLIP captioning: variance 0.016 (the C^3 paper, Section 4).
 CLIP_SIGMA = float(np.sqrt(0.016))
-NOISE_KINDS = ("none", "gaussian", "span_only", "lafite_mix")
 
 
 def normalize(e: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -50,81 +49,18 @@ def lafite_mix(rng: jax.Array, e: jax.Array, level: float) -> jax.Array:
     return normalize((1.0 - level) * e + level * n)
 
 
-@dataclasses.dataclass(frozen=True)
-class C3Transform:
-    """Per-item transform: normalize -> remove mean -> noise (train only) -> renormalize.
-
-    Frozen (hashable), so it can be a static argument of a jitted step.
-    ``sigma`` is the noise std (gaussian, span_only) or the mix level (lafite_mix).
-    """
-    collapse: bool = True
-    noise: str = "gaussian"
-    sigma: float = CLIP_SIGMA
-
-    def __post_init__(self):
-        if self.noise not in NOISE_KINDS:
-            raise ValueError(f"C3Transform.noise={self.noise!r}; expected one of {NOISE_KINDS}")
-        if self.sigma < 0:
-            raise ValueError(f"C3Transform.sigma={self.sigma} must be >= 0")
-
-
-# The paper's named variants (Table 2 and Table 7).
-VARIANTS = {
-    "c1": dict(collapse=False, noise="none"),
-    "c2_collapse": dict(collapse=True, noise="none"),
-    "c2_corrupt": dict(collapse=False, noise="gaussian"),
-    "c3": dict(collapse=True, noise="gaussian"),
-    "span_only": dict(collapse=False, noise="span_only"),
-    "lafite": dict(collapse=True, noise="lafite_mix"),
-}
-
-
-def variant(name: str, sigma: float = CLIP_SIGMA) -> C3Transform:
-    """Returns the named variant of the paper (c1, c2_collapse, c2_corrupt, c3, ...)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown C^3 variant {name!r}; known: {sorted(VARIANTS)}")
-    return C3Transform(sigma=sigma, **VARIANTS[name])
-
-
-def apply_transform(t: C3Transform, e: jax.Array, mean: Optional[jax.Array] = None, *,
-                    rng: Optional[jax.Array] = None, train: bool = False,
-                    gap_direction: Optional[jax.Array] = None) -> jax.Array:
-    """Applies a C3Transform to a batch of raw embeddings ``[..., d]``."""
-    e = normalize(e)
-    if t.collapse:
-        if mean is None:
-            raise ValueError("this transform collapses: pass the modality `mean`")
-        e = collapse(e, mean)
-    if not train or t.noise == "none":
-        return normalize(e)
-    if rng is None:
-        raise ValueError(f"noise={t.noise!r} at train time needs an `rng`")
-    if t.noise == "gaussian":
-        e = corrupt(rng, e, t.sigma)
-    elif t.noise == "span_only":
-        if gap_direction is None:
-            raise ValueError("noise='span_only' needs `gap_direction` (mean image - mean text)")
-        e = corrupt_span_only(rng, e, t.sigma, gap_direction)
-    else:
-        e = lafite_mix(rng, e, t.sigma)
-    return normalize(e)
-
-
-# Every method a sweep member (or a captioner trained alone) can use: the paper's variants
-# (less 'lafite', whose mix is not an array setting) and the gap-closing methods after C^3.
-METHODS = ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only", "c3_aniso", "c3_std",
-           "realign", "capdec_offset", "decap")
-NOISY = ("c2_corrupt", "c3", "span_only", "c3_aniso", "c3_std", "capdec_offset")
-COLLAPSING = ("c2_collapse", "c3", "c3_aniso", "c3_std")
+# Every method a run or a sweep member can use: the paper's variants and the gap-closing
+# methods after C^3 ('lafite': sigma is the mix level).
+METHODS = ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only", "lafite", "c3_aniso",
+           "c3_std", "realign", "capdec_offset", "decap")
+NOISY = ("c2_corrupt", "c3", "span_only", "lafite", "c3_aniso", "c3_std", "capdec_offset")
+COLLAPSING = ("c2_collapse", "c3", "lafite", "c3_aniso", "c3_std")
 # DeCap's projection: softmax(similarity / 0.01) over the memory of text embeddings.
 DECAP_TEMPERATURE = 0.01
 
 
 def check_method(name: str) -> None:
     """Raises unless ``name`` is one of ``METHODS`` (what ``member_settings`` expresses)."""
-    if name == "lafite":
-        raise ValueError("method 'lafite' (noise='lafite_mix') is not an array setting: train "
-                         "it alone with the text-to-image generator")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {list(METHODS)}")
 
@@ -150,7 +86,8 @@ def member_settings(method: str, sigma: float, train: Moments, evaluation: Momen
     noise model every member's ``factor`` has its shape (zeros where unused), so that the
     members of a sweep stack.
 
-    - c1 / c2_collapse / c2_corrupt / c3 / span_only: the paper's variants.
+    - c1 / c2_collapse / c2_corrupt / c3 / span_only / lafite: the paper's variants (lafite:
+      ``(1 - sigma) e + sigma n/|n|``, sigma the mix level).
     - c3_aniso: Collapse, then Corrupt with noise of the residual's covariance, scaled so its
       mean per-dimension variance is sigma^2 (at the calibrated sigma: the covariance itself).
     - c3_std: Collapse, then each dimension scaled to the modality's RMS std (per-dimension
@@ -170,12 +107,14 @@ def member_settings(method: str, sigma: float, train: Moments, evaluation: Momen
     rank = 0 if noise is None else np.shape(noise["factor"])[1]
     s = {"mean": zeros, "scale": ones, "shift": zeros, "sigma": zeros,
          "factor": np.zeros((d, rank), np.float32), "gap": zeros, "eval_mean": zeros,
-         "eval_scale": ones, "project": np.float32(0.0)}
+         "eval_scale": ones, "mix": np.float32(0.0), "project": np.float32(0.0)}
     if method in COLLAPSING:
         s["mean"], s["eval_mean"] = f32(train.mean), f32(evaluation.mean)
-    if method in NOISY:
+    if method in NOISY and method != "lafite":
         s["sigma"] = np.full(d, sigma, np.float32)
-    if method == "span_only":
+    if method == "lafite":
+        s["scale"], s["mix"] = np.full(d, 1.0 - sigma, np.float32), np.float32(sigma)
+    elif method == "span_only":
         s["gap"] = f32(evaluation.mean) - f32(train.mean)
     elif method == "c3_aniso":
         if noise is None:
@@ -203,7 +142,7 @@ def member_train(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> jax.
     members of a vmapped sweep can differ): normalize, subtract ``mean``, scale, add
     ``shift``; with an ``rng``, add noise ``sigma * z`` (per dimension) ``+ factor @ z'``
     less its component along ``gap`` (zeros: none); renormalize. For the paper's variants
-    equal to ``apply_transform``."""
+    the composition of ``collapse``, ``corrupt`` / ``corrupt_span_only`` / ``lafite_mix``."""
     e = (normalize(e) - s["mean"]) * s["scale"] + s["shift"]
     if rng is None:
         return normalize(e)
@@ -211,10 +150,11 @@ def member_train(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> jax.
 
 
 def member_noise(s: dict, rng: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
-    """Corrupt's noise of settings ``s``: ``sigma * z + z' @ factor^T`` (z, z' standard
-    normal), less its component along ``gap``: covariance diag(sigma^2) + factor factor^T
-    (projected off the gap direction)."""
-    noise = s["sigma"] * jax.random.normal(rng, shape, dtype)
+    """Corrupt's noise of settings ``s``: ``sigma * z + mix * z/|z| + z' @ factor^T`` (z, z'
+    standard normal), less its component along ``gap``; covariance diag(sigma^2) + factor
+    factor^T when ``mix`` is 0 (projected off the gap direction)."""
+    z = jax.random.normal(rng, shape, dtype)
+    noise = s["sigma"] * z + s["mix"] * normalize(z)
     rank = s["factor"].shape[-1]
     if rank:
         z = jax.random.normal(jax.random.fold_in(rng, 1), shape[:-1] + (rank,), dtype)

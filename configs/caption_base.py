@@ -20,10 +20,11 @@ def get_config(experiment: str = "caption"):
     c.max_caption_tokens, c.truncate_captions, c.train_fraction = 40, True, 1.0
     # Training: AdamW lr 2e-5, 5000 warmup steps then linear decay, batch 40, 10 epochs.
     c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA  # variant: any of c3.METHODS
-    # c3_aniso's noise model: the residual of the first `calibration_pairs` (eval_field,
-    # train_field) pairs of `calibration_split`; its top `noise_rank` directions + a
-    # diagonal (0: the full covariance).
+    # The calibrated sigma and c3_aniso's noise model: the residual of the first
+    # `calibration_pairs` (eval_field, train_field) pairs of `calibration_split`; the noise
+    # keeps its top `noise_rank` directions + a diagonal (0: the full covariance).
     c.calibration_split, c.calibration_pairs, c.noise_rank = "val", 500, 0
+    c.sigma_from_calibration = False  # True: noise_sigma is ignored for the calibrated sigma
     # decap: the memory is the first `decap_memory` train_field embeddings of the training
     # split (0: all of them), projected onto at softmax temperature `decap_temperature`.
     c.decap_temperature, c.decap_memory = c3.DECAP_TEMPERATURE, 0

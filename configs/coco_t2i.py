@@ -2,11 +2,13 @@
 embeddings only, evaluated from caption text embeddings with FID / IS.
 
 Variants: '' or 'c3' (Collapse + Corrupt), 'c1', 'c2_collapse', 'c2_corrupt', 'lafite'
-(LAFITE's own perturbation: the mix with level 0.75 after Collapse), 'quick'.
+(LAFITE's own perturbation: the mix with level 0.75 after Collapse), 'c3_aniso' (Corrupt
+with the residual's covariance at the sigma calibrated on 500 image-caption pairs), 'c3_std'
+(Collapse matching per-dimension std).
 """
 from configs import parse_arg, t2i_base
 
-VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "lafite")
+VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "lafite", "c3_aniso", "c3_std")
 
 
 def get_config(arg: str = ""):
@@ -18,4 +20,5 @@ def get_config(arg: str = ""):
     c.variant = name
     if name == "lafite":
         c.noise_sigma = 0.75  # the mix level of LAFITE's perturbation
+    c.sigma_from_calibration = name == "c3_aniso"
     return c

@@ -21,10 +21,11 @@ def get_config():
     # Training: batch 16, Adam lr 2.5e-3, betas (0, 0.99), R1 gamma 10 every 16 steps,
     # contrastive terms at temperature 0.5, EMA over 10k images.
     c.variant, c.noise_sigma = "c3", c3.CLIP_SIGMA
-    # c3_aniso's noise model (sweeps): the residual of the first `calibration_pairs`
-    # (image, first caption) pairs of `calibration_split`, top `noise_rank` directions
-    # (0: all).
+    # variant: any of c3.METHODS but decap. The calibrated sigma and c3_aniso's noise model:
+    # the residual of the first `calibration_pairs` (image, first caption) pairs of
+    # `calibration_split`, its top `noise_rank` directions (0: all).
     c.calibration_split, c.calibration_pairs, c.noise_rank = "train", 500, 0
+    c.sigma_from_calibration = False  # True: noise_sigma is ignored for the calibrated sigma
     c.batch_size, c.max_steps = 16, 750_000
     c.lr, c.beta1, c.beta2 = 2.5e-3, 0.0, 0.99
     c.r1_gamma, c.r1_every = 10.0, 16

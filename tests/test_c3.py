@@ -57,33 +57,37 @@ def test_lafite_mix_closed_form():
 
 def test_variant_table_matches_paper():
     # Table 2: C1 = connect only, C2 collapse, C2 corrupt (CapDec), C3 = both; Table 7 span-only.
-    table = {name: (t.collapse, t.noise != "none") for name, t in
-             ((n, c3.variant(n)) for n in ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only"))}
+    rng = np.random.default_rng(5)
+    train, test = (c3.Moments(rng.normal(size=4), np.ones(4)) for _ in range(2))
+    table = {}
+    for name in ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only"):
+        s = c3.member_settings(name, 0.1, train, test)
+        table[name] = (bool(s["mean"].any()), bool(s["sigma"].any()))
     assert table == {"c1": (False, False), "c2_collapse": (True, False),
                      "c2_corrupt": (False, True), "c3": (True, True), "span_only": (False, True)}
-    assert c3.variant("span_only").noise == "span_only"
-    assert c3.variant("c3").sigma == pytest.approx(np.sqrt(0.016))
-    with pytest.raises(ValueError, match="unknown C\\^3 variant"):
-        c3.variant("c4")
+    np.testing.assert_allclose(c3.member_settings("span_only", 0.1, train, test)["gap"],
+                               test.mean - train.mean, rtol=1e-6)
+    assert c3.CLIP_SIGMA == pytest.approx(np.sqrt(0.016))
+    with pytest.raises(ValueError, match="unknown method"):
+        c3.member_settings("c4", 0.1, train, test)
 
 
-def test_apply_transform_composes_the_steps():
+def test_member_transform_composes_the_steps():
     rng = np.random.default_rng(6)
     raw = jnp.asarray(rng.normal(size=(64, 32)) * 3 + 1)
-    mean = jnp.asarray(_unit(rng, 1, 32)[0] * 0.5)
+    mean = _unit(rng, 1, 32)[0] * 0.5
     key = jax.random.PRNGKey(7)
-    t = c3.variant("c3", sigma=0.1)
-    got = c3.apply_transform(t, raw, mean, rng=key, train=True)
+    moments = c3.Moments(mean, np.ones(32))
+    s = c3.member_settings("c3", 0.1, moments, moments)
+    got = c3.member_train(s, raw, key)
     n = raw / jnp.linalg.norm(raw, axis=1, keepdims=True)
     want = c3.normalize(n - mean + 0.1 * jax.random.normal(key, raw.shape))
     np.testing.assert_allclose(got, want, atol=1e-6)
     # Evaluation: collapse without noise.
-    np.testing.assert_allclose(c3.apply_transform(t, raw, mean), c3.normalize(n - mean), atol=1e-6)
+    np.testing.assert_allclose(c3.member_eval(s, raw), c3.normalize(n - mean), atol=1e-6)
     # C1 is normalization only.
-    np.testing.assert_allclose(c3.apply_transform(c3.variant("c1"), raw, rng=key, train=True), n,
-                               atol=1e-6)
-    with pytest.raises(ValueError, match="mean"):
-        c3.apply_transform(t, raw)
+    c1 = c3.member_settings("c1", 0.1, moments, moments)
+    np.testing.assert_allclose(c3.member_train(c1, raw, key), n, atol=1e-6)
 
 
 def test_transform_inside_sharded_jit():
@@ -91,17 +95,17 @@ def test_transform_inside_sharded_jit():
     mesh = Mesh(devices, ("data",))
     rng = np.random.default_rng(8)
     batch = jnp.asarray(rng.normal(size=(8 * len(devices), 16)), jnp.float32)
-    mean = jnp.asarray(rng.normal(size=16) * 0.1, jnp.float32)
-    t = c3.variant("c3", sigma=0.05)
+    moments = c3.Moments(rng.normal(size=16) * 0.1, np.ones(16))
+    s = c3.member_settings("c3", 0.05, moments, moments)
 
     @jax.jit
-    def step(e, mean, key):
-        return c3.apply_transform(t, e, mean, rng=key, train=True)
+    def step(e, s, key):
+        return c3.member_train(s, e, key)
 
     sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    out = step(sharded, mean, jax.random.PRNGKey(0))
+    out = step(sharded, s, jax.random.PRNGKey(0))
     assert out.sharding.spec == P("data")
-    np.testing.assert_allclose(out, step(batch, mean, jax.random.PRNGKey(0)), atol=1e-6)
+    np.testing.assert_allclose(out, step(batch, s, jax.random.PRNGKey(0)), atol=1e-6)
 
 
 def test_running_moments_equal_numpy_mean_and_std_of_normalized():

@@ -135,7 +135,8 @@ def test_killed_after_a_checkpoint_resumes_bitwise(caption_world, tmp_path):
 
 @pytest.mark.parametrize("module,variants", [
     ("coco_caption", ["", "c1", "c2_collapse", "c2_corrupt", "span_only", "supervised",
-                      "finetune", "transformer,beam", "c1,beam"]),
+                      "finetune", "transformer,beam", "c1,beam", "c3_calibrated", "c3_aniso",
+                      "c3_std", "realign", "capdec_offset", "decap,beam"]),
     ("imagebind_caption", ["audio", "video,c1", "image,c2_corrupt"]),
     ("caption_gap_sensitivity", [""]),
     ("coco_caption_sweep", ["", "supervised", "supervised,sigma"])])
@@ -145,6 +146,14 @@ def test_every_caption_config_variant_validates(module, variants):
         runner.resolve(importlib.import_module(f"configs.{module}").get_config(v))
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         importlib.import_module(f"configs.{module}").get_config("nope")
+
+
+def test_calibrated_variants_take_sigma_from_the_calibration():
+    from configs import coco_caption
+    for name, method in (("c3_calibrated", "c3"), ("c3_aniso", "c3_aniso")):
+        c = coco_caption.get_config(name)
+        assert c.variant == method and c.sigma_from_calibration
+    assert not coco_caption.get_config("c3_std").sigma_from_calibration
 
 
 def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path):
@@ -197,24 +206,25 @@ def _tiny_step_setup(accumulate, dtype="float32", batch=8):
     abstract = jax.eval_shape(lambda p: st.TrainState(jax.numpy.zeros((), "int32"), p,
                                                       tx.init(p)), params)
     sh = parallel.state_shardings(mesh, abstract)
-    step = captioning.make_train_step(model, tx, c3.variant("c3", 0.0), mesh, sh)
+    step = captioning.make_train_step(model, tx, mesh, sh)
     state = st.TrainState(jax.numpy.zeros((), "int32"), params, tx.init(params))
-    mean = np.zeros(6, np.float32)
-    return step, state, data, mean, mesh
+    flat = c3.Moments(np.zeros(6, np.float32), np.ones(6, np.float32))
+    settings = c3.member_settings("c3", 0.0, flat, flat)
+    return step, state, data, settings, mesh
 
 
 def test_gradient_accumulation_equals_one_large_batch():
-    big, state, data, mean, mesh = _tiny_step_setup(1, batch=16)
-    key, zero = jax.random.key(0), np.zeros(6, np.float32)
+    big, state, data, settings, mesh = _tiny_step_setup(1, batch=16)
+    key = jax.random.key(0)
     put = lambda d: pipeline.global_batch(d, parallel.batch_sharding(mesh))
-    want, _ = big(state, put(data), mean, zero, key)
+    want, _ = big(state, put(data), settings, key)
     small, state2, _, _, _ = _tiny_step_setup(2, batch=16)
     half = lambda i: {k: v[i * 8:(i + 1) * 8] for k, v in data.items()}
-    mid, _ = small(state2, put(half(0)), mean, zero, key)
+    mid, _ = small(state2, put(half(0)), settings, key)
     fresh = _tiny_step_setup(2, batch=16)[1]  # state2 was donated
     for a, b in zip(jax.tree.leaves(mid.params), jax.tree.leaves(fresh.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # no update after 1 of 2
-    got, _ = small(mid, put(half(1)), mean, zero, key)
+    got, _ = small(mid, put(half(1)), settings, key)
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
@@ -222,9 +232,9 @@ def test_gradient_accumulation_equals_one_large_batch():
 def test_bfloat16_step_keeps_float32_params_and_close_loss():
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        step, state, data, mean, mesh = _tiny_step_setup(1, dtype)
-        new, metrics = step(state, pipeline.global_batch(data, parallel.batch_sharding(mesh)), mean,
-                            np.zeros(6, np.float32), jax.random.key(0))
+        step, state, data, settings, mesh = _tiny_step_setup(1, dtype)
+        new, metrics = step(state, pipeline.global_batch(data, parallel.batch_sharding(mesh)),
+                            settings, jax.random.key(0))
         assert all(p.dtype == np.float32 for p in jax.tree.leaves(new.params))
         losses[dtype] = float(metrics["loss"])
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]

@@ -9,8 +9,8 @@ from c3_jax.train import checkpoints, gan_sweep, generation
 from c3_jax.workdir import Workdir
 from conftest import override, t2i_config
 
-MEMBERS = [gan_sweep.Member("c3_seed0", "c3", 0, 0.1),
-           gan_sweep.Member("span_only_seed1", "span_only", 1, 0.2)]
+MEMBERS = [gan_sweep.Member("c3_std_seed0", "c3_std", 0, 0.1),
+           gan_sweep.Member("c3_aniso_seed1", "c3_aniso", 1, 0.2)]
 
 
 def _crash_after_step(monkeypatch, step: int) -> None:

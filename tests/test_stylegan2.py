@@ -300,12 +300,10 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
     state0 = generation.GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d), ema0)
     mesh = parallel.make_mesh(1)  # the batch over conftest's 8 host devices
     shardings = parallel.state_shardings(mesh, jax.eval_shape(lambda: state0))
-    transform = c3.variant("c3")
-    step_fn = generation.make_train_step(gen, disc, encoder, transform, cfg, tx, tx, mesh,
-                                         shardings)
+    step_fn = generation.make_train_step(gen, disc, encoder, cfg, tx, tx, mesh, shardings)
     rng = _rng(14)
-    mean = rng.normal(size=dim).astype(np.float32) * 0.1
-    gap = np.zeros(dim, np.float32)
+    moments = c3.Moments(rng.normal(size=dim).astype(np.float32) * 0.1, np.ones(dim))
+    settings = c3.member_settings("c3", c3.CLIP_SIGMA, moments, moments)
     key = jax.random.key(0)
 
     def batch():
@@ -315,8 +313,8 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
 
     state = jax.device_put(state0, shardings)
     before = jax.tree.map(np.array, state)  # copied: the step donates its state
-    state, m0 = step_fn(state, jax.device_put(batch(), parallel.batch_sharding(mesh)), mean, gap, key,
-                        True)
+    state, m0 = step_fn(state, jax.device_put(batch(), parallel.batch_sharding(mesh)), settings,
+                        key, True)
     after = jax.tree.map(np.array, state)
     m0 = {k: float(v) for k, v in m0.items()}
     assert set(m0) >= {"d_adv", "d_itd", "r1", "g_adv", "g_itd", "g_itc", "g_loss",
@@ -340,8 +338,8 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
             bound = tx_config.lr * (1 + 1e-5) + 2 * np.spacing(np.abs(p0).astype(np.float32))
             assert np.all(np.abs(p1 - p0) <= bound)
 
-    state, m1 = step_fn(state, jax.device_put(batch(), parallel.batch_sharding(mesh)), mean, gap, key,
-                        False)
+    state, m1 = step_fn(state, jax.device_put(batch(), parallel.batch_sharding(mesh)), settings,
+                        key, False)
     m1 = {k: float(v) for k, v in m1.items()}
     assert all(np.isfinite(v) for v in m1.values()), m1
     assert m1["r1"] == 0.0  # without it

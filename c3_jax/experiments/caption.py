@@ -10,7 +10,7 @@ from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.eval.caption_metrics import rouge_n, score_captions
 from c3_jax.experiments import checks
-from c3_jax.train import caption_sweep, captioning
+from c3_jax.train import caption_sweep
 from c3_jax.train.captioning import Run, evaluate, generate, restore_run_params, train
 from c3_jax.workdir import Workdir
 from configs import caption_base, field_types
@@ -34,8 +34,10 @@ def check(config) -> None:
                                 "clip_length", "max_caption_tokens", "max_decode_tokens",
                                 "eval_batch_size", "beam_size"])
     checks.at_least(config, 0, ["max_steps", "warmup_steps", "val_batches",
-                                "eval_max_examples", "loss_chunk"])
+                                "eval_max_examples", "loss_chunk", "noise_rank", "decap_memory"])
+    checks.at_least(config, 2, ["calibration_pairs"])
     checks.at_least(config, 0.0, ["noise_sigma", "weight_decay", "lr"])  # lr 0: evaluation
+    checks.positive(config, ["decap_temperature"])
     checks.within(config, 0.0, 1.0, ["train_fraction"])
     if config.decode not in ("greedy", "beam"):
         raise ValueError(f"config field 'decode' is {config.decode!r}; use 'greedy' or 'beam'")
@@ -58,7 +60,7 @@ def run_caption(config, wd: Workdir) -> dict:
     params, summary = _train_or_restore(run)
     result = evaluate(run, params)
     _plot_loss(wd)
-    return {**summary, **result, "variant": config.variant, "sigma": config.noise_sigma}
+    return {**summary, **result, "variant": config.variant, "sigma": cd.config_sigma(config)}
 
 
 def run_gap_sensitivity(config, wd: Workdir) -> dict:
@@ -105,7 +107,7 @@ def sweep_members(config) -> list:
     sigmas = _floats(config.sigmas, "sigmas") or [config.noise_sigma]
     names = [v.strip() for v in config.variants.split(",") if v.strip()]
     return caption_sweep.named_members(
-        names, config, sigmas, lambda: captioning.noise_model(config)["sigma"],
+        names, config, sigmas, lambda: cd.noise_model(config)["sigma"],
         len(sigmas) > 1)
 
 

@@ -13,7 +13,7 @@ from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, shapes_world, stages
 from c3_jax.experiments.geometry import pair_geometry
 from c3_jax.models import gpt2
-from c3_jax.train import caption_sweep, captioning
+from c3_jax.train import caption_sweep
 from c3_jax.workdir import Workdir
 from configs import caption_base, field_types
 from configs import shapes_caption as defaults
@@ -40,6 +40,7 @@ def check(config) -> None:
                                 "max_decode_tokens", "eval_batch_size"])
     checks.at_least(config, 0, ["caption_warmup"])
     checks.at_least(config, 2, ["calibration_pairs"])
+    checks.at_least(config, 0, ["noise_rank"])
     checks.positive(config, ["caption_lr"])
     checks.at_least(config, 0.0, ["noise_sigma"])
     checks.divides(config, "gpt_heads", "gpt_width")
@@ -93,7 +94,7 @@ def captioner_config(config, dataset: str, gpt2_path: str = ""):
 def calibrated_sigma(config, dataset: str) -> float:
     """Corrupt's sigma calibrated on the first ``calibration_pairs`` val pairs (each image
     with its first caption): ``captioning.noise_model``'s, which c3_aniso's noise shares."""
-    return captioning.noise_model(captioner_config(config, dataset))["sigma"]
+    return cd.noise_model(captioner_config(config, dataset))["sigma"]
 
 
 def members(config, dataset: str, sigmas=None) -> list:

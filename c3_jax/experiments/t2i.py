@@ -18,9 +18,7 @@ FIELDS = {"generate": field_types(t2i_base.get_config())}
 
 def check(config) -> None:
     """Every value of a text-to-image config, checked before any work."""
-    if config.variant not in c3.VARIANTS:
-        raise ValueError(f"config field 'variant' is {config.variant!r}; known: "
-                         f"{sorted(c3.VARIANTS)}")
+    c3.check_method(config.variant)
     checks.at_least(config, 1, ["z_dim", "w_dim", "mapping_layers", "cond_hidden",
                                 "channel_base", "channel_max", "mbstd_group", "batch_size",
                                 "max_steps", "r1_every", "fsdp", "log_every",

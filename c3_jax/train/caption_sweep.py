@@ -123,7 +123,7 @@ class Sweep:
         self.model, self.gpt_params = captioning.build_module(config)
         moments = {f: cd.field_moments(source, f) for f in {*fields, config.eval_field}}
         methods = {m.variant for m in members}
-        noise = captioning.noise_model(config) if "c3_aniso" in methods else None
+        noise = cd.noise_model(config) if "c3_aniso" in methods else None
         settings = [c3.member_settings(m.variant, m.sigma, moments[m.train_field],
                                        moments[config.eval_field], noise)
                     for m in self.padded]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from c3_jax import c3, geometry, parallel
+from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
 from c3_jax.data import captions as cd
 from c3_jax.data.text import load_tokenizer
@@ -172,35 +172,13 @@ class Run:
     def own_settings(self) -> dict:
         """The settings of the config's own method, sigma and training field."""
         config = self.config
-        return self.settings(config.variant, config.noise_sigma, config.train_field,
-                             noise_model(config) if config.variant == "c3_aniso" else None)
+        return self.settings(config.variant, cd.config_sigma(config), config.train_field,
+                             cd.noise_model(config) if config.variant == "c3_aniso" else None)
 
     def memory(self) -> np.ndarray:
         """decap's memory: the training split's ``train_field`` embeddings."""
         return cd.field_rows(self.train_source, self.config.train_field,
                              self.config.decap_memory)
-
-
-_NOISE: dict = {}  # (dataset dir, split, fields, pairs, rank) -> residual noise model
-
-
-def noise_model(config) -> dict:
-    """c3_aniso's noise model (``geometry.residual_noise``) of the first
-    ``calibration_pairs`` (eval_field, train_field's first caption) pairs of the config's
-    ``calibration_split``, rank ``noise_rank``; its ``sigma`` is the calibrated sigma."""
-    key = (os.path.abspath(config.dataset_dir), config.calibration_split, config.eval_field,
-           config.train_field, config.calibration_pairs, config.noise_rank)
-    if key not in _NOISE:
-        source = builders.data_source(config.dataset_dir, config.calibration_split)
-        x, _ = cd.eval_rows(source, config.eval_field, config.caption_field,
-                            config.calibration_pairs)
-        y, _ = cd.eval_rows(source, config.train_field, config.caption_field,
-                            config.calibration_pairs)
-        if len(x) < 2:
-            raise ValueError(f"the {config.calibration_split!r} split has {len(x)} rows; "
-                             "calibration needs at least 2 pairs")
-        _NOISE[key] = geometry.residual_noise(x, y, config.noise_rank)
-    return _NOISE[key]
 
 
 def total_steps(config, num_pairs: int) -> int:

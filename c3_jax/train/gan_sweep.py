@@ -17,8 +17,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from c3_jax import c3, parallel
+from c3_jax.data import captions as cd
 from c3_jax.data import pipeline
-from c3_jax.train import caption_sweep, captioning, checkpoints, generation, loop
+from c3_jax.train import caption_sweep, checkpoints, generation, loop
 from c3_jax.workdir import Workdir
 
 Member = caption_sweep.Member  # its train_field is the config's
@@ -40,7 +41,7 @@ class GanSweep(generation.Run):
             raise ValueError("decap projects onto a memory of the training modality at "
                              "inference: it has no text-to-image form here")
         train, test = self.moments(config.train_field), self.moments(config.eval_field)
-        noise = captioning.noise_model(config) if "c3_aniso" in methods else None
+        noise = cd.noise_model(config) if "c3_aniso" in methods else None
         settings = [c3.member_settings(m.variant, m.sigma, train, test, noise)
                     for m in self.padded]
         self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}

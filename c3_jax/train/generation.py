@@ -161,27 +161,26 @@ def gan_update(gen: stylegan2.Generator, disc: stylegan2.Discriminator, encode: 
 
 
 def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
-                    encode: Callable, transform: c3.C3Transform, cfg: StepConfig,
-                    g_tx, d_tx, mesh, shardings, skip_nonfinite: bool = False):
-    """One sharded ``gan_update`` with the C^3 ``transform`` (``with_r1`` static: two
-    compiled variants)."""
-    def step(state: GANState, batch: dict, mean, gap_direction, key, with_r1: bool):
-        condition = lambda e, rng: c3.apply_transform(transform, e, mean, rng=rng, train=True,
-                                                      gap_direction=gap_direction)
-        clip_space = lambda e: c3.apply_transform(transform, e, mean)
+                    encode: Callable, cfg: StepConfig, g_tx, d_tx, mesh, shardings,
+                    skip_nonfinite: bool = False):
+    """One sharded ``gan_update`` with the method's training transform (``c3.member_train``
+    with its settings as arrays; ``with_r1`` static: two compiled variants)."""
+    def step(state: GANState, batch: dict, settings: dict, key, with_r1: bool):
+        condition = lambda e, rng: c3.member_train(settings, e, rng)
+        clip_space = lambda e: c3.member_train(settings, e)
         return gan_update(gen, disc, encode, cfg, g_tx, d_tx, state, batch, key, with_r1,
                           condition, clip_space, skip_nonfinite)
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), repl, repl, repl),
-                   out_shardings=(shardings, repl), static_argnums=5, donate_argnums=0)
+    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), repl, repl),
+                   out_shardings=(shardings, repl), static_argnums=4, donate_argnums=0)
 
 
-def make_generate(gen: stylegan2.Generator, transform: c3.C3Transform, mesh):
-    """(params, embeddings, mean, key) -> uint8 images, conditioned on transformed
-    embeddings (no noise: evaluation)."""
-    def fn(params, embedding, mean, key):
-        cond = c3.apply_transform(transform, embedding, mean)
+def make_generate(gen: stylegan2.Generator, mesh):
+    """(params, embeddings, settings, key) -> uint8 images, conditioned on the method's
+    inference transform of the embeddings (``c3.member_eval``)."""
+    def fn(params, embedding, settings, key):
+        cond = c3.member_eval(settings, embedding)
         z_key, noise_key = jax.random.split(key)
         z = jax.random.normal(z_key, (embedding.shape[0], gen.config.z_dim))
         return to_uint8(gen.apply({"params": params}, z, cond, noise_key))
@@ -274,7 +273,10 @@ class Run:
         self._check_encoder()
         self.gan = gan_config(config, self.rows.dim, self.rows.resolution)
         self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
-        self.transform = c3.variant(config.variant, config.noise_sigma)
+        c3.check_method(config.variant)
+        if config.variant == "decap":
+            raise ValueError("decap projects onto a memory of the training modality at "
+                             "inference: it has no text-to-image form here")
         self.tx = optimizer(config)
         self._moments: dict = {}
 
@@ -295,6 +297,18 @@ class Run:
     def mean(self, field: str) -> np.ndarray:
         """Modality mean of ``field`` over the training split (Algorithm 1)."""
         return self.moments(field).mean
+
+    def settings(self, method: str, sigma: float, noise: Optional[dict] = None) -> dict:
+        """``c3.member_settings`` of a method trained on the config's ``train_field`` and
+        conditioned on its ``eval_field`` at inference."""
+        return c3.member_settings(method, sigma, self.moments(self.config.train_field),
+                                  self.moments(self.config.eval_field), noise)
+
+    def own_settings(self) -> dict:
+        """The settings of the config's own method and sigma."""
+        config = self.config
+        noise = cd.noise_model(config) if config.variant == "c3_aniso" else None
+        return self.settings(config.variant, cd.config_sigma(config), noise)
 
     def init_state(self) -> GANState:
         return init_state(self.gen, self.disc, self.tx, self.gan, jax.random.key(self.config.seed))
@@ -326,19 +340,16 @@ def train(run: Run) -> tuple:
     config, wd = run.config, run.wd
     local_batch = check_batch(config, run.rows)
     abstract, shardings = run.shardings()
-    mean = run.mean(config.train_field)
-    gap = (run.mean(config.eval_field) - mean if run.transform.noise == "span_only"
-           else np.zeros_like(mean))
-    step_fn = make_train_step(run.gen, run.disc, run.encoder, run.transform,
-                              StepConfig.from_config(config), run.tx, run.tx, run.mesh,
-                              shardings, config.skip_nonfinite)
+    settings = run.own_settings()
+    step_fn = make_train_step(run.gen, run.disc, run.encoder, StepConfig.from_config(config),
+                              run.tx, run.tx, run.mesh, shardings, config.skip_nonfinite)
     data = iter(pipeline.make_loader(run.rows, local_batch, config.seed))
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
                                         jax.jit(run.init_state, out_shardings=shardings))
     key = jax.random.key(config.seed)
     state, last, _ = loop.fit(
-        state, start, lambda s, batch, i: step_fn(s, batch, mean, gap, key,
+        state, start, lambda s, batch, i: step_fn(s, batch, settings, key,
                                                   i % config.r1_every == 0),
         data, parallel.batch_sharding(run.mesh), ckpts, wd,
         loop.LoopConfig(config.max_steps, config.log_every, config.checkpoint_every,
@@ -434,14 +445,14 @@ def evaluate(run: Run, params, limit: int = 0) -> dict:
     """Images from the test split's text embeddings (first caption of each row), scored by
     ``ImageScores``; returns metrics, samples and generated images."""
     config = run.config
-    mean = run.mean(config.eval_field)  # Collapse with the *text* mean at test time
-    generate = make_generate(run.gen, run.transform, run.mesh)
+    settings = run.own_settings()  # Collapse with the *text* mean at test time
+    generate = make_generate(run.gen, run.mesh)
     scores = ImageScores(run.encoder, inception_of(config.inception_weights))
     images, captions = [], []
     key = jax.random.key(config.seed + 1)
     for i, (e, real, caps) in enumerate(test_batches(config, limit)):
         fake = np.asarray(generate(params, _global(_pad(e, jax.device_count()), run.mesh),
-                                   mean, jax.random.fold_in(key, i)))[: len(e)]
+                                   settings, jax.random.fold_in(key, i)))[: len(e)]
         scores.update(fake, real, e)
         images.append(fake)
         captions += caps
