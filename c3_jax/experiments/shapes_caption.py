@@ -80,7 +80,8 @@ def captioner_config(config, dataset: str, gpt2_path: str = ""):
     c = caption_base.get_config("caption")
     c.update(dict(
         seed=config.seed, calibration_pairs=config.calibration_pairs,
-        noise_rank=config.noise_rank, gpt2=gpt2_path, gpt2_from_scratch=True, prefix_length=config.prefix_length,
+        noise_rank=config.noise_rank, gpt2=gpt2_path, gpt2_from_scratch=True,
+        prefix_length=config.prefix_length,
         dataset_dir=dataset, max_caption_tokens=shapes_world.MAX_TOKENS,
         truncate_captions=False, batch_size=config.caption_batch,
         max_steps=config.caption_steps, lr=config.caption_lr,
@@ -93,7 +94,7 @@ def captioner_config(config, dataset: str, gpt2_path: str = ""):
 
 def calibrated_sigma(config, dataset: str) -> float:
     """Corrupt's sigma calibrated on the first ``calibration_pairs`` val pairs (each image
-    with its first caption): ``captioning.noise_model``'s, which c3_aniso's noise shares."""
+    with its first caption): ``captions.noise_model``'s, which c3_aniso's noise shares."""
     return cd.noise_model(captioner_config(config, dataset))["sigma"]
 
 

@@ -7,9 +7,9 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from c3_jax import c3, plots
+from c3_jax import plots
 from c3_jax.experiments import checks
-from c3_jax.train.generation import Encoder, Run, evaluate, restore_ema, train
+from c3_jax.train.generation import Encoder, Run, check_method, evaluate, restore_ema, train
 from c3_jax.workdir import Workdir
 from configs import field_types, t2i_base
 
@@ -18,7 +18,7 @@ FIELDS = {"generate": field_types(t2i_base.get_config())}
 
 def check(config) -> None:
     """Every value of a text-to-image config, checked before any work."""
-    c3.check_method(config.variant)
+    check_method(config.variant)
     checks.at_least(config, 1, ["z_dim", "w_dim", "mapping_layers", "cond_hidden",
                                 "channel_base", "channel_max", "mbstd_group", "batch_size",
                                 "max_steps", "r1_every", "fsdp", "log_every",

@@ -51,7 +51,7 @@ def member_grid(name: str, variant: str, field: str, sigmas: Sequence[float], fi
 
 
 # The variant names configs use: (method, trained on the config's train_field or its
-# eval_field, sigma: the config's or the calibrated one, ``captioning.noise_model``'s).
+# eval_field, sigma: the config's or the calibrated one, ``captions.noise_model``'s).
 NAMED = {**{m: (m, "train", "fixed") for m in c3.METHODS},
          "c3_calibrated": ("c3", "train", "calibrated"),
          "c3_aniso": ("c3_aniso", "train", "calibrated"),
@@ -305,8 +305,8 @@ def generate(sweep: Sweep, params, embeddings: np.ndarray) -> list:
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        tokens.append(parallel.to_host(fn(params, settings, parallel.put_whole(padded, repl), memory))
-                      [:, :len(chunk)])
+        out = fn(params, settings, parallel.put_whole(padded, repl), memory)
+        tokens.append(parallel.to_host(out)[:, :len(chunk)])
     tokens = np.concatenate(tokens, 1)
     return [[captioning.decode_text(sweep.tokenizer, row, stops) for row in rows]
             for rows in tokens[:len(sweep.members)]]

@@ -154,9 +154,6 @@ class Run:
             _MOMENTS[key] = cd.field_moments(self.train_source, field)
         return _MOMENTS[key]
 
-    def mean(self, field: str) -> np.ndarray:
-        return self.moments(field).mean
-
     def settings(self, method: str, sigma: float, train_field: str,
                  noise: Optional[dict] = None) -> dict:
         """``c3.member_settings`` of a method trained on ``train_field`` and met with the

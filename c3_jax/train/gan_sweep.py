@@ -37,9 +37,8 @@ class GanSweep(generation.Run):
         size = -(-len(members) // data) * data  # padded with copies of member 0
         self.padded = self.members + (self.members[0],) * (size - len(members))
         methods = {m.variant for m in members}
-        if "decap" in methods:
-            raise ValueError("decap projects onto a memory of the training modality at "
-                             "inference: it has no text-to-image form here")
+        for method in methods:
+            generation.check_method(method)
         train, test = self.moments(config.train_field), self.moments(config.eval_field)
         noise = cd.noise_model(config) if "c3_aniso" in methods else None
         settings = [c3.member_settings(m.variant, m.sigma, train, test, noise)
@@ -128,9 +127,9 @@ def train(sweep: GanSweep) -> tuple:
 
 
 def evaluate(sweep: GanSweep, ema, limit: int = 0) -> dict:
-    """Every member's images from the test split's text embeddings (the eval-modality mean
-    through the member's method, ``c3.member_eval``; its own latents, as alone), generated in one
-    batched program and scored by ``generation.ImageScores``: {member: {metrics, images}}."""
+    """Every member's images from the test split's text embeddings (through the member's
+    method, ``c3.member_eval``; its own latents, as alone), generated in one batched program
+    and scored by ``generation.ImageScores``: {member: {metrics, images}}."""
     config = sweep.config
     gen = sweep.gen
 

@@ -160,6 +160,14 @@ def gan_update(gen: stylegan2.Generator, disc: stylegan2.Discriminator, encode: 
     return st.guard_finite(new, state, metrics, skip_nonfinite)
 
 
+def check_method(name: str) -> None:
+    """Raises unless ``name`` is a method a generator can train with (any but decap)."""
+    c3.check_method(name)
+    if name == "decap":
+        raise ValueError("decap projects onto a memory of the training modality at "
+                         "inference: it has no text-to-image form here")
+
+
 def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
                     encode: Callable, cfg: StepConfig, g_tx, d_tx, mesh, shardings,
                     skip_nonfinite: bool = False):
@@ -273,10 +281,7 @@ class Run:
         self._check_encoder()
         self.gan = gan_config(config, self.rows.dim, self.rows.resolution)
         self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
-        c3.check_method(config.variant)
-        if config.variant == "decap":
-            raise ValueError("decap projects onto a memory of the training modality at "
-                             "inference: it has no text-to-image form here")
+        check_method(config.variant)
         self.tx = optimizer(config)
         self._moments: dict = {}
 
@@ -293,10 +298,6 @@ class Run:
         if field not in self._moments:
             self._moments[field] = cd.field_moments(self.train_source, field)
         return self._moments[field]
-
-    def mean(self, field: str) -> np.ndarray:
-        """Modality mean of ``field`` over the training split (Algorithm 1)."""
-        return self.moments(field).mean
 
     def settings(self, method: str, sigma: float, noise: Optional[dict] = None) -> dict:
         """``c3.member_settings`` of a method trained on the config's ``train_field`` and
