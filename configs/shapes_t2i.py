@@ -4,7 +4,10 @@ Connect (the same as shapes_caption's), a LAFITE StyleGAN2 per C^3 variant train
 classifier trained on real images (attribute accuracy) and by the Fréchet distance in the
 CLIP image space.
 
-Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests).
+Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests). The C^3
+variants: c1, c2_collapse, c2_corrupt, c3 (the default four), and c3_std, c3_aniso (Corrupt with the
+residual covariance of `calibration_pairs` val pairs, at their calibrated sigma):
+--config.variants=... .
 """
 import ml_collections
 
@@ -26,6 +29,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c[k] = world[k]
     c.variants = "c1,c2_collapse,c2_corrupt,c3"
     c.noise_sigma = CLIP_SIGMA
+    c.calibration_pairs = world.calibration_pairs
     # Generator and discriminator: 32x32, 32 channels at most, 2 mapping layers.
     c.z_dim, c.w_dim, c.mapping_layers, c.cond_hidden = 32, 64, 2, 64
     c.channel_base, c.channel_max = 512, 32

@@ -13,13 +13,13 @@ from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.eval import shapes_probe
 from c3_jax.experiments import checks, shapes_world, stages
-from c3_jax.train import connect, gan_sweep, generation
+from c3_jax.train import caption_sweep, connect, gan_sweep, generation
 from c3_jax.workdir import Workdir
 from configs import field_types, t2i_base
 from configs import shapes_t2i as defaults
 
 FIELDS = {"shapes_t2i": field_types(defaults.get_config())}
-VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3")
+VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_std", "c3_aniso")
 METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_score")
 
 
@@ -34,6 +34,7 @@ def check(config) -> None:
     checks.at_least(config, 0.0, ["noise_sigma", "r1_gamma", "itd_weight", "itc_weight",
                                   "ema_kimg"])
     checks.at_least(config, config.gan_batch, ["train_size"])
+    checks.at_least(config, 2, ["calibration_pairs"])
 
 
 def _encoder(model, params) -> generation.Encoder:
@@ -53,6 +54,7 @@ def _generator_config(config, dataset: str):
         max_steps=config.gan_steps, lr=config.gan_lr, r1_gamma=config.r1_gamma,
         r1_every=config.r1_every, itd_weight=config.itd_weight, itc_weight=config.itc_weight,
         ema_kimg=config.ema_kimg, ema_rampup=0.05, seed=config.seed,
+        calibration_split="val", calibration_pairs=config.calibration_pairs,
         log_every=max(config.gan_steps // 20, 1), checkpoint_every=config.gan_steps,
         eval_max_examples=0, eval_batch_size=250, num_samples=config.num_samples))
     return c
@@ -71,7 +73,9 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
     """{variant: its Workdir, with results.json and generated_test.npy}: each cached in
     ``generators/<variant>/``; those not done yet trained and sampled as one sweep."""
     base = _generator_config(config, dataset)
-    members = [gan_sweep.Member(v, v, config.seed, config.noise_sigma, base.train_field)
+    calibrated = {v: caption_sweep.NAMED[v][2] == "calibrated" for v in variants}
+    members = [gan_sweep.Member(v, v, config.seed, cd.noise_model(base)["sigma"]
+                                if calibrated[v] else config.noise_sigma, base.train_field)
                for v in variants]
     shared = {"run": base.to_dict(), "upstream": shapes_world.fields_of(
         config, shapes_world.WORLD_FIELDS + shapes_world.CONNECT_FIELDS)}
