@@ -5,9 +5,9 @@ classifier trained on real images (attribute accuracy) and by the Fréchet dista
 CLIP image space.
 
 Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests). The C^3
-variants: c1, c2_collapse, c2_corrupt, c3 (the default four), and c3_std, c3_aniso (Corrupt with the
-residual covariance of `calibration_pairs` val pairs, at their calibrated sigma):
---config.variants=... .
+variants (--config.variants=...): c1, c2_collapse, c2_corrupt, c3 (the default four), and
+c3_std, c3_aniso (Corrupt with the residual covariance of `calibration_pairs` val pairs, at
+their calibrated sigma).
 """
 import ml_collections
 
