@@ -6,8 +6,8 @@ CLIP image space.
 
 Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests). The C^3
 variants (--config.variants=...): c1, c2_collapse, c2_corrupt, c3 (the default four), and
-c3_std, c3_aniso (Corrupt with the residual covariance of `calibration_pairs` val pairs, at
-their calibrated sigma).
+c3_calibrated (c3 at the sigma calibrated on `calibration_pairs` val pairs), c3_std,
+c3_aniso (Corrupt with those pairs' residual covariance, at the calibrated sigma).
 """
 import ml_collections
 

@@ -19,7 +19,7 @@ from configs import field_types, t2i_base
 from configs import shapes_t2i as defaults
 
 FIELDS = {"shapes_t2i": field_types(defaults.get_config())}
-VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_std", "c3_aniso")
+VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "c3_std", "c3_aniso")
 METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_score")
 
 
@@ -73,9 +73,10 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
     """{variant: its Workdir, with results.json and generated_test.npy}: each cached in
     ``generators/<variant>/``; those not done yet trained and sampled as one sweep."""
     base = _generator_config(config, dataset)
-    calibrated = {v: caption_sweep.NAMED[v][2] == "calibrated" for v in variants}
-    members = [gan_sweep.Member(v, v, config.seed, cd.noise_model(base)["sigma"]
-                                if calibrated[v] else config.noise_sigma, base.train_field)
+    named = {v: caption_sweep.NAMED[v] for v in variants}  # (method, field, sigma kind)
+    members = [gan_sweep.Member(v, named[v][0], config.seed, cd.noise_model(base)["sigma"]
+                                if named[v][2] == "calibrated" else config.noise_sigma,
+                                base.train_field)
                for v in variants]
     shared = {"run": base.to_dict(), "upstream": shapes_world.fields_of(
         config, shapes_world.WORLD_FIELDS + shapes_world.CONNECT_FIELDS)}
