@@ -299,7 +299,10 @@ def generate(run: Run, params, embeddings: np.ndarray, settings: dict,
     decoder = gpt2.GPT2(run.model.gpt, run.model.dtype)
     stops = stop_ids(run.tokenizer, config.stop_at_period)
     shift = jnp.zeros(embeddings.shape[1]) if shift is None else jnp.asarray(shift)
-    memory = run.memory() if settings["project"] > 0 else None
+    memory = None  # decap's memory, put on the devices once (not with every batch)
+    if settings["project"] > 0:
+        repl = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+        memory = parallel.put_whole(run.memory(), repl)
 
     def prefix(p, s, e, memory):
         projected = (None if memory is None else
