@@ -44,20 +44,21 @@ from configs import shapes_t2i, t2i_base  # noqa: E402
 
 
 def _shapes_preset() -> dict:
-    c = shapes_t2i.get_config()
-    gan = stylegan2.GANConfig(resolution=c.image_size, cond_dim=c.projection_dim,
+    config = shapes_t2i.get_config()
+    c, k, size = config.generator, config.connect, config.world.image_size
+    gan = stylegan2.GANConfig(resolution=size, cond_dim=k.projection_dim,
                               z_dim=c.z_dim, w_dim=c.w_dim, mapping_layers=c.mapping_layers,
                               cond_hidden=c.cond_hidden, channel_base=c.channel_base,
                               channel_max=c.channel_max)
-    tower = clip.Tower(c.clip_width, c.clip_depth, c.clip_heads, 4 * c.clip_width, "gelu")
-    clip_config = clip.CLIPConfig(text=tower, vision=tower, projection_dim=c.projection_dim,
+    tower = clip.Tower(k.width, k.depth, k.heads, 4 * k.width, "gelu")
+    clip_config = clip.CLIPConfig(text=tower, vision=tower, projection_dim=k.projection_dim,
                                   vocab_size=100, max_positions=20, eos_token_id=1,
-                                  image_size=c.image_size, patch_size=c.patch_size)
+                                  image_size=size, patch_size=k.patch_size)
     # The step settings shapes_t2i._generator_config gives the generator run.
-    step = dict(batch_size=c.gan_batch, r1_gamma=c.r1_gamma, r1_every=c.r1_every,
+    step = dict(batch_size=c.batch, r1_gamma=c.r1_gamma, r1_every=c.r1_every,
                 itd_weight=c.itd_weight, itc_weight=c.itc_weight, temperature=0.5,
                 ema_kimg=c.ema_kimg, ema_rampup=0.05)
-    return {"gan": gan, "clip": clip_config, "step": step, "lr": c.gan_lr,
+    return {"gan": gan, "clip": clip_config, "step": step, "lr": c.lr,
             "encoder": "shapes_world_clip"}
 
 

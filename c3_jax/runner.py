@@ -33,24 +33,34 @@ def _type_ok(value, expected: type) -> bool:
     return isinstance(value, expected)
 
 
-def validate(config: Mapping, fields: Mapping[str, type], experiment: str) -> None:
-    """Checks that ``config`` holds exactly ``fields`` (plus 'experiment'), with their types,
-    and that no number is NaN or infinite."""
+def validate(config: Mapping, fields: Mapping[str, type], experiment: str,
+             prefix: str = "") -> None:
+    """Checks that ``config`` holds exactly ``fields`` (plus 'experiment' at the top), with
+    their types (a nested dict of fields: a nested config), and that no number is NaN or
+    infinite."""
     present = set(config.keys()) - {"experiment"}
     for name, expected in fields.items():
+        field = prefix + name
         if name not in config:
-            raise ConfigError(f"config is missing field {name!r} ({expected.__name__}), "
+            kind = "config" if isinstance(expected, dict) else expected.__name__
+            raise ConfigError(f"config is missing field {field!r} ({kind}), "
                               f"required by experiment {experiment!r}")
         value = config[name]
+        if isinstance(expected, dict):
+            if not hasattr(value, "items"):
+                raise ConfigError(f"config field {field!r} must be a nested config, got "
+                                  f"{type(value).__name__} {value!r}")
+            validate(value, expected, experiment, field + ".")
+            continue
         if not _type_ok(value, expected):
-            raise ConfigError(f"config field {name!r} must be {expected.__name__}, got "
+            raise ConfigError(f"config field {field!r} must be {expected.__name__}, got "
                               f"{type(value).__name__} {value!r}")
         if expected is float and not math.isfinite(value):
-            raise ConfigError(f"config field {name!r} is {value}; it must be a finite number")
-    unknown = sorted(present - set(fields))
+            raise ConfigError(f"config field {field!r} is {value}; it must be a finite number")
+    unknown = sorted(prefix + k for k in present - set(fields))
     if unknown:
         raise ConfigError(f"config field(s) {unknown} are not used by experiment {experiment!r}; "
-                          f"its fields are {sorted(fields)}")
+                          f"its fields are {sorted(prefix + k for k in fields)}")
 
 
 def resolve(config) -> Callable:

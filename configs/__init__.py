@@ -1,13 +1,15 @@
 """Config files: ``get_config(arg)`` of each returns an ml_collections ConfigDict, where
 ``arg`` is the ':variant' part of --config=configs/X.py:variant. The defaults of every
-experiment live here and nowhere else."""
+experiment live here and nowhere else. A composite experiment nests the configs of its
+parts (``c.world``, ``c.connect``, ``c.captioner``, ...) and hands each part its own."""
 from typing import Iterable, List
 
 
 def field_types(config) -> dict:
-    """{field: type} of a config's defaults (all but 'experiment'): what a run of that
-    experiment must be given."""
-    return {k: type(v) for k, v in config.items() if k != "experiment"}
+    """{field: type} of a config's defaults (all but 'experiment'), nested configs as nested
+    dicts: what a run of that experiment must be given."""
+    return {k: field_types(v) if hasattr(v, "items") else type(v)
+            for k, v in config.items() if k != "experiment"}
 
 
 def parse_arg(arg: str, known: Iterable[str], config_name: str) -> List[str]:

@@ -19,13 +19,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     main = shapes_caption.get_config("quick" if quick else "")
     c = ml_collections.ConfigDict()
     c.experiment = "shapes_connect_study"
-    for k in ("seed", "image_size", "two_object_fraction", "connect_size", "val_size",
-              "clip_width", "clip_heads", "patch_size", "projection_dim", "connect_steps",
-              "connect_batch", "connect_lr"):
-        c[k] = main[k]
-    # The base recipe: the main job's Connect.
-    c.base_depth, c.base_temperature, c.base_caption_omit = (
-        main.clip_depth, main.connect_temperature, 0.0)
+    c.seed = main.seed
+    # The main job's world (its connect and val splits: the study trains and measures on
+    # those) and Connect, whose depth and temperature are the base recipe.
+    c.world = ml_collections.ConfigDict({k: main.world[k] for k in (
+        "image_size", "two_object_fraction", "connect_size", "val_size")})
+    c.connect = main.connect
+    c.base_caption_omit = 0.0
     # Axes. Temperature 'learned' starts at CLIP's 0.07 (logit scale capped at 100).
     c.depths = "1,2,4,8"
     c.temperatures = "0.01,0.07,0.2,learned"

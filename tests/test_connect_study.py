@@ -65,7 +65,7 @@ def test_quick_study_measures_every_recipe_at_init_and_after_training(tmp_path):
     names = {n for axis in results["axes"].values() for n in axis}
     assert names == set(recipes)
     for r in recipes.values():
-        assert [p["step"] for p in r["trajectory"]] == [0, 10, config.connect_steps]
+        assert [p["step"] for p in r["trajectory"]] == [0, 10, config.connect.steps]
         for g in (r["init"], r["final"]):
             assert 0 < g["gap_length"] <= 2 and -1 <= g["gap_direction_cos"] <= 1
             assert 0 <= g["recall_at_1"] <= 1 and g["effective_dim_x"] >= 1

@@ -2,12 +2,14 @@
 reuses exactly the stages whose fields did not change, one workdir holds one run at a time,
 datasets are not silently replaced, results are strict JSON, and a Connect that goes
 non-finite stops before any checkpoint holds it."""
+import copy
 import fcntl
 import json
 import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -41,9 +43,9 @@ def main_job(tmp_path_factory):
 @pytest.mark.parametrize("overrides, message", [
     ({"noise_sigma": -0.1}, "'noise_sigma' is -0.1; it must be >= 0"),
     ({"variants": "c1,c4"}, "unknown variants \\['c4'\\]"),
-    ({"connect_lr": float("nan")}, "'connect_lr' is nan; it must be a finite number"),
-    ({"caption_steps": 0}, "'caption_steps' is 0; it must be >= 1"),
-    ({"caption_batch": 100_000}, "'train_size' is 256; it must be >= 100000"),
+    ({"connect": {"lr": float("nan")}}, "'connect.lr' is nan; it must be a finite number"),
+    ({"captioner": {"steps": 0}}, "'captioner.steps' is 0; it must be >= 1"),
+    ({"captioner": {"batch": 100_000}}, "'world.train_size' is 256; it must be >= 100000"),
 ])
 def test_a_failed_run_leaves_the_workdir_byte_for_byte_and_resumable(main_job, overrides,
                                                                       message):
@@ -78,7 +80,7 @@ def test_a_corrected_rerun_reuses_exactly_the_unchanged_stages(tmp_path):
     assert _mtimes(workdir, "captioners/c1_seed0") == c1
     assert os.path.exists(workdir / "captioners" / "c3_seed0" / "results.json")
     # A captioner setting: captioners again, Connect reused; equal to a fresh run.
-    changed = _quick(caption_lr=2e-3)
+    changed = _quick(captioner={"lr": 2e-3})
     results = runner.run(changed, str(workdir))
     assert _mtimes(workdir, "connect") == connect_files
     assert _mtimes(workdir, "captioners/c1_seed0") != c1
@@ -88,7 +90,7 @@ def test_a_corrected_rerun_reuses_exactly_the_unchanged_stages(tmp_path):
         fresh["geometry"]["modality_gap"], rel=1e-6)
     # A world field: the world and everything after it are built again.
     world = snapshot(workdir / "data" / "shapes_world")
-    runner.run(override(changed, two_object_fraction=0.5), str(workdir))
+    runner.run(override(changed, world={"two_object_fraction": 0.5}), str(workdir))
     assert snapshot(workdir / "data" / "shapes_world") != world
     assert _mtimes(workdir, "connect") != connect_files
 
@@ -121,6 +123,34 @@ def test_empty_workdir_and_user_errors_print_one_line(tmp_path):
         assert "Traceback" not in out.stderr
         assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not bad.exists()
+
+
+def test_nested_config_fields_are_checked_by_their_path(tmp_path):
+    """A composite experiment's parts are nested configs: a field is named, refused or set
+    by its path, on the command line too, before anything is written."""
+    config = shapes_caption.get_config("quick").to_dict()
+    for part, field, value, message in (
+            ("connect", "stepz", 3, "\\['connect.stepz'\\] are not used"),
+            ("captioner", "lr", "fast", "'captioner.lr' must be float, got str 'fast'"),
+            ("connect", "lr", None, "missing field 'connect.lr' \\(float\\)"),
+            ("world", None, 5, "'world' must be a nested config, got int 5")):
+        wrong = copy.deepcopy(config)
+        if field is None:
+            wrong[part] = value
+        elif value is None:
+            del wrong[part][field]
+        else:
+            wrong[part][field] = value
+        with pytest.raises(runner.ConfigError, match=message):
+            runner.run(ml_collections.ConfigDict(wrong), str(tmp_path / "never"))
+    out = subprocess.run([sys.executable, "-m", "c3_jax.main",
+                          "--config=configs/shapes_t2i.py:quick", "--config.generator.lr=-1.0",
+                          f"--workdir={tmp_path / 'never'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: config field 'generator.lr' is -1.0; it must be > 0")
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_dataset_name_is_not_silently_reused(tmp_path):
@@ -157,8 +187,8 @@ def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
     wd = Workdir(str(tmp_path))
     world = shapes_world.world_dataset(config, wd)
     tokenizer = shapes_world.world_tokenizer(world, wd, {})
-    model = shapes_world.clip_model(tokenizer, width=16, depth=1, heads=2, projection_dim=8,
-                                    image_size=config.image_size, patch_size=8)
+    model = shapes_world.clip_model(tokenizer, config.connect, config.world.image_size,
+                                    width=16, depth=1, heads=2, projection_dim=8, patch_size=8)
     pairs = shapes_world.connect_pairs(world, tokenizer)
     assert isinstance(pairs, cd.CaptionPairs)
     cfg = connect.ConnectConfig(steps=6, batch_size=32, lr=1e30, warmup_steps=0, log_every=1,

@@ -1,5 +1,6 @@
 """Value checks that experiments run on their config before any work (``check(config)``):
-each failure names the field and what it must be."""
+each failure names the field and what it must be. A field of a nested config is named by
+its path, e.g. 'connect.steps' (the --config.connect.steps flag)."""
 from __future__ import annotations
 
 import os
@@ -7,29 +8,37 @@ import shutil
 from typing import Iterable
 
 
+def value(config, name: str):
+    """The value of field ``name`` ('a.b' is field b of the nested config a)."""
+    for part in name.split("."):
+        config = config[part]
+    return config
+
+
 def at_least(config, minimum, names: Iterable[str]) -> None:
     for name in names:
-        if config[name] < minimum:
-            raise ValueError(f"config field {name!r} is {config[name]}; it must be >= {minimum}")
+        if value(config, name) < minimum:
+            raise ValueError(f"config field {name!r} is {value(config, name)}; it must be >= "
+                             f"{minimum}")
 
 
 def positive(config, names: Iterable[str]) -> None:
     for name in names:
-        if not config[name] > 0:
-            raise ValueError(f"config field {name!r} is {config[name]}; it must be > 0")
+        if not value(config, name) > 0:
+            raise ValueError(f"config field {name!r} is {value(config, name)}; it must be > 0")
 
 
 def within(config, low, high, names: Iterable[str]) -> None:
     for name in names:
-        if not low <= config[name] <= high:
-            raise ValueError(f"config field {name!r} is {config[name]}; it must lie in "
+        if not low <= value(config, name) <= high:
+            raise ValueError(f"config field {name!r} is {value(config, name)}; it must lie in "
                              f"[{low}, {high}]")
 
 
 def divides(config, divisor: str, dividend: str) -> None:
-    if config[divisor] <= 0 or config[dividend] % config[divisor]:
-        raise ValueError(f"config field {dividend!r}={config[dividend]} must be a multiple of "
-                         f"{divisor!r}={config[divisor]}")
+    if value(config, divisor) <= 0 or value(config, dividend) % value(config, divisor):
+        raise ValueError(f"config field {dividend!r}={value(config, dividend)} must be a "
+                         f"multiple of {divisor!r}={value(config, divisor)}")
 
 
 def existing(path: str, field: str) -> None:

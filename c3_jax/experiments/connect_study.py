@@ -56,7 +56,7 @@ def _numbers(text: str, kind, field: str) -> list:
 
 def grid(config) -> dict:
     """{axis: [Recipe]}: each axis varied alone around the base recipe, plus the landed one."""
-    base = dict(depth=config.base_depth, temperature=config.base_temperature,
+    base = dict(depth=config.connect.depth, temperature=config.connect.temperature,
                 caption_omit=config.base_caption_omit)
     axes = {
         "depth": [Recipe(**{**base, "depth": d}) for d in _numbers(config.depths, int, "depths")],
@@ -74,17 +74,16 @@ def check(config) -> tuple:
     shapes_world.check_world(config, splits=("connect", "val"))
     checks.at_least(config, 2, ["group_size"])
     axes = grid(config)
-    steps = sorted(set(_numbers(config.probe_steps, int, "probe_steps")) | {0, config.connect_steps})
+    steps = sorted(set(_numbers(config.probe_steps, int, "probe_steps"))
+                   | {0, config.connect.steps})
     recipes = list(dict.fromkeys(r for rs in axes.values() for r in rs))
     for r in recipes:
         if r.depth < 1:
             raise ValueError(f"tower depth {r.depth} must be >= 1 (config field depths)")
         if not 0.0 <= r.caption_omit <= 1.0:
             raise ValueError(f"caption_omit {r.caption_omit} must be in [0, 1]")
-        connect.ConnectConfig(steps=config.connect_steps, temperature=r.temperature,
+        connect.ConnectConfig(steps=config.connect.steps, temperature=r.temperature,
                               probe_at=tuple(steps))
-    if config.val_size < 10:
-        raise ValueError(f"val_size={config.val_size} is too small for the geometry (>= 10)")
     return axes, recipes, tuple(steps)
 
 
@@ -92,20 +91,19 @@ def _world(config, omit: float, wd: Workdir) -> tuple:
     """(dataset dir, tokenizer) of the connect and val splits of the world whose captions
     omit ``omit`` of the time."""
     where = f"omit{omit:g}"
-    sizes = {"connect": config.connect_size, "val": config.val_size}
+    sizes = {"connect": config.world.connect_size, "val": config.world.val_size}
     world = shapes_world.world_dataset(config, wd, sizes, caption_omit=omit, where=where)
-    fields = {"seed": config.seed, "image_size": config.image_size, "sizes": sizes,
-              "two_object_fraction": config.two_object_fraction, "caption_omit": omit}
+    fields = {**shapes_world.world_fields(config), "caption_omit": omit}
     return world, shapes_world.world_tokenizer(world, wd, fields, where=where,
                                                splits=("connect",))
 
 
 def _recipe_fields(config, recipe: Recipe, steps: tuple) -> dict:
     """What shapes a recipe's trajectory (a cached recipe is reused only if equal)."""
-    names = ("seed", "image_size", "two_object_fraction", "connect_size", "val_size",
-             "clip_width", "clip_heads", "patch_size", "projection_dim", "connect_steps",
-             "connect_batch", "connect_lr", "group_size")
-    return {**{k: config[k] for k in names}, **dataclasses.asdict(recipe),
+    connect_fields = {k: v for k, v in config.connect.items()
+                      if k not in ("depth", "temperature")}  # the recipe's own
+    return {**shapes_world.world_fields(config), **connect_fields,
+            "group_size": config.group_size, **dataclasses.asdict(recipe),
             "probe_steps": list(steps), "probe": PROBE}
 
 
@@ -117,15 +115,11 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
         if done.get("fields") == _recipe_fields(config, recipe, steps):
             return done
     world, tokenizer = _world(config, recipe.caption_omit, wd)
-    model = shapes_world.clip_model(
-        tokenizer, width=config.clip_width, depth=recipe.depth, heads=config.clip_heads,
-        projection_dim=config.projection_dim, image_size=config.image_size,
-        patch_size=config.patch_size)
+    model = shapes_world.clip_model(tokenizer, config.connect, config.world.image_size,
+                                    depth=recipe.depth)
     pairs = shapes_world.connect_pairs(world, tokenizer)
-    cfg = connect.ConnectConfig(steps=config.connect_steps, batch_size=config.connect_batch,
-                                lr=config.connect_lr, seed=config.seed,
-                                temperature=recipe.temperature, probe_at=steps,
-                                checkpoint_every=config.connect_steps)
+    cfg = shapes_world.connect_config(config, temperature=recipe.temperature, probe_at=steps,
+                                      checkpoint_every=config.connect.steps)
     probe = _probe(config, recipe, model, world, tokenizer, wd)
     # The probes run along training, so a recipe that did not finish here (or was measured
     # another way) is trained again from its first step.

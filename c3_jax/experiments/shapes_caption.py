@@ -20,7 +20,6 @@ from configs import shapes_caption as defaults
 
 FIELDS = {"shapes_caption": field_types(defaults.get_config())}
 VARIANTS = caption_sweep.NAMED  # variant -> (method, field, sigma: fixed | calibrated)
-GPT_FIELDS = ("gpt_width", "gpt_depth", "gpt_heads")
 METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy",
            "exact_match")
 PER_ATTRIBUTE = shapes.ATTRIBUTES + ("num_objects",)
@@ -35,16 +34,17 @@ def check(config) -> None:
     """Every value of a shapes_caption config, checked before any work."""
     shapes_world.check_world(config)
     shapes_world.variant_names(config.variants, VARIANTS)
-    checks.at_least(config, 1, ["seeds", "gpt_width", "gpt_depth", "gpt_heads",
-                                "prefix_length", "caption_steps", "caption_batch",
-                                "max_decode_tokens", "eval_batch_size"])
-    checks.at_least(config, 0, ["caption_warmup"])
+    checks.at_least(config, 1, ["seeds", "captioner.width", "captioner.depth",
+                                "captioner.heads", "captioner.prefix_length",
+                                "captioner.steps", "captioner.batch",
+                                "captioner.max_decode_tokens", "captioner.eval_batch_size"])
+    checks.at_least(config, 0, ["captioner.warmup"])
     checks.at_least(config, 2, ["calibration_pairs"])
     checks.at_least(config, 0, ["noise_rank"])
-    checks.positive(config, ["caption_lr"])
+    checks.positive(config, ["captioner.lr"])
     checks.at_least(config, 0.0, ["noise_sigma"])
-    checks.divides(config, "gpt_heads", "gpt_width")
-    checks.at_least(config, config.caption_batch, ["train_size"])
+    checks.divides(config, "captioner.heads", "captioner.width")
+    checks.at_least(config, config.captioner.batch, ["world.train_size"])
     checks.java()
 
 
@@ -65,29 +65,33 @@ def geometry_report(config, dataset: str, wd: Workdir) -> dict:
 def gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     """A GPT-2 config (trained from scratch) with the world's tokenizer."""
     path = wd.file("gpt2")
-    fields = {**shapes_world.fields_of(config, shapes_world.WORLD_FIELDS + GPT_FIELDS)}
+    c = config.captioner
+    fields = {**shapes_world.world_fields(config), "gpt2": _gpt2_fields(config)}
     if stages.begin(wd, "gpt2", fields, [path]):
         return path
     if wd.primary:
-        gpt2.write_config_dir(path, tokenizer, config.gpt_width, config.gpt_depth,
-                              config.gpt_heads, 64)
+        gpt2.write_config_dir(path, tokenizer, c.width, c.depth, c.heads, 64)
     stages.finish(wd, "gpt2")
     return path
 
 
+def _gpt2_fields(config) -> dict:
+    return {k: config.captioner[k] for k in ("width", "depth", "heads")}
+
+
 def captioner_config(config, dataset: str, gpt2_path: str = ""):
-    """The captioners' shared settings (a sweep member gives variant, seed, sigma, field)."""
+    """The captioners' shared settings (a sweep member gives variant, seed, sigma, field):
+    the captioning trainer's config filled from the nested ``captioner`` config."""
+    t = config.captioner
     c = caption_base.get_config("caption")
     c.update(dict(
         seed=config.seed, calibration_pairs=config.calibration_pairs,
         noise_rank=config.noise_rank, gpt2=gpt2_path, gpt2_from_scratch=True,
-        prefix_length=config.prefix_length,
+        prefix_length=t.prefix_length,
         dataset_dir=dataset, max_caption_tokens=shapes_world.MAX_TOKENS,
-        truncate_captions=False, batch_size=config.caption_batch,
-        max_steps=config.caption_steps, lr=config.caption_lr,
-        warmup_steps=config.caption_warmup, log_every=50,
-        checkpoint_every=config.caption_steps, val_batches=4,
-        max_decode_tokens=config.max_decode_tokens, eval_batch_size=config.eval_batch_size,
+        truncate_captions=False, batch_size=t.batch, max_steps=t.steps, lr=t.lr,
+        warmup_steps=t.warmup, log_every=50, checkpoint_every=t.steps, val_batches=4,
+        max_decode_tokens=t.max_decode_tokens, eval_batch_size=t.eval_batch_size,
         spice=False))
     return c
 
@@ -113,9 +117,8 @@ def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
     """{member: its Workdir, with results.json and captions_test.json}: each member cached
     in ``captioners/<member>/``; those not done yet trained and decoded as one sweep."""
     base = captioner_config(config, dataset, gpt2_path)
-    shared = {"run": base.to_dict(), "gpt2": shapes_world.fields_of(config, GPT_FIELDS),
-              "upstream": shapes_world.fields_of(config, shapes_world.WORLD_FIELDS
-                                                 + shapes_world.CONNECT_FIELDS)}
+    shared = {"run": base.to_dict(), "gpt2": _gpt2_fields(config),
+              "upstream": shapes_world.connect_fields(config)}
 
     def train(pending, sweep_wd, outputs):
         sweep = caption_sweep.Sweep(base, pending, sweep_wd)

@@ -27,13 +27,13 @@ def check(config) -> None:
     """Every value of a shapes_t2i config, checked before any work."""
     shapes_world.check_world(config)
     shapes_world.variant_names(config.variants, VARIANTS)
-    checks.at_least(config, 1, ["gan_steps", "gan_batch", "z_dim", "w_dim", "mapping_layers",
-                                "cond_hidden", "channel_base", "channel_max", "r1_every",
-                                "probe_steps", "num_samples"])
-    checks.positive(config, ["gan_lr"])
-    checks.at_least(config, 0.0, ["noise_sigma", "r1_gamma", "itd_weight", "itc_weight",
-                                  "ema_kimg"])
-    checks.at_least(config, config.gan_batch, ["train_size"])
+    checks.at_least(config, 1, [f"generator.{k}" for k in (
+        "steps", "batch", "z_dim", "w_dim", "mapping_layers", "cond_hidden", "channel_base",
+        "channel_max", "r1_every")] + ["probe_steps", "num_samples"])
+    checks.positive(config, ["generator.lr"])
+    checks.at_least(config, 0.0, ["noise_sigma"] + [f"generator.{k}" for k in (
+        "r1_gamma", "itd_weight", "itc_weight", "ema_kimg")])
+    checks.at_least(config, config.generator.batch, ["world.train_size"])
     checks.at_least(config, 2, ["calibration_pairs"])
 
 
@@ -45,17 +45,18 @@ def _encoder(model, params) -> generation.Encoder:
 
 
 def _generator_config(config, dataset: str):
-    """The generators' shared settings (a sweep member gives variant, sigma and seed)."""
+    """The generators' shared settings (a sweep member gives variant, sigma and seed): the
+    generation trainer's config filled from the nested ``generator`` config."""
+    g = config.generator
     c = t2i_base.get_config()
     c.update(dict(
-        clip="", z_dim=config.z_dim, w_dim=config.w_dim, mapping_layers=config.mapping_layers,
-        cond_hidden=config.cond_hidden, channel_base=config.channel_base,
-        channel_max=config.channel_max, dataset_dir=dataset, batch_size=config.gan_batch,
-        max_steps=config.gan_steps, lr=config.gan_lr, r1_gamma=config.r1_gamma,
-        r1_every=config.r1_every, itd_weight=config.itd_weight, itc_weight=config.itc_weight,
-        ema_kimg=config.ema_kimg, ema_rampup=0.05, seed=config.seed,
+        clip="", z_dim=g.z_dim, w_dim=g.w_dim, mapping_layers=g.mapping_layers,
+        cond_hidden=g.cond_hidden, channel_base=g.channel_base, channel_max=g.channel_max,
+        dataset_dir=dataset, batch_size=g.batch, max_steps=g.steps, lr=g.lr,
+        r1_gamma=g.r1_gamma, r1_every=g.r1_every, itd_weight=g.itd_weight,
+        itc_weight=g.itc_weight, ema_kimg=g.ema_kimg, ema_rampup=0.05, seed=config.seed,
         calibration_split="val", calibration_pairs=config.calibration_pairs,
-        log_every=max(config.gan_steps // 20, 1), checkpoint_every=config.gan_steps,
+        log_every=max(g.steps // 20, 1), checkpoint_every=g.steps,
         eval_max_examples=0, eval_batch_size=250, num_samples=config.num_samples))
     return c
 
@@ -78,8 +79,7 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
                                 if named[v][2] == "calibrated" else config.noise_sigma,
                                 base.train_field)
                for v in variants]
-    shared = {"run": base.to_dict(), "upstream": shapes_world.fields_of(
-        config, shapes_world.WORLD_FIELDS + shapes_world.CONNECT_FIELDS)}
+    shared = {"run": base.to_dict(), "upstream": shapes_world.connect_fields(config)}
 
     def train(pending, sweep_wd, outputs):
         sweep = gan_sweep.GanSweep(base, pending, sweep_wd, encoder)

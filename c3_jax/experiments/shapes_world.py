@@ -20,14 +20,16 @@ from c3_jax.train import connect
 from c3_jax.workdir import Workdir
 
 MAX_TOKENS = 20  # the longest world caption: 16 words, a comma, '.', EOS
-WORLD_FIELDS = ("seed", "image_size", "two_object_fraction", "connect_size", "train_size",
-                "val_size", "test_size")
-CONNECT_FIELDS = ("clip_width", "clip_depth", "clip_heads", "patch_size", "projection_dim",
-                  "connect_steps", "connect_batch", "connect_lr", "connect_temperature")
 
 
-def fields_of(config, names) -> dict:
-    return {k: config[k] for k in names}
+def world_fields(config) -> dict:
+    """What shapes the world: the seed and the nested ``world`` config."""
+    return {"seed": config.seed, **config.world.to_dict()}
+
+
+def connect_fields(config) -> dict:
+    """What shapes Connect and the embeddings: the world's fields and the ``connect`` config."""
+    return {**world_fields(config), "connect": config.connect.to_dict()}
 
 
 def variant_names(text: str, known) -> list:
@@ -41,27 +43,23 @@ def variant_names(text: str, known) -> list:
 
 
 def check_world(config, splits=("connect", "train", "val", "test")) -> None:
-    """The world and Connect fields of a shapes config, checked before any work."""
-    checks.at_least(config, 1, ["image_size", "clip_width", "clip_heads", "patch_size",
-                                "projection_dim", "connect_steps", "connect_batch"])
-    checks.at_least(config, 10, [f"{s}_size" for s in splits if s != "connect"])
-    checks.at_least(config, config.connect_batch, ["connect_size"])
-    checks.within(config, 0.0, 1.0, ["two_object_fraction"])
-    checks.divides(config, "patch_size", "image_size")
-    checks.divides(config, "clip_heads", "clip_width")
-    if "clip_depth" in config:  # the Connect study sets depth and temperature per recipe
-        checks.at_least(config, 1, ["clip_depth"])
-        connect_config(config)  # lr, temperature, steps
-    else:
-        connect.ConnectConfig(steps=config.connect_steps, batch_size=config.connect_batch,
-                              lr=config.connect_lr)
+    """The ``world`` and ``connect`` configs of a shapes config, checked before any work."""
+    checks.at_least(config, 1, ["world.image_size", "connect.width", "connect.depth",
+                                "connect.heads", "connect.patch_size", "connect.projection_dim",
+                                "connect.steps", "connect.batch"])
+    checks.at_least(config, 10, [f"world.{s}_size" for s in splits if s != "connect"])
+    checks.at_least(config, config.connect.batch, ["world.connect_size"])
+    checks.within(config, 0.0, 1.0, ["world.two_object_fraction"])
+    checks.divides(config, "connect.patch_size", "world.image_size")
+    checks.divides(config, "connect.heads", "connect.width")
+    connect_config(config)  # lr, temperature, steps
 
 
 def connect_config(config, **overrides) -> connect.ConnectConfig:
     """The Connect settings of a shapes config (validated on construction)."""
-    kw = dict(steps=config.connect_steps, batch_size=config.connect_batch,
-              lr=config.connect_lr, seed=config.seed,
-              temperature=config.connect_temperature)
+    c = config.connect
+    kw = dict(steps=c.steps, batch_size=c.batch, lr=c.lr, seed=config.seed,
+              temperature=c.temperature)
     return connect.ConnectConfig(**{**kw, **overrides})
 
 
@@ -69,16 +67,17 @@ def world_dataset(config, wd: Workdir, sizes: Optional[Mapping[str, int]] = None
                   caption_omit: float = 0.0, where: str = "") -> str:
     """The world's dataset under ``<workdir>/data[/where]``, built once per its fields
     (every process takes part in the write)."""
-    sizes = dict(sizes or {"connect": config.connect_size, "train": config.train_size,
-                           "val": config.val_size, "test": config.test_size})
+    w = config.world
+    sizes = dict(sizes or {"connect": w.connect_size, "train": w.train_size,
+                           "val": w.val_size, "test": w.test_size})
     data_dir = wd.file(os.path.join("data", where))
-    fields = {"seed": config.seed, "image_size": config.image_size,
-              "two_object_fraction": config.two_object_fraction, "sizes": sizes,
+    fields = {"seed": config.seed, "image_size": w.image_size,
+              "two_object_fraction": w.two_object_fraction, "sizes": sizes,
               "caption_omit": caption_omit}
     name = "world" + (f"_{where}" if where else "")
     if not stages.begin(wd, name, fields, [os.path.join(data_dir, "shapes_world")]):
-        shapes.build_dataset(data_dir, sizes, config.seed, config.image_size,
-                             two_object_fraction=config.two_object_fraction,
+        shapes.build_dataset(data_dir, sizes, config.seed, w.image_size,
+                             two_object_fraction=w.two_object_fraction,
                              caption_omit=caption_omit)
         stages.finish(wd, name)
     return os.path.join(data_dir, "shapes_world", builders.VERSION)
@@ -102,14 +101,16 @@ def _all_captions(source) -> list:
     return [c for i in range(len(source)) for c in cd.captions_of(source[i], "caption")]
 
 
-def clip_model(tokenizer, *, width: int, depth: int, heads: int, projection_dim: int,
-               image_size: int, patch_size: int) -> clip.CLIP:
-    """The world's CLIP: a ViT on patches and a causal text transformer of one shape."""
-    tower = clip.Tower(width, depth, heads, 4 * width, "gelu")
-    return clip.CLIP(clip.CLIPConfig(text=tower, vision=tower, projection_dim=projection_dim,
+def clip_model(tokenizer, connect_config, image_size: int, **overrides) -> clip.CLIP:
+    """The world's CLIP of a ``connect`` config (``overrides`` replace its fields, e.g. the
+    depth): a ViT on patches and a causal text transformer of one shape."""
+    c = {**connect_config.to_dict(), **overrides}
+    tower = clip.Tower(c["width"], c["depth"], c["heads"], 4 * c["width"], "gelu")
+    return clip.CLIP(clip.CLIPConfig(text=tower, vision=tower,
+                                     projection_dim=c["projection_dim"],
                                      vocab_size=len(tokenizer), max_positions=MAX_TOKENS,
                                      eos_token_id=tokenizer.eos_token_id,
-                                     image_size=image_size, patch_size=patch_size))
+                                     image_size=image_size, patch_size=c["patch_size"]))
 
 
 def connect_pairs(world: str, tokenizer) -> cd.CaptionPairs:
@@ -120,10 +121,8 @@ def connect_pairs(world: str, tokenizer) -> cd.CaptionPairs:
 
 def _connect(config, world: str, tokenizer, wd: Workdir):
     """Connect in ``<workdir>/connect`` (its metrics and checkpoints); resumes when cut."""
-    model = clip_model(tokenizer, width=config.clip_width, depth=config.clip_depth,
-                       heads=config.clip_heads, projection_dim=config.projection_dim,
-                       image_size=config.image_size, patch_size=config.patch_size)
-    fields = fields_of(config, WORLD_FIELDS + CONNECT_FIELDS)
+    model = clip_model(tokenizer, config.connect, config.world.image_size)
+    fields = connect_fields(config)
     done = stages.begin(wd, "connect", fields, [wd.file("connect")], resumable=True)
     sub = Workdir(wd.file("connect"))
     # Trains, resumes an unfinished Connect, or (done) reloads its last checkpoint.
@@ -138,11 +137,11 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir,
                   chunk: int = 4096) -> str:
     """The frozen CLIP's embeddings of the train/val/test splits (with the images), in
     COCO's layout, written ``chunk`` rows at a time."""
-    fields = fields_of(config, WORLD_FIELDS + CONNECT_FIELDS)
+    fields = connect_fields(config)
     if stages.begin(wd, "embeddings", fields, [wd.file(os.path.join("data", "shapes_clip"))]):
         return wd.file(os.path.join("data", "shapes_clip", builders.VERSION))
     sources = {s: builders.data_source(world, s) for s in ("train", "val", "test")}
-    s, d, k = config.image_size, config.projection_dim, shapes.CAPTIONS_PER_SCENE
+    s, d, k = config.world.image_size, config.connect.projection_dim, shapes.CAPTIONS_PER_SCENE
     columns = {"image": ((s, s, 3), np.uint8), "image_embedding": ((d,), np.float32),
                "text_embedding": ((k, d), np.float32),
                **{a: ((), np.int64) for a in ("num_objects",) + shapes.ATTRIBUTES}}
@@ -189,7 +188,7 @@ def connected_world(config, wd: Workdir) -> tuple:
     """World -> tokenizer -> Connect -> embeddings: (the CLIP module, its params, the
     world's dataset dir, its tokenizer, the embeddings dataset dir)."""
     world = world_dataset(config, wd)
-    tokenizer = world_tokenizer(world, wd, fields_of(config, WORLD_FIELDS))
+    tokenizer = world_tokenizer(world, wd, world_fields(config))
     model, params = _connect(config, world, tokenizer, wd)
     dataset = _embed_splits(config, world, tokenizer, model, params, wd)
     return model, params, world, tokenizer, dataset
