@@ -25,14 +25,15 @@ def test_synthetic_rows_do_not_depend_on_the_batching():
 
 def test_quick_dry_run_reports_every_figure_and_reuses_its_stages(tmp_path):
     config = coco_dryrun.get_config("quick")
-    with pytest.raises(runner.ConfigError, match="gpt2_vocab 8 is smaller"):
-        runner.run(override(config, gpt2_vocab=8), str(tmp_path / "bad"))
+    with pytest.raises(runner.ConfigError, match="captioner.vocab 8 is smaller"):
+        runner.run(override(config, captioner={"vocab": 8}), str(tmp_path / "bad"))
     assert not (tmp_path / "bad" / "dataset").exists()
     results = runner.run(config, str(tmp_path / "run"))
     data = results["dataset"]
-    for split, n in (("train", config.train_size), ("test", config.test_size)):
+    for split, n in (("train", config.dataset.train_size), ("test", config.dataset.test_size)):
         assert len(builders.data_source(data["dataset_dir"], split)) == n
-    assert data["rows"] == config.train_size + config.val_size + config.test_size
+    sizes = config.dataset
+    assert data["rows"] == sizes.train_size + sizes.val_size + sizes.test_size
     figures = [data["rows_per_second"], data["write_mb_per_second"], data["bytes_on_disk"],
                results["captioning"]["seconds_per_step"],
                results["captioning"]["decode_seconds_per_image"],

@@ -39,29 +39,32 @@ WORDS = ("a", "the", ".") + ADJECTIVES + NOUNS + VERBS + tuple(
 
 
 def check(config) -> None:
-    checks.at_least(config, 1, ["train_size", "val_size", "test_size", "captions_per_image",
-                                "embedding_dim", "write_batch", "gpt2_width", "gpt2_depth",
-                                "gpt2_heads", "t2i_rows", "t2i_eval_examples",
-                                "t2i_latent_dim", "t2i_mapping_layers", "t2i_channel_max",
-                                "t2i_r1_every",
-                                "clip_width", "clip_depth", "clip_heads", "clip_patch_size",
-                                "paper_epochs", "paper_batch", "paper_t2i_steps"])
+    checks.at_least(config, 1, ["dataset.train_size", "dataset.val_size", "dataset.test_size",
+                                "dataset.captions_per_image", "dataset.embedding_dim",
+                                "dataset.write_batch", "captioner.width", "captioner.depth",
+                                "captioner.heads", "t2i.rows", "t2i.eval_examples",
+                                "t2i.latent_dim", "t2i.mapping_layers", "t2i.channel_max",
+                                "t2i.r1_every",
+                                "clip.width", "clip.depth", "clip.heads", "clip.patch_size",
+                                "captioner.paper_epochs", "captioner.paper_batch",
+                                "t2i.paper_steps"])
     # Two steps at least: the first compiles, the step time is taken over the others.
-    checks.at_least(config, 2, ["caption_steps", "t2i_steps"])
-    checks.at_least(config, 16, ["t2i_image_size"])
-    checks.at_least(config, config.caption_eval_batch, ["caption_eval_examples"])
-    checks.at_least(config, 1, ["caption_eval_batch"])
-    checks.at_least(config, 0, ["gpt2_vocab"])
-    if 0 < config.gpt2_vocab < len(WORDS) + 3:
-        raise ValueError(f"gpt2_vocab {config.gpt2_vocab} is smaller than the synthetic "
-                         f"captions' tokenizer ({len(WORDS) + 3} tokens); 0 uses its size")
-    for width, heads in (("gpt2_width", "gpt2_heads"), ("clip_width", "clip_heads")):
-        if config[width] % config[heads]:
-            raise ValueError(f"{width} {config[width]} is not a multiple of {heads} "
-                             f"{config[heads]}")
-    if config.clip_image_size % config.clip_patch_size:
-        raise ValueError(f"clip_image_size {config.clip_image_size} is not a multiple of "
-                         f"clip_patch_size {config.clip_patch_size}")
+    checks.at_least(config, 2, ["captioner.steps", "t2i.steps"])
+    checks.at_least(config, 16, ["t2i.image_size"])
+    checks.at_least(config, config.captioner.eval_batch, ["captioner.eval_examples"])
+    checks.at_least(config, 1, ["captioner.eval_batch"])
+    checks.at_least(config, 0, ["captioner.vocab"])
+    if 0 < config.captioner.vocab < len(WORDS) + 3:
+        raise ValueError(f"captioner.vocab {config.captioner.vocab} is smaller than the "
+                         f"synthetic captions' tokenizer ({len(WORDS) + 3} tokens); 0 uses "
+                         f"its size")
+    for part in ("captioner", "clip"):
+        width, heads = config[part].width, config[part].heads
+        if width % heads:
+            raise ValueError(f"{part}.width {width} is not a multiple of {part}.heads {heads}")
+    if config.clip.image_size % config.clip.patch_size:
+        raise ValueError(f"clip.image_size {config.clip.image_size} is not a multiple of "
+                         f"clip.patch_size {config.clip.patch_size}")
     checks.java()
 
 
@@ -149,23 +152,25 @@ def _staged(wd: Workdir, name: str, fields: dict, build) -> dict:
 
 
 def run_coco_dryrun(config, wd: Workdir) -> dict:
-    sizes = {"train": config.train_size, "val": config.val_size, "test": config.test_size}
-    k, dim = config.captions_per_image, config.embedding_dim
-    base = {f: config[f] for f in ("seed", "captions_per_image", "embedding_dim",
-                                   "write_batch")}
+    ds, cap = config.dataset, config.captioner
+    sizes = {"train": ds.train_size, "val": ds.val_size, "test": ds.test_size}
+    k, dim = ds.captions_per_image, ds.embedding_dim
+    base = {"seed": config.seed, **{f: ds[f] for f in ("captions_per_image", "embedding_dim",
+                                                     "write_batch")}}
     dataset = _staged(wd, "dataset", {**base, "sizes": sizes}, lambda sub: {
         **write_synthetic_dataset("coco_synthetic", sub.file("data"), sizes, k, dim, 0,
-                                  config.write_batch, config.seed)})
+                                  ds.write_batch, config.seed)})
     gpt2_path = _gpt2_dir(config, wd)
     captioning = _staged(wd, "captioning", {
         **base, "sizes": sizes, "gpt2": _gpt2_fields(config),
-        "steps": config.caption_steps, "eval": config.caption_eval_examples,
-        "eval_batch": config.caption_eval_batch},
+        "steps": cap.steps, "eval": cap.eval_examples, "eval_batch": cap.eval_batch,
+        "paper": [cap.paper_epochs, cap.paper_batch]},  # the projection is in the figures
         lambda sub: _captioning(config, dataset["dataset_dir"], gpt2_path, sub))
-    t2i_sizes = {"train": config.t2i_rows, "test": config.t2i_eval_examples}
+    t2i_sizes = {"train": config.t2i.rows, "test": config.t2i.eval_examples}
     t2i_figures = _staged(wd, "t2i", {
-        **base, "sizes": t2i_sizes, **{f: config[f] for f in config if f.startswith(
-            ("t2i_", "clip_"))}}, lambda sub: _t2i(config, t2i_sizes, sub))
+        **base, "sizes": t2i_sizes,
+        "t2i": dict(config.t2i),
+        "clip": dict(config.clip)}, lambda sub: _t2i(config, t2i_sizes, sub))
     results = {"dataset": dataset, "captioning": captioning, "t2i": t2i_figures,
                "peak_rss_gb": peak_rss_gb(), "cpu_count": os.cpu_count(),
                "devices": [d.device_kind for d in jax.devices()]}
@@ -174,7 +179,7 @@ def run_coco_dryrun(config, wd: Workdir) -> dict:
 
 
 def _gpt2_fields(config) -> dict:
-    return {f: config[f] for f in ("gpt2_width", "gpt2_depth", "gpt2_heads", "gpt2_vocab")}
+    return {f: config.captioner[f] for f in ("width", "depth", "heads", "vocab")}
 
 
 def _gpt2_dir(config, wd: Workdir) -> str:
@@ -184,36 +189,36 @@ def _gpt2_dir(config, wd: Workdir) -> str:
     if not stages.begin(wd, "gpt2", _gpt2_fields(config), [path]):
         if wd.primary:
             tokenizer = build_word_tokenizer([" ".join(WORDS)], path)
-            gpt2.write_config_dir(path, tokenizer, config.gpt2_width, config.gpt2_depth,
-                                  config.gpt2_heads, 1024, vocab_size=config.gpt2_vocab)
+            c = config.captioner
+            gpt2.write_config_dir(path, tokenizer, c.width, c.depth, c.heads, 1024,
+                                  vocab_size=c.vocab)
         stages.finish(wd, "gpt2")
     return path
 
 
 def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
-    """The 'caption' experiment (C^3, the paper's setup) for ``caption_steps`` steps and
-    its evaluation on ``caption_eval_examples`` test images; step time and projection."""
+    """The 'caption' experiment (C^3, the paper's setup) for ``captioner.steps`` steps and
+    its evaluation on ``captioner.eval_examples`` test images; step time and projection."""
+    ds, cap = config.dataset, config.captioner
     c = caption_base.get_config("caption")
     c.update(dict(gpt2=gpt2_path, gpt2_from_scratch=True, dataset_dir=dataset,
-                  max_steps=config.caption_steps, log_every=1,
-                  checkpoint_every=config.caption_steps, val_batches=1,
-                  eval_max_examples=config.caption_eval_examples,
-                  eval_batch_size=config.caption_eval_batch, spice=False,
-                  seed=config.seed))
+                  max_steps=cap.steps, log_every=1, checkpoint_every=cap.steps,
+                  val_batches=1, eval_max_examples=cap.eval_examples,
+                  eval_batch_size=cap.eval_batch, spice=False, seed=config.seed))
     start = time.perf_counter()
     out = caption.run_caption(c, sub)
     seconds = time.perf_counter() - start
-    pairs = config.train_size * config.captions_per_image
-    steps = config.paper_epochs * (pairs // config.paper_batch)
+    pairs = ds.train_size * ds.captions_per_image
+    steps = cap.paper_epochs * (pairs // cap.paper_batch)
     per_step = out["seconds_per_step"]
-    decode = out["seconds_per_decode_batch"] / config.caption_eval_batch
-    return {"steps": config.caption_steps, "batch_size": c.batch_size,
+    decode = out["seconds_per_decode_batch"] / cap.eval_batch
+    return {"steps": cap.steps, "batch_size": c.batch_size,
             "seconds_per_step": per_step, "run_seconds": seconds,
             "decode_seconds_per_image": decode,
-            "paper_schedule": {"epochs": config.paper_epochs, "batch": config.paper_batch,
+            "paper_schedule": {"epochs": cap.paper_epochs, "batch": cap.paper_batch,
                                "steps": steps},
             "projected_train_hours": steps * per_step / 3600,
-            "projected_test_eval_hours": config.test_size * decode / 3600,
+            "projected_test_eval_hours": ds.test_size * decode / 3600,
             "metrics_on_random_weights": out.get("metrics", {}),
             "peak_rss_gb": peak_rss_gb()}
 
@@ -221,39 +226,40 @@ def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
 def _t2i(config, sizes: dict, sub: Workdir) -> dict:
     """The 'generate' experiment (LAFITE's StyleGAN2 of coco_t2i, with a frozen randomly
     initialised CLIP ViT-B/32) on a small dataset of synthetic images."""
+    ds, g = config.dataset, config.t2i
     written = write_synthetic_dataset("coco_synthetic_images", sub.file("data"), sizes,
-                                      config.captions_per_image, config.embedding_dim,
-                                      config.t2i_image_size, config.write_batch, config.seed)
+                                      ds.captions_per_image, ds.embedding_dim,
+                                      g.image_size, ds.write_batch, config.seed)
     c = t2i_base.get_config()
-    width = config.t2i_latent_dim
+    width = g.latent_dim
     c.update(dict(z_dim=width, w_dim=width, cond_hidden=width,
-                  mapping_layers=config.t2i_mapping_layers, r1_every=config.t2i_r1_every,
-                  channel_max=config.t2i_channel_max,
-                  clip="", dataset_dir=written["dataset_dir"], max_steps=config.t2i_steps,
-                  log_every=1, checkpoint_every=config.t2i_steps,
-                  eval_max_examples=config.t2i_eval_examples,
-                  eval_batch_size=config.t2i_eval_examples, num_samples=4,
+                  mapping_layers=g.mapping_layers, r1_every=g.r1_every,
+                  channel_max=g.channel_max,
+                  clip="", dataset_dir=written["dataset_dir"], max_steps=g.steps,
+                  log_every=1, checkpoint_every=g.steps,
+                  eval_max_examples=g.eval_examples,
+                  eval_batch_size=g.eval_examples, num_samples=4,
                   seed=config.seed))
     start = time.perf_counter()
     out = t2i.run_generate(c, Workdir(sub.file("run")), _random_clip(config))
     seconds = time.perf_counter() - start
     per_step = out["final_metrics"]["seconds_per_step"]
-    return {"image_size": config.t2i_image_size, "steps": config.t2i_steps,
+    return {"image_size": g.image_size, "steps": g.steps,
             "batch_size": c.batch_size, "r1_every": c.r1_every,
             "seconds_per_step": per_step, "run_seconds": seconds,
-            "paper_steps": config.paper_t2i_steps,
-            "projected_train_hours": config.paper_t2i_steps * per_step / 3600,
+            "paper_steps": g.paper_steps,
+            "projected_train_hours": g.paper_steps * per_step / 3600,
             "peak_rss_gb": peak_rss_gb()}
 
 
 def _random_clip(config) -> generation.Encoder:
     """A CLIP image tower of the config's size (ViT-B/32's by default), randomly
     initialised: there are no weights here."""
-    tower = clip.Tower(config.clip_width, config.clip_depth, config.clip_heads,
-                       4 * config.clip_width)
-    module = clip.CLIP(clip.CLIPConfig(vision=tower, image_size=config.clip_image_size,
-                                       patch_size=config.clip_patch_size))
-    size = config.clip_image_size
+    c = config.clip
+    tower = clip.Tower(c.width, c.depth, c.heads, 4 * c.width)
+    module = clip.CLIP(clip.CLIPConfig(vision=tower, image_size=c.image_size,
+                                       patch_size=c.patch_size))
+    size = c.image_size
     params = jax.jit(lambda key: module.init(
         key, jax.numpy.zeros((1, 3, size, size)), method="encode_image")["params"])(
         jax.random.key(config.seed))
