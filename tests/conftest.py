@@ -264,7 +264,8 @@ def run_script(config, workdir, kill_at, devices=1, mid_save=False):
 
 @pytest.fixture(scope="session")
 def t2i_world(tmp_path_factory):
-    """16 train / 8 test rows: 16x16 images, 16-d image and text embeddings (the tiny CLIP's width), 2 captions."""
+    """16 train / 8 test rows: 8x8 images (the smallest generator: one upsampling block),
+    16-d image and text embeddings (the tiny CLIP's width), 2 captions."""
     return shared_once(tmp_path_factory, "t2i_world", _build_t2i_world)
 
 
@@ -274,7 +275,7 @@ def _build_t2i_world(root) -> dict:
     splits, captions = {}, {}
     for split, n in (("train", 16), ("test", 8)):
         splits[split] = {
-            "image": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.uint8),
+            "image": rng.integers(0, 256, (n, 8, 8, 3)).astype(np.uint8),
             "image_embedding": (rng.normal(size=(n, 16)) + 1.0).astype(np.float32),
             "text_embedding": (rng.normal(size=(n, 2, 16)) - 1.0).astype(np.float32)}
         captions[split] = [[f"a red circle {i}", f"a circle {i}"] for i in range(n)]

@@ -36,7 +36,7 @@ def test_image_only_training_then_generation_from_text_and_restore_for_eval(t2i_
     for name in ("samples.png", "losses.png", "config.json", "results.json"):
         assert (train_dir / name).exists(), name
     images = np.load(train_dir / "generated_test.npy")
-    assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
+    assert images.shape == (8, 8, 8, 3) and images.dtype == np.uint8
     # Evaluation only, from the trained run's EMA generator, through the command line.
     again = t2i_config(t2i_world, restore_from=str(train_dir))
     out = cli("--config=configs/coco_t2i.py:c3", f"--workdir={tmp_path / 'eval'}",
