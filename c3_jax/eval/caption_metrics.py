@@ -43,8 +43,11 @@ def score_captions(predictions: Mapping[Hashable, str],
         raise RuntimeError("Caption metrics need Java (PTBTokenizer, METEOR and SPICE are Java "
                            "programs): install a JRE, e.g. `apt-get install default-jre-headless`.")
     # Integer keys: SPICE round-trips ids through JSON and sorts them; scores don't depend on keys.
-    gts = _tokenize({i: list(references[k]) for i, k in enumerate(ids)})
-    res = _tokenize({i: [predictions[k]] for i, k in enumerate(ids)})
+    # One tokenizer JVM for references and predictions (each line is tokenized alone).
+    both = _tokenize({**{("ref", i): list(references[k]) for i, k in enumerate(ids)},
+                      **{("res", i): [predictions[k]] for i, k in enumerate(ids)}})
+    gts = {i: both[("ref", i)] for i in range(len(ids))}
+    res = {i: both[("res", i)] for i in range(len(ids))}
     empty_refs = [ids[i] for i, refs in gts.items() if any(not r for r in refs)]
     if empty_refs:
         raise ValueError(f"References empty after PTB tokenization (blank or punctuation only) "
@@ -109,7 +112,7 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
+def _tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
     """PTB-tokenize captions; blank ones stay '' without going through the tokenizer."""
     # Any line break (\r, \u2028, ...) would split a caption into two tokenizer lines and
     # shift every later caption onto the wrong id: fold all whitespace to single spaces.
