@@ -25,7 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.world = ml_collections.ConfigDict({k: main.world[k] for k in (
         "image_size", "two_object_fraction", "connect_size", "val_size")})
     c.connect = main.connect
-    c.base_caption_omit = 0.0
+    c.base_caption_omit = main.world.caption_omit
     # Axes. Temperature 'learned' starts at CLIP's 0.07 (logit scale capped at 100).
     c.depths = "1,2,4,8"
     c.temperatures = "0.01,0.07,0.2,learned"

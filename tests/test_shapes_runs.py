@@ -50,6 +50,10 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
     assert "| DeCap 24.7 / 25.0 / 91.2 |" in table  # the published COCO anchors
     # The val-pair geometry the Connect recipe was chosen by.
     assert 0 <= geometry["val"]["recall_at_1"] <= 1 and geometry["val"]["gap_length"] > 0
+    # The world's captions are partly terse: R@1 and gap also on complete val captions.
+    assert config.world.caption_omit > 0
+    assert 0 <= geometry["val"]["complete_recall_at_1"] <= 1
+    assert geometry["val"]["complete_gap_length"] > 0
     connect_rows = [json.loads(line) for line in open(tmp_path / "connect" / "metrics.jsonl")]
     assert any("loss" in r and "learning_rate" in r for r in connect_rows)
     # Re-running the same command reuses everything (Connect checkpoint, captioners).

@@ -207,7 +207,7 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
     model, params, world, tokenizer, dataset = shapes_world.connected_world(config, wd)
     geometry = geometry_report(config, dataset, wd)
     # The criterion the Connect recipe was chosen by (the Connect study's): val pairs.
-    geometry["val"] = shapes_world.space_probe(model, world, tokenizer, "val")(params)
+    geometry["val"] = shapes_world.val_geometry(config, model, params, world, tokenizer, wd)
     sigma = calibrated_sigma(config, dataset)
     logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f "
                  "(val pairs)", geometry["modality_gap"], geometry["effective_dim_x"],

@@ -49,7 +49,8 @@ def check_world(config, splits=("connect", "train", "val", "test")) -> None:
                                 "connect.steps", "connect.batch"])
     checks.at_least(config, 10, [f"world.{s}_size" for s in splits if s != "connect"])
     checks.at_least(config, config.connect.batch, ["world.connect_size"])
-    checks.within(config, 0.0, 1.0, ["world.two_object_fraction"])
+    checks.within(config, 0.0, 1.0, ["world.two_object_fraction"] + (
+        ["world.caption_omit"] if "caption_omit" in config.world else []))
     checks.divides(config, "connect.patch_size", "world.image_size")
     checks.divides(config, "connect.heads", "connect.width")
     connect_config(config)  # lr, temperature, steps
@@ -64,10 +65,11 @@ def connect_config(config, **overrides) -> connect.ConnectConfig:
 
 
 def world_dataset(config, wd: Workdir, sizes: Optional[Mapping[str, int]] = None,
-                  caption_omit: float = 0.0, where: str = "") -> str:
+                  caption_omit: Optional[float] = None, where: str = "") -> str:
     """The world's dataset under ``<workdir>/data[/where]``, built once per its fields
-    (every process takes part in the write)."""
+    (every process takes part in the write); ``caption_omit`` defaults to the world's."""
     w = config.world
+    caption_omit = w.caption_omit if caption_omit is None else caption_omit
     sizes = dict(sizes or {"connect": w.connect_size, "train": w.train_size,
                            "val": w.val_size, "test": w.test_size})
     data_dir = wd.file(os.path.join("data", where))
@@ -101,10 +103,10 @@ def _all_captions(source) -> list:
     return [c for i in range(len(source)) for c in cd.captions_of(source[i], "caption")]
 
 
-def clip_model(tokenizer, connect_config, image_size: int, **overrides) -> clip.CLIP:
-    """The world's CLIP of a ``connect`` config (``overrides`` replace its fields, e.g. the
-    depth): a ViT on patches and a causal text transformer of one shape."""
-    c = {**connect_config.to_dict(), **overrides}
+def clip_model(tokenizer, settings, image_size: int, **overrides) -> clip.CLIP:
+    """The world's CLIP of a nested ``connect`` config (``overrides`` replace its fields,
+    e.g. the depth): a ViT on patches and a causal text transformer of one shape."""
+    c = {**settings.to_dict(), **overrides}
     tower = clip.Tower(c["width"], c["depth"], c["heads"], 4 * c["width"], "gelu")
     return clip.CLIP(clip.CLIPConfig(text=tower, vision=tower,
                                      projection_dim=c["projection_dim"],
@@ -182,6 +184,21 @@ def space_probe(model: clip.CLIP, world: str, tokenizer, split: str = "val",
         y = connect.encode(model, params, ids=ids, mask=mask)
         return geometry.space_summary(x, y, jax.random.PRNGKey(0), group)
     return probe
+
+
+def val_geometry(config, model: clip.CLIP, params, world: str, tokenizer, wd: Workdir) -> dict:
+    """The Connect study's criterion on the world's val pairs (``space_probe``), with R@1
+    and gap on the same images' complete captions (``complete_*``; the own ones when no
+    caption is terse): what a terse caption does not state, R@1 cannot find."""
+    own = space_probe(model, world, tokenizer, "val")(params)
+    if not config.world.caption_omit:
+        return {**own, "complete_recall_at_1": own["recall_at_1"],
+                "complete_gap_length": own["gap_length"]}
+    complete = world_dataset(config, wd, {"val": config.world.val_size}, caption_omit=0.0,
+                             where="complete")
+    g = space_probe(model, complete, tokenizer, "val")(params)
+    return {**own, "complete_recall_at_1": g["recall_at_1"],
+            "complete_gap_length": g["gap_length"]}
 
 
 def connected_world(config, wd: Workdir) -> tuple:
