@@ -144,16 +144,8 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
 def _probe(config, recipe: Recipe, model, world: str, tokenizer, wd: Workdir):
     """Geometry on the world's own val pairs; with terse captions, also R@1 and gap on the
     same images' complete captions (what a terse caption cannot state, R@1 cannot find)."""
-    own = shapes_world.space_probe(model, world, tokenizer, "val", config.group_size)
-    complete = own if recipe.caption_omit == 0 else shapes_world.space_probe(
-        model, _world(config, 0.0, wd)[0], tokenizer, "val", config.group_size)
-
-    def probe(params) -> dict:
-        g = own(params)
-        c = g if complete is own else complete(params)
-        return {**g, "complete_recall_at_1": c["recall_at_1"],
-                "complete_gap_length": c["gap_length"]}
-    return probe
+    complete = None if recipe.caption_omit == 0 else _world(config, 0.0, wd)[0]
+    return shapes_world.val_probe(model, world, tokenizer, complete, config.group_size)
 
 
 def meets_clip_geometry(g: dict, reference_recall: float) -> bool:

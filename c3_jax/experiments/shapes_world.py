@@ -186,19 +186,30 @@ def space_probe(model: clip.CLIP, world: str, tokenizer, split: str = "val",
     return probe
 
 
+def val_probe(model: clip.CLIP, world: str, tokenizer, complete_world: Optional[str] = None,
+              group_size: int = 100):
+    """The Connect study's criterion, a function of CLIP params: the geometry of the world's
+    val pairs (``space_probe``), with R@1 and gap on the same images' complete captions
+    (``complete_*``, from ``complete_world``; the own ones when no caption is terse): what a
+    terse caption does not state, R@1 cannot find."""
+    own = space_probe(model, world, tokenizer, "val", group_size)
+    complete = own if complete_world is None else space_probe(
+        model, complete_world, tokenizer, "val", group_size)
+
+    def probe(params) -> dict:
+        g = own(params)
+        c = g if complete is own else complete(params)
+        return {**g, "complete_recall_at_1": c["recall_at_1"],
+                "complete_gap_length": c["gap_length"]}
+    return probe
+
+
 def val_geometry(config, model: clip.CLIP, params, world: str, tokenizer, wd: Workdir) -> dict:
-    """The Connect study's criterion on the world's val pairs (``space_probe``), with R@1
-    and gap on the same images' complete captions (``complete_*``; the own ones when no
-    caption is terse): what a terse caption does not state, R@1 cannot find."""
-    own = space_probe(model, world, tokenizer, "val")(params)
-    if not config.world.caption_omit:
-        return {**own, "complete_recall_at_1": own["recall_at_1"],
-                "complete_gap_length": own["gap_length"]}
-    complete = world_dataset(config, wd, {"val": config.world.val_size}, caption_omit=0.0,
-                             where="complete")
-    g = space_probe(model, complete, tokenizer, "val")(params)
-    return {**own, "complete_recall_at_1": g["recall_at_1"],
-            "complete_gap_length": g["gap_length"]}
+    """``val_probe`` of the main job's trained CLIP (its complete-caption val world built
+    under ``<workdir>/data/complete`` when the world has terse captions)."""
+    complete = None if not config.world.caption_omit else world_dataset(
+        config, wd, {"val": config.world.val_size}, caption_omit=0.0, where="complete")
+    return val_probe(model, world, tokenizer, complete)(params)
 
 
 def connected_world(config, wd: Workdir) -> tuple:
