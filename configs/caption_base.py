@@ -40,6 +40,7 @@ def get_config(experiment: str = "caption"):
     # Evaluation: greedy decoding up to 67 tokens, stopping at EOS or '.', like the reference.
     c.decode, c.beam_size, c.max_decode_tokens, c.stop_at_period = "greedy", 5, 67, True
     c.eval_batch_size, c.eval_max_examples, c.spice = 256, 0, True
+    c.meteor = True  # False: no METEOR (its JVM needs 2 GB and ~5 s to load its tables)
     if experiment == "caption_sweep":  # variants x sigmas x seeds trained as one program
         c.variants = "c1,c2_collapse,c2_corrupt,c3"  # 'supervised': c1 on eval_field
         c.sigmas = ""  # comma-separated noise sigmas of the noisy variants; '': noise_sigma

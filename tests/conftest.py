@@ -204,11 +204,14 @@ def assert_same_numbers(got: dict, want: dict) -> None:
 
 
 def caption_config(world, variant="c3", **overrides):
+    """A tiny captioning run on ``world``; without METEOR (its JVM takes ~5 s to start in
+    each test process), which test_caption_metrics and the ``trained`` run check."""
     c = coco_caption.get_config(variant)
     c.unlock()
     c.update(dict(dataset_dir=world["dataset"], gpt2=world["gpt2"], batch_size=8, max_steps=12,
                   warmup_steps=3, lr=1e-3, log_every=1, checkpoint_every=4, val_batches=2,
-                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False))
+                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False,
+                  meteor=False))
     c.update(overrides)
     return c
 

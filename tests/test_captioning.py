@@ -20,7 +20,7 @@ from conftest import caption_config, checkpoint_params, cli, latest_state, run_s
 def trained(caption_world, tmp_path_factory):
     """A text-only C3 run on the tiny caption_world: (its workdir, its results)."""
     workdir = tmp_path_factory.mktemp("trained") / "train"
-    return workdir, runner.run(caption_config(caption_world), str(workdir))
+    return workdir, runner.run(caption_config(caption_world, meteor=True), str(workdir))
 
 
 def test_text_only_training_then_image_captions_and_restore_for_eval(caption_world, trained, tmp_path):
@@ -38,7 +38,7 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(caption_wor
     assert os.listdir(train_dir / "checkpoints" / "best")
     captions = json.loads((train_dir / "captions_test.json").read_text())
     # Evaluation only, from the trained run's checkpoint, by the command line: same captions.
-    again = caption_config(caption_world, restore_from=str(train_dir))
+    again = caption_config(caption_world, restore_from=str(train_dir), meteor=True)
     out = cli("--config=configs/coco_caption.py:c3", f"--workdir={tmp_path / 'eval'}",
                *[f"--config.{k}={v}" for k, v in again.items()
                  if k != "experiment" and v != coco_caption.get_config("c3")[k]])

@@ -48,6 +48,7 @@ def test_tokenizer_and_caption_encoding(tmp_path):
     _tiny_gpt2_tokenizer(tmp_path)
     ours = text.load_tokenizer(str(tmp_path))
     ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert type(ours) is type(ref)  # the generic class, loaded without AutoTokenizer
     captions = ["a red circle above a blue square.", "A big star."]
     for c in captions:
         assert ours(c)["input_ids"] == ref(c)["input_ids"]

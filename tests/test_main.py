@@ -109,3 +109,26 @@ def test_embeddings_run_and_errors(tmp_path):
     c.embeddings = f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
     with pytest.raises(ValueError, match="NaN or Inf"):
         runner.run(c, str(tmp_path / "run3"))
+
+
+def test_metrics_reach_tensorboard_without_importing_torch(tmp_path):
+    """A run's metrics go to metrics.jsonl and a TensorBoard event file (read back here with
+    tensorboardX's protobuf), and a run that does not use torch never imports it."""
+    script = ("import sys; from c3_jax.train import loop; from c3_jax.workdir import Workdir\n"
+              f"w = loop.MetricWriter(Workdir({str(tmp_path)!r}))\n"
+              "w.write(3, {'loss': 1.5}); w.write(4, {'loss': 0.25}); w.close()\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from tensorboardX.proto import event_pb2
+    (events,) = os.listdir(tmp_path / "tensorboard")
+    data, scalars = (tmp_path / "tensorboard" / events).read_bytes(), []
+    while data:  # TFRecord framing: uint64 length, its crc, the record, its crc
+        n = int.from_bytes(data[:8], "little")
+        event = event_pb2.Event.FromString(data[12:12 + n])
+        scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+        data = data[12 + n + 4:]
+    assert scalars == [(3, "loss", 1.5), (4, "loss", 0.25)]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["step"], r["loss"]) for r in rows] == [(3, 1.5), (4, 0.25)]

@@ -1,6 +1,7 @@
 """Tokenizers from checkpoint directories, and caption encoding with EOS and padding."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence
 
@@ -15,8 +16,26 @@ def load_tokenizer(path: str):
     if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files:
         raise FileNotFoundError(f"{path} has no tokenizer.json nor vocab.json + merges.txt "
                                 f"(found: {sorted(files)})")
+    if "tokenizer.json" in files and _saved_class(path) in GENERIC_CLASSES:
+        # What AutoTokenizer resolves these to, without its imports (torch, when installed:
+        # ~1.5 s of every run's start).
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast.from_pretrained(path)
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path)
+
+
+# Tokenizer classes that are the plain tokenizer.json (the world's and our tiny checkpoints').
+GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _saved_class(path: str):
+    """The tokenizer_class of a tokenizer directory's tokenizer_config.json, or None."""
+    config = os.path.join(path, "tokenizer_config.json")
+    if not os.path.exists(config):
+        return None
+    with open(config) as f:
+        return json.load(f).get("tokenizer_class")
 
 
 def encode_captions(tokenizer, captions: Sequence[str], max_length: int,

@@ -323,7 +323,7 @@ def evaluate(sweep: Sweep, params) -> dict:
     out = {}
     for m, captions in zip(sweep.members, generate(sweep, params, embeddings)):
         metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
-                                 spice=config.spice)
+                                 spice=config.spice, meteor=config.meteor)
         out[m.name] = {"metrics": metrics, "captions": captions}
     sweep.wd.write_json("captions_test.json", {
         "references": refs, "captions": {n: r["captions"] for n, r in out.items()}})

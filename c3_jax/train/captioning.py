@@ -353,7 +353,7 @@ def evaluate(run: Run, params) -> dict:
     marks = []
     captions = generate(run, params, embeddings, run.own_settings(), marks=marks)
     metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
-                             spice=config.spice)
+                             spice=config.spice, meteor=config.meteor)
     run.wd.write_json("captions_test.json", [{"prediction": c, "references": r}
                                             for c, r in zip(captions, refs)])
     return {"metrics": metrics, "num_test": len(captions),

@@ -5,6 +5,7 @@ a validation value that picks the best checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Callable, Iterator, Optional, Tuple
 
@@ -30,6 +31,24 @@ class LoopConfig:
     members: Tuple[str, ...] = ()  # a sweep's member names: metrics have a member axis
 
 
+def summary_writer(logdir: str):
+    """tensorboardX's SummaryWriter on ``logdir``, or None when tensorboardX is not installed.
+    tensorboardX imports torch when it is installed, only to accept torch tensors (~1 s of a
+    run's start); scalars don't need it, so torch is hidden from that import."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        logging.warning("tensorboardX is not installed; metrics go to metrics.jsonl only")
+        return None
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir)
+
+
 class MetricWriter:
     """Metrics of a run: rows of ``metrics.jsonl`` and TensorBoard scalars (process 0; the
     TensorBoard file is opened at the first write, so a finished run reloaded adds none)."""
@@ -42,13 +61,7 @@ class MetricWriter:
             return
         self.wd.log_metrics(step, metrics)
         if self._tb is None:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                logging.warning("tensorboardX is not installed; metrics go to metrics.jsonl only")
-                self._tb = False
-            else:
-                self._tb = SummaryWriter(self.wd.file("tensorboard"))
+            self._tb = summary_writer(self.wd.file("tensorboard")) or False
         if self._tb:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, step)
