@@ -33,7 +33,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.probe_steps = "0,25,50,100,200,300,400,600"
     c.group_size = 100  # Table 1's groups of pairs
     if quick:
-        c.depths, c.temperatures, c.caption_omits = "1", "0.01", "0.5"
+        c.depths, c.temperatures, c.caption_omits = "1", "0.01", "0"  # omit 0: the landed world
         c.probe_steps = "0,10"
         c.group_size = 10
     return c

@@ -116,9 +116,10 @@ def clip_model(tokenizer, settings, image_size: int, **overrides) -> clip.CLIP:
 
 
 def connect_pairs(world: str, tokenizer) -> cd.CaptionPairs:
-    """The connect split's (image, caption) pairs, tokenized."""
-    return connect.image_pairs(builders.data_source(world, "connect")).tokenize(
-        tokenizer, MAX_TOKENS, truncate=False)
+    """The connect split's (image, caption) pairs, tokenized; the split is read into memory
+    once (Connect reads it over and over)."""
+    source = builders.InMemory(builders.data_source(world, "connect"))
+    return connect.image_pairs(source).tokenize(tokenizer, MAX_TOKENS, truncate=False)
 
 
 def _connect(config, world: str, tokenizer, wd: Workdir):
