@@ -25,6 +25,11 @@ if _CACHE:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# What a test's JAX subprocess keeps of the environment's JAX_* variables: the cache's.
+CACHE_ENV = {k: os.environ[k] for k in ("JAX_COMPILATION_CACHE_DIR",
+                                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                                        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+             if k in os.environ}
 
 import filelock  # noqa: E402  (after the environment above)
 import jax  # noqa: E402
@@ -175,8 +180,7 @@ def launch_local(processes: int, config_arg: str, workdir, log_dir, *overrides):
     one run sharing 2 CPU devices, with the tests' compile flag and compilation cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(PYTHON=sys.executable, DEVICES="2", GRACE="2", XLA_FLAGS=FAST_COMPILE,
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
-               LOG_DIR=str(log_dir))
+               LOG_DIR=str(log_dir), **CACHE_ENV)
     return subprocess.run([os.path.join(ROOT, "launch", "local_multiprocess.sh"),
                            str(processes), f"--config={config_arg}", *overrides,
                            f"--workdir={workdir}"],

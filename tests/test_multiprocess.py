@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (FAST_COMPILE, ROOT, assert_same_numbers, caption_config, launch_local,
-                      numbers, override, run_script, shared_once, t2i_config)
+from c3_jax import runner
+from conftest import (CACHE_ENV, FAST_COMPILE, ROOT, assert_same_numbers, caption_config,
+                      launch_local, numbers, override, run_script, shared_once, t2i_config)
 
 STEPS, HALF = 20, 10
 DEVICES = 2  # 1 process x 2 devices is the reference of 2 processes x 1
@@ -68,7 +69,7 @@ def _launch(config, workdir: str, processes: int, stop_at: int = -1, cli: str = 
         json.dump(config.to_dict(), f)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+    env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **CACHE_ENV,
                XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // processes} "
                          f"{FAST_COMPILE}")
     procs = []
@@ -157,10 +158,10 @@ def config(caption_world):
 
 @pytest.fixture(scope="module")
 def one_process(config, tmp_path_factory):
-    """The reference: 1 process x 2 devices, trained and evaluated (once per test session,
-    whichever pytest-xdist worker asks first)."""
+    """The reference: 1 process x 2 devices (a test process), trained and evaluated (once
+    per test session, by whichever pytest-xdist worker asks first)."""
     def build(root):
-        _ok(_launch(config, str(root / "run"), 1))
+        runner.run(config, str(root / "run"))
         return {"root": root}
     return str(shared_once(tmp_path_factory, "caption_one_process", build)["root"] / "run")
 
@@ -207,16 +208,17 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
     _assert_same_run(workdir, one_process)
 
 
-def test_generator_trains_alike_on_one_device_four_and_two_processes(t2i_world, tmp_path):
-    """1 process x 1 device is the reference of 1 process x 4 devices with fsdp=2 (the batch
-    and the parameters split) and of 2 processes x 1 device (the batch split over the
-    processes): the same losses, parameters and images."""
+def test_generator_trains_alike_on_two_devices_four_and_two_processes(t2i_world, tmp_path):
+    """1 process x 2 devices (this test process; the batch split over them) is the reference
+    of 1 process x 4 devices with fsdp=2 (the batch and the parameters split) and of 2
+    processes x 1 device (the batch split over the processes): the same losses, parameters
+    and images."""
     steps = 6
     config = t2i_config(t2i_world, max_steps=steps, checkpoint_every=steps, eval_max_examples=8)
     runs = {name: str(tmp_path / name) for name in ("one", "fsdp", "two")}
-    for name, devices, fsdp in (("one", 1, 1), ("fsdp", 4, 2)):
-        out = run_script(override(config, fsdp=fsdp), runs[name], kill_at=-1, devices=devices)
-        assert out.returncode == 0, out.stderr[-3000:]
+    runner.run(config, runs["one"])
+    out = run_script(override(config, fsdp=2), runs["fsdp"], kill_at=-1, devices=4)
+    assert out.returncode == 0, out.stderr[-3000:]
     _ok(_launch(config, runs["two"], 2))
     keys = ("d_adv", "g_adv", "g_itd", "g_itc", "r1")
     want_params, want_step = _params(runs["one"], ("g_params", "d_params", "ema"))

@@ -2,6 +2,7 @@
 Connect's loss."""
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -63,14 +64,21 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
     # The README's own example, launch/local_multiprocess.sh: 2 processes x 1 CPU device
     # give the figures of this run's 1 process x 2 (the sweep's members split over the
     # processes), on one variant of each kind of member setting (fixed sigma, calibrated
-    # sigma, a noise factor, decap's memory) to keep the suite short.
+    # sigma, a noise factor, decap's memory) to keep the suite short. They start from this
+    # run's world and Connect stages (reused on both processes; the shapes_t2i twin in
+    # test_multiprocess builds the same world and Connect on 2 processes).
     kinds = ["c1", "c3_calibrated", "c3_aniso", "decap"]
     two = tmp_path.parent / "two"
+    connect_log = (tmp_path / "connect" / "metrics.jsonl").read_bytes()
+    shutil.copytree(tmp_path, two, ignore=lambda d, names: [
+        n for n in names if n in ("captioners", "results.json", "RESULTS.md")
+        or n.startswith("captioner_") or n.endswith(".png")])
     out = launch_local(2, "configs/shapes_methods.py:quick", two, tmp_path.parent / "logs",
                        f"--config.variants={','.join(kinds)}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     for output in ("RESULTS.md", "samples.png", "config.json"):
         assert (two / output).exists(), output
+    assert (two / "connect" / "metrics.jsonl").read_bytes() == connect_log  # reused
     want = {k: v for k, v in numbers(json.loads((tmp_path / "results.json").read_text())).items()
             if not k.startswith("/variants/") or k.split("/")[2] in kinds}
     assert_same_numbers(numbers(json.loads((two / "results.json").read_text())), want)
