@@ -17,6 +17,24 @@ def _splits(rng):
                      "image_id": np.arange(5, dtype=np.int64)}}
 
 
+def test_a_split_read_into_memory_is_its_source(tmp_path):
+    """builders.InMemory: the same rows, the same identity for grain, the same batches."""
+    rng = np.random.default_rng(0)
+    captions = {"train": [f"caption {i}" for i in range(24)], "test": list("abcde")}
+    path = builders.build_pairs_dataset("toy_pairs", str(tmp_path), _splits(rng), captions)
+    source = builders.data_source(path, "train")
+    kept = builders.InMemory(source, chunk=5)  # chunks that do not divide the split
+    assert len(kept) == len(source) == 24 and repr(kept) == repr(source)
+    for i in range(24):
+        assert kept[i].keys() == source[i].keys()
+        for key in source[i]:
+            np.testing.assert_array_equal(kept[i][key], source[i][key])
+    batches = [list(zip(range(4), pipeline.make_loader(s, 4, 3, shard_index=0, shard_count=1)))
+               for s in (source, kept)]
+    for (_, a), (_, b) in zip(*batches):
+        np.testing.assert_array_equal(a["image_embedding"], b["image_embedding"])
+
+
 def test_generic_builder_round_trips_exactly(tmp_path):
     rng = np.random.default_rng(0)
     splits = _splits(rng)
