@@ -18,6 +18,7 @@ import pytest
 from c3_jax import runner
 from conftest import (CACHE_ENV, FAST_COMPILE, ROOT, assert_same_numbers, caption_config,
                       launch_local, numbers, override, run_script, shared_once, t2i_config)
+from configs import shapes_t2i
 
 STEPS, HALF = 20, 10
 DEVICES = 2  # 1 process x 2 devices is the reference of 2 processes x 1
@@ -277,18 +278,19 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, t
 
 def test_shapes_t2i_gives_the_figures_of_one_process_on_two(tmp_path):
     """The README's own example, launch/local_multiprocess.sh, on ``shapes_t2i:quick``:
-    2 processes x 1 CPU device give the figures of 1 process x 2 (the sweep's generators
-    split over the devices: over the processes). The main job's twin is in
-    test_shapes_runs."""
-    results = {}
-    for processes in (1, 2):
-        workdir = tmp_path / f"run{processes}"
-        out = launch_local(processes, "configs/shapes_t2i.py:quick", workdir,
-                           tmp_path / f"logs{processes}", "--config.variants=c1,c3")
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-        results[processes] = numbers(json.loads((workdir / "results.json").read_text()))
+    2 processes x 1 CPU device give the figures of 1 process x 2 (this test process; the
+    sweep's generators split over the devices: over the processes), world and Connect
+    included. The main job's twin is in test_shapes_runs."""
+    config = override(shapes_t2i.get_config("quick"), variants="c1,c3")
+    runner.run(config, str(tmp_path / "run1"))
+    out = launch_local(2, "configs/shapes_t2i.py:quick", tmp_path / "run2", tmp_path / "logs",
+                       "--config.variants=c1,c3")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    results = {p: numbers(json.loads((tmp_path / f"run{p}" / "results.json").read_text()))
+               for p in (1, 2)}
+    for run in ("run1", "run2"):
         for output in ("RESULTS.md", "samples.png", "config.json"):
-            assert (workdir / output).exists(), output
+            assert (tmp_path / run / output).exists(), (run, output)
     assert {k.split("/")[2] for k in results[1] if k.startswith("/variants/")} == {"c1", "c3"}
     accuracy = [v for k, v in results[1].items() if "/attribute_accuracy" in k]
     assert accuracy and all(0 <= v <= 1 for v in accuracy)
