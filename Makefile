@@ -12,9 +12,12 @@ WORKDIR ?= runs/shapes_caption
 	$(PY) -m pip install -q -e .
 	touch $@
 
-.venv/test-installed: .venv/installed
+# One pip call for the package and its test extras (one resolution, not two).
+.venv/test-installed: setup.py
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	touch .venv/installed $@
 
 install: .venv/installed
 
