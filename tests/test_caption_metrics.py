@@ -13,7 +13,7 @@ from pycocoevalcap.rouge.rouge import Rouge  # noqa: E402
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # noqa: E402
 
 from c3_jax.eval import caption_metrics  # noqa: E402
-from c3_jax.eval.caption_metrics import score_captions  # noqa: E402
+from c3_jax.eval.caption_metrics import score_caption_sets, score_captions  # noqa: E402
 
 REFERENCES = {
     101: ["A man riding a wave on top of a surfboard.",
@@ -144,6 +144,20 @@ def test_empty_and_multiline_predictions():
     joined = score_captions({1: "a dog runs", 2: "", 3: "a red car"}, refs, spice=False)
     assert {k: split[k] for k in KEYS} == {k: joined[k] for k in KEYS}
     assert joined["BLEU-1"] > 0.2  # all 6 words match; brevity penalty exp(1 - 14/6)
+
+
+def test_prediction_sets_score_as_each_alone():
+    """A sweep's members scored with one tokenizer JVM: each set's scores are its own call's."""
+    sets = {"a": {1: "A cat, on the mat.", 2: "dogs bark"},
+            "b": {1: "a dog runs", 2: ""},
+            "c": dict(PREDICTIONS)}
+    refs = {1: ["The cat sat on the mat.", "A cat sat!"], 2: ["a big dog barks"]}
+    together = score_caption_sets({k: sets[k] for k in ("a", "b")}, refs, spice=False)
+    for name in ("a", "b"):
+        assert together[name] == score_captions(sets[name], refs, spice=False), name
+    assert list(score_caption_sets({"c": sets["c"]}, REFERENCES, spice=False)) == ["c"]
+    with pytest.raises(ValueError, match="without references"):
+        score_caption_sets({"a": sets["a"], "c": sets["c"]}, refs)
 
 
 def test_input_errors(monkeypatch):

@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 
+from c3_jax import runner
 from c3_jax.train import caption_sweep, captioning
 from c3_jax.workdir import Workdir
 from conftest import caption_config, override, run_script, latest_state
@@ -68,8 +69,7 @@ def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path):
                                      val_batches=1),
                       experiment="caption_sweep", variants="c1,c3,supervised", seeds=1,
                       sigmas="", spice=False)
-    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1, devices=2)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    runner.run(config, str(tmp_path / "straight"))  # this process: 2 devices too
     killed = run_script(config, str(tmp_path / "killed"), kill_at=4, devices=2)
     assert killed.returncode == -9, killed.stderr[-3000:]
     resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1, devices=2)

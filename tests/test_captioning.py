@@ -110,18 +110,18 @@ def test_caption_loss_is_masked_next_token_cross_entropy():
 def test_killed_after_a_checkpoint_resumes_bitwise(caption_world, tmp_path):
     """SIGKILL right after the step-6 checkpoint was written, or while it is being written
     (then the step-3 one is the latest complete): each restart ends bitwise equal to the
-    uninterrupted run."""
+    uninterrupted run (this process; all on 2 devices)."""
     config = caption_config(caption_world, max_steps=10, checkpoint_every=3, eval_max_examples=1,
                          val_batches=0)
-    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    runner.run(config, str(tmp_path / "straight"))
     want, step = checkpoint_params(str(tmp_path / "straight"))
     lines = lambda d: [json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")]
     for name, mid_save in (("killed", False), ("killed_mid_save", True)):
-        killed = run_script(config, str(tmp_path / name), kill_at=6, mid_save=mid_save)
+        killed = run_script(config, str(tmp_path / name), kill_at=6, devices=2,
+                            mid_save=mid_save)
         assert killed.returncode == -9, killed.stderr[-3000:]
         assert not (tmp_path / name / "results.json").exists()
-        resumed = run_script(config, str(tmp_path / name), kill_at=-1)
+        resumed = run_script(config, str(tmp_path / name), kill_at=-1, devices=2)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         # Killed while step 6 was still being written: its unfinished directory is ignored.
         writing = mid_save and (tmp_path / f"{name}.mid_save").read_text() == "1"

@@ -71,11 +71,10 @@ def test_fid_and_inception_score_with_a_weights_file(t2i_world, trained, tmp_pat
 
 def test_killed_after_a_checkpoint_resumes_bitwise(t2i_world, tmp_path):
     config = t2i_config(t2i_world, max_steps=8, checkpoint_every=3)
-    straight = run_script(config, str(tmp_path / "straight"), kill_at=-1)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = run_script(config, str(tmp_path / "killed"), kill_at=6)
+    runner.run(config, str(tmp_path / "straight"))  # this process: 2 devices, as the others
+    killed = run_script(config, str(tmp_path / "killed"), kill_at=6, devices=2)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1)
+    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1, devices=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == 6
     want, step = latest_state(str(tmp_path / "straight"))

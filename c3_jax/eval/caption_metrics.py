@@ -39,21 +39,38 @@ def score_captions(predictions: Mapping[Hashable, str],
                    spice: bool = True, meteor: bool = True) -> dict:
     """Corpus-level COCO caption scores of one predicted caption per id against its references
     (without METEOR when ``meteor`` is False: its JVM needs 2 GB and ~5 s to start)."""
-    ids = _check_inputs(predictions, references)
+    return score_caption_sets({0: predictions}, references, spice, meteor)[0]
+
+
+def score_caption_sets(prediction_sets: Mapping[Hashable, Mapping[Hashable, str]],
+                       references: Mapping[Hashable, Sequence[str]],
+                       spice: bool = True, meteor: bool = True) -> dict:
+    """``score_captions`` of several prediction sets (e.g. a sweep's members) against the same
+    references: {set: scores}, with one tokenizer JVM for all of them (the tokenizer sees
+    each line alone, so a set's scores equal its ``score_captions``)."""
+    if not prediction_sets:
+        raise ValueError("No prediction sets to score")
+    ids = [_check_inputs(p, references) for p in prediction_sets.values()][0]
     if shutil.which("java") is None:
         raise RuntimeError("Caption metrics need Java (PTBTokenizer, METEOR and SPICE are Java "
                            "programs): install a JRE, e.g. `apt-get install default-jre-headless`.")
     # Integer keys: SPICE round-trips ids through JSON and sorts them; scores don't depend on keys.
     # One tokenizer JVM for references and predictions (each line is tokenized alone).
+    names = list(prediction_sets)
     both = _tokenize({**{("ref", i): list(references[k]) for i, k in enumerate(ids)},
-                      **{("res", i): [predictions[k]] for i, k in enumerate(ids)}})
+                      **{(n, i): [prediction_sets[name][k]] for n, name in enumerate(names)
+                         for i, k in enumerate(ids)}})
     gts = {i: both[("ref", i)] for i in range(len(ids))}
-    res = {i: both[("res", i)] for i in range(len(ids))}
     empty_refs = [ids[i] for i, refs in gts.items() if any(not r for r in refs)]
     if empty_refs:
         raise ValueError(f"References empty after PTB tokenization (blank or punctuation only) "
                          f"for ids {_preview(empty_refs)}")
+    return {name: _scores(gts, {i: both[(n, i)] for i in range(len(ids))}, spice, meteor)
+            for n, name in enumerate(names)}
 
+
+def _scores(gts: dict, res: dict, spice: bool, meteor: bool) -> dict:
+    """The metrics of tokenized predictions ``res`` against tokenized references ``gts``."""
     out: dict = {}
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

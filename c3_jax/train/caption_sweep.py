@@ -24,7 +24,7 @@ from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
 from c3_jax.data import captions as cd
 from c3_jax.data.text import load_tokenizer
-from c3_jax.eval.caption_metrics import score_captions
+from c3_jax.eval.caption_metrics import score_caption_sets
 from c3_jax.models import gpt2
 from c3_jax.progress import progress_bar
 from c3_jax.train import captioning, checkpoints, loop
@@ -320,11 +320,10 @@ def evaluate(sweep: Sweep, params) -> dict:
     embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
                                     config.eval_max_examples)
     captioning.check_width(embeddings, sweep.dim, config.eval_field)
-    out = {}
-    for m, captions in zip(sweep.members, generate(sweep, params, embeddings)):
-        metrics = score_captions(dict(enumerate(captions)), dict(enumerate(refs)),
-                                 spice=config.spice, meteor=config.meteor)
-        out[m.name] = {"metrics": metrics, "captions": captions}
+    captions = {m.name: c for m, c in zip(sweep.members, generate(sweep, params, embeddings))}
+    metrics = score_caption_sets({n: dict(enumerate(c)) for n, c in captions.items()},
+                                 dict(enumerate(refs)), spice=config.spice, meteor=config.meteor)
+    out = {n: {"metrics": metrics[n], "captions": c} for n, c in captions.items()}
     sweep.wd.write_json("captions_test.json", {
         "references": refs, "captions": {n: r["captions"] for n, r in out.items()}})
     return out
