@@ -1,11 +1,10 @@
 """The Connect study: the built-in world's CLIP trained under a grid of recipes, with the
 geometry of its space (gap, Table 1 statistics, calibrated sigma, effective dimensions,
 image->text R@1) measured on val pairs at initialization and along training. Each axis is
-varied alone around the base recipe (depth 2 and the main job's
-other settings); training length is read along every
-recipe's trajectory. The cheapest recipe that meets every target (results.json ->
-cheapest_meeting) is the main job's Connect. Writes gap_vs_depth.png, gap_vs_temperature.png, gap_vs_training.png,
-gap_vs_captions.png and results.json.
+varied alone around the base recipe (depth 2, with the main job's other settings); training
+length is read along every recipe's trajectory. The cheapest recipe that meets every target
+(results.json -> cheapest_meeting) is the main job's Connect. Writes gap_vs_depth.png,
+gap_vs_temperature.png, gap_vs_training.png, gap_vs_captions.png and results.json.
 
 Variants: '' (the study), 'quick' (a tiny end-to-end check for tests).
 """
