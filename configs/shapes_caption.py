@@ -32,9 +32,9 @@ def world(quick: bool = False) -> ml_collections.ConfigDict:
     w.connect_size, w.train_size, w.val_size, w.test_size = 20_000, 5_000, 500, 500
     # The share of captions that are terse (say less than their image shows: a one-object
     # caption without size and position, a two-object one without colours). Pairs that do
-    # not determine each other keep the gap born at initialization: 0.65 at 5 % (0.45 at 0);
-    # of the shares measured, 5 % alone gives CLIP's geometry with a well-trained space
-    # (10 % and more retrieve just under the bar). README: "The Connect study".
+    # not determine each other keep the gap born at initialization: at depth 2, 0.65 at 5 %
+    # (0.45 at 0); of the shares measured, 5 % alone gives CLIP's geometry with a
+    # well-trained space (10 % and more retrieve under the bar). README: "The Connect study".
     w.caption_omit = 0.05
     if quick:
         w.image_size = 16  # the smallest world (fewer generator blocks in shapes_t2i)
@@ -48,8 +48,8 @@ def connect(quick: bool = False) -> ml_collections.ConfigDict:
     c.width, c.depth, c.heads, c.patch_size, c.projection_dim = 64, 3, 4, 8, 64
     # The temperature is held at 0.01, CLIP's end value (its logit scale hits the cap of 100).
     # With CLIP's learned temperature (from 0.07; it only reaches ~0.046 in 600 steps) the
-    # gap closes to ~0.08 and Collapse has nothing to remove; at 0.01 the space keeps 0.45
-    # (0.65 with the world's terse captions). README: "The Connect study".
+    # gap closes to ~0.08 and Collapse has nothing to remove; at 0.01 the space keeps 0.62
+    # (depth 3; 0.45 at depth 2 with complete captions only). README: "The Connect study".
     c.steps, c.batch, c.lr = 600, 256, 2e-3
     c.temperature = 0.01  # 0: learned from 0.07 (capped at 0.01); > 0: fixed
     if quick:
