@@ -9,7 +9,7 @@ captions terse) was chosen by the geometry of its val pairs alone, in the Connec
 Table 1 geometry (gap 0.62 >= 0.6, direction cosine 0.99, orthogonality 0 +- 0.05) and
 retrieves at least 80 % of the landed learned-temperature recipe's image->text R@1 (0.606):
 0.49 on the val pairs' own captions, 0.51 on the same images' complete captions. Depth 2
-keeps the gap (0.65) but retrieves 0.48 on its own captions; depth 4 meets too, at 1.2x
+keeps the gap (0.65) but retrieves 0.48 on its own captions; depth 4 meets too, at 1.3x
 depth 3's training time. With complete captions only the gap is 0.45; with the learned
 temperature 0.08.
 
