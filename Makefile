@@ -12,12 +12,9 @@ WORKDIR ?= runs/shapes_caption
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# One pip call for the package and its test extras (one resolution, not two).
-.venv/test-installed: setup.py
-	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
+.venv/test-installed: .venv/installed
 	$(PY) -m pip install -q -e '.[test]'
-	touch .venv/installed $@
+	touch $@
 
 install: .venv/installed
 
