@@ -50,7 +50,8 @@ def score_caption_sets(prediction_sets: Mapping[Hashable, Mapping[Hashable, str]
     each line alone, so a set's scores equal its ``score_captions``)."""
     if not prediction_sets:
         raise ValueError("No prediction sets to score")
-    ids = [_check_inputs(p, references) for p in prediction_sets.values()][0]
+    for predictions in prediction_sets.values():
+        ids = _check_inputs(predictions, references)  # the same ids for every set
     if shutil.which("java") is None:
         raise RuntimeError("Caption metrics need Java (PTBTokenizer, METEOR and SPICE are Java "
                            "programs): install a JRE, e.g. `apt-get install default-jre-headless`.")
