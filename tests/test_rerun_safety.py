@@ -31,67 +31,60 @@ def _mtimes(root, sub: str) -> dict:
     return {k: os.path.getmtime(os.path.join(base, k)) for k in snapshot(base)}
 
 
-@pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
-    """A finished :quick main job: (config, workdir, results, snapshot)."""
-    workdir = tmp_path_factory.mktemp("rerun") / "main"
-    config = _quick()
-    results = runner.run(config, str(workdir))
-    return config, workdir, results, snapshot(workdir)
-
-
-@pytest.mark.parametrize("overrides, message", [
+# Wrong settings of a finished main job, each refused before anything is written.
+FAILED_RUNS = [
     ({"noise_sigma": -0.1}, "'noise_sigma' is -0.1; it must be >= 0"),
     ({"variants": "c1,c4"}, "unknown variants \\['c4'\\]"),
     ({"connect": {"lr": float("nan")}}, "'connect.lr' is nan; it must be a finite number"),
     ({"captioner": {"steps": 0}}, "'captioner.steps' is 0; it must be >= 1"),
     ({"captioner": {"batch": 100_000}}, "'world.train_size' is 256; it must be >= 100000"),
-])
-def test_a_failed_run_leaves_the_workdir_byte_for_byte_and_resumable(main_job, overrides,
-                                                                      message):
-    config, workdir, _, _ = main_job
-    before = snapshot(workdir)  # (another test of the module may have rerun the job)
-    with pytest.raises(runner.ConfigError, match=message):
-        runner.run(override(config, **overrides), str(workdir))
-    assert snapshot(workdir) == before
+]
+# What a rerun of an unchanged config may rewrite: the run's own outputs, no stage.
+OUTPUTS = {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png", "spectra.png",
+           "gap_structure.png", "gap.png"}
 
 
-def test_the_unchanged_config_reuses_every_stage(main_job):
-    config, workdir, results, before = main_job
-    again = runner.run(config, str(workdir))
-    assert again["variants"] == json.loads(json.dumps(results["variants"]))
-    after = snapshot(workdir)
-    changed = {k for k in before if after.get(k) != before[k]}
-    # Only the run's own outputs are rewritten; no stage is rebuilt.
-    assert changed <= {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png",
-                       "spectra.png", "gap_structure.png", "gap.png"}, sorted(changed)
-    # Strict JSON: no NaN or Infinity token in any results file of the run.
-    for name in ["results.json"] + [f"captioners/{v}_seed0/results.json" for v in ("c1", "c3")]:
-        json.loads((workdir / name).read_text(), parse_constant=lambda token: 1 / 0)
-
-
-def test_a_corrected_rerun_reuses_exactly_the_unchanged_stages(tmp_path):
+def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothing(tmp_path):
+    """One workdir through a user's corrections (more variants, a captioner setting, a
+    world field), with wrong configs and the unchanged one rerun on the way. One test, so
+    that the suite trains the main job's stages once for all of these checks."""
     workdir = tmp_path / "run"
-    runner.run(_quick(variants="c1"), str(workdir))
+    lr = {"captioner": {"lr": 2e-3}}
+    runner.run(_quick(variants="c1", **lr), str(workdir))
     connect_files = _mtimes(workdir, "connect")
     c1 = _mtimes(workdir, "captioners/c1_seed0")
     # More variants: the world, Connect and the c1 captioner are reused.
-    runner.run(_quick(), str(workdir))
+    runner.run(_quick(**lr), str(workdir))
     assert _mtimes(workdir, "connect") == connect_files
     assert _mtimes(workdir, "captioners/c1_seed0") == c1
     assert os.path.exists(workdir / "captioners" / "c3_seed0" / "results.json")
     # A captioner setting: captioners again, Connect reused; equal to a fresh run.
-    changed = _quick(captioner={"lr": 2e-3})
-    results = runner.run(changed, str(workdir))
+    config = _quick()
+    results = runner.run(config, str(workdir))
     assert _mtimes(workdir, "connect") == connect_files
     assert _mtimes(workdir, "captioners/c1_seed0") != c1
-    fresh = runner.run(changed, str(tmp_path / "fresh"))
+    fresh = runner.run(config, str(tmp_path / "fresh"))
     assert results["variants"] == json.loads(json.dumps(fresh["variants"]))
     assert results["geometry"]["modality_gap"] == pytest.approx(
         fresh["geometry"]["modality_gap"], rel=1e-6)
+    # Wrong settings fail before anything is written: the workdir stays byte for byte.
+    before = snapshot(workdir)
+    for overrides, message in FAILED_RUNS:
+        with pytest.raises(runner.ConfigError, match=message):
+            runner.run(override(config, **overrides), str(workdir))
+        assert snapshot(workdir) == before, overrides
+    # The unchanged config again: every stage reused, only the run's outputs rewritten.
+    again = runner.run(config, str(workdir))
+    assert again["variants"] == json.loads(json.dumps(results["variants"]))
+    after = snapshot(workdir)
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert changed <= OUTPUTS, sorted(changed)
+    # Strict JSON: no NaN or Infinity token in any results file of the run.
+    for name in ["results.json"] + [f"captioners/{v}_seed0/results.json" for v in ("c1", "c3")]:
+        json.loads((workdir / name).read_text(), parse_constant=lambda token: 1 / 0)
     # A world field: the world and everything after it are built again.
     world = snapshot(workdir / "data" / "shapes_world")
-    runner.run(override(changed, world={"two_object_fraction": 0.5}), str(workdir))
+    runner.run(override(config, world={"two_object_fraction": 0.5}), str(workdir))
     assert snapshot(workdir / "data" / "shapes_world") != world
     assert _mtimes(workdir, "connect") != connect_files
 
