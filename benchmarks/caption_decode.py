@@ -11,7 +11,10 @@ empty, the reference loop's '.' stop and generate's EOS are switched off), so th
 equal. PyTorch in eval() under torch.no_grad() with its default threads; warm-up excluded;
 the sides are timed in turn, --rounds calls each, and each side's median call counts.
 Prints the token agreement, then one JSON line per comparison (with the 1-minute load
-average: PyTorch's threads slow down many times over when other processes share the cores).
+average: PyTorch's threads slow down many times over when other processes share the cores),
+with each side's matmul GFLOP/s and its fraction of the 2048^2 matmul peak measured in the
+same run: ours and ``generate`` do the same matmuls (a KV cache, the LM head on the last
+position only), the reference loop recomputes every position and its logits per token.
 """
 import argparse
 import json
@@ -48,6 +51,27 @@ def _agreement(ours: np.ndarray, theirs: np.ndarray, name: str) -> float:
     print(f"token agreement, ours vs {name}: {same.mean():.3f} of tokens, "
           f"{int(same.all(1).sum())}/{len(same)} captions identical")
     return float(same.mean())
+
+
+def token_flops(config: gpt2.GPT2Config) -> tuple:
+    """Matmul FLOPs per position of GPT-2's blocks (q, k, v, out and the MLP; attention's
+    own products, under 2 % here, left out) and of its LM head."""
+    mlp = config.mlp_dim or 4 * config.width
+    blocks = 2 * config.depth * (4 * config.width ** 2 + 2 * config.width * mlp)
+    return blocks, 2 * config.width * config.vocab_size
+
+
+def cached_decode_flops(config, prefix: int, tokens: int) -> float:
+    """One caption decoded with a KV cache: the prompt's positions through the blocks, the
+    head on its last one, then ``tokens - 1`` new positions with the head (ours, generate)."""
+    blocks, head = token_flops(config)
+    return prefix * blocks + head + (tokens - 1) * (blocks + head)
+
+
+def recomputing_decode_flops(config, prefix: int, tokens: int) -> float:
+    """The reference loop's caption: every new token runs all positions so far, with logits."""
+    blocks, head = token_flops(config)
+    return sum((prefix + t) * (blocks + head) for t in range(tokens))
 
 
 def reference_caption(model, prefix, tokens: int, stop_id=None) -> list:
@@ -113,20 +137,25 @@ def main():
                                {"ours": args.batch, "loop": n, "generate": args.batch},
                                args.rounds)
     ours, loop_rate, gen_rate = rates["ours"], rates["loop"], rates["generate"]
+    peak = matmul_peak_flops()
+    cached = cached_decode_flops(module.config, args.prefix_length, args.tokens)
+    recomputed = recomputing_decode_flops(module.config, args.prefix_length, args.tokens)
+    use = lambda rate, flops: {"gflops": rate * flops / 1e9, "fraction_of_peak": rate * flops / peak}
     common = {"name": "caption_decode_greedy", "ours": ours, "unit": "captions/s",
               "batch": args.batch, "prefix_length": args.prefix_length,
               "new_tokens": args.tokens, "rounds": args.rounds,
               "torch_threads": torch.get_num_threads(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                          f"{jax.devices()[0].device_kind}",
-              "matmul_peak_gflops": matmul_peak_flops() / 1e9,
+              "matmul_peak_gflops": peak / 1e9, "ours_side": use(ours, cached),
               "load_average_1min": os.getloadavg()[0]}
     print(json.dumps({**common, "reference_name": "clipcap_loop_torch_no_cache_batch1",
                       "reference": loop_rate, "ratio": ours / loop_rate,
-                      "reference_captions": n, "token_agreement": agree_loop}))
+                      "reference_captions": n, "token_agreement": agree_loop,
+                      "reference_side": use(loop_rate, recomputed)}))
     print(json.dumps({**common, "reference_name": "transformers_generate_kv_cache_batched",
                       "reference": gen_rate, "ratio": ours / gen_rate,
-                      "token_agreement": agree_gen}))
+                      "token_agreement": agree_gen, "reference_side": use(gen_rate, cached)}))
 
 
 if __name__ == "__main__":
