@@ -1,7 +1,7 @@
 """Several JAX processes train exactly like one: the captioner on the tiny fake COCO of
-test_captioning with 2 processes x 1 CPU device (jax.distributed on 127.0.0.1, gloo
-collectives) gives the losses and parameters of 1 process x 2 devices, and a checkpoint
-written with one process count resumes with the other; the generator, extraction and the
+test_captioning with 2 processes x 2 CPU devices and fsdp=2 (jax.distributed on 127.0.0.1,
+gloo collectives) gives the losses, parameters and captions of 1 process x 2 devices, and a
+checkpoint written with one process count (2 x 1 device) resumes with the other (1 x 2); the generator, extraction and the
 built-in world's jobs likewise."""
 import json
 import os
@@ -17,7 +17,7 @@ import pytest
 
 from c3_jax import runner
 from conftest import (CACHE_ENV, FAST_COMPILE, ROOT, assert_same_numbers, caption_config,
-                      launch_local, numbers, override, run_script, shared_once, t2i_config)
+                      launch_local, numbers, override, shared_once, t2i_config)
 from configs import shapes_t2i
 
 STEPS, THIRD = 15, 5
@@ -60,9 +60,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(config, workdir: str, processes: int, stop_at: int = -1, cli: str = "") -> list:
-    """Runs ``config`` in ``workdir`` as ``processes`` JAX processes sharing 8 CPU devices
-    on this machine; returns [(exit code, log)] per process. With ``cli`` (a config file)
+def _launch(config, workdir: str, processes: int, stop_at: int = -1, cli: str = "",
+            devices: int = DEVICES) -> list:
+    """Runs ``config`` in ``workdir`` as ``processes`` JAX processes sharing ``devices`` CPU
+    devices on this machine; returns [(exit code, log)] per process. With ``cli`` (a config file)
     each process is ``python -m c3_jax.main`` with the coordinator flags and ``config`` as
     --config.* overrides; otherwise a script given the JAX_* variables."""
     path = workdir + f".{processes}p.json"
@@ -71,7 +72,7 @@ def _launch(config, workdir: str, processes: int, stop_at: int = -1, cli: str = 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **CACHE_ENV,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // processes} "
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes} "
                          f"{FAST_COMPILE}")
     procs = []
     for p in range(processes):
@@ -167,9 +168,12 @@ def one_process(config, tmp_path_factory):
     return str(shared_once(tmp_path_factory, "caption_one_process", build)["root"] / "run")
 
 
-def test_two_processes_train_and_evaluate_like_one(config, one_process, tmp_path):
+def test_two_processes_with_fsdp_train_and_evaluate_like_one(config, one_process, tmp_path):
+    """2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
+    devices, the parameters over each process's 2 devices): the losses, validation losses,
+    parameters and captions of the reference (1 process x 2 devices)."""
     workdir = str(tmp_path / "run")
-    results = _launch(config, workdir, 2)
+    results = _launch(override(config, fsdp=2), workdir, 2, devices=4)
     _ok(results)
     _assert_same_run(workdir, one_process)
     # Process 0 alone wrote the outputs; evaluation gathered every process's captions.
@@ -183,16 +187,7 @@ def test_two_processes_train_and_evaluate_like_one(config, one_process, tmp_path
     with open(os.path.join(one_process, "captions_test.json")) as f:
         assert captions == json.load(f)
     for p, (_, log) in enumerate(results):
-        assert f"RAN AS process {p} of 2 with 1 of 2 devices" in log
-
-
-def test_four_devices_with_fsdp_train_like_one_process_of_two(config, one_process, tmp_path):
-    """1 process x 4 devices, the batch over 2 and the parameters over 2 (fsdp=2): the
-    losses, validation losses and parameters of the reference (1 process x 2 devices)."""
-    workdir = str(tmp_path / "fsdp")
-    out = run_script(override(config, fsdp=2), workdir, kill_at=-1, devices=4)
-    assert out.returncode == 0, out.stderr[-3000:]
-    _assert_same_run(workdir, one_process)
+        assert f"RAN AS process {p} of 2 with 2 of 4 devices" in log
 
 
 def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_path):
@@ -207,37 +202,32 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
     _assert_same_run(workdir, one_process)
 
 
-def test_generator_trains_alike_on_two_devices_four_and_two_processes(t2i_world, tmp_path):
+def test_generator_trains_alike_on_two_processes_with_fsdp(t2i_world, tmp_path):
     """1 process x 2 devices (this test process; the batch split over them) is the reference
-    of 1 process x 4 devices with fsdp=2 (the batch and the parameters split) and of 2
-    processes x 1 device (the batch split over the processes): the same losses, parameters
+    of 2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
+    devices, the parameters over each process's 2 devices): the same losses, parameters
     and images."""
     steps = 6
     config = t2i_config(t2i_world, max_steps=steps, checkpoint_every=steps, eval_max_examples=8)
-    runs = {name: str(tmp_path / name) for name in ("one", "fsdp", "two")}
-    runner.run(config, runs["one"])
-    out = run_script(override(config, fsdp=2), runs["fsdp"], kill_at=-1, devices=4)
-    assert out.returncode == 0, out.stderr[-3000:]
-    _ok(_launch(config, runs["two"], 2))
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    runner.run(config, one)
+    _ok(_launch(override(config, fsdp=2), two, 2, devices=4))
     keys = ("d_adv", "g_adv", "g_itd", "g_itc", "r1")
-    want_params, want_step = _params(runs["one"], ("g_params", "d_params", "ema"))
-    want_images = np.load(os.path.join(runs["one"], "generated_test.npy")).astype(int)
-    for name in ("fsdp", "two"):
-        for key in keys:  # every step logs every key
-            assert len(_losses(runs["one"], key)) == steps, key
-            np.testing.assert_allclose(_losses(runs[name], key), _losses(runs["one"], key),
-                                       rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}")
-        got, step = _params(runs[name], ("g_params", "d_params", "ema"))
-        assert step == want_step == steps
-        for (path, a), b in zip(jax.tree.leaves_with_path(want_params), jax.tree.leaves(got)):
-            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5,
-                                       err_msg=f"{name} {jax.tree_util.keystr(path)}")
-        images = np.load(os.path.join(runs[name], "generated_test.npy")).astype(int)
-        assert np.abs(images - want_images).max() <= 1, name
+    want_params, want_step = _params(one, ("g_params", "d_params", "ema"))
+    for key in keys:  # every step logs every key
+        assert len(_losses(one, key)) == steps, key
+        np.testing.assert_allclose(_losses(two, key), _losses(one, key), rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+    got, step = _params(two, ("g_params", "d_params", "ema"))
+    assert step == want_step == steps
+    for (path, a), b in zip(jax.tree.leaves_with_path(want_params), jax.tree.leaves(got)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    images = np.load(os.path.join(two, "generated_test.npy")).astype(int)
+    assert np.abs(images - np.load(os.path.join(one, "generated_test.npy")).astype(int)).max() <= 1
 
 
 def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, tmp_path):
-    """2 processes x 4 devices, started through the command line's coordinator flags, each
+    """2 processes x 1 device, started through the command line's coordinator flags, each
     encode their half of every split and write it as their shard; the dataset reads back as
     the one the 1-process extraction (the fixture) wrote."""
     from c3_jax import embed
