@@ -140,7 +140,8 @@ def main():
     peak = matmul_peak_flops()
     cached = cached_decode_flops(module.config, args.prefix_length, args.tokens)
     recomputed = recomputing_decode_flops(module.config, args.prefix_length, args.tokens)
-    use = lambda rate, flops: {"gflops": rate * flops / 1e9, "fraction_of_peak": rate * flops / peak}
+    use = lambda rate, flops: {"gflops": rate * flops / 1e9,
+                               "fraction_of_peak": rate * flops / peak}
     common = {"name": "caption_decode_greedy", "ours": ours, "unit": "captions/s",
               "batch": args.batch, "prefix_length": args.prefix_length,
               "new_tokens": args.tokens, "rounds": args.rounds,

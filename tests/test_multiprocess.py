@@ -1,8 +1,8 @@
 """Several JAX processes train exactly like one: the captioner on the tiny fake COCO of
 test_captioning with 2 processes x 2 CPU devices and fsdp=2 (jax.distributed on 127.0.0.1,
 gloo collectives) gives the losses, parameters and captions of 1 process x 2 devices, and a
-checkpoint written with one process count (2 x 1 device) resumes with the other (1 x 2); the generator, extraction and the
-built-in world's jobs likewise."""
+checkpoint written with one process count (2 x 1 device) resumes with the other (1 x 2);
+the generator, extraction and the built-in world's jobs likewise."""
 import json
 import os
 import socket
@@ -63,8 +63,8 @@ def _free_port() -> int:
 def _launch(config, workdir: str, processes: int, stop_at: int = -1, cli: str = "",
             devices: int = DEVICES) -> list:
     """Runs ``config`` in ``workdir`` as ``processes`` JAX processes sharing ``devices`` CPU
-    devices on this machine; returns [(exit code, log)] per process. With ``cli`` (a config file)
-    each process is ``python -m c3_jax.main`` with the coordinator flags and ``config`` as
+    devices on this machine; returns [(exit code, log)] per process. With ``cli`` (a config
+    file) each process is ``python -m c3_jax.main`` with the coordinator flags and ``config`` as
     --config.* overrides; otherwise a script given the JAX_* variables."""
     path = workdir + f".{processes}p.json"
     with open(path, "w") as f:
