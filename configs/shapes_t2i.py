@@ -1,8 +1,8 @@
 """Text-to-image on the built-in world, on CPU with no downloads: the small CLIP of
 Connect (the same as shapes_caption's), a LAFITE StyleGAN2 per C^3 variant trained on
-``train`` images only, images generated from ``test`` captions, scored by a probe
-classifier trained on real images (attribute accuracy) and by the Fréchet distance in the
-CLIP image space.
+``train`` images only, images generated from ``test`` captions (and, with no modality gap,
+from the test images' own embeddings), scored by a probe classifier trained on real images
+(attribute accuracy) and by the Fréchet distance in the CLIP image space.
 
 Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests). The C^3
 variants (--config.variants=...): c1, c2_collapse, c2_corrupt, c3 (the default four), and

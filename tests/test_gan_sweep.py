@@ -61,3 +61,25 @@ def test_a_generator_trained_in_a_sweep_equals_it_trained_alone(t2i_world, tmp_p
                   - want["images"].astype(int)).max() <= 1, m.name
     np.testing.assert_allclose(results[m.name]["metrics"]["clip_score"],
                                want["metrics"]["clip_score"], rtol=1e-4)
+
+
+def test_images_from_the_test_images_take_the_training_condition_without_noise(t2i_world,
+                                                                                tmp_path):
+    """``from_images``: each member conditioned on the test images' own embeddings through
+    its training transform, noise left out. For Collapse (and Collapse + Corrupt) that is
+    the image embedding less the image mean: what the text path gives when its eval field
+    is the image field (its collapse mean is then the image mean). Untrained generators
+    suffice; the member's latents are the same on both paths."""
+    members = [gan_sweep.Member("c2_collapse_seed0", "c2_collapse", 0, 0.0),
+               gan_sweep.Member("c3_seed1", "c3", 1, 0.3)]
+    config = t2i_config(t2i_world)
+    sweeps = [gan_sweep.GanSweep(c, members, Workdir(str(tmp_path / name)))
+              for name, c in (("a", config), ("b", override(config, eval_field="image_embedding")))]
+    ema = jax.jit(sweeps[0].stacked_init)(sweeps[0].seeds).ema
+    got = gan_sweep.evaluate(sweeps[0], ema, from_images=True)
+    want = gan_sweep.evaluate(sweeps[1], ema)
+    text = gan_sweep.evaluate(sweeps[0], ema)
+    for m in members:
+        np.testing.assert_array_equal(got[m.name]["images"], want[m.name]["images"])
+        assert np.abs(got[m.name]["images"].astype(int)
+                      - text[m.name]["images"].astype(int)).max() > 0, m.name

@@ -1,7 +1,10 @@
 """Text-to-image on the built-in world: the CLIP of Connect (shared with shapes_caption),
 a LAFITE StyleGAN2 trained on ``train`` images only per C^3 variant, images generated from
 ``test`` captions, scored by Fréchet distance in the CLIP image space and by the attribute
-accuracy a probe classifier (trained on real images) reads from them."""
+accuracy a probe classifier (trained on real images) reads from them. Each generator also
+draws the test scenes from their images' own embeddings (its training condition, no
+modality gap), so that what the gap costs is told apart from what the generator cannot
+draw."""
 from __future__ import annotations
 
 
@@ -21,6 +24,9 @@ from configs import shapes_t2i as defaults
 FIELDS = {"shapes_t2i": field_types(defaults.get_config())}
 VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "c3_std", "c3_aniso")
 METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_score")
+# Each generator's images from the test captions' text embeddings (the task) and from the
+# test images' own embeddings through its training transform (no modality gap: a ceiling).
+GENERATED = {"text": "generated_test.npy", "image": "generated_test_from_images.npy"}
 
 
 def check(config) -> None:
@@ -79,34 +85,42 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
                                 if named[v][2] == "calibrated" else config.noise_sigma,
                                 base.train_field)
                for v in variants]
-    shared = {"run": base.to_dict(), "upstream": shapes_world.connect_fields(config)}
+    shared = {"run": base.to_dict(), "upstream": shapes_world.connect_fields(config),
+              "generated_from": list(GENERATED)}
 
     def train(pending, sweep_wd, outputs):
         sweep = gan_sweep.GanSweep(base, pending, sweep_wd, encoder)
         ema, summary = gan_sweep.train(sweep)
-        results = gan_sweep.evaluate(sweep, ema, base.eval_max_examples)
+        results = {source: gan_sweep.evaluate(sweep, ema, base.eval_max_examples,
+                                              from_images=source == "image")
+                   for source in GENERATED}
         for m in pending:
-            outputs[m.name].write_json("results.json", {**summary[m.name],
-                                                        "metrics": results[m.name]["metrics"]})
-            if outputs[m.name].primary:
-                np.save(outputs[m.name].file("generated_test.npy"), results[m.name]["images"])
+            out = outputs[m.name]
+            out.write_json("results.json", {**summary[m.name], "metrics": {
+                source: results[source][m.name]["metrics"] for source in GENERATED}})
+            for source in GENERATED:
+                if out.primary:
+                    np.save(out.file(GENERATED[source]), results[source][m.name]["images"])
 
     return stages.cached_members(wd, "generator", members, shared, train)
 
 
-def _scored(generator_wd: Workdir, probe, test_attrs: dict) -> dict:
-    """A finished generator's metrics, with the attribute accuracy the probe reads."""
+def _scored(generator_wd: Workdir, probe, test_attrs: dict, source: str) -> dict:
+    """A finished generator's metrics on its images from ``source`` ('text' or 'image'
+    embeddings of the test split), with the attribute accuracy the probe reads."""
     result = generator_wd.read_json("results.json")
-    images = np.load(generator_wd.file("generated_test.npy"))
+    images = np.load(generator_wd.file(GENERATED[source]))
     acc = shapes_probe.probe_accuracy(probe, images, test_attrs)
-    return {**result["metrics"], "attribute_accuracy": acc["mean"],
+    return {**result["metrics"][source], "attribute_accuracy": acc["mean"],
             "exact_match": acc["exact_match"], "per_attribute": acc, "images": images}
 
 
 def _table(rows: dict, ceiling: dict, chance: dict) -> str:
+    """Markdown: the scores of the images from text, then every attribute's accuracy of the
+    images from text and from the test images' own embeddings."""
     lines = ["| variant | attribute acc. | exact match | CLIP-space FD | CLIP score |",
              "|---|---|---|---|---|"]
-    for name, r in rows.items():
+    for name, r in rows["text"].items():
         lines.append(f"| {name} | {100 * r['attribute_accuracy']:.1f} | "
                      f"{100 * r['exact_match']:.1f} | {r['clip_frechet_distance']:.4f} | "
                      f"{r['clip_score']:.3f} |")
@@ -114,6 +128,16 @@ def _table(rows: dict, ceiling: dict, chance: dict) -> str:
                  f"{100 * ceiling['exact_match']:.1f} | 0 | |")
     lines.append(f"| chance (most frequent value) | {100 * chance['mean']:.1f} | "
                  f"{100 * chance['exact_match']:.1f} | | |")
+    keys = shapes.ATTRIBUTES + ("num_objects",)
+    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in keys)
+    lines += ["", "Per attribute (%), from the test captions' text embeddings and from the test "
+              "images' own image embeddings (the training condition: no modality gap):", "",
+              "| variant | from | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name in rows["text"]:
+        for source in GENERATED:
+            lines.append(f"| {name} | {source} | {pct(rows[source][name]['per_attribute'])} |")
+    lines.append(f"| real test images | | {pct(ceiling)} |")
+    lines.append(f"| chance | | {pct(chance)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +158,8 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
     variants = shapes_world.variant_names(config.variants, VARIANTS)
     done = _generators(config, dataset, variants, encoder, wd)
-    rows = {v: _scored(done[v], probe, test_attrs) for v in variants}
+    rows = {source: {v: _scored(done[v], probe, test_attrs, source) for v in variants}
+            for source in GENERATED}
     chance = shapes.chance_accuracy(test_attrs)
     table = _table(rows, ceiling, chance)
     wd.write_text("RESULTS.md", "# Shapes world: images from test captions, generators "
@@ -143,7 +168,8 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     test = builders.data_source(world, "test")
     captions = [cd.captions_of(test[i], "caption")[0]
                 for i in range(min(config.num_samples, len(test)))]
-    _samples_png(test_images, captions, rows, wd, config.num_samples)
-    return {"variants": {n: {k: v for k, v in r.items() if k != "images"}
-                         for n, r in rows.items()},
+    _samples_png(test_images, captions, rows["text"], wd, config.num_samples)
+    scores = {source: {n: {k: v for k, v in r.items() if k != "images"}
+                       for n, r in rows[source].items()} for source in GENERATED}
+    return {"variants": scores["text"], "variants_from_images": scores["image"],
             "probe_ceiling": ceiling, "chance": chance, "num_test": int(len(test_images))}

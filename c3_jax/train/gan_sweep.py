@@ -126,15 +126,21 @@ def train(sweep: GanSweep) -> tuple:
     return state.ema, summary
 
 
-def evaluate(sweep: GanSweep, ema, limit: int = 0) -> dict:
+def evaluate(sweep: GanSweep, ema, limit: int = 0, from_images: bool = False) -> dict:
     """Every member's images from the test split's text embeddings (through the member's
     method, ``c3.member_eval``; its own latents, as alone), generated in one batched program
-    and scored by ``generation.ImageScores``: {member: {metrics, images}}."""
+    and scored by ``generation.ImageScores``: {member: {metrics, images}}.
+
+    ``from_images``: from the test images' own embeddings (``train_field``) through the
+    member's training transform without its noise (``c3.member_train``), the condition the
+    generator was trained on: what it renders with no modality gap to cross (the CLIP score
+    is then taken against those image embeddings)."""
     config = sweep.config
     gen = sweep.gen
+    transform = c3.member_train if from_images else c3.member_eval
 
     def member(params, settings, seed, e, i):
-        cond = c3.member_eval(settings, e)
+        cond = transform(settings, e)
         z_key, noise_key = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), i))
         z = jax.random.normal(z_key, (e.shape[0], gen.config.z_dim))
         return generation.to_uint8(gen.apply({"params": params}, z, cond, noise_key))
@@ -145,7 +151,8 @@ def evaluate(sweep: GanSweep, ema, limit: int = 0) -> dict:
     inception = generation.inception_of(config.inception_weights)
     scores = [generation.ImageScores(sweep.encoder, inception) for _ in sweep.members]
     images = [[] for _ in sweep.members]
-    for i, (e, real, _) in enumerate(generation.test_batches(config, limit)):
+    field = config.train_field if from_images else config.eval_field
+    for i, (e, real, _) in enumerate(generation.test_batches(config, limit, field)):
         fake = parallel.to_host(fn(ema, settings, seeds, parallel.put_whole(e, repl),
                                    parallel.put_whole(np.int32(i), repl)))
         for k, s in enumerate(scores):

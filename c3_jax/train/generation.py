@@ -375,16 +375,17 @@ def restore_ema(run: Run, run_dir: str):
 # Evaluation: generate from the other modality's embeddings
 
 
-def _batches(source, config, limit: int):
-    """(text embeddings [b, d] of each row's first caption, real images, captions) batches."""
+def _batches(source, config, limit: int, field: str):
+    """(embeddings [b, d] of ``field``, each row's first when it holds several, real images,
+    captions) batches."""
     n = len(source) if limit <= 0 else min(limit, len(source))
     size = config.eval_batch_size
     for start in range(0, n, size):
         rows = [source[i] for i in range(start, min(start + size, n))]
-        e = np.stack([np.asarray(r[config.eval_field], np.float32) for r in rows])
+        e = np.stack([np.asarray(r[field], np.float32) for r in rows])
         e = e[:, 0] if e.ndim == 3 else e
         if not np.isfinite(e).all():
-            raise ValueError(f"{config.eval_field!r} embeddings contain NaN or Inf")
+            raise ValueError(f"{field!r} embeddings contain NaN or Inf")
         images = np.stack([np.asarray(r[config.image_field], np.uint8) for r in rows])
         yield e, images, [cd.captions_of(r, config.caption_field)[0] for r in rows]
 
@@ -434,11 +435,13 @@ class ImageScores:
         return metrics
 
 
-def test_batches(config, limit: int = 0):
-    """The test split's batches (text embeddings, real images, captions), with a progress bar."""
+def test_batches(config, limit: int = 0, field: str = ""):
+    """The test split's batches (embeddings of ``field``, by default ``eval_field``: the
+    text's; real images; captions), with a progress bar."""
     source = builders.data_source(config.dataset_dir, config.test_split)
     total = len(source) if limit <= 0 else min(limit, len(source))
-    return progress_bar(_batches(source, config, limit), desc="generate", unit="batch",
+    return progress_bar(_batches(source, config, limit, field or config.eval_field),
+                        desc="generate", unit="batch",
                         total=-(-total // config.eval_batch_size))
 
 
