@@ -73,8 +73,9 @@ def test_images_from_the_test_images_take_the_training_condition_without_noise(t
     members = [gan_sweep.Member("c2_collapse_seed0", "c2_collapse", 0, 0.0),
                gan_sweep.Member("c3_seed1", "c3", 1, 0.3)]
     config = t2i_config(t2i_world)
+    image_eval = override(config, eval_field="image_embedding")
     sweeps = [gan_sweep.GanSweep(c, members, Workdir(str(tmp_path / name)))
-              for name, c in (("a", config), ("b", override(config, eval_field="image_embedding")))]
+              for name, c in (("a", config), ("b", image_eval))]
     ema = jax.jit(sweeps[0].stacked_init)(sweeps[0].seeds).ema
     got = gan_sweep.evaluate(sweeps[0], ema, from_images=True)
     want = gan_sweep.evaluate(sweeps[1], ema)

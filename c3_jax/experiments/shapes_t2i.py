@@ -98,9 +98,9 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
             out = outputs[m.name]
             out.write_json("results.json", {**summary[m.name], "metrics": {
                 source: results[source][m.name]["metrics"] for source in GENERATED}})
-            for source in GENERATED:
-                if out.primary:
-                    np.save(out.file(GENERATED[source]), results[source][m.name]["images"])
+            if out.primary:
+                for source, file in GENERATED.items():
+                    np.save(out.file(file), results[source][m.name]["images"])
 
     return stages.cached_members(wd, "generator", members, shared, train)
 
