@@ -242,6 +242,8 @@ class Encoder:
 
     def __init__(self, fn: Callable, params):
         self.fn, self.params = fn, params
+        # uint8 images -> embeddings, compiled once per encoder (not per scorer or member)
+        self.encode_uint8 = jax.jit(lambda p, x: fn(p, to_unit_range(x)))
 
     def __call__(self, images: jax.Array) -> jax.Array:
         return self.fn(self.params, images)
@@ -402,15 +404,15 @@ class ImageScores:
 
     def __init__(self, encoder: Encoder, inception=None):
         self.encoder, self.inception = encoder, inception
-        self.encode = jax.jit(lambda p, x: encoder.fn(p, to_unit_range(x)))
         self.stats = {k: im.FeatureStats() for k in ("clip_fake", "clip_real", "inc_fake",
                                                      "inc_real")}
         self.clip_scores, self.logits = [], []
 
     def update(self, fake: np.ndarray, real: np.ndarray, text: np.ndarray) -> None:
-        f_fake = np.asarray(self.encode(self.encoder.params, fake))
+        encode = lambda images: np.asarray(self.encoder.encode_uint8(self.encoder.params, images))
+        f_fake = encode(fake)
         self.stats["clip_fake"].update(f_fake)
-        self.stats["clip_real"].update(np.asarray(self.encode(self.encoder.params, real)))
+        self.stats["clip_real"].update(encode(real))
         self.clip_scores.append(np.sum(_unit(f_fake) * _unit(text), -1))
         if self.inception is not None:
             for name, batch in (("inc_fake", fake), ("inc_real", real)):
