@@ -6,8 +6,9 @@ The step is ``generation.make_train_step`` exactly as ``generation.train`` build
 state donated, on ``parallel.make_mesh(1)``), with random weights and random batches:
   * ``--preset shapes_t2i`` (default): configs/shapes_t2i.py's generator and discriminator
     (32x32, cond 64-d, z 32, w 64, 2 mapping layers, cond_hidden 64, channel_base 512,
-    channel_max 32, batch 32, R1 gamma 1 every 16 steps) and its world's CLIP image tower
-    (width 64, depth 2, 4 heads, MLP 256, gelu, patch 8, projection 64), wrapped as
+    channel_max 32, RGB from the last resolution, batch 32, R1 gamma 1 every 16 steps) and
+    its world's CLIP image tower (width 64, depth 3, 4 heads, MLP 256, gelu, patch 8,
+    projection 64), wrapped as
     ``shapes_t2i._encoder`` wraps it;
   * ``--preset coco64``: the COCO setup of ``t2i_base.get_config()`` (z 512, w 512,
     8 mapping layers, cond_hidden 512, R1 gamma 10 every 16 steps, batch 16) at 64x64 with
@@ -49,7 +50,7 @@ def _shapes_preset() -> dict:
     gan = stylegan2.GANConfig(resolution=size, cond_dim=k.projection_dim,
                               z_dim=c.z_dim, w_dim=c.w_dim, mapping_layers=c.mapping_layers,
                               cond_hidden=c.cond_hidden, channel_base=c.channel_base,
-                              channel_max=c.channel_max)
+                              channel_max=c.channel_max, architecture=c.architecture)
     tower = clip.Tower(k.width, k.depth, k.heads, 4 * k.width, "gelu")
     clip_config = clip.CLIPConfig(text=tower, vision=tower, projection_dim=k.projection_dim,
                                   vocab_size=100, max_positions=20, eos_token_id=1,

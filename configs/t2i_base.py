@@ -13,6 +13,7 @@ def get_config():
     c.clip = "checkpoints/clip-vit-base-patch32"
     c.z_dim, c.w_dim, c.mapping_layers, c.cond_hidden = 512, 512, 8, 512
     c.channel_base, c.channel_max, c.mbstd_group = 32768, 512, 4
+    c.architecture = "skip"  # the generator's RGB output: "skip" (StyleGAN2's) or "orig"
     # Data: rows with an image, its CLIP image embedding and its captions' text embeddings.
     c.dataset_dir = "data/coco_lafite_clip/1.0.0"
     c.train_split, c.test_split = "train", "test"

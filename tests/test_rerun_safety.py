@@ -18,7 +18,7 @@ from c3_jax.data import captions as cd
 from c3_jax.experiments import shapes_world
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
-from configs import embeddings_dataset, geometry_synthetic, shapes_caption
+from configs import embeddings_dataset, geometry_synthetic, shapes_caption, shapes_t2i
 from conftest import ROOT, override, snapshot
 
 def _quick(**overrides):
@@ -137,6 +137,11 @@ def test_nested_config_fields_are_checked_by_their_path(tmp_path):
             wrong[part][field] = value
         with pytest.raises(runner.ConfigError, match=message):
             runner.run(ml_collections.ConfigDict(wrong), str(tmp_path / "never"))
+    t2i = shapes_t2i.get_config("quick")
+    t2i.generator.architecture = "resnet"
+    with pytest.raises(runner.ConfigError, match="'generator.architecture' is 'resnet'; it "
+                                                 "must be one of \\('skip', 'orig'\\)"):
+        runner.run(t2i, str(tmp_path / "never"))
     out = subprocess.run([sys.executable, "-m", "c3_jax.main",
                           "--config=configs/shapes_t2i.py:quick", "--config.generator.lr=-1.0",
                           f"--workdir={tmp_path / 'never'}"],

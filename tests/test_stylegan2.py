@@ -1,5 +1,7 @@
 """StyleGAN2 / LAFITE ops, models and the G+D train step against direct numpy/scipy
 computations and closed forms."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,6 +181,30 @@ def test_noise_enters_only_through_noise_strength(tiny_models):
         else v, g)
     assert np.abs(run(noisy, k1) - run(noisy, k2)).max() > 1e-3
     np.testing.assert_array_equal(run(noisy, k1), run(noisy, k1))  # deterministic per key
+
+
+def test_orig_architecture_is_skip_without_the_lower_resolutions_rgb(tiny_models):
+    """'orig' takes RGB from the last resolution only: its params lack the lower ToRGB
+    layers, and 'skip' with those layers zeroed (their upsampled sum is then 0) draws the
+    same images from the shared params."""
+    gen, _, g, _ = tiny_models
+    orig = sg.Generator(dataclasses.replace(TINY, architecture="orig"))
+    rng = _rng(9)
+    z = jnp.asarray(rng.normal(size=(4, TINY.z_dim)), jnp.float32)
+    c = jnp.asarray(rng.normal(size=(4, TINY.cond_dim)), jnp.float32)
+    last = f"b{TINY.resolution}_torgb"
+    lower = [k for k in g if k.endswith("_torgb") and k != last]
+    assert lower  # b4_torgb at least
+    o = orig.init(jax.random.key(0), z, c)["params"]
+    assert sorted(o) == sorted(k for k in g if k not in lower)
+    zeroed = {k: jax.tree.map(jnp.zeros_like, v) if k in lower else v for k, v in g.items()}
+    skip_img = np.asarray(gen.apply({"params": zeroed}, z, c, jax.random.key(3)))
+    orig_img = np.asarray(orig.apply({"params": {k: g[k] for k in o}}, z, c, jax.random.key(3)))
+    np.testing.assert_allclose(orig_img, skip_img, rtol=1e-6, atol=1e-6)
+    full = np.asarray(gen.apply({"params": g}, z, c, jax.random.key(3)))
+    assert np.abs(full - orig_img).max() > 1e-3  # the lower resolutions' RGB did count
+    with pytest.raises(ValueError, match="architecture"):
+        sg.GANConfig(architecture="resnet")
 
 
 def test_dense_equalized_learning_rate():

@@ -35,6 +35,12 @@ def within(config, low, high, names: Iterable[str]) -> None:
                              f"[{low}, {high}]")
 
 
+def one_of(config, name: str, allowed: Iterable[str]) -> None:
+    if value(config, name) not in tuple(allowed):
+        raise ValueError(f"config field {name!r} is {value(config, name)!r}; it must be one "
+                         f"of {tuple(allowed)}")
+
+
 def divides(config, divisor: str, dividend: str) -> None:
     if value(config, divisor) <= 0 or value(config, dividend) % value(config, divisor):
         raise ValueError(f"config field {dividend!r}={value(config, dividend)} must be a "

@@ -15,6 +15,7 @@ from c3_jax import parallel, plots
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.eval import shapes_probe
+from c3_jax.models import stylegan2
 from c3_jax.experiments import checks, shapes_world, stages
 from c3_jax.train import caption_sweep, connect, gan_sweep, generation
 from c3_jax.workdir import Workdir
@@ -37,6 +38,7 @@ def check(config) -> None:
         "steps", "batch", "z_dim", "w_dim", "mapping_layers", "cond_hidden", "channel_base",
         "channel_max", "r1_every")] + ["probe_steps", "num_samples"])
     checks.positive(config, ["generator.lr"])
+    checks.one_of(config, "generator.architecture", stylegan2.ARCHITECTURES)
     checks.at_least(config, 0.0, ["noise_sigma"] + [f"generator.{k}" for k in (
         "r1_gamma", "itd_weight", "itc_weight", "ema_kimg")])
     checks.at_least(config, config.generator.batch, ["world.train_size"])
@@ -58,6 +60,7 @@ def _generator_config(config, dataset: str):
     c.update(dict(
         clip="", z_dim=g.z_dim, w_dim=g.w_dim, mapping_layers=g.mapping_layers,
         cond_hidden=g.cond_hidden, channel_base=g.channel_base, channel_max=g.channel_max,
+        architecture=g.architecture,
         dataset_dir=dataset, batch_size=g.batch, max_steps=g.steps, lr=g.lr,
         r1_gamma=g.r1_gamma, r1_every=g.r1_every, itd_weight=g.itd_weight,
         itc_weight=g.itc_weight, ema_kimg=g.ema_kimg, ema_rampup=0.05, seed=config.seed,

@@ -9,6 +9,7 @@ from absl import logging
 
 from c3_jax import plots
 from c3_jax.experiments import checks
+from c3_jax.models.stylegan2 import ARCHITECTURES
 from c3_jax.train.generation import Encoder, Run, check_method, evaluate, restore_ema, train
 from c3_jax.workdir import Workdir
 from configs import field_types, t2i_base
@@ -27,6 +28,7 @@ def check(config) -> None:
     checks.at_least(config, 0.0, ["noise_sigma", "r1_gamma", "itd_weight", "itc_weight",
                                   "ema_kimg", "ema_rampup"])
     checks.positive(config, ["lr", "temperature"])
+    checks.one_of(config, "architecture", ARCHITECTURES)
     checks.existing(config.dataset_dir, "dataset_dir")
     for field in ("clip", "inception_weights", "restore_from"):
         if config[field]:

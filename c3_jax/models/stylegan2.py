@@ -18,6 +18,11 @@ import numpy as np
 
 SQRT2 = float(np.sqrt(2.0))
 FIR = np.array([1.0, 3.0, 3.0, 1.0])
+# The generator's output: "skip" sums every resolution's RGB (upsampled), the default of
+# StyleGAN2 and LAFITE; "orig" (StyleGAN2's name for the architecture without skips) takes
+# RGB from the last resolution only, so that the image cannot be an upsampled low-resolution
+# one.
+ARCHITECTURES = ("skip", "orig")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +39,14 @@ class GANConfig:
     channel_base: int = 16384
     channel_max: int = 512
     mbstd_group: int = 4
+    architecture: str = "skip"  # the generator's: "skip" (StyleGAN2's) or "orig"
 
     def __post_init__(self):
         log2 = np.log2(self.resolution)
         if self.resolution < 8 or log2 != int(log2):
             raise ValueError(f"resolution={self.resolution} must be a power of 2, >= 8")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={self.architecture!r}: use one of {ARCHITECTURES}")
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -226,7 +234,7 @@ def _noise(rng: Optional[jax.Array], index: int, batch: int, res: int):
 
 class Generator(nn.Module):
     """(z [B, z_dim], cond [B, cond_dim]) -> images [B, R, R, 3]; per-pixel noise from
-    ``noise_rng`` (none when it is None)."""
+    ``noise_rng`` (none when it is None); RGB as ``config.architecture`` says."""
     config: GANConfig
 
     @nn.compact
@@ -237,14 +245,17 @@ class Generator(nn.Module):
         x = jnp.broadcast_to(const, (b,) + const.shape)
         x = SynthesisLayer(cfg.channels(4), cfg.cond_hidden, name="b4_conv")(
             x, w, cond, _noise(noise_rng, 0, b, 4))
-        img = ToRGB(cfg.cond_hidden, name="b4_torgb")(x, w, cond)
+        skip = cfg.architecture == "skip"
+        img = ToRGB(cfg.cond_hidden, name="b4_torgb")(x, w, cond) if skip else None
         for i, res in enumerate(cfg.resolutions):
             ch = cfg.channels(res)
             x = SynthesisLayer(ch, cfg.cond_hidden, up=True, name=f"b{res}_conv0")(
                 x, w, cond, _noise(noise_rng, 2 * i + 1, b, res))
             x = SynthesisLayer(ch, cfg.cond_hidden, name=f"b{res}_conv1")(
                 x, w, cond, _noise(noise_rng, 2 * i + 2, b, res))
-            img = upsample2d(img) + ToRGB(cfg.cond_hidden, name=f"b{res}_torgb")(x, w, cond)
+            if skip or res == cfg.resolution:
+                rgb = ToRGB(cfg.cond_hidden, name=f"b{res}_torgb")(x, w, cond)
+                img = rgb if img is None else upsample2d(img) + rgb
         return img
 
 

@@ -66,7 +66,8 @@ def gan_config(config, cond_dim: int, resolution: int) -> stylegan2.GANConfig:
                                w_dim=config.w_dim, mapping_layers=config.mapping_layers,
                                cond_hidden=config.cond_hidden,
                                channel_base=config.channel_base,
-                               channel_max=config.channel_max, mbstd_group=config.mbstd_group)
+                               channel_max=config.channel_max, mbstd_group=config.mbstd_group,
+                               architecture=config.architecture)
 
 
 def optimizer(config) -> optax.GradientTransformation:
