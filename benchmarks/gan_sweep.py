@@ -34,6 +34,7 @@ from c3_jax.train import gan_sweep, generation
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # t2i_train, its presets
 import t2i_train  # noqa: E402
+from configs import t2i_base  # noqa: E402  (on the path t2i_train set)
 
 VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3")
 LOSSES = ("g_adv", "d_adv")
@@ -42,7 +43,7 @@ LOSSES = ("g_adv", "d_adv")
 def setup(preset_name: str):
     preset = t2i_train.PRESETS[preset_name]()
     gan = preset["gan"]
-    config = t2i_train.t2i_base.get_config()
+    config = t2i_base.get_config()
     config.lr = preset["lr"]
     tx = generation.optimizer(config)
     return types.SimpleNamespace(  # what gan_sweep.member_step reads of a GanSweep
@@ -81,26 +82,26 @@ def _timed(run_step, steps: int) -> tuple:
     return marks[-1] - marks[1], np.asarray(losses, np.float64)
 
 
-def sequential(s, chosen, settings, data, r1_every) -> tuple:
+def sequential(s, chosen, settings, data) -> tuple:
     """Each member as its own run's step: its own jit and compilations."""
     mesh = parallel.make_mesh(1)
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    put = parallel.batch_sharding(mesh)
     wall, steady, losses = 0.0, 0.0, []
     for (_, seed), setting in zip(chosen, settings):
         init = lambda: generation.init_state(s.gen, s.disc, s.tx, s.gan, jax.random.key(seed))
         shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
-        repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         start = time.perf_counter()
         state = jax.jit(init, out_shardings=shardings)()
         step_fn = generation.make_train_step(s.gen, s.disc, s.encoder, s.cfg, s.tx, s.tx, mesh,
                                              shardings)
         setting = jax.device_put(setting, repl)
         key = jax.random.key(seed)
-        put = parallel.batch_sharding(mesh)
         box = [state]
 
         def one(i):
             box[0], metrics = step_fn(box[0], jax.device_put(data[i], put), setting, key,
-                                      i % r1_every == 0)
+                                      i % s.cfg.r1_every == 0)
             return metrics
         seconds, member_losses = _timed(one, len(data))
         wall += time.perf_counter() - start
@@ -109,7 +110,7 @@ def sequential(s, chosen, settings, data, r1_every) -> tuple:
     return wall, steady, np.concatenate(losses, axis=2)
 
 
-def sweep(s, chosen, settings, data, r1_every) -> tuple:
+def sweep(s, chosen, settings, data) -> tuple:
     """The N members stacked, trained by gan_sweep's one compiled step."""
     n = len(chosen)
     mesh = parallel.member_mesh(n, split_batch=False)
@@ -130,7 +131,7 @@ def sweep(s, chosen, settings, data, r1_every) -> tuple:
     def one(i):  # every member gets the step's batch
         batch = jax.tree.map(lambda a: parallel.put_whole(np.broadcast_to(a, (n,) + a.shape), put),
                              data[i])
-        box[0], metrics = step_fn(box[0], batch, stacked, seeds, i % r1_every == 0)
+        box[0], metrics = step_fn(box[0], batch, stacked, seeds, i % s.cfg.r1_every == 0)
         return metrics
     steady, losses = _timed(one, len(data))
     return time.perf_counter() - start, steady, losses
@@ -156,9 +157,9 @@ def main():
     images = args.members * s.cfg.batch_size
     print(f"preset {args.preset}: {args.members} members x {steps} steps, batch "
           f"{s.cfg.batch_size}, R1 every {s.cfg.r1_every}", flush=True)
-    seq_wall, seq_steady, seq_losses = sequential(s, chosen, settings, data, s.cfg.r1_every)
+    seq_wall, seq_steady, seq_losses = sequential(s, chosen, settings, data)
     print(f"sequential: {seq_wall:.1f} s wall", flush=True)
-    runs = [sweep(s, chosen, settings, data, s.cfg.r1_every) for _ in range(2)]
+    runs = [sweep(s, chosen, settings, data) for _ in range(2)]
     for i, (wall, _, _) in enumerate(runs):
         print(f"sweep run {i + 1}: {wall:.1f} s wall", flush=True)
     # Per step, the largest relative difference of a member's losses between the sides.
