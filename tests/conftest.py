@@ -14,9 +14,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Two host devices so tests can run sharded jitted steps on CPU. The tests' programs are tiny
 # and compile-bound, so XLA:CPU compiles fast rather than well: LLVM optimizations off (a
 # quarter faster) and the legacy elemental emitters instead of the fusion emitters (XLA
-# compile time of a quick main job 5.5 s against 10-12 s).
+# compile time of a quick main job 5.5 s against 10-12 s). Eigen's matmuls and convolutions
+# run on one thread: the two pytest-xdist workers and the processes they start fill the 2
+# cores already (the suite took 422 s against 445 and 449 s with Eigen's thread pool).
 FAST_COMPILE = ("--xla_backend_optimization_level=0 "  # also for the tests' subprocesses
-                "--xla_cpu_use_fusion_emitters=false")
+                "--xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, the test processes and the
@@ -44,8 +46,9 @@ import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
 
+from c3_jax import runner  # noqa: E402
 from c3_jax.data import builders  # noqa: E402
-from configs import coco_caption, coco_t2i  # noqa: E402
+from configs import coco_caption, coco_t2i, shapes_methods  # noqa: E402
 
 
 WORDS = ["<pad>", "<eos>", "<unk>", "a", "red", "blue", "green", "circle", "square", "star",
@@ -225,6 +228,65 @@ def caption_config(world, variant="c3", **overrides):
                   meteor=False))
     c.update(overrides)
     return c
+
+
+# The captioner reference run: 1 process x 2 devices, validated every third of the way with
+# 'best' checkpoints beside the 'latest' ones, METEOR on. test_captioning checks its outputs;
+# test_multiprocess checks that other process counts reproduce it.
+CAPTION_REFERENCE = dict(max_steps=15, checkpoint_every=5, val_batches=1, eval_max_examples=2,
+                         meteor=True)
+
+
+def reference_run(factory, name: str, config) -> pathlib.Path:
+    """The workdir of ``config`` run once per test session (shared by the pytest-xdist
+    workers; tests read it and copy what they change)."""
+    def build(root):
+        runner.run(config, str(root / "run"))
+        return {"root": root}
+    return shared_once(factory, name, build)["root"] / "run"
+
+
+@pytest.fixture(scope="session")
+def caption_reference(caption_world, tmp_path_factory):
+    """(config, workdir) of the captioner reference run (``CAPTION_REFERENCE``)."""
+    config = caption_config(caption_world, **CAPTION_REFERENCE)
+    return config, reference_run(tmp_path_factory, "caption_reference", config)
+
+
+@pytest.fixture(scope="session")
+def t2i_reference(t2i_world, tmp_path_factory):
+    """(config, workdir) of the generator reference run: ``t2i_config`` as it is (6 steps,
+    checkpoints at 3 and 6), 1 process x 2 devices. test_generation checks its outputs;
+    test_multiprocess checks that 2 processes reproduce it."""
+    config = t2i_config(t2i_world)
+    return config, reference_run(tmp_path_factory, "t2i_reference", config)
+
+
+@pytest.fixture(scope="session")
+def quick_main_job(tmp_path_factory):
+    """(config, workdir) of the built-in world's main job with every method
+    (``shapes_methods:quick``) on 1 process x 2 devices. Its world, tokenizer, Connect and
+    embeddings stages are those of every ':quick' job on the world (``copy_world``)."""
+    config = shapes_methods.get_config("quick")
+    return config, reference_run(tmp_path_factory, "quick_main_job", config)
+
+
+# A ':quick' shapes workdir's top-level entries that are not its shared stages.
+NOT_WORLD = (".lock", "config.json", "captioners", "generators", "results.json", "RESULTS.md",
+             "SIGMA_SWEEP.md")
+
+
+def copy_world(workdir, to) -> None:
+    """Copies ``workdir``'s stages but its captioners and generators (the world, tokenizer,
+    Connect, embeddings; their files and stage records) to the new workdir ``to``, where a
+    run on the same world reuses them."""
+    import shutil
+    top = os.path.abspath(workdir)
+    shutil.copytree(workdir, to, ignore=lambda d, names: [] if os.path.abspath(d) != top else [
+        n for n in names if n in NOT_WORLD or n.endswith(".png")])
+    for record in os.listdir(os.path.join(to, "stages")):
+        if record.startswith(("captioner_", "generator_")):
+            os.remove(os.path.join(to, "stages", record))
 
 
 def latest_state(workdir):

@@ -14,13 +14,14 @@ from c3_jax.models import clipcap, gpt2
 from c3_jax.train import captioning
 from c3_jax.train import state as st
 from configs import coco_caption
-from conftest import caption_config, checkpoint_params, cli, latest_state, run_script
+from conftest import (CAPTION_REFERENCE, caption_config, checkpoint_params, cli, latest_state,
+                      run_script)
 
 @pytest.fixture(scope="module")
-def trained(caption_world, tmp_path_factory):
-    """A text-only C3 run on the tiny caption_world: (its workdir, its results)."""
-    workdir = tmp_path_factory.mktemp("trained") / "train"
-    return workdir, runner.run(caption_config(caption_world, meteor=True), str(workdir))
+def trained(caption_reference):
+    """The text-only C3 reference run on the tiny caption_world: (its workdir, its results)."""
+    workdir = caption_reference[1]
+    return workdir, json.loads((workdir / "results.json").read_text())
 
 
 def test_text_only_training_then_image_captions_and_restore_for_eval(caption_world, trained, tmp_path):
@@ -29,16 +30,17 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(caption_wor
     for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert np.isfinite(metrics[key]), key
     assert "SPICE_skipped" in metrics
-    assert results["num_test"] == 2 and results["steps"] == 12
+    steps = CAPTION_REFERENCE["max_steps"]
+    assert results["num_test"] == 2 and results["steps"] == steps
     rows = [json.loads(line) for line in open(train_dir / "metrics.jsonl")]
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 12 and losses[-1] < losses[0]
+    assert len(losses) == steps and losses[-1] < losses[0]
     assert any("val_loss" in r for r in rows)
     assert (train_dir / "loss.png").exists()
     assert os.listdir(train_dir / "checkpoints" / "best")
     captions = json.loads((train_dir / "captions_test.json").read_text())
     # Evaluation only, from the trained run's checkpoint, by the command line: same captions.
-    again = caption_config(caption_world, restore_from=str(train_dir), meteor=True)
+    again = caption_config(caption_world, restore_from=str(train_dir), **CAPTION_REFERENCE)
     out = cli("--config=configs/coco_caption.py:c3", f"--workdir={tmp_path / 'eval'}",
                *[f"--config.{k}={v}" for k, v in again.items()
                  if k != "experiment" and v != coco_caption.get_config("c3")[k]])

@@ -1,6 +1,8 @@
 """Text-to-image generators trained as one sweep (lazy R1 steps included; the tests' 2
 devices split the members): each member equals the same generator trained alone, images
 and scores included, and a sweep that crashed after a checkpoint resumes bitwise."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -49,6 +51,8 @@ def test_a_generator_trained_in_a_sweep_equals_it_trained_alone(t2i_world, tmp_p
     alone_config = override(config, variant=m.variant, seed=m.seed, noise_sigma=m.sigma)
     run = generation.Run(alone_config, Workdir(str(tmp_path / m.name)), sweep.encoder)
     alone, alone_summary = generation.train(run)
+    rows = [json.loads(line) for line in open(tmp_path / m.name / "metrics.jsonl")]
+    assert [r["r1"] > 0 for r in rows] == [True, False] * 2  # lazy R1 every 2 steps, logged
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ema)[0],
                             jax.tree.leaves(alone)):
         np.testing.assert_allclose(a[k], np.asarray(b), rtol=1e-5, atol=1e-6,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from c3_jax import runner
-from conftest import (CACHE_ENV, FAST_COMPILE, ROOT, assert_same_numbers, caption_config,
-                      launch_local, numbers, override, shared_once, t2i_config)
+from conftest import (CACHE_ENV, FAST_COMPILE, ROOT, assert_same_numbers, copy_world,
+                      launch_local, numbers, override)
 from configs import shapes_t2i
 
 STEPS, THIRD = 15, 5
@@ -151,21 +151,16 @@ def _assert_same_params(got_dir, want_dir, keys=("params",)) -> None:
 
 
 @pytest.fixture(scope="module")
-def config(caption_world):
-    # val_batches=1: validation runs on every process, and 'best' checkpoints are saved
-    # alongside 'latest' ones.
-    return caption_config(caption_world, max_steps=STEPS, checkpoint_every=THIRD, val_batches=1,
-                       eval_max_examples=2)
+def config(caption_reference):
+    """The captioner reference's config (validation on every process; 'best' checkpoints
+    saved alongside 'latest' ones), METEOR off (each process would start its JVM)."""
+    return override(caption_reference[0], meteor=False)
 
 
 @pytest.fixture(scope="module")
-def one_process(config, tmp_path_factory):
-    """The reference: 1 process x 2 devices (a test process), trained and evaluated (once
-    per test session, by whichever pytest-xdist worker asks first)."""
-    def build(root):
-        runner.run(config, str(root / "run"))
-        return {"root": root}
-    return str(shared_once(tmp_path_factory, "caption_one_process", build)["root"] / "run")
+def one_process(caption_reference):
+    """The reference: 1 process x 2 devices (run once per test session)."""
+    return str(caption_reference[1])
 
 
 def test_two_processes_with_fsdp_train_and_evaluate_like_one(config, one_process, tmp_path):
@@ -202,15 +197,13 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
     _assert_same_run(workdir, one_process)
 
 
-def test_generator_trains_alike_on_two_processes_with_fsdp(t2i_world, tmp_path):
-    """1 process x 2 devices (this test process; the batch split over them) is the reference
-    of 2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
+def test_generator_trains_alike_on_two_processes_with_fsdp(t2i_reference, tmp_path):
+    """The generator reference, 1 process x 2 devices (the batch split over them), against
+    2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
     devices, the parameters over each process's 2 devices): the same losses, parameters
     and images."""
-    steps = 6
-    config = t2i_config(t2i_world, max_steps=steps, checkpoint_every=steps, eval_max_examples=8)
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    runner.run(config, one)
+    config, one = t2i_reference
+    steps, one, two = config.max_steps, str(one), str(tmp_path / "two")
     _ok(_launch(override(config, fsdp=2), two, 2, devices=4))
     keys = ("d_adv", "g_adv", "g_itd", "g_itc", "r1")
     want_params, want_step = _params(one, ("g_params", "d_params", "ema"))
@@ -264,13 +257,18 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, t
             embed.square_images([str(root / "coco" / p) for p, _, _ in paths], 16))
 
 
-def test_shapes_t2i_gives_the_figures_of_one_process_on_two(tmp_path):
+def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_path):
     """The README's own example, launch/local_multiprocess.sh, on ``shapes_t2i:quick``:
     2 processes x 1 CPU device give the figures of 1 process x 2 (this test process; the
     sweep's generators split over the devices: over the processes), world and Connect
     included. The main job's twin is in test_shapes_runs."""
     config = override(shapes_t2i.get_config("quick"), variants="c1,c3")
+    # 1 process: on the main job's world and Connect (copied and reused; 1 process built
+    # them); 2 processes build their own.
+    copy_world(quick_main_job[1], tmp_path / "run1")
     runner.run(config, str(tmp_path / "run1"))
+    connect_log = (tmp_path / "run1" / "connect" / "metrics.jsonl").read_bytes()
+    assert connect_log == (quick_main_job[1] / "connect" / "metrics.jsonl").read_bytes()
     out = launch_local(2, "configs/shapes_t2i.py:quick", tmp_path / "run2", tmp_path / "logs",
                        "--config.variants=c1,c3")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

@@ -19,7 +19,7 @@ from c3_jax.experiments import shapes_world
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
 from configs import embeddings_dataset, geometry_synthetic, shapes_caption, shapes_t2i
-from conftest import ROOT, override, snapshot
+from conftest import ROOT, copy_world, override, snapshot
 
 def _quick(**overrides):
     """The main job's :quick config on two variants (what these tests need)."""
@@ -44,11 +44,14 @@ OUTPUTS = {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png", "s
            "gap_structure.png", "gap.png"}
 
 
-def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothing(tmp_path):
+def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothing(
+        quick_main_job, tmp_path):
     """One workdir through a user's corrections (more variants, a captioner setting, a
     world field), with wrong configs and the unchanged one rerun on the way. One test, so
-    that the suite trains the main job's stages once for all of these checks."""
+    that the suite trains the main job's stages once for all of these checks. The workdir
+    starts with the main job's world and Connect (copied); the fresh run builds its own."""
     workdir = tmp_path / "run"
+    copy_world(quick_main_job[1], workdir)
     lr = {"captioner": {"lr": 2e-3}}
     runner.run(_quick(variants="c1", **lr), str(workdir))
     connect_files = _mtimes(workdir, "connect")

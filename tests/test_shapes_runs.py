@@ -2,14 +2,19 @@
 Connect's loss."""
 import json
 import os
-import shutil
 
 import numpy as np
 
 from c3_jax import runner
 from c3_jax.train import connect
-from conftest import assert_same_numbers, launch_local, numbers
-from configs import shapes_methods, shapes_sigma_sweep
+from conftest import assert_same_numbers, copy_world, launch_local, numbers, snapshot
+from configs import shapes_sigma_sweep
+
+
+def _mtimes(root, sub: str) -> dict:
+    """{file: modification time} under ``root/sub``."""
+    base = os.path.join(root, sub)
+    return {k: os.path.getmtime(os.path.join(base, k)) for k in snapshot(base)}
 
 
 def test_clip_loss_matches_a_numpy_reference():
@@ -28,13 +33,13 @@ def test_clip_loss_matches_a_numpy_reference():
     np.testing.assert_allclose(capped, 0.5 * (ce(big) + ce(big.T)), rtol=1e-5)
 
 
-def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_path):
-    config = shapes_methods.get_config("quick")
-    results = runner.run(config, str(tmp_path / "run"))
-    tmp_path = tmp_path / "run"
+def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(quick_main_job,
+                                                                            tmp_path):
+    config, reference = quick_main_job
+    results = json.loads((reference / "results.json").read_text())
     for name in ("config.json", "connect/metrics.jsonl", "results.json", "RESULTS.md",
                  "samples.png", "gap_statistics.png", "spectra.png", "gap_structure.png"):
-        assert (tmp_path / name).exists(), name
+        assert (reference / name).exists(), name
     variants = [v for v in config.variants.split(",")]
     assert sorted(results["variants"]) == sorted(variants)
     for name, row in results["variants"].items():
@@ -44,7 +49,7 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
     geometry = results["geometry"]
     assert geometry["modality_gap"] > 0 and results["sigma_calibrated"] > 0
     assert geometry["effective_dim_x"] >= 1 and "gap_orthogonality" in geometry["statistics"]
-    table = (tmp_path / "RESULTS.md").read_text()
+    table = (reference / "RESULTS.md").read_text()
     assert all(f"| {v} |" in table for v in variants)
     # One seed: no "± 0.0"; one chance row.
     assert "±" not in table and table.count("| chance") == 2 and "seed 0" in table
@@ -55,12 +60,17 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
     assert config.world.caption_omit > 0
     assert 0 <= geometry["val"]["complete_recall_at_1"] <= 1
     assert geometry["val"]["complete_gap_length"] > 0
-    connect_rows = [json.loads(line) for line in open(tmp_path / "connect" / "metrics.jsonl")]
+    connect_rows = [json.loads(line) for line in open(reference / "connect" / "metrics.jsonl")]
     assert any("loss" in r and "learning_rate" in r for r in connect_rows)
-    # Re-running the same command reuses everything (Connect checkpoint, captioners).
-    again = runner.run(config, str(tmp_path))
-    assert again["variants"] == json.loads(json.dumps(results["variants"]))
-    assert os.path.isdir(tmp_path / "connect" / "checkpoints" / "latest")
+    # Re-running the same command reuses everything (Connect checkpoint, captioners). In
+    # place: it rewrites only outputs that copy_world leaves out.
+    trained = lambda: {k: v for k, v in _mtimes(reference, "captioners").items()
+                       if "/checkpoints/" in k}
+    before = trained()
+    again = runner.run(config, str(reference))
+    assert json.loads(json.dumps(again["variants"])) == results["variants"]
+    assert os.path.isdir(reference / "connect" / "checkpoints" / "latest")
+    assert trained() == before != {}
     # The README's own example, launch/local_multiprocess.sh: 2 processes x 1 CPU device
     # give the figures of this run's 1 process x 2 (the sweep's members split over the
     # processes), on one variant of each kind of member setting (fixed sigma, calibrated
@@ -68,25 +78,27 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(tmp_
     # run's world and Connect stages (reused on both processes; the shapes_t2i twin in
     # test_multiprocess builds the same world and Connect on 2 processes).
     kinds = ["c1", "c3_calibrated", "c3_aniso", "decap"]
-    two = tmp_path.parent / "two"
-    connect_log = (tmp_path / "connect" / "metrics.jsonl").read_bytes()
-    shutil.copytree(tmp_path, two, ignore=lambda d, names: [
-        n for n in names if n in ("captioners", "results.json", "RESULTS.md")
-        or n.startswith("captioner_") or n.endswith(".png")])
-    out = launch_local(2, "configs/shapes_methods.py:quick", two, tmp_path.parent / "logs",
+    two = tmp_path / "two"
+    connect_log = (reference / "connect" / "metrics.jsonl").read_bytes()
+    copy_world(reference, two)
+    out = launch_local(2, "configs/shapes_methods.py:quick", two, tmp_path / "logs",
                        f"--config.variants={','.join(kinds)}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     for output in ("RESULTS.md", "samples.png", "config.json"):
         assert (two / output).exists(), output
     assert (two / "connect" / "metrics.jsonl").read_bytes() == connect_log  # reused
-    want = {k: v for k, v in numbers(json.loads((tmp_path / "results.json").read_text())).items()
+    want = {k: v for k, v in numbers(json.loads((reference / "results.json").read_text())).items()
             if not k.startswith("/variants/") or k.split("/")[2] in kinds}
     assert_same_numbers(numbers(json.loads((two / "results.json").read_text())), want)
 
 
-def test_quick_sigma_sweep_marks_the_calibrated_sigma(tmp_path):
+def test_quick_sigma_sweep_marks_the_calibrated_sigma(quick_main_job, tmp_path):
+    """On the main job's world and Connect (copied: the sweep reuses them)."""
     config = shapes_sigma_sweep.get_config("quick")
+    tmp_path = tmp_path / "run"
+    copy_world(quick_main_job[1], tmp_path)
     results = runner.run(config, str(tmp_path))
+    assert _mtimes(tmp_path, "connect") == _mtimes(quick_main_job[1], "connect")
     assert sorted(results["by_sigma"]) == ["0", "0.1"]
     for row in results["by_sigma"].values():
         assert len(row["attribute_accuracy"]["per_seed"]) == config.seeds == 2
