@@ -19,7 +19,7 @@ WORKDIR ?= runs/shapes_caption
 install: .venv/installed
 
 test: .venv/test-installed
-	$(PY) -m pytest -q -n 2 --dist loadscope tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 main: install
 	$(PY) -m c3_jax.main --config=configs/shapes_caption.py --workdir=$(WORKDIR)

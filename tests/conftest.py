@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -109,14 +110,18 @@ def _fake_coco(root, n=16):
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
 
 
-# The modules by their time in the suite, longest first (measured on 2 cores): the suite
-# runs whole modules per pytest-xdist worker (--dist loadscope: each module's fixtures are
-# built once), handed out in this order, so that the workers finish within seconds of each
-# other instead of one of them running a long module alone at the end.
-LONG_FIRST = ("test_multiprocess", "test_captioning", "test_generation", "test_shapes_runs",
-              "test_rerun_safety", "test_caption_sweep", "test_gan_sweep", "test_dryrun",
-              "test_shapes_probe", "test_stylegan2", "test_image_metrics", "test_decoding",
-              "test_connect_study", "test_main", "test_models", "test_geometry")
+# The order in which the suite hands whole modules to its pytest-xdist workers (--dist
+# loadscope: each module's fixtures are built once; --no-loadscope-reorder: in this order,
+# not by their number of tests): the longest first, so that the workers finish within
+# seconds of each other instead of one of them running a long module alone at the end, and
+# the two first modules build different shared reference runs (test_multiprocess the
+# captioner's and the generator's, test_shapes_runs the quick main job's) so that neither
+# worker waits for the other's.
+LONG_FIRST = ("test_multiprocess", "test_shapes_runs", "test_rerun_safety", "test_gan_sweep",
+              "test_captioning", "test_generation", "test_caption_sweep", "test_shapes_probe",
+              "test_connect_study", "test_dryrun", "test_stylegan2", "test_image_metrics",
+              "test_bad_inputs", "test_caption_metrics", "test_decoding", "test_main",
+              "test_models", "test_geometry")
 
 
 def pytest_collection_modifyitems(items):
@@ -280,7 +285,6 @@ def copy_world(workdir, to) -> None:
     """Copies ``workdir``'s stages but its captioners and generators (the world, tokenizer,
     Connect, embeddings; their files and stage records) to the new workdir ``to``, where a
     run on the same world reuses them."""
-    import shutil
     top = os.path.abspath(workdir)
     shutil.copytree(workdir, to, ignore=lambda d, names: [] if os.path.abspath(d) != top else [
         n for n in names if n in NOT_WORLD or n.endswith(".png")])
