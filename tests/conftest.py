@@ -185,6 +185,13 @@ def snapshot(root) -> dict:
     return out
 
 
+def mtimes(root, sub: str) -> dict:
+    """{file: modification time} of every file under ``root/sub`` (a stage a run reused
+    keeps them; ``copy_world`` copies them)."""
+    base = os.path.join(root, sub)
+    return {k: os.path.getmtime(os.path.join(base, k)) for k in snapshot(base)}
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "c3_jax.main", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

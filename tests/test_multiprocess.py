@@ -17,7 +17,7 @@ import pytest
 
 from c3_jax import runner
 from conftest import (CACHE_ENV, FAST_COMPILE, ROOT, assert_same_numbers, copy_world,
-                      launch_local, numbers, override)
+                      launch_local, mtimes, numbers, override)
 from configs import shapes_t2i
 
 STEPS, THIRD = 15, 5
@@ -267,8 +267,7 @@ def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_
     # them); 2 processes build their own.
     copy_world(quick_main_job[1], tmp_path / "run1")
     runner.run(config, str(tmp_path / "run1"))
-    log = lambda root: os.path.getmtime(root / "connect" / "metrics.jsonl")  # copied with it
-    assert log(tmp_path / "run1") == log(quick_main_job[1])  # Connect reused, not retrained
+    assert mtimes(tmp_path / "run1", "connect") == mtimes(quick_main_job[1], "connect")  # reused
     out = launch_local(2, "configs/shapes_t2i.py:quick", tmp_path / "run2", tmp_path / "logs",
                        "--config.variants=c1,c3")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

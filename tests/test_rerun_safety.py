@@ -19,16 +19,11 @@ from c3_jax.experiments import shapes_world
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
 from configs import embeddings_dataset, geometry_synthetic, shapes_caption, shapes_t2i
-from conftest import ROOT, copy_world, override, snapshot
+from conftest import ROOT, copy_world, mtimes, override, snapshot
 
 def _quick(**overrides):
     """The main job's :quick config on two variants (what these tests need)."""
     return override(shapes_caption.get_config("quick"), **{"variants": "c1,c3", **overrides})
-
-
-def _mtimes(root, sub: str) -> dict:
-    base = os.path.join(root, sub)
-    return {k: os.path.getmtime(os.path.join(base, k)) for k in snapshot(base)}
 
 
 # Wrong settings of a finished main job, each refused before anything is written.
@@ -54,18 +49,18 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     copy_world(quick_main_job[1], workdir)
     lr = {"captioner": {"lr": 2e-3}}
     runner.run(_quick(variants="c1", **lr), str(workdir))
-    connect_files = _mtimes(workdir, "connect")
-    c1 = _mtimes(workdir, "captioners/c1_seed0")
+    connect_files = mtimes(workdir, "connect")
+    c1 = mtimes(workdir, "captioners/c1_seed0")
     # More variants: the world, Connect and the c1 captioner are reused.
     runner.run(_quick(**lr), str(workdir))
-    assert _mtimes(workdir, "connect") == connect_files
-    assert _mtimes(workdir, "captioners/c1_seed0") == c1
+    assert mtimes(workdir, "connect") == connect_files
+    assert mtimes(workdir, "captioners/c1_seed0") == c1
     assert os.path.exists(workdir / "captioners" / "c3_seed0" / "results.json")
     # A captioner setting: captioners again, Connect reused; equal to a fresh run.
     config = _quick()
     results = runner.run(config, str(workdir))
-    assert _mtimes(workdir, "connect") == connect_files
-    assert _mtimes(workdir, "captioners/c1_seed0") != c1
+    assert mtimes(workdir, "connect") == connect_files
+    assert mtimes(workdir, "captioners/c1_seed0") != c1
     fresh = runner.run(config, str(tmp_path / "fresh"))
     assert results["variants"] == json.loads(json.dumps(fresh["variants"]))
     assert results["geometry"]["modality_gap"] == pytest.approx(
@@ -89,7 +84,7 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     world = snapshot(workdir / "data" / "shapes_world")
     runner.run(override(config, world={"two_object_fraction": 0.5}), str(workdir))
     assert snapshot(workdir / "data" / "shapes_world") != world
-    assert _mtimes(workdir, "connect") != connect_files
+    assert mtimes(workdir, "connect") != connect_files
 
 
 def test_a_workdir_holds_one_run_at_a_time(tmp_path):

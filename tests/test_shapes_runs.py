@@ -7,14 +7,8 @@ import numpy as np
 
 from c3_jax import runner
 from c3_jax.train import connect
-from conftest import assert_same_numbers, copy_world, launch_local, numbers, snapshot
+from conftest import assert_same_numbers, copy_world, launch_local, mtimes, numbers
 from configs import shapes_sigma_sweep
-
-
-def _mtimes(root, sub: str) -> dict:
-    """{file: modification time} under ``root/sub``."""
-    base = os.path.join(root, sub)
-    return {k: os.path.getmtime(os.path.join(base, k)) for k in snapshot(base)}
 
 
 def test_clip_loss_matches_a_numpy_reference():
@@ -64,7 +58,7 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(quic
     assert any("loss" in r and "learning_rate" in r for r in connect_rows)
     # Re-running the same command reuses everything (Connect checkpoint, captioners). In
     # place: it rewrites only outputs that copy_world leaves out.
-    trained = lambda: {k: v for k, v in _mtimes(reference, "captioners").items()
+    trained = lambda: {k: v for k, v in mtimes(reference, "captioners").items()
                        if "/checkpoints/" in k}
     before = trained()
     again = runner.run(config, str(reference))
@@ -98,7 +92,7 @@ def test_quick_sigma_sweep_marks_the_calibrated_sigma(quick_main_job, tmp_path):
     tmp_path = tmp_path / "run"
     copy_world(quick_main_job[1], tmp_path)
     results = runner.run(config, str(tmp_path))
-    assert _mtimes(tmp_path, "connect") == _mtimes(quick_main_job[1], "connect")
+    assert mtimes(tmp_path, "connect") == mtimes(quick_main_job[1], "connect")
     assert sorted(results["by_sigma"]) == ["0", "0.1"]
     for row in results["by_sigma"].values():
         assert len(row["attribute_accuracy"]["per_seed"]) == config.seeds == 2
