@@ -293,11 +293,13 @@ def copy_world(workdir, to) -> None:
     Connect, embeddings; their files and stage records) to the new workdir ``to``, where a
     run on the same world reuses them."""
     top = os.path.abspath(workdir)
-    shutil.copytree(workdir, to, ignore=lambda d, names: [] if os.path.abspath(d) != top else [
-        n for n in names if n in NOT_WORLD or n.endswith(".png")])
-    for record in os.listdir(os.path.join(to, "stages")):
-        if record.startswith(("captioner_", "generator_")):
-            os.remove(os.path.join(to, "stages", record))
+
+    def left_out(d, names):
+        d = os.path.abspath(d)
+        return [n for n in names
+                if d == top and (n in NOT_WORLD or n.endswith(".png"))
+                or d == os.path.join(top, "stages") and n.startswith(("captioner_", "generator_"))]
+    shutil.copytree(workdir, to, ignore=left_out)
 
 
 def latest_state(workdir):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from c3_jax import runner
-from conftest import (CACHE_ENV, FAST_COMPILE, ROOT, assert_same_numbers, copy_world,
-                      launch_local, mtimes, numbers, override)
+from conftest import (CACHE_ENV, CAPTION_REFERENCE, FAST_COMPILE, ROOT, assert_same_numbers,
+                      copy_world, launch_local, mtimes, numbers, override)
 from configs import shapes_t2i
 
-STEPS, THIRD = 15, 5
+STEPS, THIRD = CAPTION_REFERENCE["max_steps"], CAPTION_REFERENCE["checkpoint_every"]
 DEVICES = 2  # 1 process x 2 devices is the reference of 2 processes x 1
 
 _SCRIPT = textwrap.dedent("""
