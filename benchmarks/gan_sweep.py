@@ -3,7 +3,7 @@
 Both sides train the same N members (C^3 variants c1, c2_collapse, c2_corrupt, c3, cycled;
 seeds 0, 1, ...) for --steps G+D steps (lazy R1 every ``r1_every`` steps) on the same random
 batches, from the same initial parameters, at the sizes of ``t2i_train.py``'s preset
-(default: shapes_t2i's generator, discriminator and world CLIP image tower, batch 32):
+(default: shapes_t2i's generator, discriminator and world CLIP image tower, batch 8):
   * sequential (one run per generator): per member, ``generation.make_train_step`` (its own
     jit, hence its own two compilations: with and without R1), its init, its steps;
   * sweep: ``gan_sweep.member_step`` over the N stacked members (the members one after

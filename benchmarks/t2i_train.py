@@ -6,7 +6,7 @@ The step is ``generation.make_train_step`` exactly as ``generation.train`` build
 state donated, on ``parallel.make_mesh(1)``), with random weights and random batches:
   * ``--preset shapes_t2i`` (default): configs/shapes_t2i.py's generator and discriminator
     (32x32, cond 64-d, z 32, w 64, 2 mapping layers, cond_hidden 64, channel_base 512,
-    channel_max 32, RGB from the last resolution, batch 32, R1 gamma 1 every 16 steps) and
+    channel_max 32, RGB from the last resolution, batch 8, R1 gamma 1 every 16 steps) and
     its world's CLIP image tower (width 64, depth 3, 4 heads, MLP 256, gelu, patch 8,
     projection 64), wrapped as
     ``shapes_t2i._encoder`` wraps it;
