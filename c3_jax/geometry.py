@@ -226,6 +226,28 @@ def recall_at_1(e_x, e_y) -> float:
     return float(jnp.mean(jnp.argmax(x @ y.T, axis=1) == jnp.arange(x.shape[0])))
 
 
+def linear_readout(x_train, labels_train, x_eval, labels_eval, ridge: float = 1e-2) -> float:
+    """How well a label can be read linearly from embeddings: the accuracy on ``x_eval`` of
+    a one-vs-rest ridge regression (with a bias; ``ridge`` times the identity) fitted on
+    the normalized ``x_train``; rows labelled < 0 (not applicable) are left out. NaN when
+    no train or no eval row is labelled."""
+    x_train, x_eval = (np.asarray(normalize(jnp.asarray(x, jnp.float32)), np.float64)
+                       for x in (x_train, x_eval))
+    y_train, y_eval = np.asarray(labels_train), np.asarray(labels_eval)
+    if len(x_train) != len(y_train) or len(x_eval) != len(y_eval):
+        raise ValueError("every embedding row needs one label")
+    x_train, y_train = x_train[y_train >= 0], y_train[y_train >= 0]
+    x_eval, y_eval = x_eval[y_eval >= 0], y_eval[y_eval >= 0]
+    if not len(y_eval) or not len(y_train):
+        return float("nan")
+    classes = np.unique(y_train)
+    a = np.concatenate([x_train, np.ones((len(x_train), 1))], 1)
+    targets = (y_train[:, None] == classes[None]).astype(np.float64)
+    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ targets)
+    scores = np.concatenate([x_eval, np.ones((len(x_eval), 1))], 1) @ w
+    return float(np.mean(classes[scores.argmax(1)] == y_eval))
+
+
 def space_summary(e_x, e_y, rng: jax.Array, group_size: int = 100,
                   gamma: float = 0.99) -> dict:
     """The headline geometry of paired embeddings, as scalars: the gap (of the means, and

@@ -331,3 +331,32 @@ def test_gap_transfer_of_a_global_and_of_cluster_specific_gaps():
     assert plain["pairs"] == len(x) and plain["splits"] == 10
     assert plain["transfer_ratio"]["mean"] < 0.2
     assert plain["explained_by_estimate"]["mean"] <= 0.05
+
+
+def test_linear_readout_reads_what_the_embeddings_carry():
+    """Ridge one-vs-rest against numpy's lstsq on the ridge-augmented system (the same
+    minimizer, solved another way); separable clusters read perfectly, labels unrelated to
+    the embeddings read near chance, and rows labelled -1 are left out."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 3
+    labels = rng.integers(0, 4, 600)
+    x = centres[labels] + rng.normal(size=(600, 16))
+    assert geometry.linear_readout(x[:400], labels[:400], x[400:], labels[400:]) == 1.0
+    shuffled = rng.permutation(labels)
+    assert abs(geometry.linear_readout(x[:400], shuffled[:400], x[400:], shuffled[400:])
+               - 0.25) < 0.1
+    # lstsq on [A; sqrt(ridge) I] against [Y; 0]: the same ridge solution
+    noisy = centres[labels] + 4 * rng.normal(size=(600, 16))
+    unit = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    a = np.c_[unit[:400], np.ones(400)]
+    y = (labels[:400, None] == np.arange(4)).astype(float)
+    w = np.linalg.lstsq(np.r_[a, np.sqrt(0.5) * np.eye(17)], np.r_[y, np.zeros((17, 4))],
+                        rcond=None)[0]
+    want = np.mean((np.c_[unit[400:], np.ones(200)] @ w).argmax(1) == labels[400:])
+    got = geometry.linear_readout(noisy[:400], labels[:400], noisy[400:], labels[400:], 0.5)
+    assert 0.3 < got < 1.0 and got == pytest.approx(want)
+    masked = labels.copy()
+    masked[400:500] = -1
+    assert geometry.linear_readout(noisy[:400], labels[:400], noisy[500:], labels[500:], 0.5) == \
+        geometry.linear_readout(noisy[:400], labels[:400], noisy[400:], masked[400:], 0.5)
+    assert np.isnan(geometry.linear_readout(x[:10], labels[:10], x[:3], -np.ones(3)))

@@ -279,4 +279,7 @@ def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_
     assert {k.split("/")[2] for k in results[1] if k.startswith("/variants/")} == {"c1", "c3"}
     accuracy = [v for k, v in results[1].items() if "/attribute_accuracy" in k]
     assert accuracy and all(0 <= v <= 1 for v in accuracy)
+    readout = {k: v for k, v in results[1].items() if k.startswith("/condition_readout/")}
+    assert {k.split("/")[2] for k in readout} == {"image_embedding", "text_embedding"}
+    assert all(v is None or 0 <= v <= 1 for v in readout.values())  # None: NaN, no val row
     assert_same_numbers(results[2], results[1])

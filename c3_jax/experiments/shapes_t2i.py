@@ -4,14 +4,15 @@ a LAFITE StyleGAN2 trained on ``train`` images only per C^3 variant, images gene
 accuracy a probe classifier (trained on real images) reads from them. Each generator also
 draws the test scenes from their images' own embeddings (its training condition, no
 modality gap), so that what the gap costs is told apart from what the generator cannot
-draw."""
+draw; and a linear probe says how much of each attribute the embeddings themselves carry
+(``condition_readout``), which bounds what a generator conditioned on them can learn."""
 from __future__ import annotations
 
 
 import numpy as np
 from absl import logging
 
-from c3_jax import parallel, plots
+from c3_jax import geometry, parallel, plots
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.eval import shapes_probe
@@ -28,6 +29,8 @@ METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_s
 # Each generator's images from the test captions' text embeddings (the task) and from the
 # test images' own embeddings through its training transform (no modality gap: a ceiling).
 GENERATED = {"text": "generated_test.npy", "image": "generated_test_from_images.npy"}
+ATTRIBUTE_KEYS = shapes.ATTRIBUTES + ("num_objects",)
+READOUT = {"image_embedding": "image", "text_embedding": "text (first caption)"}
 
 
 def check(config) -> None:
@@ -108,6 +111,25 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
     return stages.cached_members(wd, "generator", members, shared, train)
 
 
+def _embeddings(dataset: str, split: str) -> tuple:
+    """A split's image embeddings, its first captions' text embeddings and its attributes."""
+    src = builders.data_source(dataset, split)
+    rows = [src[i] for i in range(len(src))]
+    first = lambda e: e[0] if e.ndim == 2 else e  # a scene's captions: the first one
+    return ({f: np.stack([first(np.asarray(r[f])) for r in rows]) for f in READOUT},
+            {k: np.asarray([int(r[k]) for r in rows]) for k in ATTRIBUTE_KEYS})
+
+
+def condition_readout(dataset: str) -> dict:
+    """{field: {attribute: accuracy}}: how much of each attribute the generators' condition
+    space carries, read by a linear probe (``geometry.linear_readout``) fitted on the train
+    split's embeddings and scored on the val split's (image embeddings: what the generators
+    train on; text embeddings: what they are given at test time)."""
+    (x_train, y_train), (x_val, y_val) = (_embeddings(dataset, s) for s in ("train", "val"))
+    return {f: {k: geometry.linear_readout(x_train[f], y_train[k], x_val[f], y_val[k])
+                for k in ATTRIBUTE_KEYS} for f in READOUT}
+
+
 def _scored(generator_wd: Workdir, probe, test_attrs: dict, source: str) -> dict:
     """A finished generator's metrics on its images from ``source`` ('text' or 'image'
     embeddings of the test split), with the attribute accuracy the probe reads."""
@@ -118,9 +140,10 @@ def _scored(generator_wd: Workdir, probe, test_attrs: dict, source: str) -> dict
             "exact_match": acc["exact_match"], "per_attribute": acc, "images": images}
 
 
-def _table(rows: dict, ceiling: dict, chance: dict) -> str:
+def _table(rows: dict, ceiling: dict, chance: dict, readout: dict) -> str:
     """Markdown: the scores of the images from text, then every attribute's accuracy of the
-    images from text and from the test images' own embeddings."""
+    images from text and from the test images' own embeddings, and the linear readout of
+    each attribute from the val embeddings."""
     lines = ["| variant | attribute acc. | exact match | CLIP-space FD | CLIP score |",
              "|---|---|---|---|---|"]
     for name, r in rows["text"].items():
@@ -131,7 +154,7 @@ def _table(rows: dict, ceiling: dict, chance: dict) -> str:
                  f"{100 * ceiling['exact_match']:.1f} | 0 | |")
     lines.append(f"| chance (most frequent value) | {100 * chance['mean']:.1f} | "
                  f"{100 * chance['exact_match']:.1f} | | |")
-    keys = shapes.ATTRIBUTES + ("num_objects",)
+    keys = ATTRIBUTE_KEYS
     pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in keys)
     lines += ["", "Per attribute (%), from the test captions' text embeddings and from the test "
               "images' own image embeddings (the training condition: no modality gap):", "",
@@ -141,6 +164,8 @@ def _table(rows: dict, ceiling: dict, chance: dict) -> str:
             lines.append(f"| {name} | {source} | {pct(rows[source][name]['per_attribute'])} |")
     lines.append(f"| real test images | | {pct(ceiling)} |")
     lines.append(f"| chance | | {pct(chance)} |")
+    for field, name in READOUT.items():
+        lines.append(f"| linear readout of val {name} embeddings | | {pct(readout[field])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +189,8 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     rows = {source: {v: _scored(done[v], probe, test_attrs, source) for v in variants}
             for source in GENERATED}
     chance = shapes.chance_accuracy(test_attrs)
-    table = _table(rows, ceiling, chance)
+    readout = condition_readout(dataset)
+    table = _table(rows, ceiling, chance, readout)
     wd.write_text("RESULTS.md", "# Shapes world: images from test captions, generators "
                   "trained on images only\n\n" + table)
     print("\n" + table)
@@ -175,4 +201,5 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     scores = {source: {n: {k: v for k, v in r.items() if k != "images"}
                        for n, r in rows[source].items()} for source in GENERATED}
     return {"variants": scores["text"], "variants_from_images": scores["image"],
-            "probe_ceiling": ceiling, "chance": chance, "num_test": int(len(test_images))}
+            "probe_ceiling": ceiling, "chance": chance, "num_test": int(len(test_images)),
+            "condition_readout": readout}
