@@ -4,8 +4,8 @@ a LAFITE StyleGAN2 trained on ``train`` images only per C^3 variant, images gene
 accuracy a probe classifier (trained on real images) reads from them. Each generator also
 draws the test scenes from their images' own embeddings (its training condition, no
 modality gap), so that what the gap costs is told apart from what the generator cannot
-draw; and a linear probe says how much of each attribute the embeddings themselves carry
-(``condition_readout``), which bounds what a generator conditioned on them can learn."""
+draw; and a linear probe reads each attribute from the embeddings themselves
+(``condition_readout``: a lower bound on what the condition tells a generator)."""
 from __future__ import annotations
 
 
