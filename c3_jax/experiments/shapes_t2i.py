@@ -154,11 +154,11 @@ def _table(rows: dict, ceiling: dict, chance: dict, readout: dict) -> str:
                  f"{100 * ceiling['exact_match']:.1f} | 0 | |")
     lines.append(f"| chance (most frequent value) | {100 * chance['mean']:.1f} | "
                  f"{100 * chance['exact_match']:.1f} | | |")
-    keys = ATTRIBUTE_KEYS
-    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in keys)
+    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in ATTRIBUTE_KEYS)
     lines += ["", "Per attribute (%), from the test captions' text embeddings and from the test "
               "images' own image embeddings (the training condition: no modality gap):", "",
-              "| variant | from | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+              "| variant | from | " + " | ".join(ATTRIBUTE_KEYS) + " |",
+              "|---|---|" + "---|" * len(ATTRIBUTE_KEYS)]
     for name in rows["text"]:
         for source in GENERATED:
             lines.append(f"| {name} | {source} | {pct(rows[source][name]['per_attribute'])} |")
