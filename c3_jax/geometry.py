@@ -231,8 +231,8 @@ def linear_readout(x_train, labels_train, x_eval, labels_eval, ridge: float = 1e
     a one-vs-rest ridge regression (with a bias; ``ridge`` times the identity) fitted on
     the normalized ``x_train``; rows labelled < 0 (not applicable) are left out. NaN when
     no train or no eval row is labelled."""
-    x_train, x_eval = (np.asarray(normalize(jnp.asarray(x, jnp.float32)), np.float64)
-                       for x in (x_train, x_eval))
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    x_train, x_eval = (unit(np.asarray(x, np.float64)) for x in (x_train, x_eval))
     y_train, y_eval = np.asarray(labels_train), np.asarray(labels_eval)
     if len(x_train) != len(y_train) or len(x_eval) != len(y_eval):
         raise ValueError("every embedding row needs one label")

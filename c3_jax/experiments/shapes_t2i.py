@@ -77,9 +77,7 @@ def _split(world: str, split: str) -> tuple:
     """Images [n, R, R, 3] and attribute arrays of a world split."""
     src = builders.data_source(world, split)
     rows = [src[i] for i in range(len(src))]
-    keys = ("num_objects",) + shapes.ATTRIBUTES
-    return (np.stack([np.asarray(r["image"]) for r in rows]),
-            {k: np.asarray([int(r[k]) for r in rows]) for k in keys})
+    return np.stack([np.asarray(r["image"]) for r in rows]), shapes_world.row_attributes(rows)
 
 
 def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> dict:
@@ -117,7 +115,7 @@ def _embeddings(dataset: str, split: str) -> tuple:
     rows = [src[i] for i in range(len(src))]
     first = lambda e: e[0] if e.ndim == 2 else e  # a scene's captions: the first one
     return ({f: np.stack([first(np.asarray(r[f])) for r in rows]) for f in READOUT},
-            {k: np.asarray([int(r[k]) for r in rows]) for k in ATTRIBUTE_KEYS})
+            shapes_world.row_attributes(rows))
 
 
 def condition_readout(dataset: str) -> dict:

@@ -223,8 +223,14 @@ def connected_world(config, wd: Workdir) -> tuple:
     return model, params, world, tokenizer, dataset
 
 
-def test_attributes(dataset: str) -> dict:
-    """The test split's ground-truth attributes (``num_objects`` and ``shapes.ATTRIBUTES``)."""
-    test = builders.data_source(dataset, "test")
+def row_attributes(rows) -> dict:
+    """The ground-truth attribute arrays (``num_objects`` and ``shapes.ATTRIBUTES``; -1 where
+    one does not apply) of rows of the world or of its embeddings."""
     keys = ("num_objects",) + shapes.ATTRIBUTES
-    return {k: np.asarray([int(test[i][k]) for i in range(len(test))]) for k in keys}
+    return {k: np.asarray([int(r[k]) for r in rows]) for k in keys}
+
+
+def test_attributes(dataset: str) -> dict:
+    """The test split's ground-truth attributes (``row_attributes``)."""
+    test = builders.data_source(dataset, "test")
+    return row_attributes([test[i] for i in range(len(test))])
