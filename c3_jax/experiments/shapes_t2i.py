@@ -25,7 +25,6 @@ from configs import shapes_t2i as defaults
 
 FIELDS = {"shapes_t2i": field_types(defaults.get_config())}
 VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "c3_std", "c3_aniso")
-METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_score")
 # Each generator's images from the test captions' text embeddings (the task) and from the
 # test images' own embeddings through its training transform (no modality gap: a ceiling).
 GENERATED = {"text": "generated_test.npy", "image": "generated_test_from_images.npy"}
