@@ -22,7 +22,6 @@ FIELDS = {"shapes_caption": field_types(defaults.get_config())}
 VARIANTS = caption_sweep.NAMED  # variant -> (method, field, sigma: fixed | calibrated)
 METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy",
            "exact_match")
-PER_ATTRIBUTE = shapes.ATTRIBUTES + ("num_objects",)
 # Published COCO (Karpathy test) BLEU-4 / METEOR / CIDEr of the methods variants stand for.
 PUBLISHED_COCO = {"c2_corrupt": ("CapDec", "26.4 / 25.1 / 91.8"),
                   "decap": ("DeCap", "24.7 / 25.0 / 91.2"),
@@ -152,7 +151,7 @@ def _aggregate(runs: dict) -> dict:
     for name, seeds in runs.items():
         out[name] = {m: _over_seeds([r[m] for r in seeds]) for m in METRICS}
         out[name]["per_attribute"] = {k: _over_seeds([r["per_attribute"][k] for r in seeds])
-                                      for k in PER_ATTRIBUTE}
+                                      for k in shapes_world.REPORTED_ATTRIBUTES}
     return out
 
 
@@ -179,13 +178,13 @@ def _results_table(agg: dict, chance: dict, seeds: int, first_seed: int) -> str:
         "" if m not in ("attribute_accuracy", "exact_match") else
         f"{100 * chance['mean' if m == 'attribute_accuracy' else 'exact_match']:.1f}"
         for m in METRICS) + " | |")
-    attrs = ["| variant | " + " | ".join(PER_ATTRIBUTE) + " |",
-             "|" + "---|" * (len(PER_ATTRIBUTE) + 1)]
+    attrs = ["| variant | " + " | ".join(shapes_world.REPORTED_ATTRIBUTES) + " |",
+             "|" + "---|" * (len(shapes_world.REPORTED_ATTRIBUTES) + 1)]
     for name, row in agg.items():
         attrs.append(f"| {name} | " + " | ".join(cell(row["per_attribute"][k])
-                                                 for k in PER_ATTRIBUTE) + " |")
+                                                 for k in shapes_world.REPORTED_ATTRIBUTES) + " |")
     attrs.append("| chance (most frequent value) | " + " | ".join(
-        f"{100 * chance[k]:.1f}" for k in PER_ATTRIBUTE) + " |")
+        f"{100 * chance[k]:.1f}" for k in shapes_world.REPORTED_ATTRIBUTES) + " |")
     over = f"mean ± std over {seeds} seeds" if seeds > 1 else f"seed {first_seed}"
     return (f"Scores × 100 on the test split, {over}. The last column is the published "
             "COCO result of the method the variant stands for, for orientation only: this "

@@ -28,7 +28,6 @@ VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "c3_std", 
 # Each generator's images from the test captions' text embeddings (the task) and from the
 # test images' own embeddings through its training transform (no modality gap: a ceiling).
 GENERATED = {"text": "generated_test.npy", "image": "generated_test_from_images.npy"}
-ATTRIBUTE_KEYS = shapes.ATTRIBUTES + ("num_objects",)
 READOUT = {"image_embedding": "image", "text_embedding": "text (first caption)"}
 
 
@@ -74,8 +73,7 @@ def _generator_config(config, dataset: str):
 
 def _split(world: str, split: str) -> tuple:
     """Images [n, R, R, 3] and attribute arrays of a world split."""
-    src = builders.data_source(world, split)
-    rows = [src[i] for i in range(len(src))]
+    rows = shapes_world.split_rows(world, split)
     return np.stack([np.asarray(r["image"]) for r in rows]), shapes_world.row_attributes(rows)
 
 
@@ -110,8 +108,7 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
 
 def _embeddings(dataset: str, split: str) -> tuple:
     """A split's image embeddings, its first captions' text embeddings and its attributes."""
-    src = builders.data_source(dataset, split)
-    rows = [src[i] for i in range(len(src))]
+    rows = shapes_world.split_rows(dataset, split)
     first = lambda e: e[0] if e.ndim == 2 else e  # a scene's captions: the first one
     return ({f: np.stack([first(np.asarray(r[f])) for r in rows]) for f in READOUT},
             shapes_world.row_attributes(rows))
@@ -124,7 +121,7 @@ def condition_readout(dataset: str) -> dict:
     train on; text embeddings: what they are given at test time)."""
     (x_train, y_train), (x_val, y_val) = (_embeddings(dataset, s) for s in ("train", "val"))
     return {f: {k: geometry.linear_readout(x_train[f], y_train[k], x_val[f], y_val[k])
-                for k in ATTRIBUTE_KEYS} for f in READOUT}
+                for k in shapes_world.REPORTED_ATTRIBUTES} for f in READOUT}
 
 
 def _scored(generator_wd: Workdir, probe, test_attrs: dict, source: str) -> dict:
@@ -151,11 +148,11 @@ def _table(rows: dict, ceiling: dict, chance: dict, readout: dict) -> str:
                  f"{100 * ceiling['exact_match']:.1f} | 0 | |")
     lines.append(f"| chance (most frequent value) | {100 * chance['mean']:.1f} | "
                  f"{100 * chance['exact_match']:.1f} | | |")
-    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in ATTRIBUTE_KEYS)
+    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in shapes_world.REPORTED_ATTRIBUTES)
     lines += ["", "Per attribute (%), from the test captions' text embeddings and from the test "
               "images' own image embeddings (the training condition: no modality gap):", "",
-              "| variant | from | " + " | ".join(ATTRIBUTE_KEYS) + " |",
-              "|---|---|" + "---|" * len(ATTRIBUTE_KEYS)]
+              "| variant | from | " + " | ".join(shapes_world.REPORTED_ATTRIBUTES) + " |",
+              "|---|---|" + "---|" * len(shapes_world.REPORTED_ATTRIBUTES)]
     for name in rows["text"]:
         for source in GENERATED:
             lines.append(f"| {name} | {source} | {pct(rows[source][name]['per_attribute'])} |")

@@ -20,6 +20,8 @@ from c3_jax.train import connect
 from c3_jax.workdir import Workdir
 
 MAX_TOKENS = 20  # the longest world caption: 16 words, a comma, '.', EOS
+# The order in which the experiments report attributes (tables, per-attribute results).
+REPORTED_ATTRIBUTES = shapes.ATTRIBUTES + ("num_objects",)
 
 
 def world_fields(config) -> dict:
@@ -173,8 +175,7 @@ def space_probe(model: clip.CLIP, world: str, tokenizer, split: str = "val",
                 group_size: int = 100):
     """A function of CLIP params -> the geometry of their space (``geometry.space_summary``)
     on a world split's pairs: each image with its first caption."""
-    src = builders.data_source(world, split)
-    rows = [src[i] for i in range(len(src))]
+    rows = split_rows(world, split)
     images = np.stack([r["image"] for r in rows])
     ids, mask = encode_captions(tokenizer, [cd.captions_of(r, "caption")[0] for r in rows],
                                 MAX_TOKENS)
@@ -223,6 +224,12 @@ def connected_world(config, wd: Workdir) -> tuple:
     return model, params, world, tokenizer, dataset
 
 
+def split_rows(dataset: str, split: str) -> list:
+    """Every row of a split of a world or embeddings dataset, in order."""
+    src = builders.data_source(dataset, split)
+    return [src[i] for i in range(len(src))]
+
+
 def row_attributes(rows) -> dict:
     """The ground-truth attribute arrays (``num_objects`` and ``shapes.ATTRIBUTES``; -1 where
     one does not apply) of rows of the world or of its embeddings."""
@@ -232,5 +239,4 @@ def row_attributes(rows) -> dict:
 
 def test_attributes(dataset: str) -> dict:
     """The test split's ground-truth attributes (``row_attributes``)."""
-    test = builders.data_source(dataset, "test")
-    return row_attributes([test[i] for i in range(len(test))])
+    return row_attributes(split_rows(dataset, "test"))
