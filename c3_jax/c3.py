@@ -78,7 +78,7 @@ class Moments:
 
 
 def member_settings(method: str, sigma: float, train: Moments, evaluation: Moments,
-                    noise: Optional[dict] = None) -> dict:
+                    noise: Optional[dict] = None, renormalize: bool = True) -> dict:
     """A method's settings as arrays, for ``member_train`` / ``member_eval``, from the moments
     of the training modality (``train``) and of the modality met at inference
     (``evaluation``), both over the training split, and for 'c3_aniso' the residual noise
@@ -99,6 +99,9 @@ def member_settings(method: str, sigma: float, train: Moments, evaluation: Momen
       to the training embeddings.
     - decap: trained as c1; at inference the embedding is replaced by its projection onto
       the memory of training embeddings (``project_to_memory``).
+
+    ``renormalize`` False leaves out the final normalization of both transforms (the
+    official semi-supervised stage 2: normalize, remove the mean, nothing more).
     """
     check_method(method)
     f32 = lambda a: np.asarray(a, np.float32)
@@ -107,7 +110,8 @@ def member_settings(method: str, sigma: float, train: Moments, evaluation: Momen
     rank = 0 if noise is None else np.shape(noise["factor"])[1]
     s = {"mean": zeros, "scale": ones, "shift": zeros, "sigma": zeros,
          "factor": np.zeros((d, rank), np.float32), "gap": zeros, "eval_mean": zeros,
-         "eval_scale": ones, "mix": np.float32(0.0), "project": np.float32(0.0)}
+         "eval_scale": ones, "mix": np.float32(0.0), "project": np.float32(0.0),
+         "renormalize": np.float32(1.0 if renormalize else 0.0)}
     if method in COLLAPSING:
         s["mean"], s["eval_mean"] = f32(train.mean), f32(evaluation.mean)
     if method in NOISY and method != "lafite":
@@ -144,9 +148,15 @@ def member_train(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> jax.
     less its component along ``gap`` (zeros: none); renormalize. For the paper's variants
     the composition of ``collapse``, ``corrupt`` / ``corrupt_span_only`` / ``lafite_mix``."""
     e = (normalize(e) - s["mean"]) * s["scale"] + s["shift"]
-    if rng is None:
-        return normalize(e)
-    return normalize(e + member_noise(s, rng, e.shape, e.dtype))
+    if rng is not None:
+        e = e + member_noise(s, rng, e.shape, e.dtype)
+    return renormalize(s, e)
+
+
+def renormalize(s: dict, e: jax.Array) -> jax.Array:
+    """The last step of both transforms: ``normalize(e)``, or ``e`` itself where the settings'
+    ``renormalize`` is 0 (the official semi-supervised stage 2 stops after mean removal)."""
+    return jnp.where(s.get("renormalize", 1.0) > 0, normalize(e), e)
 
 
 def member_noise(s: dict, rng: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
@@ -170,7 +180,7 @@ def member_eval(s: dict, e: jax.Array, projected: Optional[jax.Array] = None) ->
     e = normalize(e)
     if projected is not None:
         e = jnp.where(s["project"] > 0, projected.astype(e.dtype), e)
-    return normalize((e - s["eval_mean"]) * s["eval_scale"])
+    return renormalize(s, (e - s["eval_mean"]) * s["eval_scale"])
 
 
 def project_to_memory(e: jax.Array, memory: jax.Array, temperature: float = DECAP_TEMPERATURE,
