@@ -30,6 +30,12 @@ def get_config(experiment: str = "caption"):
     c.decap_temperature, c.decap_memory = c3.DECAP_TEMPERATURE, 0
     c.batch_size, c.num_epochs, c.max_steps = 40, 10, 0
     c.lr, c.warmup_steps, c.weight_decay, c.grad_accum = 2e-5, 5000, 0.01, 1
+    # 'warmup_linear_decay' (ClipCap's scheduler) or 'constant' (no scheduler).
+    c.lr_schedule = "warmup_linear_decay"
+    # True: warmup_steps * train_fraction warmup updates (the official stage-2 run.py).
+    c.warmup_scales_with_fraction = False
+    # False: no normalization after mean removal and noise (the official stage 2).
+    c.renormalize = True
     c.fsdp, c.seed = 1, 0
     c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
     c.init_from, c.restore_from = "", ""

@@ -1,5 +1,12 @@
-"""C^3 captioning in ImageBind's space (Table 5 generalization): a linear one-token prefix
-trained on ImageBind text embeddings (1024-d), evaluated on image, audio or video embeddings.
+"""C^3 captioning in ImageBind's space (Table 5 generalization): a captioner trained on
+ImageBind text embeddings (1024-d), evaluated on image, audio or video embeddings.
+
+Settings of the official ImageBind config and scripts
+(configs/zero_shot/imagebind_coco_stage1_unimodal_text_reconstruction.yaml,
+scripts/imagebind_coco_scripts/stage1/*.sh): the MLP mapper (1024 -> 3840 -> 7680) to a
+10-token prefix, GPT-2 fine-tuned, AdamW at a constant lr 1e-3 (no scheduler listed),
+batch 64, 20 epochs, float32; c3: normalize, remove the mean, noise of the default level
+sqrt(0.016), renormalize.
 
 Build the dataset first from precomputed embeddings with configs/embeddings_dataset.py
 (fields ``text_embedding`` and ``<modality>_embedding``, one caption per row).
@@ -15,9 +22,8 @@ VARIANTS = MODALITIES + ABLATIONS
 
 def get_config(arg: str = "audio"):
     c = caption_base.get_config("caption")
-    c.mapper, c.prefix_length = "linear", 1
-    c.lr, c.batch_size, c.num_epochs, c.warmup_steps = 1e-3, 64, 20, 5000
-    c.noise_sigma = 0.1
+    c.mapper, c.prefix_length, c.clip_length = "mlp", 10, 10
+    c.lr, c.lr_schedule, c.batch_size, c.num_epochs = 1e-3, "constant", 64, 20
     c.dataset_dir = "data/clotho_imagebind/1.0.0"
     c.eval_field = "audio_embedding"
     for part in parse_arg(arg or "audio", VARIANTS, "imagebind_caption"):

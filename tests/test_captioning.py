@@ -205,7 +205,7 @@ def _tiny_step_setup(accumulate, dtype="float32", batch=8):
             "ids": rng.integers(0, 20, size=(batch, 5)).astype(np.int32),
             "mask": np.ones((batch, 5), np.int32)}
     params = model.init(jax.random.key(0), data["embedding"], data["ids"], data["mask"])["params"]
-    tx = st.adamw(1e-2, 1, 10, 0.01, accumulate=accumulate)
+    tx = st.adamw(st.warmup_linear_decay(1e-2, 1, 10), 0.01, accumulate=accumulate)
     mesh = parallel.make_mesh(1)
     abstract = jax.eval_shape(lambda p: st.TrainState(jax.numpy.zeros((), "int32"), p,
                                                       tx.init(p)), params)

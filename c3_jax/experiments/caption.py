@@ -39,6 +39,9 @@ def check(config) -> None:
     checks.at_least(config, 0.0, ["noise_sigma", "weight_decay", "lr"])  # lr 0: evaluation
     checks.positive(config, ["decap_temperature"])
     checks.within(config, 0.0, 1.0, ["train_fraction"])
+    if config.lr_schedule not in ("warmup_linear_decay", "constant"):
+        raise ValueError(f"config field 'lr_schedule' is {config.lr_schedule!r}; use "
+                         "'warmup_linear_decay' or 'constant'")
     if config.decode not in ("greedy", "beam"):
         raise ValueError(f"config field 'decode' is {config.decode!r}; use 'greedy' or 'beam'")
     checks.existing(config.dataset_dir, "dataset_dir")
@@ -73,8 +76,10 @@ def run_gap_sensitivity(config, wd: Workdir) -> dict:
                                  config.eval_max_examples)
     own = [[r] for r in _first_captions(source, config)]
     own_modality = run.moments(config.train_field)  # met at inference here
+    centroid = cd.method_centroid(config.variant, run.train_source, config.train_field,
+                                  own_modality, own_modality)
     settings = c3.member_settings(config.variant, config.noise_sigma, own_modality,
-                                  own_modality)
+                                  own_modality, centroid=centroid)
     unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
                                      jax.random.key(config.seed), config.shift_gamma)
     rows = {}

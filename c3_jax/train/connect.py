@@ -112,7 +112,8 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
     cfg = model.config
     example = (jnp.zeros((1, 3, cfg.image_size, cfg.image_size)), jnp.zeros((1, 2), jnp.int32))
     params = jax.jit(model.init)(jax.random.key(config.seed), *example)["params"]
-    tx = st.adamw(config.lr, config.warmup_steps, config.steps, config.weight_decay)
+    tx = st.adamw(st.warmup_linear_decay(config.lr, config.warmup_steps, config.steps),
+                  config.weight_decay)
     abstract = jax.eval_shape(lambda p: st.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                               params)
     shardings = parallel.state_shardings(mesh, abstract)

@@ -79,12 +79,11 @@ def warmup_linear_decay(lr: float, warmup_steps: int, total_steps: int) -> optax
                                 [warmup])
 
 
-def adamw(lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
-          trainable: Optional[Any] = None, accumulate: int = 1) -> optax.GradientTransformation:
-    """AdamW with warmup/decay; params where the ``trainable`` pytree is False stay frozen;
-    ``accumulate`` > 1 averages gradients over that many micro-steps per update."""
-    tx = optax.adamw(warmup_linear_decay(lr, warmup_steps, total_steps),
-                     weight_decay=weight_decay)
+def adamw(schedule: optax.Schedule, weight_decay: float, trainable: Optional[Any] = None,
+          accumulate: int = 1) -> optax.GradientTransformation:
+    """AdamW at the learning rate ``schedule``; params where the ``trainable`` pytree is False
+    stay frozen; ``accumulate`` > 1 averages gradients over that many micro-steps per update."""
+    tx = optax.adamw(schedule, weight_decay=weight_decay)
     if trainable is not None:
         labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
