@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from c3_jax import c3, geometry, plots
+from c3_jax import c3, geometry, plots, stats
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.eval.caption_metrics import rouge_n, score_captions
@@ -118,15 +118,14 @@ def sweep_members(config) -> list:
 
 def run_caption_sweep(config, wd: Workdir) -> dict:
     """Every member of ``sweep_members`` trained and evaluated as one program; scores per
-    member and, per variant (and sigma), their mean and std over seeds."""
+    member and, per variant (and sigma), their mean and sample std (ddof = 1) over seeds."""
     sweep = caption_sweep.Sweep(config, sweep_members(config), wd)
     params, summary = caption_sweep.train(sweep)
     results = caption_sweep.evaluate(sweep, params)
     groups = {}
     for m in sweep.members:
         groups.setdefault(m.name.rsplit("_seed", 1)[0], []).append(results[m.name]["metrics"])
-    table = {g: {k: {"mean": float(np.mean([r[k] for r in rows])),
-                     "std": float(np.std([r[k] for r in rows]))}
+    table = {g: {k: stats.mean_std([r[k] for r in rows])
                  for k, v in rows[0].items() if isinstance(v, (int, float))}
              for g, rows in groups.items()}
     return {"members": {n: {**summary[n], "metrics": r["metrics"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from c3_jax import plots
+from c3_jax import plots, stats
 from c3_jax.data import builders, shapes
 from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, shapes_world, stages
@@ -22,6 +22,11 @@ FIELDS = {"shapes_caption": field_types(defaults.get_config())}
 VARIANTS = caption_sweep.NAMED  # variant -> (method, field, sigma: fixed | calibrated)
 METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy",
            "exact_match")
+# The orderings the main job reports, each as the paired difference a - b over seeds.
+COMPARISONS = (("c3", "c1"), ("c3", "c2_corrupt"), ("c3", "c2_collapse"),
+               ("c2_collapse", "c1"), ("c2_corrupt", "c1"), ("c2_corrupt", "span_only"),
+               ("c3_calibrated", "c3"), ("supervised", "c3_calibrated"))
+PAIRED_METRICS = ("CIDEr", "attribute_accuracy")
 # Published COCO (Karpathy test) BLEU-4 / METEOR / CIDEr of the methods variants stand for.
 PUBLISHED_COCO = {"c2_corrupt": ("CapDec", "26.4 / 25.1 / 91.8"),
                   "decap": ("DeCap", "24.7 / 25.0 / 91.2"),
@@ -156,10 +161,36 @@ def _aggregate(runs: dict) -> dict:
 
 
 def _over_seeds(values) -> dict:
-    vals = np.asarray(values, np.float64)
-    return {"mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"),
-            "std": float(np.nanstd(vals)) if np.isfinite(vals).any() else float("nan"),
-            "per_seed": vals.tolist()}
+    return stats.mean_std(values)
+
+
+def paired_differences(agg: dict) -> dict:
+    """{'a − b': {metric: paired t-interval}} for each of ``COMPARISONS`` whose variants
+    ran, over the seeds they share (members of one seed share their data order)."""
+    out = {}
+    for a, b in COMPARISONS:
+        if a in agg and b in agg:
+            out[f"{a} − {b}"] = {m: stats.paired_interval(agg[a][m]["per_seed"],
+                                                          agg[b][m]["per_seed"])
+                                 for m in PAIRED_METRICS}
+    return out
+
+
+def _paired_table(paired: dict) -> str:
+    def cell(iv):
+        if not np.isfinite(iv["low"]):
+            return f"{100 * iv['mean']:+.1f} (one seed)"
+        return f"{100 * iv['mean']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
+    lines = ["| a − b | " + " | ".join(PAIRED_METRICS) + " | what the intervals allow |",
+             "|" + "---|" * (len(PAIRED_METRICS) + 2)]
+    for name, row in paired.items():
+        a, b = name.split(" − ")
+        says = {stats.verdict(row[m]) for m in PAIRED_METRICS}
+        claim = (f"{a} > {b}" if says == {"a > b"} else f"{a} < {b}" if says == {"a < b"}
+                 else "not established on every metric")
+        lines.append(f"| {name} | " + " | ".join(cell(row[m]) for m in PAIRED_METRICS)
+                     + f" | {claim} |")
+    return "\n".join(lines)
 
 
 def _results_table(agg: dict, chance: dict, seeds: int, first_seed: int) -> str:
@@ -185,12 +216,17 @@ def _results_table(agg: dict, chance: dict, seeds: int, first_seed: int) -> str:
                                                  for k in shapes_world.REPORTED_ATTRIBUTES) + " |")
     attrs.append("| chance (most frequent value) | " + " | ".join(
         f"{100 * chance[k]:.1f}" for k in shapes_world.REPORTED_ATTRIBUTES) + " |")
-    over = f"mean ± std over {seeds} seeds" if seeds > 1 else f"seed {first_seed}"
+    over = (f"mean ± sample std (ddof = 1) over {seeds} captioner seeds {first_seed}.."
+            f"{first_seed + seeds - 1} (a seed varies the captioner's initialization, data "
+            f"order and noise; the world and Connect are those of seed {first_seed})"
+            if seeds > 1 else f"seed {first_seed}")
     return (f"Scores × 100 on the test split, {over}. The last column is the published "
             "COCO result of the method the variant stands for, for orientation only: this "
             "world is not COCO.\n\n" + "\n".join(lines)
             + f"\n\nAccuracy per attribute × 100 (scenes where it applies), {over}.\n\n"
-            + "\n".join(attrs) + "\n")
+            + "\n".join(attrs) + "\n\nPaired differences × 100 (same seed: same data "
+            "order), mean [95 % t-interval] over the seeds; an ordering holds only where "
+            "the interval excludes 0.\n\n" + _paired_table(paired_differences(agg)) + "\n")
 
 
 def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int = 8) -> str:
@@ -226,6 +262,7 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
                   "training\n\n" + table)
     print("\n" + table)
     _samples_png(dataset, world, runs, wd)
-    return {"variants": agg, "chance": chance, "geometry": geometry,
+    return {"variants": agg, "paired": paired_differences(agg), "chance": chance,
+            "geometry": geometry,
             "sigma_calibrated": sigma, "sigma_fixed": config.noise_sigma,
             "seeds": config.seeds, "num_test": int(len(attrs["shape"]))}

@@ -3,10 +3,9 @@ one sweep on the main job's world and Connect, scored on test images, against th
 calibrated from the learned space's alignment noise."""
 from __future__ import annotations
 
-import numpy as np
 from absl import logging
 
-from c3_jax import c3, plots
+from c3_jax import c3, plots, stats
 from c3_jax.experiments import shapes_caption, shapes_world
 from c3_jax.workdir import Workdir
 from configs import field_types
@@ -50,9 +49,7 @@ def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
     for m in members:
         result = shapes_caption.member_result(done[m.name], attrs)
         scores.setdefault(m.sigma, []).append({k: result[k] for k in SCORES})
-    rows = {f"{s:g}": {k: {"mean": float(np.mean([r[k] for r in scores[s]])),
-                           "std": float(np.std([r[k] for r in scores[s]])),
-                           "per_seed": [r[k] for r in scores[s]]} for k in SCORES}
+    rows = {f"{s:g}": {k: stats.mean_std([r[k] for r in scores[s]]) for k in SCORES}
             for s in sigmas}
     best = max(sigmas, key=lambda s: rows[f"{s:g}"]["attribute_accuracy"]["mean"])
     plots.sweep_panels(
@@ -78,6 +75,6 @@ def _table(rows: dict, sigmas: list, seeds: int, calibrated: float, best: float)
                  for k in SCORES]
         lines.append(f"| {s:g} | " + " | ".join(cells) + " |")
     return (f"# C^3 over Corrupt's sigma on the shapes world\n\nScores × 100 on the test "
-            f"split, mean ± std over {seeds} seeds. Calibrated sigma (alignment noise of the "
-            f"learned space): {calibrated:.4f}; best sigma by attribute accuracy: {best:g}.\n\n"
+            f"split, mean ± sample std (ddof = 1) over {seeds} seeds. Calibrated sigma "
+            f"(alignment noise of the learned space): {calibrated:.4f}; best sigma by attribute accuracy: {best:g}.\n\n"
             + "\n".join(lines) + "\n")
