@@ -77,12 +77,19 @@ HIST_BINS = 1000
 COS_EDGES = np.linspace(-1.0, 1.0, HIST_BINS + 1)
 
 
-def group_indices(rng: jax.Array, n: int, group_size: int) -> np.ndarray:
-    """Random disjoint groups of pair indices, shape [n // group_size, group_size]."""
+def group_indices(rng: jax.Array, n: int, group_size: int, order=None) -> np.ndarray:
+    """Random disjoint groups of pair indices, shape [n // group_size, group_size]: the first
+    rows of ``order`` (a permutation of the n pairs; drawn from ``rng`` when None)."""
     if n < 2 * group_size:
         raise ValueError(f"need at least 2 groups of {group_size} pairs, got {n} pairs")
     num_groups = n // group_size
-    perm = np.asarray(jax.random.permutation(rng, n))
+    if order is None:
+        perm = np.asarray(jax.random.permutation(rng, n))
+    else:
+        perm = np.asarray(order)
+        if perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
+            raise ValueError(f"order must be a permutation of the {n} pairs, got shape "
+                             f"{perm.shape}")
     return perm[: num_groups * group_size].reshape(num_groups, group_size)
 
 
@@ -178,23 +185,121 @@ def _gap_direction_summary(gaps: np.ndarray) -> dict:
     return _moment_summary(_pairwise_cos_moments(u, lo, hi), lo, hi)
 
 
+# The official notebook (geometry_analysis/analyze_gap.ipynb) measures orthogonality as
+# cos(x_{i+1} - x_i, m): consecutive image rows in the data's own order against the mean
+# gap m of the shuffled pairs kept in its groups. Its mean is ~0 for any space whose rows
+# come in random order (the differences are symmetric about 0), so only its spread says
+# something, and only beside a baseline: for a random unit direction u, E[cos^2] = 1/d
+# whatever the data, a std of ~1/sqrt(d) (0.044 at d = 512).
+ORTHOGONALITY_RANDOM_DIRECTIONS = 64
+
+
+def consecutive_difference_cosines(x, directions) -> np.ndarray:
+    """cos(x_{i+1} - x_i, u_k) [n - 1, k] over rows of ``x`` [n, d] in their order, for
+    ``directions`` u [k, d]; a zero difference (a repeated row) gives 0, as torch's
+    cosine_similarity does (norms clamped at 1e-8)."""
+    x = np.asarray(x, np.float32)
+    u = np.asarray(directions, np.float32)
+    diff = x[1:] - x[:-1]
+    diff_norm = np.maximum(np.sqrt(np.einsum("ij,ij->i", diff, diff)), 1e-8)
+    u_norm = np.maximum(np.linalg.norm(u, axis=1), 1e-8)
+    return (diff @ u.T) / diff_norm[:, None] / u_norm[None, :]
+
+
+def random_directions(rng: jax.Array, num: int, dim: int) -> np.ndarray:
+    """``num`` unit directions [num, dim] drawn uniformly on the sphere."""
+    u = np.asarray(jax.random.normal(rng, (num, dim)), np.float64)
+    return (u / np.linalg.norm(u, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _column_moments(values: np.ndarray) -> tuple:
+    """Per-column (count, mean, M2) of ``values`` [m, k] in float64."""
+    v = np.asarray(values, np.float64)
+    mean = v.mean(0)
+    return np.full(v.shape[1], v.shape[0], np.float64), mean, np.square(v - mean).sum(0)
+
+
+def _merge_moments(a: tuple, b: tuple) -> tuple:
+    """Chan et al.'s combination of two per-column (count, mean, M2) triples."""
+    (na, ma, qa), (nb, mb, qb) = a, b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * nb / n, qa + qb + np.square(delta) * na * nb / n
+
+
+def gap_orthogonality(e_x, mean_gap, rng: jax.Array,
+                      num_random: int = ORTHOGONALITY_RANDOM_DIRECTIONS,
+                      normalize_inputs: bool = True, chunk: int = 65536) -> dict:
+    """The official notebook's gap orthogonality, cos(x_{i+1} - x_i, m) over consecutive
+    rows of the (normalized) image embeddings ``e_x`` [n, d] in their given order, against
+    the mean gap ``mean_gap`` m [d], beside the same statistic for ``num_random`` random
+    unit directions in place of m (same rows): mean, std (ddof 1, as the notebook's figure),
+    histogram, the number of zero differences (repeated rows, which count as 0 in both),
+    the random directions' pooled std (their root-mean-square per-direction std; ~1/sqrt(d))
+    with the 5th/50th/95th percentiles of their per-direction std, ``std_ratio`` (the gap's
+    std over the pooled random one: below 1, the gap is more orthogonal to the image
+    differences than chance) and ``chance_share`` (the share of random directions whose
+    std is at most the gap's). Rows stream ``chunk`` at a time (host arrays, memory maps)."""
+    n, d = e_x.shape
+    if n < 3:
+        raise ValueError(f"gap orthogonality needs at least 3 rows of e_x, got {n}")
+    if num_random < 1:
+        raise ValueError(f"num_random={num_random} must be >= 1")
+    gap = np.asarray(mean_gap, np.float32).reshape(1, d)
+    directions = np.concatenate([gap, random_directions(rng, num_random, d)])
+    moments, zeros = None, 0
+    gap_hist = np.zeros(HIST_BINS, np.int64)
+    random_hist = np.zeros(HIST_BINS, np.int64)
+    for lo in range(0, n - 1, chunk):
+        rows = np.asarray(e_x[lo:lo + chunk + 1], np.float32)
+        if normalize_inputs:
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        diff = rows[1:] - rows[:-1]
+        zeros += int(np.count_nonzero(~diff.any(axis=1)))
+        cos = consecutive_difference_cosines(rows, directions)
+        part = _column_moments(cos)
+        moments = part if moments is None else _merge_moments(moments, part)
+        gap_hist += np.histogram(cos[:, 0], bins=COS_EDGES)[0]
+        random_hist += np.histogram(cos[:, 1:], bins=COS_EDGES)[0]
+    count, mean, m2 = moments
+    std = np.sqrt(m2 / (count - 1))
+    random_std = float(np.sqrt(np.mean(np.square(std[1:]))))
+    pooled_mean = float(mean[1:].mean())
+    return {
+        "mean": float(mean[0]), "std": float(std[0]), "count": int(count[0]),
+        "hist": gap_hist.tolist(), "edges": COS_EDGES.tolist(), "repeated_rows": zeros,
+        "random": {"directions": num_random, "mean": pooled_mean, "std": random_std,
+                   "std_percentiles": {str(q): float(np.percentile(std[1:], q))
+                                       for q in (5, 50, 95)},
+                   "hist": random_hist.tolist()},
+        "std_ratio": float(std[0] / random_std) if random_std > 0 else float("nan"),
+        "chance_share": float(np.mean(std[1:] <= std[0])),
+    }
+
+
 def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
                    normalize_inputs: bool = True, group_batch: int = 128,
-                   progress: bool = False) -> dict:
-    """The five statistics of Table 1 / Figure 8 on paired embeddings ``[n, d]``.
+                   progress: bool = False, order=None,
+                   num_random: int = ORTHOGONALITY_RANDOM_DIRECTIONS) -> dict:
+    """The five statistics of Table 1 / Figure 8 on paired embeddings ``[n, d]``, as the
+    official notebook computes them.
 
-    Pairs are split into random groups of ``group_size``. With individual gap
-    d_j = e_x_j - e_y_j, group gap d = E_j[d_j], image difference r_jk = e_x_j - e_x_k
-    and alignment noise eps_j = d_j - d, reports mean/std/histogram of
-    |d|, cos(d_i, d_j) (i < j), cos(d, r_jk) (j != k), E[eps] per dimension and
-    cos(eps_j, eps_k) (j < k, same group).
+    Pairs are shuffled (``order``, a permutation of the pairs; drawn from ``rng`` when None)
+    and split into groups of ``group_size``. With individual gap d_j = e_x_j - e_y_j, group
+    gap d = E_j[d_j], mean gap m = E_i[d_i] and alignment noise eps_j = d_j - d, reports
+    mean/std/histogram of |d|, cos(d_i, d_j) (i < j), the notebook's gap orthogonality
+    cos(e_x_{i+1} - e_x_i, m) over consecutive rows in the given order, beside random
+    directions (``gap_orthogonality``), E[eps] per dimension and cos(eps_j, eps_k) (j < k,
+    same group). ``gap_orthogonality_within_group`` is the paper's text's reading,
+    cos(d, r_jk) over image differences r_jk = e_x_j - e_x_k (j != k, same group; repeated
+    images skipped): antisymmetric in (j, k), so its mean is 0 for every space.
 
     Inputs may be host arrays (numpy, memory-mapped): groups are gathered and sent to
     the device ``group_batch`` at a time, so the data never needs to fit on the device.
     """
     if e_x.shape != e_y.shape or len(e_x.shape) != 2:
         raise ValueError(f"paired embeddings must both be [n, d]; got {e_x.shape} and {e_y.shape}")
-    idx = group_indices(rng, e_x.shape[0], group_size)
+    idx = group_indices(rng, e_x.shape[0], group_size, order)
     prep = (lambda e: normalize(jnp.asarray(e, jnp.float32))) if normalize_inputs else (
         lambda e: jnp.asarray(e, jnp.float32))
     parts = []
@@ -208,15 +313,18 @@ def gap_statistics(e_x, e_y, rng: jax.Array, group_size: int = 100,
     gaps = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
     stack = lambda k: [np.concatenate([np.ravel(p[k][i]) for p in parts]) for i in range(4)]
     noise_mean = np.sum([np.asarray(p[1], np.float64) for p in parts], 0) / idx.size
+    mean_gap = gaps.mean(0)
     return {
         "num_groups": int(idx.shape[0]),
         "group_size": group_size,
         "gap_length": _summary(np.linalg.norm(gaps, axis=1)),
         "gap_direction": _gap_direction_summary(gaps),
-        "gap_orthogonality": _moment_summary(stack(2)),
+        "gap_orthogonality": gap_orthogonality(e_x, mean_gap, jax.random.fold_in(rng, 1),
+                                               num_random, normalize_inputs),
+        "gap_orthogonality_within_group": _moment_summary(stack(2)),
         "noise_mean": _summary(noise_mean),
         "noise_direction": _moment_summary(stack(3)),
-        "mean_gap_vector": gaps.mean(0),
+        "mean_gap_vector": mean_gap,
     }
 
 
@@ -251,8 +359,10 @@ def linear_readout(x_train, labels_train, x_eval, labels_eval, ridge: float = 1e
 def space_summary(e_x, e_y, rng: jax.Array, group_size: int = 100,
                   gamma: float = 0.99) -> dict:
     """The headline geometry of paired embeddings, as scalars: the gap (of the means, and
-    Table 1's per-group length and direction cosine), orthogonality, noise direction,
-    calibrated sigma, effective dimensions and x->y retrieval R@1."""
+    Table 1's per-group length and direction cosine), the notebook's orthogonality (mean,
+    std, the random directions' std and the ratio of the two) and the paper text's
+    within-group reading (std), noise direction, calibrated sigma, effective dimensions and
+    x->y retrieval R@1."""
     x = np.asarray(normalize(jnp.asarray(e_x, jnp.float32)), np.float64)
     y = np.asarray(normalize(jnp.asarray(e_y, jnp.float32)), np.float64)
     stats = gap_statistics(x, y, rng, group_size, normalize_inputs=False)
@@ -263,6 +373,9 @@ def space_summary(e_x, e_y, rng: jax.Array, group_size: int = 100,
         "gap_direction_cos": stats["gap_direction"]["mean"],
         "orthogonality_mean": stats["gap_orthogonality"]["mean"],
         "orthogonality_std": stats["gap_orthogonality"]["std"],
+        "orthogonality_random_std": stats["gap_orthogonality"]["random"]["std"],
+        "orthogonality_std_ratio": stats["gap_orthogonality"]["std_ratio"],
+        "orthogonality_within_group_std": stats["gap_orthogonality_within_group"]["std"],
         "noise_direction_std": stats["noise_direction"]["std"],
         "sigma_calibrated": calibrated["sigma"],
         "effective_dim_x": effective_dimension(x.astype(np.float32), gamma),

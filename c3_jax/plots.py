@@ -80,7 +80,7 @@ def spectra(spectra_by_label: dict, effective_dims: dict, path: str, title: str 
 def gap_histograms(stats: dict, path: str) -> str:
     """Figure 8: distributions of the five gap / noise statistics."""
     titles = {"gap_length": "Gap length |d_i|", "gap_direction": "Gap direction cos(d_i, d_j)",
-              "gap_orthogonality": "Gap orthogonality cos(d_i, r_jk)",
+              "gap_orthogonality": "Gap orthogonality cos(x_i+1 - x_i, mean gap)",
               "noise_mean": "Noise mean E[eps] per dim",
               "noise_direction": "Noise direction cos(eps_j, eps_k)"}
     fig, axes = plt.subplots(1, 5, figsize=(18, 3.2))
@@ -90,7 +90,15 @@ def gap_histograms(stats: dict, path: str) -> str:
         keep = np.nonzero(hist)[0]
         lo, hi = (keep[0], keep[-1] + 1) if len(keep) else (0, len(hist))
         ax.stairs(hist[lo:hi], edges[lo:hi + 1], fill=True, alpha=0.7)
-        ax.set_title(f"{title}\nmean {s['mean']:.3g}, std {s['std']:.2g}", fontsize=9)
+        chance = ""
+        if "random" in s:  # the same statistic for random directions, scaled to one
+            r = np.asarray(s["random"]["hist"], np.float64) / s["random"]["directions"]
+            keep = np.nonzero(hist + r)[0]
+            lo, hi = keep[0], keep[-1] + 1
+            ax.stairs(r[lo:hi], edges[lo:hi + 1], color="C3", label="random directions")
+            ax.legend(fontsize=7)
+            chance = f" (random {s['random']['std']:.2g})"
+        ax.set_title(f"{title}\nmean {s['mean']:.3g}, std {s['std']:.2g}{chance}", fontsize=9)
     return _save(fig, path)
 
 

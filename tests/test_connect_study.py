@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from c3_jax import geometry, runner
+from c3_jax.experiments import connect_study
 from c3_jax.train import connect
 from configs import shapes_connect_study
 
@@ -31,6 +32,40 @@ def test_space_summary_matches_numpy():
     # Groups of 50 over a gap this large: every group gap close to the overall one.
     assert abs(got["gap_length"] - got["modality_gap"]) < 0.05
     assert got["gap_direction_cos"] > 0.95
+
+
+def _planted_space(aligned: bool, n=2000, d=64, k=16, seed=7):
+    """Paired embeddings e_x - e_y = c + eps: images vary in the first k dims and, when
+    ``aligned``, also along c itself (the gap lies in the image span); otherwise c is
+    orthogonal to the span of both modalities (the paper's model)."""
+    rng = np.random.default_rng(seed)
+    c = np.zeros(d)
+    c[k:] = rng.normal(size=d - k)
+    c *= 0.8 / np.linalg.norm(c)
+    x = np.zeros((n, d))
+    x[:, :k] = rng.normal(size=(n, k)) / np.sqrt(k)
+    if aligned:
+        x += rng.normal(size=(n, 1)) * c  # image differences along the gap
+    y = x - c + 0.02 * rng.normal(size=(n, d))
+    return x, y
+
+
+def test_orthogonality_criterion_can_fail():
+    """The orthogonality target fails when image differences run along the gap and holds
+    when the gap is orthogonal to the span; the former |mean| <= 0.05 target held for both."""
+    summaries = {aligned: geometry.space_summary(*_planted_space(aligned), jax.random.PRNGKey(0))
+                 for aligned in (False, True)}
+    assert connect_study.orthogonal_as_clip(summaries[False])
+    assert not connect_study.orthogonal_as_clip(summaries[True])
+    assert summaries[False]["orthogonality_std_ratio"] < 0.5
+    assert summaries[True]["orthogonality_std_ratio"] > 2
+    for g in summaries.values():
+        assert abs(g["orthogonality_mean"]) <= 0.05  # the old target: true of both spaces
+        assert g["orthogonality_random_std"] == pytest.approx(1 / 8, rel=0.1)  # 1/sqrt(d)
+    # CLIP's own figure, 0.06 at d = 512, is 1.36 times a random direction's std.
+    assert connect_study.CLIP_TARGETS["orthogonality_std_ratio"] == pytest.approx(
+        0.06 * np.sqrt(512), abs=0.005)
+    assert "orthogonality_abs_mean" not in connect_study.CLIP_TARGETS
 
 
 def test_fixed_temperature_sets_the_logit_scale_and_learned_is_capped():

@@ -41,7 +41,7 @@ def test_effective_dimension_of_low_rank_and_flat_spectra():
 
 
 def _numpy_gap_statistics(x, y, groups):
-    """Table 1 by its definitions, with plain loops over groups and pairs."""
+    """Table 1 by the paper's definitions, with plain loops over groups and pairs."""
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     y = y / np.linalg.norm(y, axis=1, keepdims=True)
     cos = lambda a, b: a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
@@ -60,7 +60,7 @@ def _numpy_gap_statistics(x, y, groups):
     gap_dir = [cos(gaps[i], gaps[j]) for i, j in itertools.combinations(range(len(gaps)), 2)]
     noise_mean = np.concatenate(eps_all).mean(0)
     return {"gap_length": np.linalg.norm(gaps, axis=1), "gap_direction": np.array(gap_dir),
-            "gap_orthogonality": np.array(orth), "noise_mean": noise_mean,
+            "gap_orthogonality_within_group": np.array(orth), "noise_mean": noise_mean,
             "noise_direction": np.array(noise_dir)}
 
 
@@ -77,7 +77,7 @@ def test_gap_statistics_match_plain_numpy():
         np.testing.assert_allclose(got[name]["mean"], values.mean(), atol=2e-6, err_msg=name)
         np.testing.assert_allclose(got[name]["std"], values.std(), rtol=1e-4, atol=2e-7,
                                    err_msg=name)
-    for name in ("gap_direction", "gap_orthogonality", "noise_direction"):
+    for name in ("gap_direction", "gap_orthogonality_within_group", "noise_direction"):
         hist, _ = np.histogram(ref[name], bins=np.asarray(got[name]["edges"]))
         assert sum(got[name]["hist"]) == ref[name].size, name
         assert np.abs(np.asarray(got[name]["hist"]) - hist).sum() <= 0.01 * hist.sum() + 2, name
@@ -98,13 +98,82 @@ def test_gap_statistics_recover_planted_gap_and_noise():
     # |d_i|^2 = |c|^2 + |mean eps|^2, E|mean eps|^2 = d sigma^2 / m.
     assert s["gap_length"]["mean"] == pytest.approx(np.sqrt(0.64 + d * sigma ** 2 / m), rel=2e-3)
     assert s["gap_direction"]["mean"] > 0.99
-    assert abs(s["gap_orthogonality"]["mean"]) < 1e-3
-    assert s["gap_orthogonality"]["std"] < 0.05
+    for name in ("gap_orthogonality", "gap_orthogonality_within_group"):
+        assert abs(s[name]["mean"]) < 1e-3 and s[name]["std"] < 0.05, name
+    # A random direction: E[cos^2] = 1/d; the planted gap is far more orthogonal than that.
+    assert s["gap_orthogonality"]["random"]["std"] == pytest.approx(1 / np.sqrt(d), rel=0.1)
+    assert s["gap_orthogonality"]["std_ratio"] < 0.5
+    assert s["gap_orthogonality"]["chance_share"] == 0
     assert abs(s["noise_mean"]["mean"]) < 1e-6 and s["noise_mean"]["std"] < 1e-6
     # Residuals of m Gaussians about their mean: cos has mean -1/(m-1), std ~ 1/sqrt(d).
     assert s["noise_direction"]["mean"] == pytest.approx(-1 / (m - 1), abs=1e-3)
     assert s["noise_direction"]["std"] == pytest.approx(1 / np.sqrt(d), rel=0.05)
     np.testing.assert_allclose(s["mean_gap_vector"], c, atol=5 * sigma / np.sqrt(n))
+
+
+def _notebook_orthogonality(features1, features2, shuffled_idx, group_size=100):
+    """The orthogonality of analyze_gap.ipynb's compute_gap_statistics, transcribed in torch
+    with its torch.randperm replaced by ``shuffled_idx``."""
+    import torch
+    import torch.nn.functional as F
+
+    features1 = torch.tensor(features1, dtype=torch.float32)
+    features2 = torch.tensor(features2, dtype=torch.float32)
+    features1, features2 = F.normalize(features1), F.normalize(features2)
+    gaps = features1 - features2
+    gaps = gaps[torch.as_tensor(shuffled_idx)]
+    gaps = gaps[: (gaps.shape[0] // group_size) * group_size]
+    gaps = gaps.reshape(-1, group_size, gaps.shape[-1]).mean(dim=1)
+    orthogonalities = F.cosine_similarity(features1[1:] - features1[:-1],
+                                          gaps.mean(dim=0, keepdim=True))
+    return orthogonalities.numpy().astype(np.float64), gaps.mean(dim=0).numpy()
+
+
+def test_gap_orthogonality_matches_the_notebook():
+    """Consecutive image differences in data order against the mean gap of the shuffled
+    pairs kept in whole groups; repeated images (5 captions each) give 0, as in torch."""
+    rng = np.random.default_rng(4)
+    x = np.repeat(rng.normal(size=(131, 24)) + 0.7, 5, axis=0)  # 655 pairs: 6 whole groups
+    y = rng.normal(size=(655, 24)) - 0.4
+    order = rng.permutation(655)
+    ref, ref_gap = _notebook_orthogonality(x, y, order)
+    got = geometry.gap_statistics(x, y, jax.random.PRNGKey(5), group_size=100, order=order)
+    np.testing.assert_allclose(got["mean_gap_vector"], ref_gap, atol=1e-6)
+    o = got["gap_orthogonality"]
+    assert o["count"] == ref.size == 654 and o["repeated_rows"] == 131 * 4
+    np.testing.assert_allclose(o["mean"], ref.mean(), atol=1e-7)
+    np.testing.assert_allclose(o["std"], ref.std(ddof=1), rtol=1e-5)  # torch's std: ddof 1
+    hist, _ = np.histogram(ref, bins=np.asarray(o["edges"]))
+    assert np.abs(np.asarray(o["hist"]) - hist).sum() <= 2
+    # Value by value, and streamed in chunks that split the rows anywhere.
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    values = geometry.consecutive_difference_cosines(unit, ref_gap[None])[:, 0]
+    np.testing.assert_allclose(values, ref, atol=1e-6)
+    chunked = geometry.gap_orthogonality(x, ref_gap, jax.random.PRNGKey(5), chunk=37)
+    np.testing.assert_allclose([chunked["mean"], chunked["std"]], [ref.mean(), ref.std(ddof=1)],
+                               rtol=1e-5, atol=1e-7)
+    whole = geometry.gap_orthogonality(x, ref_gap, jax.random.PRNGKey(5))
+    assert chunked["random"]["std"] == pytest.approx(whole["random"]["std"], rel=1e-5)
+    assert np.abs(np.subtract(chunked["random"]["hist"], whole["random"]["hist"])).sum() <= 2
+    with pytest.raises(ValueError, match="permutation"):
+        geometry.gap_statistics(x, y, jax.random.PRNGKey(5), order=order[:-1])
+
+
+def test_random_directions_give_one_over_sqrt_d_on_any_data():
+    """E[cos^2(r, u)] = 1/d for u uniform on the sphere, whatever r; repeated rows (zero
+    differences) scale the pooled std by sqrt(share of nonzero differences)."""
+    rng = np.random.default_rng(6)
+    d = 48
+    x = rng.normal(size=(3000, d)) * 0.7 ** np.arange(d)  # strongly anisotropic
+    out = geometry.gap_orthogonality(x, np.eye(d)[0], jax.random.PRNGKey(0), num_random=256)
+    assert out["random"]["std"] == pytest.approx(1 / np.sqrt(d), rel=0.1)
+    assert abs(out["random"]["mean"]) < 0.01
+    # The first axis holds most of the variance: the "gap" e_0 lies in the span.
+    assert out["std_ratio"] > 3 and out["chance_share"] == 1
+    repeated = geometry.gap_orthogonality(np.repeat(x[:1000], 3, axis=0), np.eye(d)[0],
+                                          jax.random.PRNGKey(0), num_random=256)
+    nonzero = 1 - repeated["repeated_rows"] / repeated["count"]
+    assert repeated["random"]["std"] == pytest.approx(np.sqrt(nonzero / d), rel=0.1)
 
 
 def _probabilities(x, y, tau):

@@ -211,7 +211,9 @@ def pair_geometry(x: np.ndarray, y: np.ndarray, wd: Workdir, *, seed: int, group
                   calibration_pairs: int, gamma: float, title: str = "",
                   names: tuple = ("x", "y")) -> dict:
     """Appendix C on paired embeddings (float32, owned, normalized here in place):
-    effective dims, Table 1 statistics, the gap, calibrated sigma, the gap's structure
+    effective dims, Table 1 statistics (orthogonality as the official notebook computes it,
+    over consecutive rows of ``x`` in their given order, beside random directions), the
+    gap, calibrated sigma, the gap's structure
     (``gap_structure``, and the overlap of the modalities' principal subspaces), and
     their figures."""
     start = time.perf_counter()
@@ -240,7 +242,8 @@ def pair_geometry(x: np.ndarray, y: np.ndarray, wd: Workdir, *, seed: int, group
         "num_pairs": int(x.shape[0]), "dim": int(x.shape[1]), "stats_seconds": stats_s,
         "effective_dim_x": eff["image"], "effective_dim_y": eff["text"],
         "modality_gap": gap,
-        "statistics": {k: stats[k] for k in geometry.STAT_NAMES},
+        "statistics": {k: stats[k] for k in geometry.STAT_NAMES
+                       + ("gap_orthogonality_within_group",)},
         "num_groups": stats["num_groups"], "group_size": group_size,
         "sigma_calibrated": calibrated["sigma"], "sigma_calibration_pairs": n_cal,
         "sigma_fixed_clip": c3.CLIP_SIGMA, "compute_seconds": compute_s,
