@@ -39,6 +39,9 @@ def get_config(experiment: str = "caption"):
     c.fsdp, c.seed = 1, 0
     c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
     c.init_from, c.restore_from = "", ""
+    # Evaluation only, of an official ClipCap / CapDec / C3 captioner: its state-dict file
+    # (.pt / .pth / .ckpt / .safetensors; c3_jax.models.clipcap_import); '': train one.
+    c.official_checkpoint = ""
     c.skip_nonfinite = False  # True: a step with NaN/Inf loss or gradients is skipped
     # LM head over caption positions: all at once (0), or this many positions at a time,
     # recomputed in the backward pass (the [B, L, vocab] logits never exist whole).

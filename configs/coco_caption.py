@@ -16,12 +16,25 @@ Variants (comma-separated, e.g. ``:c3,beam``):
                --config.train_field=text_embedding.
   transformer  ClipCap's transformer mapper (prefix 40) with GPT-2 frozen
   beam         beam search (beam 5) instead of greedy decoding
+  official     no training: decode and score the test split with an official ClipCap /
+               CapDec / C3 captioner, --config.official_checkpoint=<its state-dict file>
+               (.pt/.pth/.ckpt/.safetensors, read without torch; c3_jax.models.clipcap_import),
+               its GPT-2's config and tokenizer from --config.gpt2. Its inference transform
+               is the method's: c3 (default) for C3's checkpoints (normalize, remove the image
+               mean, renormalize), c1 for CapDec's and for ClipCap trained with
+               --normalize_prefix (normalize). ClipCap's released COCO weights were trained on
+               unnormalized CLIP embeddings, which no method here feeds: their scores here are
+               not ClipCap's. The mapper fields must match the file: ``:official,transformer``
+               with --config.clip_length=40 for ClipCap's transformer weights (prefix 40,
+               clip 40, 8 layers). Greedy decoding to 67 tokens stopping at '.' is
+               generate2's (ours also stops at EOS); a file that does not fit fails before
+               anything is written, naming its first mismatched tensor.
 """
 from c3_jax import c3
 from configs import caption_base, parse_arg
 
 METHODS = c3.METHODS + ("c3_calibrated",)
-VARIANTS = METHODS + ("supervised", "finetune", "transformer", "beam")
+VARIANTS = METHODS + ("supervised", "finetune", "transformer", "beam", "official")
 
 
 def get_config(arg: str = ""):
@@ -43,6 +56,8 @@ def get_config(arg: str = ""):
             c.mapper, c.prefix_length, c.freeze_gpt = "transformer", 40, True
         elif part == "beam":
             c.decode = "beam"
+        elif part == "official":
+            c.official_checkpoint = "checkpoints/official_captioner.pt"
     if "finetune" in parts:
         c.sigma_from_calibration = False  # stage 2 adds no noise, whatever the variant
     c3.check_method(c.variant)

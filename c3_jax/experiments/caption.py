@@ -10,6 +10,7 @@ from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.eval.caption_metrics import rouge_n, score_captions
 from c3_jax.experiments import checks
+from c3_jax.models import checkpoint, clipcap, clipcap_import, gpt2
 from c3_jax.train import caption_sweep
 from c3_jax.train.captioning import Run, evaluate, generate, restore_run_params, train
 from c3_jax.workdir import Workdir
@@ -20,6 +21,10 @@ FIELDS = {name: field_types(caption_base.get_config(name))
 
 
 def _train_or_restore(run: Run) -> tuple:
+    if run.config.official_checkpoint:  # evaluation only: checked by check_official
+        return (clipcap_import.load_params(run.config.official_checkpoint, run.model,
+                                           run.pairs.dim),
+                {"official_checkpoint": run.config.official_checkpoint})
     if run.config.restore_from:
         return restore_run_params(run, run.config.restore_from), {"restored_from":
                                                                   run.config.restore_from}
@@ -49,12 +54,36 @@ def check(config) -> None:
     for field in ("init_from", "restore_from"):
         if config[field]:
             checks.existing(config[field], field)
+    if config.official_checkpoint:
+        check_official(config)
     if config.experiment == "caption_gap_sensitivity":
         _floats(config.shift_norms, "shift_norms")
     if config.experiment == "caption_sweep":
         checks.at_least(config, 1, ["seeds"])
         caption_sweep.check_members(sweep_members(config))
     checks.java()
+
+
+def check_official(config) -> None:
+    """An official checkpoint's keys and shapes against the captioner the config builds for
+    the dataset's ``eval_field`` width (no tensor read)."""
+    for field in ("init_from", "restore_from"):
+        if config[field]:
+            raise ValueError(f"config fields 'official_checkpoint' and {field!r} are both set; "
+                             "keep one")
+    if config.experiment == "caption_sweep":
+        raise ValueError("config field 'official_checkpoint' evaluates one captioner; use the "
+                         "'caption' experiment (configs/coco_caption.py:official)")
+    checks.existing(config.official_checkpoint, "official_checkpoint")
+    row = builders.data_source(config.dataset_dir, config.test_split)[0]
+    if config.eval_field not in row:
+        raise ValueError(f"config field 'eval_field' is {config.eval_field!r}, which the "
+                         f"{config.test_split!r} split of {config.dataset_dir} does not have")
+    mapper = clipcap.MapperConfig(config.mapper, config.prefix_length, config.clip_length,
+                                  config.mapper_depth)
+    gpt = gpt2.GPT2Config.from_hf(checkpoint.read_config(config.gpt2))
+    clipcap_import.check_file(config.official_checkpoint, mapper, gpt,
+                              np.shape(row[config.eval_field])[-1])
 
 
 def run_caption(config, wd: Workdir) -> dict:
