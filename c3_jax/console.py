@@ -50,5 +50,12 @@ def compilation_cache(directory: str) -> None:
     import jax
     if not directory or jax.config.jax_compilation_cache_dir:
         return
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    path = os.path.abspath(os.path.expanduser(directory))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--compilation_cache {path}: {existing} is a file; give a directory, "
+                         "or --compilation_cache= (empty) to turn the cache off")
+    jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

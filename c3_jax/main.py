@@ -4,14 +4,20 @@ Several processes of one run: --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I on each (or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
 JAX_PROCESS_ID variables they set); on SLURM and TPU pods nothing is needed.
 
-A mistake in the config, the workdir or the input ends with one line naming it (exit
-status 2); --debug (or C3_DEBUG=1) shows the traceback instead. --verbose keeps the INFO
-lines of the libraries (Orbax, JAX) that are otherwise filtered out."""
+A mistake in the config file, a flag, the workdir or the input ends with one line
+'error: ...' naming it and the fix (exit status 2); --debug (or C3_DEBUG=1) shows the
+traceback instead. SIGINT and SIGTERM end the run with one line (exit status 130 / 143),
+leaving a workdir that the same command resumes. --verbose keeps the INFO lines of the
+libraries (Orbax, JAX) that are otherwise filtered out."""
 from __future__ import annotations
 
+import json
 import logging as pylogging
 import os
+import re
+import signal
 import sys
+import zipfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -37,9 +43,79 @@ _DISTRIBUTED = {
     "JAX_NUM_PROCESSES": flags.DEFINE_integer("num_processes", None, "Processes in the run."),
     "JAX_PROCESS_ID": flags.DEFINE_integer("process_id", None, "This process's index."),
 }
-# What a user can fix: a message is enough (the traceback with --debug).
-USER_ERRORS = (runner.ConfigError, CheckpointError, FileNotFoundError, FileExistsError,
-               FloatingPointError, ValueError)
+# What a user can fix: a message is enough (the traceback with --debug). KeyError: a
+# missing split or array; OSError: a path that is a directory, not one, or not readable.
+USER_ERRORS = (runner.ConfigError, CheckpointError, FloatingPointError, ValueError, KeyError,
+               OSError, zipfile.BadZipFile, EOFError)
+EXIT_USER_ERROR = 2
+
+
+def debug_requested(argv=()) -> bool:
+    """--debug on the command line (read before absl parses it) or C3_DEBUG=1."""
+    return (any(a in ("--debug", "--debug=true", "--debug=True") for a in argv)
+            or os.environ.get("C3_DEBUG", "0") not in ("", "0"))
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` (of its root cause when it wraps one) on one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    if "Traceback (most recent call last)" in text:  # a config file's error, as absl wraps it
+        text = [line for line in text.splitlines() if line.strip()][-1]
+    hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    if hint:
+        return f"--config has no field {hint.group(2)!r}; did you mean {hint.group(1)!r}?"
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    elif isinstance(err, (SyntaxError, json.JSONDecodeError, zipfile.BadZipFile, EOFError,
+                          OSError)) and not isinstance(err, FileNotFoundError):
+        text = f"{type(err).__name__}: {text}"
+    return " ".join(str(text).replace('"', "'").split())
+
+
+def fail(message: str, status: int = EXIT_USER_ERROR) -> None:
+    """Ends the process with ``error: message`` on stderr."""
+    logging.flush()
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def config_file_problem(argv) -> str:
+    """Why the file of --config cannot be loaded ('' when it exists as a file)."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if not values:
+        return ""
+    path = values[-1].split(":", 1)[0]
+    if not os.path.exists(os.path.expanduser(path)):
+        return (f"--config file {path} does not exist; give a config file, e.g. "
+                "configs/shapes_caption.py")
+    if os.path.isdir(os.path.expanduser(path)):
+        return f"--config {path} is a directory; give a config file (.py)"
+    return ""
+
+
+def parse_flags(argv):
+    """absl's flag parsing and the --config file's loading, where a missing or broken file,
+    an unknown field or an unparsable value is one line (``--debug``: the traceback)."""
+    debug = debug_requested(argv)
+    problem = config_file_problem(argv)
+    if problem and not debug:
+        fail(problem)
+    try:
+        rest = flags.FLAGS(argv)
+        _CONFIG.value  # noqa: B018 (loads the file and applies the --config.* overrides)
+    except Exception as err:  # noqa: BLE001 (a config file is user code: anything can fail)
+        if debug:
+            raise
+        fail(f"{one_line(err)} (--debug shows the traceback)")
+    return rest
+
+
+def interrupt(signum, frame) -> None:
+    """SIGTERM ends a run the way Ctrl-C (SIGINT) does."""
+    del frame
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv):
@@ -50,21 +126,26 @@ def main(argv):
             os.environ[env] = str(flag.value)
     if not _VERBOSE.value:
         console.quiet_libraries()
-    console.compilation_cache(_CACHE.value)
-    debug = _DEBUG.value or os.environ.get("C3_DEBUG", "0") not in ("", "0")
+    debug = _DEBUG.value or debug_requested()
+    signal.signal(signal.SIGTERM, interrupt)
     try:
+        console.compilation_cache(_CACHE.value)
         runner.run(_CONFIG.value, _WORKDIR.value)
-        logging.info("results written to %s", os.path.join(os.path.abspath(_WORKDIR.value),
-                                                           "results.json"))
+        logging.info("results written to %s", os.path.join(
+            runner.expand_path(_WORKDIR.value), "results.json"))
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        sig = getattr(signal.Signals, str(err), signal.SIGINT)
+        fail(f"interrupted ({sig.name}); the same command resumes the run in "
+             f"{runner.expand_path(_WORKDIR.value or '.')}", 128 + sig.value)
     except USER_ERRORS as err:
         if debug:
             raise
-        logging.flush()
-        print(f"error: {err} (--debug shows the traceback)", file=sys.stderr)
-        sys.exit(2)
+        fail(f"{one_line(err)} (--debug shows the traceback)")
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
     pylogging.captureWarnings(True)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -3,11 +3,14 @@ owns the workdir (a lock) and writes config.json, metrics, results.json and figu
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
+import glob
 import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,9 +18,17 @@ from importlib import metadata
 from typing import Callable, Mapping
 
 
+import ml_collections
+
 from c3_jax import parallel
 from c3_jax.experiments import EXPERIMENTS, RESUMABLE, STAGED
-from c3_jax.workdir import Workdir, check_usable
+from c3_jax.workdir import Workdir, check_usable, ownership, read_config_json, write_marker
+
+# Top-level config fields that name files or directories: '~' is expanded and a relative
+# path resolved against the current directory, so config.json records absolute paths.
+PATH_FIELDS = ("embeddings", "captions", "dataset_dir", "data_dir", "clip", "annotations",
+               "image_root", "gpt2", "restore_from", "init_from", "inception_weights")
+ORBAX_TMP = "*.orbax-checkpoint-tmp*"  # what an interrupted Orbax save leaves
 
 
 class ConfigError(ValueError):
@@ -57,10 +68,31 @@ def validate(config: Mapping, fields: Mapping[str, type], experiment: str,
                               f"{type(value).__name__} {value!r}")
         if expected is float and not math.isfinite(value):
             raise ConfigError(f"config field {field!r} is {value}; it must be a finite number")
-    unknown = sorted(prefix + k for k in present - set(fields))
+    unknown = sorted(present - set(fields))
     if unknown:
-        raise ConfigError(f"config field(s) {unknown} are not used by experiment {experiment!r}; "
-                          f"its fields are {sorted(prefix + k for k in fields)}")
+        hints = [f"{prefix + k!r} -> {prefix + m[0]!r}" for k in unknown
+                 for m in [difflib.get_close_matches(k, list(fields), 1)] if m]
+        raise ConfigError(
+            f"config field(s) {[prefix + k for k in unknown]} are not used by experiment "
+            f"{experiment!r}; " + (f"did you mean {', '.join(hints)}? " if hints else "")
+            + f"its fields are {sorted(prefix + k for k in fields)}")
+
+
+def expand_path(value: str) -> str:
+    """``value`` with '~' expanded and made absolute ('' stays '')."""
+    return os.path.abspath(os.path.expanduser(value)) if value else value
+
+
+def resolve_paths(config) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose path fields (``PATH_FIELDS``; 'embeddings' may list
+    several, comma-separated) are absolute, '~' expanded."""
+    data = config.to_dict()
+    for name in PATH_FIELDS:
+        value = data.get(name)
+        if isinstance(value, str) and value.strip():
+            parts = value.split(",") if name == "embeddings" else [value]
+            data[name] = ",".join(expand_path(p.strip()) for p in parts)
+    return ml_collections.ConfigDict(data)
 
 
 def resolve(config) -> Callable:
@@ -87,7 +119,8 @@ def check_values(config) -> None:
     if check is not None:
         try:
             check(config)
-        except (ValueError, FileNotFoundError, FileExistsError) as err:
+        except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                IsADirectoryError) as err:
             raise ConfigError(str(err)) from None
 
 
@@ -100,17 +133,19 @@ def _has_progress(path: str) -> bool:
 
 
 def check_workdir(path: str, config: dict) -> None:
-    """A workdir must be empty, hold a run that stopped before any progress (its config.json
-    is replaced), or hold a run of this experiment: of the same config for a trainer (it
-    resumes) or for a one-shot experiment (it is redone); of any config of the same
-    experiment for a composite run (its stages decide what is reused)."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"--workdir {path} is a file; give a directory")
-    old_file = os.path.join(path, "config.json")
-    if not os.path.exists(old_file) or not _has_progress(path):
+    """A workdir must be absent or empty, or be ours (``workdir.ownership``) and hold a run
+    that stopped before any progress (its config.json is replaced) or a run of this
+    experiment: of the same config for a trainer (it resumes) or for a one-shot experiment
+    (it is redone); of any config of the same experiment for a composite run (its stages
+    decide what is reused). Anything else is refused, and left as it is."""
+    if ownership(path, EXPERIMENTS) == "new":
         return
-    with open(old_file) as f:
-        old = json.load(f)
+    if not os.path.exists(os.path.join(path, "config.json")) or not _has_progress(path):
+        return
+    old = read_config_json(path)
+    if old is None:
+        raise ConfigError(f"--workdir {path}: its config.json is not a JSON object; restore it "
+                          "or use a new --workdir")
     new = json.loads(json.dumps(config))
     if old == new or (config["experiment"] in STAGED and old.get("experiment") ==
                       config["experiment"]):
@@ -147,6 +182,15 @@ def workdir_lock(wd: Workdir):
         handle.close()
 
 
+def remove_orbax_tmp(path: str) -> list:
+    """Removes the temporary folders of Orbax saves that never finished (a run that was
+    cut) anywhere under ``path``; returns them."""
+    found = sorted(glob.glob(os.path.join(glob.escape(path), "**", ORBAX_TMP), recursive=True))
+    for tmp in found:
+        shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.remove(tmp)
+    return found
+
+
 def provenance() -> dict:
     """The code and library versions a run used (recorded in results.json)."""
     versions = {}
@@ -171,17 +215,27 @@ def run(config, workdir: str, **objects) -> dict:
     if not workdir or not str(workdir).strip():
         raise ConfigError("--workdir is empty; give the directory for the run's outputs")
     fn = resolve(config)
-    path = os.path.abspath(workdir)
+    config = resolve_paths(config)
+    path = expand_path(str(workdir))
     check_usable(path)
     check_workdir(path, config.to_dict())
     check_values(config)
     wd = Workdir(path)
+    if wd.primary:
+        write_marker(wd.path, config.experiment)
     with workdir_lock(wd):
+        if wd.primary:
+            remove_orbax_tmp(wd.path)
         if config.experiment not in RESUMABLE | STAGED:
             wd.reset_metrics()
         wd.write_json("config.json", config.to_dict())
         start = time.time()
-        results = fn(config, wd, **objects)
+        try:
+            results = fn(config, wd, **objects)
+        except KeyboardInterrupt:
+            if wd.primary:
+                remove_orbax_tmp(wd.path)
+            raise
         results["wall_time_s"] = time.time() - start
         results["provenance"] = provenance()
         wd.write_json("results.json", results)

@@ -1,4 +1,9 @@
-"""Run outputs in a workdir: config.json, metrics.jsonl, results.json and figures."""
+"""Run outputs in a workdir: config.json, metrics.jsonl, results.json and figures.
+
+A workdir is ours when it holds the marker file ``.c3-jax-run`` (written before anything
+else), or, for workdirs of versions before the marker, a config.json whose 'experiment'
+names one of our experiments and no ``.git``. A run writes only into a directory that is
+absent, empty or ours; anything else is refused with one line, and left as it is."""
 from __future__ import annotations
 
 import json
@@ -8,6 +13,13 @@ import tempfile
 from typing import Any, Optional
 
 import numpy as np
+
+MARKER = ".c3-jax-run"  # written first into every workdir a run owns
+MARKER_VERSION = 1
+
+
+class WorkdirError(ValueError):
+    """A --workdir that cannot hold the run: a file, not writable, or not ours."""
 
 
 def to_jsonable(value: Any) -> Any:
@@ -35,19 +47,68 @@ def _probe_writable(directory: str) -> None:
 
 
 def check_usable(path: str) -> None:
-    """Raises SystemExit, naming ``path``, if a workdir there could not be created or
+    """Raises WorkdirError, naming ``path``, if a workdir there could not be created or
     written; creates nothing."""
     path = os.path.abspath(path)
     ancestor = path
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
-        raise SystemExit(f"--workdir {path} cannot be created: {ancestor} is a file")
+        raise WorkdirError(f"--workdir {path} cannot be created: {ancestor} is a file; "
+                           "choose another directory")
     try:
         _probe_writable(ancestor)
     except OSError as err:
         verb = "is not writable" if ancestor == path else "cannot be created"
-        raise SystemExit(f"--workdir {path} {verb}: {err}; choose another directory") from err
+        raise WorkdirError(f"--workdir {path} {verb}: {err}; choose another directory") from None
+
+
+def read_config_json(path: str) -> Optional[dict]:
+    """The dict in ``<path>/config.json``; None when absent, not JSON or not a dict."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def ownership(path: str, experiments) -> str:
+    """'new' (absent or empty), 'ours' (the marker) or 'legacy' (a run of ours from before
+    the marker: a config.json naming one of ``experiments``, no .git); WorkdirError naming
+    what was found for anything else."""
+    if not os.path.exists(path):
+        return "new"
+    if not os.path.isdir(path):
+        raise WorkdirError(f"--workdir {path} is a file; give a directory")
+    names = sorted(os.listdir(path))
+    if not names:
+        return "new"
+    if os.path.isfile(os.path.join(path, MARKER)):
+        return "ours"
+    config = read_config_json(path)
+    if config is not None and config.get("experiment") in experiments and ".git" not in names:
+        return "legacy"
+    if config is not None:
+        found = "a config.json that is not a c3-jax run's (no known 'experiment' field)"
+    elif os.path.exists(os.path.join(path, "config.json")):
+        found = "a config.json that is not a JSON object"
+    else:
+        found = f"{len(names)} entries, e.g. {', '.join(names[:3])}"
+    raise WorkdirError(f"--workdir {path} is not a c3-jax run (no {MARKER}): it holds {found}; "
+                       "give an empty or new directory (nothing there was changed)")
+
+
+def write_marker(path: str, experiment: str) -> None:
+    """Marks ``path`` as a workdir of ours (before any other file of the run)."""
+    marker = os.path.join(path, MARKER)
+    if os.path.exists(marker):
+        return
+    tmp = marker + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"c3_jax_workdir": MARKER_VERSION, "experiment": experiment}, f)
+        f.write("\n")
+    os.replace(tmp, marker)
 
 
 def _is_primary() -> bool:
@@ -68,12 +129,13 @@ class Workdir:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as err:
-            raise SystemExit(f"--workdir {self.path} cannot be created: {err}") from err
+            raise WorkdirError(f"--workdir {self.path} cannot be created: {err}; choose "
+                               "another directory") from None
         try:
             _probe_writable(self.path)
         except OSError as err:
-            raise SystemExit(f"--workdir {self.path} is not writable: {err}; choose another "
-                             "directory") from err
+            raise WorkdirError(f"--workdir {self.path} is not writable: {err}; choose another "
+                               "directory") from None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)

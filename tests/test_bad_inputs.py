@@ -14,12 +14,14 @@ from c3_jax import runner
 from c3_jax.data import builders
 from c3_jax.data.text import encode_captions
 from c3_jax.train.checkpoints import CheckpointError
+from c3_jax.workdir import MARKER, WorkdirError
 from conftest import caption_config, gpt2_dir, override, snapshot, t2i_config
 
 
 def _occupied(path) -> dict:
-    """A workdir already holding files (not a run's config.json); their snapshot."""
+    """A workdir of ours already holding files (not a run's config.json); their snapshot."""
     path.mkdir(parents=True)
+    (path / MARKER).write_text('{"c3_jax_workdir": 1}\n')
     (path / "notes.txt").write_text("an earlier experiment's notes\n")
     (path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
     return snapshot(path)
@@ -72,8 +74,10 @@ def test_empty_and_over_long_captions(t2i_world, tmp_path):
     gpt2_dir(tmp_path / "gpt2")
     split = {"text_embedding": np.ones((8, 2, 16), np.float32),
              "image_embedding": np.ones((8, 16), np.float32)}
-    empty = builders.build_pairs_dataset("empty", str(tmp_path / "data"), {"train": split},
-                                         {"train": [["a red square .", " "]] * 8})
+    with builders.PairsWriter("empty", str(tmp_path / "data"), {"train": 8},
+                              builders.fields_of({"train": split})[0], (2,)) as writer:
+        writer.write("train", 0, split, [["a red square .", " "]] * 8)  # as an older build
+    empty = writer.final
     for name, dataset, overrides, message in (
             ("empty", empty, {}, "caption 1 is empty"),
             ("long", t2i_world["dataset"], {"max_caption_tokens": 3, "truncate_captions": False},
@@ -114,6 +118,7 @@ def test_a_run_stopped_before_any_progress_gives_way_to_the_fixed_config(tmp_pat
     there; once a metric or a checkpoint exists, another config is refused."""
     from c3_jax.workdir import Workdir
     wd = Workdir(str(tmp_path / "run"))
+    (tmp_path / "run" / MARKER).write_text("{}\n")
     wd.write_json("config.json", {"experiment": "caption", "lr": 1.0, "dataset_dir": "wrong"})
     new = {"experiment": "caption", "lr": 1.0, "dataset_dir": "right"}
     runner.check_workdir(wd.path, new)
@@ -237,10 +242,10 @@ def test_a_non_writable_workdir_stops_the_run_before_it_starts(finished, tmp_pat
     config, workdir, before = finished
     undownloaded = override(config, dataset_dir=str(tmp_path / "not_yet_downloaded"))
     with _refusing_new_files(workdir):  # stops before the dataset is looked for
-        with pytest.raises(SystemExit, match=f"--workdir {_where(workdir)} is not writable: "):
+        with pytest.raises(WorkdirError, match=f"--workdir {_where(workdir)} is not writable: "):
             runner.run(undownloaded, str(workdir))
     assert snapshot(workdir) == before
     inside_a_file = workdir / "config.json" / "run"
-    with pytest.raises(SystemExit, match=f"--workdir {_where(inside_a_file)} cannot be created"):
+    with pytest.raises(WorkdirError, match=f"--workdir {_where(inside_a_file)} cannot be created"):
         runner.run(config, str(inside_a_file))
     assert snapshot(workdir) == before

@@ -17,7 +17,7 @@ from c3_jax import runner
 from c3_jax.data import captions as cd
 from c3_jax.experiments import shapes_world
 from c3_jax.train import connect
-from c3_jax.workdir import Workdir
+from c3_jax.workdir import MARKER, Workdir
 from configs import embeddings_dataset, geometry_synthetic, shapes_caption, shapes_t2i
 from conftest import ROOT, copy_world, mtimes, override, snapshot
 
@@ -91,6 +91,7 @@ def test_a_workdir_holds_one_run_at_a_time(tmp_path):
     config = override(geometry_synthetic.get_config("quick"), steps=20, chunk=10)
     workdir = tmp_path / "run"
     workdir.mkdir()
+    (workdir / MARKER).write_text("{}\n")  # a running run wrote its marker first
     with open(workdir / ".lock", "a+") as held:  # as a running run holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("12345")

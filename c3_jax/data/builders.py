@@ -2,8 +2,11 @@
 arrive (constant memory), one shard per JAX process."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import zipfile
 from typing import Mapping, Optional, Sequence
 
 import jax
@@ -17,6 +20,8 @@ from c3_jax import parallel
 from c3_jax.progress import progress_bar
 
 VERSION = "1.0.0"
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # what TFDS's file templates can parse
+STORABLE_KINDS = "fiu"  # float, int, uint arrays (not bool, object, strings)
 
 
 def process_rows(n: int) -> slice:
@@ -31,15 +36,64 @@ def rows_of(n: int, p: int, count: int) -> slice:
     return slice(start, start + n // count + (p < n % count))
 
 
+def check_name(name, what: str = "dataset name", field: str = "--config.name") -> None:
+    """A dataset or split name TFDS can write and read back: letters, digits and '_',
+    starting with a letter (no spaces, dots, dashes or path separators)."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValueError(f"{field}: {what} {name!r} is not allowed; use letters, digits and "
+                         "'_', starting with a letter (e.g. 'paired_embeddings')")
+
+
+def caption_shape_of(caption, where: str) -> tuple:
+    """() for one string per row, (k,) for k strings per row, from a row's caption."""
+    if isinstance(caption, str):
+        return ()
+    if isinstance(caption, (list, tuple)) and caption:
+        return (len(caption),)
+    raise ValueError(f"{where}: a caption is {_shown(caption)}; give each row one string or a "
+                     "non-empty list of strings")
+
+
 def fields_of(splits: Mapping[str, Mapping[str, np.ndarray]],
               captions: Optional[Mapping[str, Sequence]] = None) -> tuple:
     """``(fields, caption_shape)`` of ``PairsWriter`` for whole arrays and captions."""
     first = next(iter(splits.values()))
-    fields = {k: (v.shape[1:], v.dtype) for k, v in first.items()}
+    fields = {k: (np.shape(v)[1:], np.asarray(v).dtype) for k, v in first.items()}
     if not captions:
         return fields, None
-    caption = next((c for cs in captions.values() for c in cs), "")
-    return fields, (() if isinstance(caption, str) else (len(caption),))
+    rows = [(s, cs) for s, cs in captions.items() if isinstance(cs, (list, tuple)) and cs]
+    if not rows:
+        return fields, ()
+    return fields, caption_shape_of(rows[0][1][0], f"split {rows[0][0]!r}, caption 0")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def check_captions(split: str, captions, caption_shape: tuple, allow_empty: bool = True) -> None:
+    """Each caption of ``split`` is a string (``caption_shape`` ()) or a list of exactly k
+    strings ((k,)); ValueError naming the first that is not (or is empty, unless
+    ``allow_empty``)."""
+    if isinstance(captions, (str, bytes)) or not isinstance(captions, (list, tuple)):
+        raise ValueError(f"split {split!r}: captions must be a list, one entry per row; got "
+                         f"{_shown(captions)}")
+    for i, c in enumerate(captions):
+        where = f"split {split!r}, caption {i}"
+        items = [c] if caption_shape == () else c
+        if caption_shape == () and not isinstance(c, str):
+            raise ValueError(f"{where} is {_shown(c)}; every row of this dataset has one string "
+                             "(as row 0 does)")
+        if caption_shape != () and (not isinstance(c, (list, tuple)) or
+                                    len(c) != caption_shape[0]):
+            raise ValueError(f"{where} is {_shown(c)}; every row must have a list of "
+                             f"{caption_shape[0]} strings (as row 0 does)")
+        for text in items:
+            if not isinstance(text, str):
+                raise ValueError(f"{where} holds {_shown(text)}; captions must be strings")
+            if not allow_empty and not text.strip():
+                raise ValueError(f"{where} is empty; give every row real text")
 
 
 def _storage_dtype(dtype) -> np.dtype:
@@ -69,6 +123,11 @@ def _check_rows(split: str, arrays, captions, fields, caption_shape) -> int:
     where = f"split {split!r}"
     if set(arrays) != set(fields):
         raise ValueError(f"{where}: fields {sorted(arrays)}, the dataset has {sorted(fields)}")
+    for k, v in arrays.items():
+        if np.ndim(v) < 1 or np.asarray(v).dtype.kind not in STORABLE_KINDS:
+            raise ValueError(f"{where}: array {k!r} is {np.asarray(v).dtype} of shape "
+                             f"{np.shape(v)}; give float (embeddings) or integer arrays with "
+                             "one row per example")
     lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{where}: arrays have different row counts {lengths}")
@@ -81,8 +140,10 @@ def _check_rows(split: str, arrays, captions, fields, caption_shape) -> int:
             raise ValueError(f"{where}: array {k!r} contains NaN or Inf")
     if (captions is None) != (caption_shape is None):
         raise ValueError(f"{where}: captions given to a dataset without them, or missing")
-    if captions is not None and len(captions) != n:
-        raise ValueError(f"{where}: {len(captions)} captions for {n} rows")
+    if captions is not None:
+        check_captions(split, captions, caption_shape)
+        if len(captions) != n:
+            raise ValueError(f"{where}: {len(captions)} captions for {n} rows")
     return n
 
 
@@ -97,9 +158,10 @@ class PairsWriter:
     too). ``fields`` maps each field to its row (shape, dtype); floating fields are stored
     as float32. ``caption_shape`` is None (no captions), () (one string per row) or (k,)
     (k strings per row). Shards go to ``incomplete.<version>``, renamed when every process
-    has written its whole part, so that a failed build never looks complete. Use it as a
-    context manager: leaving the block with an error, or with rows missing, fails on every
-    process together."""
+    has written its whole part and the dataset reads back, so that a failed build never
+    looks complete; with ``overwrite`` the old dataset is swapped out only then, and a
+    failed build leaves it as it was. Use it as a context manager: leaving the block with an
+    error, or with rows missing, fails on every process together."""
 
     def __init__(self, name: str, data_dir: str, sizes: Mapping[str, int],
                  fields: Mapping[str, tuple], caption_shape: Optional[tuple] = None,
@@ -107,9 +169,12 @@ class PairsWriter:
         check_new(data_dir, name, overwrite)
         if not sizes or min(sizes.values()) < 0:
             raise ValueError(f"dataset {name}: split sizes {dict(sizes)} must be >= 0")
+        for split in sizes:
+            check_name(split, "split name", f"dataset {name}")
         self.name, self.sizes = name, {s: int(n) for s, n in sizes.items()}
-        self.final, tmp = (os.path.join(data_dir, name, v)
-                           for v in (VERSION, "incomplete." + VERSION))
+        self.root = os.path.join(data_dir, name)
+        self.final, tmp = (os.path.join(self.root, v) for v in (VERSION, "incomplete." + VERSION))
+        self.new_root = not os.path.exists(self.root)
         self.features = _features(fields, caption_shape)
         self.fields, self.caption_shape = dict(fields), caption_shape
         self.parts = {s: process_rows(n) for s, n in self.sizes.items()}
@@ -117,7 +182,6 @@ class PairsWriter:
         self.written_bytes = 0
         if jax.process_index() == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # a build that died before its rename
-            shutil.rmtree(self.final, ignore_errors=True)  # only there with ``overwrite``
             os.makedirs(tmp)
         parallel.barrier(f"dataset {name}: directory")
         self.template = tfds.core.ShardedFileTemplate(
@@ -163,6 +227,8 @@ class PairsWriter:
                    if self.next[s] != part.stop}
         ok = kind is None and not missing
         if not _everyone(ok):
+            if jax.process_index() == 0:  # every writer is closed (``_everyone`` waited)
+                self._discard()
             if kind is None:
                 raise ValueError(f"dataset {self.name}: " + (
                     f"rows [from, to) not written: {missing}" if missing else
@@ -174,9 +240,27 @@ class PairsWriter:
                          part.stop, self.name, s)
         parallel.barrier(f"dataset {self.name}: shards")
         if p == 0:
-            self._write_info()
-            os.rename(self.template.data_dir, self.final)
+            try:
+                self._write_info()
+                self._check_readable()
+            except BaseException:
+                self._discard()
+                raise
+            swap_in(self.template.data_dir, self.final)
         parallel.barrier(f"dataset {self.name}: done")
+
+    def _discard(self) -> None:
+        """Removes the unfinished build (and the dataset's folder if this build made it)."""
+        shutil.rmtree(self.template.data_dir, ignore_errors=True)
+        if self.new_root and os.path.isdir(self.root) and not os.listdir(self.root):
+            os.rmdir(self.root)
+
+    def _check_readable(self) -> None:
+        """The finished shards read back through TFDS with every split's row count."""
+        splits = tfds.builder_from_directory(self.template.data_dir).info.splits
+        counts = {s: splits[s].num_examples for s in splits}
+        if counts != self.sizes:
+            raise ValueError(f"dataset {self.name}: wrote {counts} rows, expected {self.sizes}")
 
     def _write_info(self) -> None:
         """dataset_info.json and features.json of the shards."""
@@ -202,16 +286,25 @@ def build_pairs_dataset(name: str, data_dir: str,
     Example i is row i; a row's caption is one string or a fixed-length list of strings.
     Every array is checked before anything is written. Returns the dataset directory,
     readable with ``tfds.builder_from_directory``."""
+    check_name(name)
     if not splits:
         raise ValueError("no splits given")
     if captions is not None and set(captions) != set(splits):
         raise ValueError(f"captions are given for splits {sorted(captions)}, the arrays for "
                          f"{sorted(splits)}")
+    for s, arrays in splits.items():
+        check_name(s, "split name", f"dataset {name}")
+        if not arrays:
+            raise ValueError(f"split {s!r} has no arrays")
     fields, caption_shape = fields_of(splits, captions)
-    sizes = {s: len(next(iter(a.values()))) for s, a in splits.items()}
     rows = {s: (splits[s], None if captions is None else captions[s]) for s in sorted(splits)}
-    for s, (arrays, texts) in rows.items():
-        _check_rows(s, arrays, texts, fields, caption_shape)
+    sizes = {s: _check_rows(s, arrays, texts, fields, caption_shape)
+             for s, (arrays, texts) in rows.items()}
+    for s, n in sizes.items():
+        if n == 0:
+            raise ValueError(f"split {s!r} has no rows; leave it out or give it rows")
+        if captions is not None:
+            check_captions(s, captions[s], caption_shape, allow_empty=False)
     with PairsWriter(name, data_dir, sizes, fields, caption_shape, overwrite) as writer:
         for s, (arrays, texts) in rows.items():
             writer.write(s, 0, arrays, texts)
@@ -225,26 +318,153 @@ def _everyone(ok: bool) -> bool:
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).all())
 
 
+def swap_in(new: str, final: str) -> None:
+    """Renames the complete dataset ``new`` to ``final``; an old one there is moved aside
+    first and removed only after (``restore_replaced`` undoes a swap cut in between)."""
+    old = os.path.join(os.path.dirname(final), "replaced." + os.path.basename(final))
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_replaced(final: str) -> None:
+    """Puts back an old dataset that a swap cut between its two renames left aside."""
+    old = os.path.join(os.path.dirname(final), "replaced." + os.path.basename(final))
+    if os.path.isdir(old) and not os.path.exists(final):
+        os.rename(old, final)
+
+
 def check_new(data_dir: str, name: str, overwrite: bool) -> None:
-    """Refuses to build dataset ``name`` over an existing one unless ``overwrite``."""
-    final = os.path.join(data_dir, name, VERSION)
+    """Refuses a bad dataset name, a ``data_dir`` that is a file, a folder of that name
+    holding anything but our dataset versions, and an existing dataset unless ``overwrite``
+    (only a complete one, with its dataset_info.json, is replaced)."""
+    check_name(name)
+    if not data_dir:
+        raise ValueError("--config.data_dir is empty; give the directory that holds datasets")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ValueError(f"--config.data_dir {data_dir} is a file; give a directory")
+    root = os.path.join(data_dir, name)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"{root} is a file, not a dataset; choose another --config.name")
+    version = re.compile(r"(incomplete\.|replaced\.)?\d+\.\d+\.\d+\Z")
+    foreign = sorted(e for e in os.listdir(root) if not version.match(e)) \
+        if os.path.isdir(root) else []
+    if foreign:
+        raise ValueError(f"{root} holds {', '.join(foreign[:3])}, which are not versions of a "
+                         "dataset of ours; choose another --config.name (nothing was changed)")
+    final = os.path.join(root, VERSION)
+    restore_replaced(final)
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"dataset {name!r} already exists at {final}; choose another "
                               "--config.name or pass --config.overwrite=True to replace it")
+    if os.path.exists(final) and not os.path.isfile(os.path.join(final, "dataset_info.json")):
+        raise ValueError(f"{final} is not a complete dataset (no dataset_info.json), so "
+                         "overwrite does not replace it; remove it yourself or choose another "
+                         "--config.name")
+
+
+def npz_headers(path: str, field: str = "embeddings") -> dict:
+    """{key: (shape, dtype)} of the arrays of an .npz, read from their headers only;
+    ValueError naming ``path`` (and the config ``field``) when it is missing, a directory,
+    not an .npz, truncated or holds object arrays."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--config.{field}: {path} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"--config.{field}: {path} is a directory; give an .npz file")
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if major == 1
+                                       else np.lib.format.read_array_header_2_0(f))
+                out[info.filename[:-4]] = (shape, dtype)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
+        raise ValueError(f"--config.{field}: {path} is not a readable .npz ({err}); write it "
+                         "again with numpy.savez") from None
+    if not out:
+        raise ValueError(f"--config.{field}: {path} holds no arrays")
+    for key, (shape, dtype) in out.items():
+        if dtype.kind not in STORABLE_KINDS:
+            raise ValueError(f"--config.{field}: array {key!r} of {path} is {dtype}; give float "
+                             "(embeddings) or integer arrays")
+    return out
+
+
+def check_npz_splits(path: str) -> dict:
+    """{split: {field: (shape, dtype)}} of an .npz keyed ``<split>/<field>``, checked from
+    the headers (key names, split names, one row count per split) before any work."""
+    out: dict = {}
+    for key, (shape, dtype) in npz_headers(path).items():
+        if key.count("/") != 1 or not all(key.split("/")):
+            raise ValueError(f"--config.embeddings: key {key!r} of {path} is not "
+                             "'<split>/<field>'; save the arrays as e.g. 'train/text_embedding'")
+        split, field = key.split("/")
+        check_name(split, "split name", f"--config.embeddings ({path})")
+        if len(shape) < 1:
+            raise ValueError(f"--config.embeddings: array {key!r} of {path} is a scalar; give "
+                             "one row per example")
+        out.setdefault(split, {})[field] = (shape, dtype)
+    for split, fields in out.items():
+        rows = {f: s[0] for f, (s, _) in fields.items()}
+        if len(set(rows.values())) != 1:
+            raise ValueError(f"--config.embeddings: split {split!r} of {path} has arrays of "
+                             f"different row counts {rows}")
+        if not next(iter(rows.values())):
+            raise ValueError(f"--config.embeddings: split {split!r} of {path} has no rows")
+    return out
 
 
 def load_npz_splits(path: str) -> dict:
-    """{split: {field: array}} from an .npz whose keys are ``<split>/<field>``."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"embeddings file {path} does not exist")
-    with np.load(path) as data:
-        out: dict = {}
+    """{split: {field: array}} from an .npz whose keys are ``<split>/<field>`` (checked by
+    ``check_npz_splits`` first)."""
+    check_npz_splits(path)
+    out: dict = {}
+    with np.load(path, allow_pickle=False) as data:
         for key in data.files:
-            if "/" not in key:
-                raise ValueError(f"{path}: key {key!r} is not '<split>/<field>'")
             split, field = key.split("/", 1)
             out.setdefault(split, {})[field] = data[key]
     return out
+
+
+def load_captions_json(path: str, splits: Mapping[str, int], field: str = "captions") -> dict:
+    """{split: [captions]} of a UTF-8 JSON file, checked against ``splits`` ({split: rows}):
+    every split present, one entry per row, each a non-empty string or a list of k."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--config.{field}: {path} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"--config.{field}: {path} is a directory; give a JSON file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config.{field}: {path} is not UTF-8 text ({err.reason} at byte "
+                         f"{err.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config.{field}: {path} is not valid JSON ({err.msg} at line "
+                         f"{err.lineno}, column {err.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config.{field}: {path} holds {_shown(data)}; it must be a JSON "
+                         "object {split: [caption or [captions], ...]}")
+    missing = sorted(set(splits) - set(data))
+    if missing:
+        raise ValueError(f"--config.{field}: {path} has no captions for split(s) {missing}")
+    data = {s: data[s] for s in splits}
+    shape = fields_of({"_": {}}, data)[1]
+    for s, n in splits.items():
+        try:
+            check_captions(s, data[s], shape, allow_empty=False)
+        except ValueError as err:
+            raise ValueError(f"--config.{field}: {path}: {err}") from None
+        if len(data[s]) != n:
+            raise ValueError(f"--config.{field}: {path}: split {s!r} has {len(data[s])} "
+                             f"captions for {n} rows of embeddings")
+    return data
 
 
 def data_source(dataset_dir: str, split: str):

@@ -1,9 +1,6 @@
 """Config-driven dataset building: precomputed embeddings (any space) -> TFDS dataset."""
 from __future__ import annotations
 
-import json
-import os
-
 import tensorflow_datasets as tfds
 
 from c3_jax import embed
@@ -21,8 +18,10 @@ def check(config) -> None:
     builders.check_new(config.data_dir, config.name, config.overwrite)
     if config.experiment == "embeddings_dataset":
         checks.existing(config.embeddings, "embeddings")
+        splits = builders.check_npz_splits(config.embeddings)  # headers only
         if config.captions:
-            checks.existing(config.captions, "captions")
+            builders.load_captions_json(config.captions, {
+                s: next(iter(f.values()))[0][0] for s, f in splits.items()})
     else:
         for field in ("clip", "annotations", "image_root"):
             checks.existing(config[field], field)
@@ -35,13 +34,8 @@ def run_embeddings_dataset(config, wd: Workdir) -> dict:
     splits = builders.load_npz_splits(config.embeddings)
     captions = None
     if config.captions:
-        if not os.path.exists(config.captions):
-            raise FileNotFoundError(f"captions file {config.captions} does not exist")
-        with open(config.captions) as f:
-            captions = json.load(f)
-        missing = sorted(set(splits) - set(captions))
-        if missing:
-            raise ValueError(f"{config.captions} has no captions for split(s) {missing}")
+        captions = builders.load_captions_json(config.captions, {
+            s: len(next(iter(a.values()))) for s, a in splits.items()})
     path = builders.build_pairs_dataset(config.name, config.data_dir, splits, captions,
                                         overwrite=config.overwrite)
     return {"dataset_dir": path,
