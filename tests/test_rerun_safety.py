@@ -6,6 +6,7 @@ import copy
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -199,3 +200,17 @@ def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
     assert all(s < first_bad for s in saved), (saved, first_bad)
     with pytest.raises(ValueError, match="lr=nan must be a finite number"):
         connect.ConnectConfig(lr=float("nan"))
+
+
+def test_a_moved_workdir_reruns_without_retraining(quick_main_job, tmp_path):
+    """Stage records hold paths relative to the workdir: a finished workdir moved elsewhere
+    reuses every stage (nothing under them is written again)."""
+    config, workdir = quick_main_job
+    moved = tmp_path / "moved"
+    shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns(".lock"))
+    stage_dirs = ("connect", "captioners", "data", "tokenizer", "gpt2", "stages")
+    before = {d: mtimes(moved, d) for d in stage_dirs if (moved / d).exists()}
+    assert "captioners" in before and "connect" in before
+    results = runner.run(config, str(moved))
+    assert {d: mtimes(moved, d) for d in before} == before
+    assert str(workdir) not in json.dumps(results)

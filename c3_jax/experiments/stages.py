@@ -1,6 +1,8 @@
 """Cached stages of a composite run (a world, a tokenizer, a Connect, embeddings, each
 captioner or generator): each records the fields that shaped it in
-``<workdir>/stages/<name>.json`` and is reused only while they are equal."""
+``<workdir>/stages/<name>.json`` and is reused only while they are equal. Paths inside the
+workdir are recorded relative to it (``portable``), so that a workdir moved or copied
+elsewhere reuses its stages."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +10,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
@@ -18,6 +20,21 @@ from c3_jax.workdir import Workdir, to_jsonable
 
 def _record_path(wd: Workdir, name: str) -> str:
     return wd.file(os.path.join("stages", name.replace("/", "__") + ".json"))
+
+
+WORKDIR = "<workdir>"  # stands for the workdir's path in stage records
+
+
+def portable(value: Any, root: str) -> Any:
+    """``value`` (JSON types, nested) with every path under ``root`` written relative to it,
+    as '<workdir>/...'."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str) and (value == root or value.startswith(root + os.sep)):
+        return WORKDIR + value[len(root):]
+    return value
 
 
 def _remove(path: str) -> None:
@@ -35,7 +52,8 @@ def begin(wd: Workdir, name: str, fields: Mapping, outputs: Sequence[str],
     they were built from other fields, by an older version (no record), or left unfinished
     by a stage that cannot resume; a ``resumable`` stage started with the same fields keeps
     them (it resumes from its own checkpoints)."""
-    fields = json.loads(json.dumps(to_jsonable(dict(fields)), sort_keys=True))
+    fields = portable(json.loads(json.dumps(to_jsonable(dict(fields)), sort_keys=True)),
+                      wd.path)
     path = _record_path(wd, name)
     record = None
     if os.path.exists(path):
@@ -80,8 +98,8 @@ def cached_members(wd: Workdir, kind: str, members: Sequence, shared: Mapping,
                if not begin(wd, f"{kind}_{m.name}", {**shared, "member": dataclasses.asdict(m)},
                             [out[m.name]])]
     if pending:
-        key = json.dumps(to_jsonable({**shared, "members": [dataclasses.asdict(m)
-                                                            for m in pending]}), sort_keys=True)
+        key = json.dumps(portable(to_jsonable({**shared, "members": [
+            dataclasses.asdict(m) for m in pending]}), wd.path), sort_keys=True)
         tag = hashlib.sha1(key.encode()).hexdigest()[:10]
         train(pending, Workdir(wd.file(os.path.join(f"{kind}s", f"sweep_{tag}"))),
               {m.name: Workdir(out[m.name]) for m in pending})
