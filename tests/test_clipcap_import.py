@@ -4,6 +4,7 @@ reader against torch.load, and a torch transcription of ClipCap's ClipCaptionMod
 torch.save, loaded into our ClipCap: the same logits and the same greedy captions as the
 transcription decodes them (predict.py's generate2), the official file layouts, one clear
 error for a file that does not fit, and the evaluation run from such a file."""
+import argparse
 import collections
 import json
 import os
@@ -19,6 +20,7 @@ from torch.nn import functional as nnf
 
 from c3_jax import runner
 from c3_jax.data import builders
+from c3_jax.experiments import caption
 from c3_jax.models import clipcap, clipcap_import, decoding, gpt2, torch_pickle
 from conftest import caption_config, cli
 
@@ -229,7 +231,8 @@ def test_reader_runs_no_code_from_the_file(tmp_path):
     torch.save({"w": torch.ones(2), "x": Payload()}, path)
     tree = torch_pickle.load_tree(path)
     assert not marker.exists()
-    assert isinstance(tree["x"], torch_pickle.Opaque) and tree["x"].qualified_name.endswith("system")
+    assert isinstance(tree["x"], torch_pickle.Opaque)
+    assert tree["x"].qualified_name.endswith("system")
     with pytest.raises(clipcap_import.OfficialCheckpointError, match="'x'.*not a tensor"):
         clipcap_import.state_dict_of(tree, path)
 
@@ -305,7 +308,8 @@ def test_official_file_layouts_give_the_same_params(tmp_path):
                                        "param_groups": [{"lr": 2e-5, "params": [0]}]}],
                  "callbacks": {"ModelCheckpoint{'monitor': 'val_loss_epoch'}":
                                {"best_model_score": torch.tensor(1.5), "dirpath": "/x"}},
-                 "lr_schedulers": [{"last_epoch": 120}]}
+                 "lr_schedulers": [{"last_epoch": 120}],
+                 "hyper_parameters": argparse.Namespace(prefix_length=10, lr=2e-5)}
     files = {"old.pt": old, "c3.ckpt": lightning, "wrapped.pth": {"model": sd},
              "dataparallel.pt": collections.OrderedDict(("module." + k, v) for k, v in sd.items())}
     for name, obj in files.items():
@@ -414,11 +418,20 @@ def test_official_run_decodes_and_scores_the_torch_models_captions(caption_world
     assert got == want and all(got)
 
 
+def test_official_checkpoint_is_for_evaluation_alone(caption_world, tmp_path):
+    _, path = world_checkpoint(caption_world, tmp_path / "capdec.pt")
+    config = caption_config(caption_world, "official,c1", official_checkpoint=path,
+                            restore_from=str(tmp_path))
+    with pytest.raises(ValueError, match="'official_checkpoint' and 'restore_from'"):
+        caption.check_official(config)
+
+
 def test_official_run_with_a_file_that_does_not_fit_writes_nothing(caption_world, tmp_path):
     _, path = world_checkpoint(caption_world, tmp_path / "p5.pt", prefix_length=5)
     workdir = tmp_path / "run"
     out = cli("--config=configs/coco_caption.py:official,c1", f"--workdir={workdir}",
-              f"--config.official_checkpoint={path}", f"--config.dataset_dir={caption_world['dataset']}",
+              f"--config.official_checkpoint={path}",
+              f"--config.dataset_dir={caption_world['dataset']}",
               f"--config.gpt2={caption_world['gpt2']}")
     assert out.returncode == 2, out.stderr[-3000:]
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
