@@ -49,18 +49,26 @@ def lafite_mix(rng: jax.Array, e: jax.Array, level: float) -> jax.Array:
     return normalize((1.0 - level) * e + level * n)
 
 
-# Every method a run or a sweep member can use: the paper's variants and the gap-closing
-# methods after C^3 ('lafite': sigma is the mix level).
+# Every method a run or a sweep member can use: the paper's variants, the gap-closing
+# methods after C^3 (realign, capdec_offset, decap) and this project's own (c3_aniso,
+# c3_standardize, std_match); 'lafite': sigma is the mix level. ``member_settings`` says
+# what each is.
 METHODS = ("c1", "c2_collapse", "c2_corrupt", "c3", "span_only", "lafite", "c3_aniso",
-           "c3_std", "realign", "capdec_offset", "decap")
-NOISY = ("c2_corrupt", "c3", "span_only", "lafite", "c3_aniso", "c3_std", "capdec_offset")
-COLLAPSING = ("c2_collapse", "c3", "lafite", "c3_aniso", "c3_std")
+           "c3_standardize", "std_match", "realign", "capdec_offset", "decap")
+NOISY = ("c2_corrupt", "c3", "span_only", "lafite", "c3_aniso", "c3_standardize",
+         "capdec_offset")
+COLLAPSING = ("c2_collapse", "c3", "c3_aniso", "c3_standardize")
+# Names that meant something else before, and what to use now.
+RENAMED = {"c3_std": "c3_standardize"}
 # DeCap's projection: softmax(similarity / 0.01) over the memory of text embeddings.
 DECAP_TEMPERATURE = 0.01
 
 
 def check_method(name: str) -> None:
     """Raises unless ``name`` is one of ``METHODS`` (what ``member_settings`` expresses)."""
+    if name in RENAMED:
+        raise ValueError(f"method {name!r} is now {RENAMED[name]!r} (it was never TOMCap's "
+                         f"mapping); use {RENAMED[name]!r}")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {list(METHODS)}")
 
@@ -78,23 +86,35 @@ class Moments:
 
 
 def member_settings(method: str, sigma: float, train: Moments, evaluation: Moments,
-                    noise: Optional[dict] = None, renormalize: bool = True) -> dict:
+                    noise: Optional[dict] = None, renormalize: bool = True,
+                    centroid: Optional[np.ndarray] = None) -> dict:
     """A method's settings as arrays, for ``member_train`` / ``member_eval``, from the moments
     of the training modality (``train``) and of the modality met at inference
-    (``evaluation``), both over the training split, and for 'c3_aniso' the residual noise
-    model (``geometry.residual_noise``: per-dimension std and factor at unit RMS). With a
-    noise model every member's ``factor`` has its shape (zeros where unused), so that the
-    members of a sweep stack.
+    (``evaluation``), both over the training split, for 'c3_aniso' the residual noise
+    model (``geometry.residual_noise``: per-dimension std and factor at unit RMS) and for
+    'realign' the ``centroid`` of its Anchor-and-Trace output over the training set
+    (``realign_centroid``). With a noise model every member's ``factor`` has its shape
+    (zeros where unused), so that the members of a sweep stack.
 
-    - c1 / c2_collapse / c2_corrupt / c3 / span_only / lafite: the paper's variants (lafite:
-      ``(1 - sigma) e + sigma n/|n|``, sigma the mix level).
-    - c3_aniso: Collapse, then Corrupt with noise of the residual's covariance, scaled so its
-      mean per-dimension variance is sigma^2 (at the calibrated sigma: the covariance itself).
-    - c3_std: Collapse, then each dimension scaled to the modality's RMS std (per-dimension
-      std matched; total variance kept, so sigma means what it means in c3), then Corrupt;
-      at inference the eval modality is standardized with its own moments.
-    - realign: the training modality moved onto the eval modality's statistics: its mean
-      removed, scaled by sqrt(trace ratio), the eval mean added; inference unchanged.
+    - c1 / c2_collapse / c2_corrupt / c3 / span_only: the paper's variants.
+    - lafite: LAFITE's perturbation as the official C^3 baseline script runs it (Table 3:
+      no Collapse): ``n((1 - sigma) n(e) + sigma u/|u|)``, u ~ N(0, I), sigma the mix
+      level (0.75 in the C^3 script); inference: normalize.
+    - c3_aniso (this project's own method, not AnisoAlign): Collapse, then Corrupt with
+      noise of the covariance of calibration pairs' residual (shrunk, see
+      ``geometry.residual_noise``), scaled so its mean per-dimension variance is sigma^2
+      (at the calibrated sigma: the covariance itself).
+    - c3_standardize (this project's own): Collapse, then each dimension scaled to the
+      modality's RMS std (every dimension the same std; total variance kept, so sigma
+      means what it means in c3), then Corrupt; at inference the eval modality is
+      standardized with its own moments.
+    - std_match (our reading of per-dimension moment matching; TOMCap's exact mapping is
+      unverified): ``n((n(e) - mu_T) / sd_T * sd_I + mu_I)`` with the training and eval
+      modalities' per-dimension moments; no noise; inference: normalize.
+    - realign: ReAlign (Yu-xm/ReVision ``embed_ReAlign.py``), training modality only:
+      Anchor and Trace ``y = n(s (n(e) - mu_T) + mu_I)``, s = sqrt(T_I / T_T) with T the
+      mean squared distance to the modality mean (the trace of its covariance); Centroid
+      ``n(y - centroid + mu_I)``; inference: normalize (images unchanged).
     - capdec_offset: CapDec (Corrupt) with the modality offset (eval mean - train mean) added
       to the training embeddings.
     - decap: trained as c1; at inference the embedding is replaced by its projection onto
@@ -111,7 +131,8 @@ def member_settings(method: str, sigma: float, train: Moments, evaluation: Momen
     s = {"mean": zeros, "scale": ones, "shift": zeros, "sigma": zeros,
          "factor": np.zeros((d, rank), np.float32), "gap": zeros, "eval_mean": zeros,
          "eval_scale": ones, "mix": np.float32(0.0), "project": np.float32(0.0),
-         "renormalize": np.float32(1.0 if renormalize else 0.0)}
+         "renormalize": np.float32(1.0 if renormalize else 0.0),
+         "centroid": np.float32(0.0), "recenter": zeros}
     if method in COLLAPSING:
         s["mean"], s["eval_mean"] = f32(train.mean), f32(evaluation.mean)
     if method in NOISY and method != "lafite":
@@ -124,11 +145,21 @@ def member_settings(method: str, sigma: float, train: Moments, evaluation: Momen
         if noise is None:
             raise ValueError("method 'c3_aniso' needs the residual noise model")
         s["sigma"], s["factor"] = f32(sigma * noise["std"]), f32(sigma * noise["factor"])
-    elif method == "c3_std":
+    elif method == "c3_standardize":
         s["scale"], s["eval_scale"] = _rms_over_std(train.std), _rms_over_std(evaluation.std)
-    elif method == "realign":
+    elif method == "std_match":
         s["mean"], s["shift"] = f32(train.mean), f32(evaluation.mean)
-        s["scale"] = np.full(d, np.sqrt(evaluation.trace / max(train.trace, 1e-30)), np.float32)
+        s["scale"] = f32(np.asarray(evaluation.std, np.float64)
+                         / np.maximum(np.asarray(train.std, np.float64), 1e-12))
+    elif method == "realign":
+        if centroid is None:
+            raise ValueError("method 'realign' needs the centroid of its transformed training "
+                             "set (c3.realign_centroid)")
+        s["mean"], s["shift"] = f32(train.mean), f32(evaluation.mean)
+        s["scale"] = np.full(d, realign_scale(train, evaluation), np.float32)
+        s["centroid"] = np.float32(1.0)
+        s["recenter"] = f32(np.asarray(evaluation.mean, np.float64)
+                            - np.asarray(centroid, np.float64))
     elif method == "capdec_offset":
         s["mean"] = f32(train.mean) - f32(evaluation.mean)
     elif method == "decap":
@@ -141,13 +172,45 @@ def _rms_over_std(std) -> np.ndarray:
     return (np.sqrt(np.mean(std ** 2)) / std).astype(np.float32)
 
 
+def realign_scale(train: Moments, evaluation: Moments) -> float:
+    """ReAlign's Trace scale sqrt(T_eval / T_train), T the mean squared distance of a
+    modality's normalized embeddings to their mean (the official 1e-10 guard included)."""
+    return float(np.sqrt(evaluation.trace / (train.trace + 1e-10)))
+
+
+def realign_anchor_trace(e, train: Moments, evaluation: Moments) -> np.ndarray:
+    """ReAlign's Anchor and Trace steps in float64: n(s (n(e) - mu_train) + mu_eval)."""
+    x = np.asarray(e, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    y = ((x - np.asarray(train.mean, np.float64)) * realign_scale(train, evaluation)
+         + np.asarray(evaluation.mean, np.float64))
+    return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+
+
+def realign_centroid(batches: Iterable, train: Moments, evaluation: Moments) -> np.ndarray:
+    """ReAlign's Centroid statistic: the mean of ``realign_anchor_trace`` over every row of
+    the training modality's ``[B, d]`` batches (float64)."""
+    total, count = None, 0
+    for b in batches:
+        y = realign_anchor_trace(b, train, evaluation)
+        total = y.sum(0) if total is None else total + y.sum(0)
+        count += y.shape[0]
+    if count == 0:
+        raise ValueError("realign_centroid has seen no embeddings")
+    return total / count
+
+
 def member_train(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
     """A method's training-side transform with its settings ``s`` as arrays (so that the
     members of a vmapped sweep can differ): normalize, subtract ``mean``, scale, add
-    ``shift``; with an ``rng``, add noise ``sigma * z`` (per dimension) ``+ factor @ z'``
+    ``shift``; where ``centroid`` is set, normalize and add ``recenter`` (ReAlign's Centroid
+    step); with an ``rng``, add noise ``sigma * z`` (per dimension) ``+ factor @ z'``
     less its component along ``gap`` (zeros: none); renormalize. For the paper's variants
     the composition of ``collapse``, ``corrupt`` / ``corrupt_span_only`` / ``lafite_mix``."""
     e = (normalize(e) - s["mean"]) * s["scale"] + s["shift"]
+    # As a scale of 1 where unset, not a select: the other methods stay bitwise as before.
+    norm = jnp.linalg.norm(e, axis=-1, keepdims=True)
+    e = e * jnp.where(s["centroid"] > 0, 1.0 / jnp.maximum(norm, 1e-12), 1.0) + s["recenter"]
     if rng is not None:
         e = e + member_noise(s, rng, e.shape, e.dtype)
     return renormalize(s, e)

@@ -427,28 +427,53 @@ def residual_structure(x, y, chunk: int = 32768) -> dict:
             "mean_gap_energy_share": float(m @ m / (m @ m + residual))}
 
 
-def residual_noise(x, y, rank: int = 0, chunk: int = 32768) -> dict:
-    """A Gaussian model of the alignment noise of paired embeddings (normalized here): the
-    covariance of the residual (x_i - y_i) - mean gap, as ``factor`` [d, r] (its top ``rank``
-    eigenvectors times the square roots of their eigenvalues; every one when ``rank`` is 0
-    or >= d) and ``std`` [d] (the rest of each dimension's variance, zeros at full rank),
-    scaled so the mean per-dimension variance is 1: noise ``sigma * (std z + factor z')``
-    has covariance ``sigma^2 C / (tr C / d)``. ``sigma`` is the scale taken out,
-    sqrt(tr C / d), which equals ``calibrate_sigma``'s."""
+def residual_noise(x, y, rank: int = 0, chunk: int = 32768,
+                   shrinkage: float | None = None) -> dict:
+    """A Gaussian model of the alignment noise of paired embeddings (normalized here), for
+    this project's c3_aniso: the covariance of the residual (x_i - y_i) - mean gap, shrunk
+    toward a scaled identity, C = (1 - rho) S + rho (tr S / d) I (S the sample covariance;
+    ``shrinkage`` rho, by default the Ledoit-Wolf estimate ``ledoit_wolf_shrinkage``, so
+    that C stays positive definite and well-conditioned with fewer pairs than dimensions;
+    0: S itself). Given as ``factor`` [d, r] (C's top ``rank`` eigenvectors times the
+    square roots of their eigenvalues; every one when ``rank`` is 0 or >= d) and ``std``
+    [d] (the rest of each dimension's variance, zeros at full rank), scaled so the mean
+    per-dimension variance is 1: noise ``sigma * (std z + factor z')`` has covariance
+    ``sigma^2 C / (tr C / d)``. ``sigma`` is the scale taken out, sqrt(tr C / d) (tr C =
+    tr S), which equals ``calibrate_sigma``'s; ``shrinkage`` is the rho used."""
     x, y = (np.asarray(a, np.float64) for a in (x, y))
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     y = y / np.linalg.norm(y, axis=1, keepdims=True)
-    _, _, cov = second_moments(x, y, chunk)
+    _, mean, cov = second_moments(x, y, chunk)
+    d = cov.shape[0]
+    rho = (ledoit_wolf_shrinkage(x - y - mean) if shrinkage is None else float(shrinkage))
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"residual_noise shrinkage={rho} must be in [0, 1]")
+    unit = float(np.sqrt(np.trace(cov) / d))
+    cov = (1.0 - rho) * cov + rho * unit ** 2 * np.eye(d)
     values, vectors = np.linalg.eigh(cov)
     values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
-    d = len(values)
     r = d if rank <= 0 else min(rank, d)
     factor = vectors[:, :r] * np.sqrt(values[:r])
     rest = (np.zeros(d) if r == d else
             np.clip(np.diag(cov) - np.sum(factor ** 2, axis=1), 0.0, None))
-    unit = float(np.sqrt(np.trace(cov) / d))
     return {"factor": factor / unit, "std": np.sqrt(rest) / unit, "sigma": unit,
-            "num_pairs": int(x.shape[0])}
+            "num_pairs": int(x.shape[0]), "shrinkage": rho}
+
+
+def ledoit_wolf_shrinkage(centered) -> float:
+    """Ledoit and Wolf's (2004) shrinkage intensity toward (tr S / d) I for the rows of
+    ``centered`` [n, d] (mean already removed): min(b^2, d^2) / d^2 with d^2 =
+    |S - m I|_F^2 and b^2 = sum_k |x_k x_k^T - S|_F^2 / n^2, S the 1/n covariance."""
+    a = np.asarray(centered, np.float64)
+    n, d = a.shape
+    s = a.T @ a / n
+    m = np.trace(s) / d
+    dist = np.sum(s ** 2) - 2 * m * np.trace(s) + d * m ** 2  # |S - m I|_F^2
+    # sum_k |x_k x_k^T - S|_F^2 = sum_k |x_k|^4 - n |S|_F^2 (since sum_k x_k x_k^T = n S).
+    spread = (np.sum(np.sum(a ** 2, axis=1) ** 2) - n * np.sum(s ** 2)) / n ** 2
+    if dist <= 0:
+        return 0.0
+    return float(min(max(spread, 0.0), dist) / dist)
 
 
 def covariance_eigh(x, chunk: int = 32768) -> tuple:

@@ -4,8 +4,11 @@ on CLIP text embeddings only, evaluated on CLIP image embeddings.
 Variants (comma-separated, e.g. ``:c3,beam``):
   c1 | c2_collapse | c2_corrupt | c3 (default) | span_only   the C^3 ablations (Tables 2, 7)
   c3_calibrated   c3 at the sigma calibrated on 500 val pairs
-  c3_aniso | c3_std | realign | capdec_offset | decap   the later gap-closing methods
-               (c3.member_settings; c3_aniso at the calibrated sigma)
+  realign | capdec_offset | decap   the later gap-closing methods (ReAlign, CapDec with
+               its modality offset, DeCap's projection; c3.member_settings)
+  c3_aniso | c3_standardize | std_match   this project's own variants (c3.member_settings;
+               c3_aniso at the calibrated sigma; std_match is our reading of per-dimension
+               moment matching, not a verified transcription of TOMCap)
   supervised   ClipCap trained on image embeddings (the upper bound)
   finetune     semi-supervised stage 2 (Fig. 6, Table 4): start from --config.init_from=<a
                text-trained run> and fine-tune on --config.train_fraction of the image-caption

@@ -2,13 +2,14 @@
 embeddings only, evaluated from caption text embeddings with FID / IS.
 
 Variants: '' or 'c3' (Collapse + Corrupt), 'c1', 'c2_collapse', 'c2_corrupt', 'lafite'
-(LAFITE's own perturbation: the mix with level 0.75 after Collapse), 'c3_aniso' (Corrupt
-with the residual's covariance at the sigma calibrated on 500 image-caption pairs), 'c3_std'
-(Collapse matching per-dimension std).
+(the Table 3 baseline as the official C^3 script runs it: LAFITE's perturbation
+n(0.25 n(e) + 0.75 u/|u|), no Collapse), and this project's own variants (c3.member_settings):
+'c3_aniso' (Corrupt with the residual covariance of 500 image-caption pairs, shrunk, at their
+calibrated sigma), 'c3_standardize' (Collapse, every dimension scaled to a common std).
 """
 from configs import parse_arg, t2i_base
 
-VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "lafite", "c3_aniso", "c3_std")
+VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "lafite", "c3_aniso", "c3_standardize")
 
 
 def get_config(arg: str = ""):

@@ -2,9 +2,10 @@
 Connect and captioners (configs/shapes_caption.py), with every method of c3.METHODS beside
 the paper's variants, x 3 seeds, trained and decoded as one sweep.
 
-Methods (c3.member_settings): c3_aniso (Corrupt with the residual's covariance, at the
-calibrated sigma), c3_std (Collapse matching per-dimension std), realign (the text moved
-onto the image statistics: mean, covariance trace), capdec_offset (CapDec with its modality
+Methods (c3.member_settings): this project's own c3_aniso (Corrupt with the residual
+covariance of calibration pairs, at their calibrated sigma) and c3_standardize (Collapse,
+every dimension scaled to a common std); realign (ReAlign: Anchor, Trace and Centroid, the
+text moved onto the image mean and covariance trace), capdec_offset (CapDec with its modality
 offset), decap (trained as c1, image embeddings projected onto the memory of training text
 embeddings at inference).
 
@@ -19,6 +20,6 @@ VARIANTS = ("quick",)
 def get_config(arg: str = ""):
     parts = parse_arg(arg, VARIANTS, "shapes_methods")
     c = shapes_caption.get_config("quick" if "quick" in parts else "")
-    c.variants = ("c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,c3_aniso,c3_std,"
+    c.variants = ("c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,c3_aniso,c3_standardize,"
                   "realign,capdec_offset,decap")
     return c

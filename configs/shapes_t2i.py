@@ -6,8 +6,9 @@ from the test images' own embeddings), scored by a probe classifier trained on r
 
 Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests). The C^3
 variants (--config.variants=...): c1, c2_collapse, c2_corrupt, c3 (the default four), and
-c3_calibrated (c3 at the sigma calibrated on `calibration_pairs` val pairs), c3_std,
-c3_aniso (Corrupt with those pairs' residual covariance, at the calibrated sigma).
+c3_calibrated (c3 at the sigma calibrated on `calibration_pairs` val pairs), and this
+project's own c3_standardize and c3_aniso (Corrupt with those pairs' shrunk residual
+covariance, at the calibrated sigma); see c3.member_settings.
 The world and Connect are shapes_caption's nested configs (--config.world.*,
 --config.connect.*); the generators' settings are --config.generator.*.
 """

@@ -14,7 +14,7 @@ MEMBERS = [caption_sweep.Member("c3_seed0", "c3", 0, 0.1),
            caption_sweep.Member("supervised_seed1", "c1", 1, 0.1, "image_embedding"),
            caption_sweep.Member("span_only_seed2", "span_only", 2, 0.2),
            caption_sweep.Member("c3_aniso_seed0", "c3_aniso", 0, 0.15),
-           caption_sweep.Member("c3_std_seed1", "c3_std", 1, 0.1),
+           caption_sweep.Member("c3_standardize_seed1", "c3_standardize", 1, 0.1),
            caption_sweep.Member("realign_seed0", "realign", 0, 0.1),
            caption_sweep.Member("capdec_offset_seed2", "capdec_offset", 2, 0.1),
            caption_sweep.Member("decap_seed1", "decap", 1, 0.1)]

@@ -140,7 +140,8 @@ def test_killed_after_a_checkpoint_resumes_bitwise(caption_reference, tmp_path):
 @pytest.mark.parametrize("module,variants", [
     ("coco_caption", ["", "c1", "c2_collapse", "c2_corrupt", "span_only", "supervised",
                       "finetune", "transformer,beam", "c1,beam", "c3_calibrated", "c3_aniso",
-                      "c3_std", "realign", "capdec_offset", "decap,beam"]),
+                      "c3_standardize", "std_match", "realign", "capdec_offset",
+                      "decap,beam"]),
     ("imagebind_caption", ["audio", "video,c1", "image,c2_corrupt"]),
     ("caption_gap_sensitivity", [""]),
     ("coco_caption_sweep", ["", "supervised", "supervised,sigma"])])
@@ -157,7 +158,7 @@ def test_calibrated_variants_take_sigma_from_the_calibration():
     for name, method in (("c3_calibrated", "c3"), ("c3_aniso", "c3_aniso")):
         c = coco_caption.get_config(name)
         assert c.variant == method and c.sigma_from_calibration
-    assert not coco_caption.get_config("c3_std").sigma_from_calibration
+    assert not coco_caption.get_config("c3_standardize").sigma_from_calibration
 
 
 def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path):

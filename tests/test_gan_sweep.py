@@ -11,7 +11,7 @@ from c3_jax.train import checkpoints, gan_sweep, generation
 from c3_jax.workdir import Workdir
 from conftest import override, t2i_config
 
-MEMBERS = [gan_sweep.Member("c3_std_seed0", "c3_std", 0, 0.1),
+MEMBERS = [gan_sweep.Member("c3_standardize_seed0", "c3_standardize", 0, 0.1),
            gan_sweep.Member("c3_aniso_seed1", "c3_aniso", 1, 0.2)]
 
 

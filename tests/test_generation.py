@@ -99,7 +99,8 @@ def test_bad_inputs_get_clear_errors(t2i_world, tmp_path):
 
 
 def test_every_t2i_config_variant_validates():
-    for v in ("", "c1", "c2_collapse", "c2_corrupt", "c3", "lafite", "c3_aniso", "c3_std"):
+    for v in ("", "c1", "c2_collapse", "c2_corrupt", "c3", "lafite", "c3_aniso",
+              "c3_standardize"):
         runner.resolve(coco_t2i.get_config(v))
     runner.resolve(shapes_t2i.get_config())
     runner.resolve(shapes_t2i.get_config("quick"))

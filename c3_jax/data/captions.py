@@ -102,6 +102,25 @@ def field_moments(source, field: str, batch: int = 1024, desc: str = "") -> "c3.
     return c3.Moments(m.mean.astype(np.float32), m.std.astype(np.float32))
 
 
+def realign_centroid(source, field: str, train: "c3.Moments", evaluation: "c3.Moments",
+                     batch: int = 1024) -> np.ndarray:
+    """ReAlign's Centroid statistic (``c3.realign_centroid``) over a split's ``field``
+    embeddings (every caption's, if [k, d]), streamed ``batch`` rows at a time."""
+    def batches():
+        for start in progress_bar(range(0, len(source), batch), desc=f"centroid of {field}",
+                                  unit="batch", leave=False):
+            rows = [source[i][field] for i in range(start, min(start + batch, len(source)))]
+            yield np.concatenate([np.reshape(r, (-1, np.shape(r)[-1])) for r in rows])
+    return c3.realign_centroid(batches(), train, evaluation)
+
+
+def method_centroid(method: str, source, field: str, train: "c3.Moments",
+                    evaluation: "c3.Moments"):
+    """``member_settings``' ``centroid`` argument: ``realign_centroid`` for 'realign', else
+    None (no pass over the data)."""
+    return realign_centroid(source, field, train, evaluation) if method == "realign" else None
+
+
 def field_rows(source, field: str, limit: int = 0, batch: int = 1024) -> np.ndarray:
     """Every ``field`` embedding of a split (every caption's, if [k, d]) as one float32 array
     [rows, d], the first ``limit`` rows when > 0, filled ``batch`` rows at a time."""

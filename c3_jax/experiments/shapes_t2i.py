@@ -24,7 +24,8 @@ from configs import field_types, t2i_base
 from configs import shapes_t2i as defaults
 
 FIELDS = {"shapes_t2i": field_types(defaults.get_config())}
-VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "c3_std", "c3_aniso")
+VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "c3_standardize",
+            "c3_aniso")
 # Each generator's images from the test captions' text embeddings (the task) and from the
 # test images' own embeddings through its training transform (no modality gap: a ceiling).
 GENERATED = {"text": "generated_test.npy", "image": "generated_test_from_images.npy"}

@@ -124,8 +124,11 @@ class Sweep:
         moments = {f: cd.field_moments(source, f) for f in {*fields, config.eval_field}}
         methods = {m.variant for m in members}
         noise = cd.noise_model(config) if "c3_aniso" in methods else None
+        centroids = {f: cd.realign_centroid(source, f, moments[f], moments[config.eval_field])
+                     for f in {m.train_field for m in members if m.variant == "realign"}}
         settings = [c3.member_settings(m.variant, m.sigma, moments[m.train_field],
-                                       moments[config.eval_field], noise)
+                                       moments[config.eval_field], noise,
+                                       centroid=centroids.get(m.train_field))
                     for m in self.padded]
         self.memory = None
         if "decap" in methods:

@@ -158,8 +158,9 @@ class Run:
                  noise: Optional[dict] = None) -> dict:
         """``c3.member_settings`` of a method trained on ``train_field`` and met with the
         config's ``eval_field`` at inference."""
-        return c3.member_settings(method, sigma, self.moments(train_field),
-                                  self.moments(self.config.eval_field), noise)
+        train, evaluation = self.moments(train_field), self.moments(self.config.eval_field)
+        centroid = cd.method_centroid(method, self.train_source, train_field, train, evaluation)
+        return c3.member_settings(method, sigma, train, evaluation, noise, centroid=centroid)
 
     def caption_pairs(self, source, field: str, rows=None) -> cd.CaptionPairs:
         """(embedding, tokenized caption) pairs of a split."""

@@ -41,7 +41,10 @@ class GanSweep(generation.Run):
             generation.check_method(method)
         train, test = self.moments(config.train_field), self.moments(config.eval_field)
         noise = cd.noise_model(config) if "c3_aniso" in methods else None
-        settings = [c3.member_settings(m.variant, m.sigma, train, test, noise)
+        centroid = (cd.realign_centroid(self.train_source, config.train_field, train, test)
+                    if "realign" in methods else None)
+        settings = [c3.member_settings(m.variant, m.sigma, train, test, noise,
+                                       centroid=centroid)
                     for m in self.padded]
         self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)

@@ -305,8 +305,10 @@ class Run:
     def settings(self, method: str, sigma: float, noise: Optional[dict] = None) -> dict:
         """``c3.member_settings`` of a method trained on the config's ``train_field`` and
         conditioned on its ``eval_field`` at inference."""
-        return c3.member_settings(method, sigma, self.moments(self.config.train_field),
-                                  self.moments(self.config.eval_field), noise)
+        field = self.config.train_field
+        train, evaluation = self.moments(field), self.moments(self.config.eval_field)
+        centroid = cd.method_centroid(method, self.train_source, field, train, evaluation)
+        return c3.member_settings(method, sigma, train, evaluation, noise, centroid=centroid)
 
     def own_settings(self) -> dict:
         """The settings of the config's own method and sigma."""
