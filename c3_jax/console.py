@@ -48,7 +48,7 @@ def compilation_cache(directory: str) -> None:
     """Turns on JAX's persistent compilation cache in ``directory`` (nothing if empty, or
     if JAX_COMPILATION_CACHE_DIR already chose one)."""
     import jax
-    if not directory or jax.config.jax_compilation_cache_dir:
+    if not directory:
         return
     path = os.path.abspath(os.path.expanduser(directory))
     existing = path
@@ -57,5 +57,7 @@ def compilation_cache(directory: str) -> None:
     if not os.path.isdir(existing):
         raise ValueError(f"--compilation_cache {path}: {existing} is a file; give a directory, "
                          "or --compilation_cache= (empty) to turn the cache off")
+    if jax.config.jax_compilation_cache_dir:
+        return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

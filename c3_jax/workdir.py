@@ -89,7 +89,9 @@ def ownership(path: str, experiments) -> str:
     config = read_config_json(path)
     if config is not None and config.get("experiment") in experiments and ".git" not in names:
         return "legacy"
-    if config is not None:
+    if ".git" in names:
+        found = "a git repository (.git)"
+    elif config is not None:
         found = "a config.json that is not a c3-jax run's (no known 'experiment' field)"
     elif os.path.exists(os.path.join(path, "config.json")):
         found = "a config.json that is not a JSON object"

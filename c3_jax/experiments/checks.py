@@ -48,8 +48,12 @@ def divides(config, divisor: str, dividend: str) -> None:
 
 
 def existing(path: str, field: str) -> None:
-    if not path or not os.path.exists(path):
-        raise FileNotFoundError(f"config field {field!r}: {path!r} does not exist")
+    """``path`` (config field ``field``) exists."""
+    if not path:
+        raise FileNotFoundError(f"--config.{field} is empty; give the path of its file or "
+                                "directory")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--config.{field}: {path} does not exist; check the path")
 
 
 def java() -> None:
