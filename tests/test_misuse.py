@@ -375,3 +375,15 @@ def test_sigterm_ends_with_one_line_and_a_resumable_workdir(tmp_path):
     assert line.startswith("error: interrupted (SIGTERM); the same command resumes the run in")
     assert ownership(str(workdir), []) == "ours" and not (workdir / ".lock").exists()
     assert not [p for p in workdir.rglob("*orbax-checkpoint-tmp*")]
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
+    from c3_jax.experiments import checks
+    from conftest import GPT_WORDS, gpt2_dir
+    gpt2_dir(tmp_path / "gpt2")
+    checks.tokenizer_fits(str(tmp_path / "gpt2"), "gpt2")  # the tokenizer saved with it fits
+    config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({**config, "vocab_size": 5}))
+    with pytest.raises(ValueError, match=f"has {len(GPT_WORDS)} tokens, over the model's "
+                                         "vocab_size=5"):
+        checks.tokenizer_fits(str(tmp_path / "gpt2"), "gpt2")

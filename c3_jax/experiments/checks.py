@@ -3,6 +3,7 @@ each failure names the field and what it must be. A field of a nested config is 
 its path, e.g. 'connect.steps' (the --config.connect.steps flag)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Iterable
@@ -61,3 +62,24 @@ def java() -> None:
     if shutil.which("java") is None:
         raise FileNotFoundError("the caption metrics need a Java runtime and none is on PATH; "
                                 "install one (e.g. the 'default-jre' package)")
+
+
+def tokenizer_fits(model_dir: str, field: str) -> None:
+    """The tokenizer saved in ``model_dir`` (config field ``field``) has no id beyond the
+    vocabulary of the model's config.json (an id past it trains on NaN)."""
+    config_file = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_file):
+        return
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            vocab = json.load(f).get("vocab_size")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--config.{field}: {config_file} is not readable JSON ({err})") from None
+    if not isinstance(vocab, int):
+        return
+    from c3_jax.data.text import load_tokenizer
+    size = len(load_tokenizer(model_dir))
+    if size > vocab:
+        raise ValueError(f"--config.{field}: the tokenizer in {model_dir} has {size} tokens, "
+                         f"over the model's vocab_size={vocab}; use the tokenizer saved with "
+                         "the model, or a model config with vocab_size >= the tokenizer's size")
