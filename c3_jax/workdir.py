@@ -81,7 +81,8 @@ def ownership(path: str, experiments) -> str:
         return "new"
     if not os.path.isdir(path):
         raise WorkdirError(f"--workdir {path} is a file; give a directory")
-    names = sorted(os.listdir(path))
+    transient = (".write_probe.", ".lock", MARKER + ".tmp")  # another process's, mid-start
+    names = sorted(n for n in os.listdir(path) if not n.startswith(transient))
     if not names:
         return "new"
     if os.path.isfile(os.path.join(path, MARKER)):
