@@ -38,6 +38,9 @@ def get_config(experiment: str = "caption"):
     c.renormalize = True
     c.fsdp, c.seed = 1, 0
     c.log_every, c.checkpoint_every, c.keep_checkpoints, c.val_batches = 100, 5000, 2, 50
+    # best/ keeps the checkpoint of the lowest 'val_loss' (val_batches batches) or of the
+    # highest 'val_rouge_l' (captions of the first val_decode_examples val rows).
+    c.best_by, c.val_decode_examples = "val_loss", 1000
     c.init_from, c.restore_from = "", ""
     # Evaluation only, of an official ClipCap / CapDec / C3 captioner: its state-dict file
     # (.pt / .pth / .ckpt / .safetensors; c3_jax.models.clipcap_import); '': train one.

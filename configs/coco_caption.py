@@ -13,7 +13,8 @@ Variants (comma-separated, e.g. ``:c3,beam``):
   finetune     semi-supervised stage 2 (Fig. 6, Table 4): start from --config.init_from=<a
                text-trained run> and fine-tune on --config.train_fraction of the image-caption
                pairs, as the official stage-2 scripts: normalize, remove the mean (variants that
-               collapse), no noise, no renormalization, warmup 5000 x train_fraction.
+               collapse), no noise, no renormalization, warmup 5000 x train_fraction, the
+               best checkpoint by val ROUGE-L.
                Image embeddings by default (the paper's description); the official dataset code
                feeds text embeddings in stage 2 whatever its config says: to run that,
                --config.train_field=text_embedding.
@@ -55,6 +56,7 @@ def get_config(arg: str = ""):
             # noise and no renormalization; warmup int(5000 * sample_frac).
             c.train_field, c.train_fraction = "image_embedding", 0.01
             c.noise_sigma, c.renormalize, c.warmup_scales_with_fraction = 0.0, False, True
+            c.best_by = "val_rouge_l"  # its checkpoint callback: val/rougeL, 1,000 images
         elif part == "transformer":
             c.mapper, c.prefix_length, c.freeze_gpt = "transformer", 40, True
         elif part == "beam":

@@ -66,6 +66,21 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
+def test_finetune_keeps_the_checkpoint_of_the_best_val_rouge_l(caption_world, trained, tmp_path):
+    train_dir, _ = trained
+    config = caption_config(caption_world, "finetune", init_from=str(train_dir),
+                            train_fraction=0.5, max_steps=6, checkpoint_every=2,
+                            eval_max_examples=1, val_decode_examples=2)
+    results = runner.run(config, str(tmp_path / "ft"))
+    rows = [json.loads(line) for line in open(tmp_path / "ft" / "metrics.jsonl")]
+    scores = {r["step"]: r["val_rouge_l"] for r in rows if "val_rouge_l" in r}
+    assert sorted(scores) == [2, 4, 6] and all(0 <= v <= 1 for v in scores.values())
+    assert results["val_rouge_l"] == scores[6]
+    import orbax.checkpoint as ocp
+    with ocp.CheckpointManager(tmp_path / "ft" / "checkpoints" / "best") as mngr:
+        assert scores[mngr.best_step()] == max(scores.values())
+
+
 @pytest.mark.parametrize("chunk", [0, 1, 3, 64])
 def test_chunked_caption_nll_equals_the_full_logits_loss_and_gradients(chunk):
     """The train step's loss (LM head over caption positions only, in chunks) against the

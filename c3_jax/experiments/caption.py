@@ -38,6 +38,7 @@ def check(config) -> None:
                                 "checkpoint_every", "keep_checkpoints", "prefix_length",
                                 "clip_length", "max_caption_tokens", "max_decode_tokens",
                                 "eval_batch_size", "beam_size"])
+    checks.at_least(config, 1, ["val_decode_examples"])
     checks.at_least(config, 0, ["max_steps", "warmup_steps", "val_batches",
                                 "eval_max_examples", "loss_chunk", "noise_rank", "decap_memory"])
     checks.at_least(config, 2, ["calibration_pairs"])
@@ -47,6 +48,9 @@ def check(config) -> None:
     if config.lr_schedule not in ("warmup_linear_decay", "constant"):
         raise ValueError(f"config field 'lr_schedule' is {config.lr_schedule!r}; use "
                          "'warmup_linear_decay' or 'constant'")
+    if config.best_by not in ("val_loss", "val_rouge_l"):
+        raise ValueError(f"config field 'best_by' is {config.best_by!r}; use 'val_loss' or "
+                         "'val_rouge_l'")
     if config.decode not in ("greedy", "beam"):
         raise ValueError(f"config field 'decode' is {config.decode!r}; use 'greedy' or 'beam'")
     checks.existing(config.dataset_dir, "dataset_dir")
@@ -61,6 +65,9 @@ def check(config) -> None:
         _floats(config.shift_norms, "shift_norms")
     if config.experiment == "caption_sweep":
         checks.at_least(config, 1, ["seeds"])
+        if config.best_by != "val_loss":
+            raise ValueError("config field 'best_by' must be 'val_loss' in a caption sweep "
+                             "(its members keep their best by val loss)")
         caption_sweep.check_members(sweep_members(config))
     checks.java()
 

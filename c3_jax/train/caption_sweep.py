@@ -266,7 +266,7 @@ def train(sweep: Sweep) -> tuple:
     state, start = ckpts.resume_or_init(
         abstract, shardings, data,
         lambda: jax.jit(init, out_shardings=shardings)(seeds, sweep.gpt_params))
-    schedule = st.warmup_linear_decay(config.lr, config.warmup_steps, updates)
+    schedule = captioning.schedule_of(config, updates)
     names, val = tuple(m.name for m in sweep.members), {}
     state, last, _ = loop.fit(
         state, start, lambda s, batch, i: step_fn(s, batch, settings, seeds), data, None,

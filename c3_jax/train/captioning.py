@@ -72,8 +72,25 @@ def build_model(config, dim: int):
     return model, params, trainable_of(config, params)
 
 
+def warmup_steps_of(config) -> int:
+    """The run's warmup updates: ``warmup_steps``, times ``train_fraction`` when
+    ``warmup_scales_with_fraction`` (the official stage-2 ``run.py``: int(5000 * fraction))."""
+    if config.warmup_scales_with_fraction:
+        return int(config.warmup_steps * config.train_fraction)
+    return config.warmup_steps
+
+
+def schedule_of(config, total_updates: int) -> optax.Schedule:
+    """The learning rate per update: ClipCap's linear warmup then linear decay to 0
+    ('warmup_linear_decay'), or ``lr`` throughout ('constant': no scheduler, as the
+    official ImageBind config)."""
+    if config.lr_schedule == "constant":
+        return optax.constant_schedule(config.lr)
+    return st.warmup_linear_decay(config.lr, warmup_steps_of(config), total_updates)
+
+
 def make_optimizer(config, total_updates: int, trainable) -> optax.GradientTransformation:
-    return st.adamw(config.lr, config.warmup_steps, total_updates, config.weight_decay,
+    return st.adamw(schedule_of(config, total_updates), config.weight_decay,
                     trainable if config.freeze_gpt else None, config.grad_accum)
 
 
@@ -160,7 +177,8 @@ class Run:
         config's ``eval_field`` at inference."""
         train, evaluation = self.moments(train_field), self.moments(self.config.eval_field)
         centroid = cd.method_centroid(method, self.train_source, train_field, train, evaluation)
-        return c3.member_settings(method, sigma, train, evaluation, noise, centroid=centroid)
+        return c3.member_settings(method, sigma, train, evaluation, noise,
+                                  self.config.renormalize, centroid)
 
     def caption_pairs(self, source, field: str, rows=None) -> cd.CaptionPairs:
         """(embedding, tokenized caption) pairs of a split."""
@@ -209,6 +227,28 @@ def _validation_loss(run: Run, params, eval_loss, settings) -> Optional[float]:
     return total / max(count, 1.0)
 
 
+def validation_rouge_l(run: Run, params) -> Optional[float]:
+    """ROUGE-L of the captions of the first ``val_decode_examples`` val rows' ``eval_field``
+    embeddings (the official stage 2 keeps its best checkpoint by val ROUGE-L of 1,000 val
+    images)."""
+    config = run.config
+    if not config.val_split:
+        return None
+    source = builders.data_source(config.dataset_dir, config.val_split)
+    embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
+                                    config.val_decode_examples)
+    captions = generate(run, params, embeddings, run.own_settings())
+    return score_captions(dict(enumerate(captions)), dict(enumerate(refs)), spice=False,
+                          meteor=False)["ROUGE-L"]
+
+
+def validation_of(run: Run, eval_loss, settings) -> Callable:
+    """The value ``best/`` keeps the best of: val loss (lowest) or val ROUGE-L (highest)."""
+    if run.config.best_by == "val_rouge_l":
+        return lambda s: validation_rouge_l(run, s.params)
+    return lambda s: _validation_loss(run, s.params, eval_loss, settings)
+
+
 def initial_state(run: Run, tx, shardings) -> st.TrainState:
     params = run.params
     if run.config.init_from:
@@ -237,23 +277,23 @@ def train(run: Run) -> tuple:
                               config.loss_chunk)
     eval_loss = make_eval_loss(run.model, run.mesh, config.loss_chunk)
     data = iter(_loader(run.pairs, local_batch, config.seed))
-    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints,
+                                    "max" if config.best_by == "val_rouge_l" else "min")
     state, start = ckpts.resume_or_init(abstract, shardings, data,
                                         lambda: initial_state(run, tx, shardings))
     key = jax.random.key(config.seed)
-    schedule = st.warmup_linear_decay(config.lr, config.warmup_steps,
-                                      max(steps // config.grad_accum, 1))
+    schedule = schedule_of(config, max(steps // config.grad_accum, 1))
     state, last, val = loop.fit(
         state, start, lambda s, batch, i: step_fn(s, batch, settings, key), data,
         parallel.batch_sharding(run.mesh), ckpts, wd,
         loop.LoopConfig(steps, config.log_every, config.checkpoint_every,
-                        config.skip_nonfinite),
+                        config.skip_nonfinite, val_name=config.best_by),
         learning_rate=lambda i: schedule(i // config.grad_accum),
-        validate=lambda s: _validation_loss(run, s.params, eval_loss, settings))
+        validate=validation_of(run, eval_loss, settings))
     summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs),
                **({"final_loss": last["loss"]} if "loss" in last else {}),
                **{k: last[k] for k in ("seconds_per_step",) if k in last},
-               **({"val_loss": val} if val is not None else {})}
+               **({config.best_by: val} if val is not None else {})}
     return state.params, summary
 
 

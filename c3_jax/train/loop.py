@@ -29,6 +29,7 @@ class LoopConfig:
     desc: str = "train"
     postfix: Tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
     members: Tuple[str, ...] = ()  # a sweep's member names: metrics have a member axis
+    val_name: str = "val_loss"  # the name metrics.jsonl gives validate's value
 
 
 def summary_writer(logdir: str):
@@ -131,7 +132,7 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
                 writer.write(done, extra)
             val = validate(state) if validate is not None else None
             if val is not None:
-                writer.write(done, {"val_loss": val})
+                writer.write(done, {loop.val_name: val})
             ckpts.save(done, state, data, best_value=val)
     ckpts.wait()
     ckpts.close()
