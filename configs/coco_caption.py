@@ -58,7 +58,9 @@ def get_config(arg: str = ""):
             c.noise_sigma, c.renormalize, c.warmup_scales_with_fraction = 0.0, False, True
             c.best_by = "val_rouge_l"  # its checkpoint callback: val/rougeL, 1,000 images
         elif part == "transformer":
-            c.mapper, c.prefix_length, c.freeze_gpt = "transformer", 40, True
+            # ClipCap's README: --only_prefix --mapping_type transformer --prefix_length 40
+            # --prefix_length_clip 40 (8 layers: its default num_layers).
+            c.mapper, c.prefix_length, c.clip_length, c.freeze_gpt = "transformer", 40, 40, True
         elif part == "beam":
             c.decode = "beam"
         elif part == "official":

@@ -89,3 +89,10 @@ def test_stage_1_coco_config_is_the_official_one():
         2e-5, "warmup_linear_decay", 5000, 40, 10)
     np.testing.assert_allclose(c.noise_sigma, np.sqrt(0.016))
     assert c.renormalize and not c.warmup_scales_with_fraction
+
+
+def test_transformer_variant_is_clipcaps_transformer_recipe():
+    from configs import coco_caption
+    c = coco_caption.get_config("transformer")
+    assert (c.mapper, c.prefix_length, c.clip_length, c.mapper_depth, c.freeze_gpt) == (
+        "transformer", 40, 40, 8, True)
