@@ -11,8 +11,8 @@ Both sides train the same model from the same weights on the same batches:
     caption tokens (ours: ``ClipCap.caption_nll``, the LM head over caption positions only,
     in chunks), AdamW (lr 2e-5, weight decay 0.01).
 Ours is our code path: ``captioning.build_model``/``make_optimizer``/``make_train_step`` (jitted,
-state donated) on a 1-device ``parallel.make_mesh(1)``, batches from numpy through
-``pipeline.global_batch``. PyTorch is the ClipCap reference's way: ``GPT2LMHeadModel`` with
+state donated; the C^3 transform from ``c3.member_settings``) on ``parallel.make_mesh(1)``,
+batches from numpy through ``pipeline.global_batch``. PyTorch is the ClipCap reference's way: ``GPT2LMHeadModel`` with
 ``inputs_embeds=cat(prefix, wte(ids))`` and ``attention_mask``, an ``nn.Sequential`` mapper,
 ``torch.optim.AdamW``, ``model.train()``, default threads. GPT-2 dropout is set to 0 on the
 PyTorch side because our GPT-2 has none. float32 on both sides (``--dtype bfloat16``: ours
@@ -21,7 +21,8 @@ The first step of each side gets the same inputs, the same noise and the same pa
 its losses are checked to agree. Warm-up (and compilation) excluded on both sides.
 The sides alternate step by step and each side's median step time is reported, so slow
 spells of this shared machine hit both alike. Prints the check, the step times, then one
-JSON line (with the 1-minute load average).
+JSON line (with the 1-minute load average). ``--smoke``: a 2-layer, 32-wide GPT-2 and a
+batch of 4 through the same code (seconds; the test suite runs it).
 """
 import argparse
 import json
@@ -42,6 +43,9 @@ from c3_jax import parallel
 from configs import caption_base
 
 EMBED_DIM = 512
+# --smoke: the sizes (and the tiny GPT-2) of the test suite's run of this benchmark.
+SMOKE = dict(batch=4, caption_tokens=6, prefix_length=2, steps=1, warmup=0, embed_dim=16)
+SMOKE_GPT2 = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=16)
 
 
 def train_flops(gpt, prefix: int, tokens: int, batch: int, embed_dim: int) -> float:
@@ -65,7 +69,7 @@ def train_flops(gpt, prefix: int, tokens: int, batch: int, embed_dim: int) -> fl
             + 6 * n_mapper * batch)
 
 
-def make_batches(n: int, batch: int, tokens: int, vocab: int, seed: int = 0) -> list:
+def make_batches(n: int, batch: int, tokens: int, vocab: int, dim: int, seed: int = 0) -> list:
     """Random embeddings and caption ids; about half the rows are padded (ids 0, mask 0)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -74,28 +78,28 @@ def make_batches(n: int, batch: int, tokens: int, vocab: int, seed: int = 0) -> 
         lengths = np.where(rng.random(batch) < 0.5, tokens, rng.integers(tokens // 3, tokens,
                                                                          size=batch))
         mask = (np.arange(tokens)[None] < lengths[:, None]).astype(np.int32)
-        out.append({"embedding": rng.normal(size=(batch, EMBED_DIM)).astype(np.float32),
+        out.append({"embedding": rng.normal(size=(batch, dim)).astype(np.float32),
                     "ids": ids * mask, "mask": mask})
     return out
 
 
-def modality_mean(seed: int = 1) -> np.ndarray:
+def modality_mean(dim: int, seed: int = 1) -> np.ndarray:
     """A stand-in modality mean: the mean of normalized random embeddings around one direction."""
     rng = np.random.default_rng(seed)
-    e = rng.normal(size=(1024, EMBED_DIM)) + 3.0 * rng.normal(size=EMBED_DIM)
+    e = rng.normal(size=(1024, dim)) + 3.0 * rng.normal(size=dim)
     return (e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0).astype(np.float32)
 
 
 class Ours:
     """Our train step exactly as ``captioning.train`` builds it."""
 
-    def __init__(self, gpt_dir: str, args, sigma: float):
+    def __init__(self, gpt_dir: str, args, sigma: float, mean: np.ndarray):
         config = caption_base.get_config()
         config.gpt2, config.dtype, config.noise_sigma = gpt_dir, args.dtype, sigma
         config.variant, config.batch_size, config.seed = "c3", args.batch, 0
         config.warmup_steps = 0  # lr 2e-5 from the first step (the schedule costs nothing)
         config.prefix_length = args.prefix_length
-        self.model, params, trainable = captioning.build_model(config, EMBED_DIM)
+        self.model, params, trainable = captioning.build_model(config, args.embed_dim)
         self.mapper_init = jax.tree.map(np.array, params["mapper"])  # copied: the step donates
         total = args.warmup + args.steps + 1
         tx = captioning.make_optimizer(config, total, trainable)
@@ -103,32 +107,34 @@ class Ours:
         run = types.SimpleNamespace(config=config, params=params, mesh=self.mesh)
         _, shardings = captioning.state_shardings(run, tx)
         self.state = captioning.initial_state(run, tx, shardings)
-        self.step_fn = captioning.make_train_step(self.model, tx, captioning.transform_of(config),
-                                                  self.mesh, shardings,
+        self.step_fn = captioning.make_train_step(self.model, tx, self.mesh, shardings,
                                                   loss_chunk=args.loss_chunk)
         self.key = jax.random.key(config.seed)
-        self.gap = np.zeros(EMBED_DIM, np.float32)
+        # C^3 with the stand-in mean as both modalities' mean (only the training side runs).
+        moments = c3.Moments(mean, np.ones_like(mean))
+        self.settings = c3.member_settings("c3", sigma, moments, moments)
 
     def noise(self, step: int, shape) -> np.ndarray:
         """The standard normal draw our step uses at ``step`` (before scaling by sigma)."""
         return np.asarray(jax.random.normal(jax.random.fold_in(self.key, step), shape))
 
-    def step(self, batch: dict, mean) -> dict:
+    def step(self, batch: dict) -> dict:
         batch = pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
-        self.state, metrics = self.step_fn(self.state, batch, mean, self.gap, self.key)
+        self.state, metrics = self.step_fn(self.state, batch, self.settings, self.key)
         return metrics
 
 
 class Reference:
     """The PyTorch way: GPT2LMHeadModel fed cat(mapper(e), wte(ids)), torch.optim.AdamW."""
 
-    def __init__(self, gpt, mapper_init: dict, prefix_length: int, sigma: float, dtype: str):
+    def __init__(self, gpt, mapper_init: dict, prefix_length: int, sigma: float, dtype: str,
+                 embed_dim: int):
         import torch
         self.torch, self.gpt, self.prefix_length, self.sigma = torch, gpt, prefix_length, sigma
         width = gpt.config.n_embd
         fc1, fc2 = mapper_init["fc1"], mapper_init["fc2"]
         self.mapper = torch.nn.Sequential(
-            torch.nn.Linear(EMBED_DIM, width * prefix_length // 2), torch.nn.Tanh(),
+            torch.nn.Linear(embed_dim, width * prefix_length // 2), torch.nn.Tanh(),
             torch.nn.Linear(width * prefix_length // 2, width * prefix_length))
         with torch.no_grad():  # the same initial mapper as ours
             for layer, p in ((self.mapper[0], fc1), (self.mapper[2], fc2)):
@@ -196,29 +202,38 @@ def main():
                    help="ours: caption positions per LM-head chunk (0: all at once)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="max relative first-step loss difference (default 1e-4; 2e-2 bfloat16)")
+    p.add_argument("--embed_dim", type=int, default=EMBED_DIM, help="embedding width (CLIP's 512)")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"tiny sizes, same code path (the test suite's run): {SMOKE}, "
+                        f"GPT-2 {SMOKE_GPT2}")
     args = p.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
     tolerance = args.tolerance or (1e-4 if args.dtype == "float32" else 2e-2)
 
     import torch
     import transformers
     torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf_config = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                        **(SMOKE_GPT2 if args.smoke else {}))
     ref_gpt = transformers.GPT2LMHeadModel(hf_config)  # GPT-2 small, random weights
     sigma = c3.CLIP_SIGMA
+    mean = modality_mean(args.embed_dim)
+    mean_t = torch.from_numpy(mean)
     with tempfile.TemporaryDirectory() as d:
         ref_gpt.save_pretrained(d)
-        ours = Ours(d, args, sigma)
+        ours = Ours(d, args, sigma, mean)
     gpt_config = ours.model.gpt
-    ref = Reference(ref_gpt, ours.mapper_init, args.prefix_length, sigma, args.dtype)
+    ref = Reference(ref_gpt, ours.mapper_init, args.prefix_length, sigma, args.dtype,
+                    args.embed_dim)
 
-    batches = make_batches(4, args.batch, args.caption_tokens, gpt_config.vocab_size)
-    mean = modality_mean()
-    mean_t = torch.from_numpy(mean)
+    batches = make_batches(4, args.batch, args.caption_tokens, gpt_config.vocab_size,
+                           args.embed_dim)
     tokens = args.prefix_length + args.caption_tokens
 
     # Step 0 of both: same params, batch and noise; its loss is computed before the update.
     start = time.perf_counter()
-    ours_loss = float(ours.step(batches[0], mean)["loss"])
+    ours_loss = float(ours.step(batches[0])["loss"])
     ours_first_s = time.perf_counter() - start  # compile + one step
     ref_loss = ref.step(batches[0], mean_t, noise=ours.noise(0, batches[0]["embedding"].shape))
     rel = abs(ours_loss - ref_loss) / abs(ref_loss)
@@ -226,7 +241,7 @@ def main():
           f"{rel:.2e} (tolerance {tolerance:g})", flush=True)
     assert rel < tolerance, f"first-step losses differ by {rel:.2e} relative"
 
-    times = interleaved({"ours": (lambda b: ours.step(b, mean), jax.block_until_ready),
+    times = interleaved({"ours": (ours.step, jax.block_until_ready),
                          "reference": (lambda b: ref.step(b, mean_t), lambda out: out)},
                         batches[1:], args.warmup, args.steps)
     ours_s, ref_s = (float(np.median(times[k])) for k in ("ours", "reference"))
@@ -236,12 +251,12 @@ def main():
           flush=True)
 
     flops = train_flops(gpt_config, args.prefix_length, args.caption_tokens, args.batch,
-                        EMBED_DIM)
-    peak = matmul_peak_flops()
+                        args.embed_dim)
+    peak = matmul_peak_flops(256 if args.smoke else 2048)
     print(json.dumps({
         "name": "caption_train_step", "reference_name": "pytorch_transformers_gpt2_adamw",
         "ours": args.batch / ours_s, "reference": args.batch / ref_s, "unit": "captions/s",
-        "ratio": ref_s / ours_s, "ours_gflops": flops / ours_s / 1e9,
+        "ratio": (args.batch / ours_s) / (args.batch / ref_s), "ours_gflops": flops / ours_s / 1e9,
         "reference_gflops": flops / ref_s / 1e9, "peak_gflops": peak / 1e9,
         "ours_fraction_of_peak": flops / ours_s / peak,
         "reference_fraction_of_peak": flops / ref_s / peak,
@@ -249,7 +264,7 @@ def main():
         "ours_steps_s": times["ours"], "reference_steps_s": times["reference"],
         "batch": args.batch, "tokens": tokens, "prefix_length": args.prefix_length,
         "caption_tokens": args.caption_tokens, "steps": args.steps, "warmup": args.warmup,
-        "dtype": args.dtype,
+        "dtype": args.dtype, "embed_dim": args.embed_dim, "smoke": args.smoke,
         "reference_dtype": "bfloat16 autocast" if args.dtype == "bfloat16" else "float32",
         "first_step_loss_ours": ours_loss, "first_step_loss_reference": ref_loss,
         "first_step_loss_rel_diff": rel, "reference_dropout": 0.0,
