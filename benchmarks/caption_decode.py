@@ -15,6 +15,8 @@ average: PyTorch's threads slow down many times over when other processes share 
 with each side's matmul GFLOP/s and its fraction of the 2048^2 matmul peak measured in the
 same run: ours and ``generate`` do the same matmuls (a KV cache, the LM head on the last
 position only), the reference loop recomputes every position and its logits per token.
+``--smoke``: a 2-layer, 32-wide GPT-2, 4 captions of 3 tokens, through the same code
+(seconds; the test suite runs it).
 """
 import argparse
 import json
@@ -29,6 +31,10 @@ import numpy as np
 
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.models import decoding, gpt2
+
+# --smoke: the sizes (and the tiny GPT-2) of the test suite's run of this benchmark.
+SMOKE = dict(batch=4, ref_captions=2, prefix_length=2, tokens=3, rounds=1)
+SMOKE_GPT2 = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=16)
 
 
 def _interleaved_rates(fns: dict, counts: dict, rounds: int) -> dict:
@@ -96,14 +102,20 @@ def main():
     p.add_argument("--tokens", type=int, default=20, help="new tokens per caption")
     p.add_argument("--rounds", type=int, default=3, help="timed calls per side, interleaved")
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"tiny sizes, same code path (the test suite's run): {SMOKE}, "
+                        f"GPT-2 {SMOKE_GPT2}")
     args = p.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
 
     import torch
     import transformers
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
-    ref = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # GPT-2 small
+    ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(  # GPT-2 small
+        **(SMOKE_GPT2 if args.smoke else {}))).eval()
     ref.generation_config.eos_token_id = None  # no early stop: fixed work
     with tempfile.TemporaryDirectory() as d:
         ref.save_pretrained(d)
@@ -137,14 +149,14 @@ def main():
                                {"ours": args.batch, "loop": n, "generate": args.batch},
                                args.rounds)
     ours, loop_rate, gen_rate = rates["ours"], rates["loop"], rates["generate"]
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(256 if args.smoke else 2048)
     cached = cached_decode_flops(module.config, args.prefix_length, args.tokens)
     recomputed = recomputing_decode_flops(module.config, args.prefix_length, args.tokens)
     use = lambda rate, flops: {"gflops": rate * flops / 1e9,
                                "fraction_of_peak": rate * flops / peak}
     common = {"name": "caption_decode_greedy", "ours": ours, "unit": "captions/s",
               "batch": args.batch, "prefix_length": args.prefix_length,
-              "new_tokens": args.tokens, "rounds": args.rounds,
+              "new_tokens": args.tokens, "rounds": args.rounds, "smoke": args.smoke,
               "torch_threads": torch.get_num_threads(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                          f"{jax.devices()[0].device_kind}",

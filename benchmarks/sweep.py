@@ -13,7 +13,10 @@ embeddings, 10-token prefix, 20 caption tokens, batch 8). Wall time includes com
 (what a researcher waits for); steady captions/s excludes the first step of each program.
 The two sides run one after the other in one process (persistent compilation cache off),
 then the sweep once more, so a slow spell of the shared machine shows as a spread.
-Prints a table and one JSON line (with the matmul peak of this run and the load average).
+Prints a table, then per N two JSON lines (wall and steady rate; ``ours`` the first sweep
+run, both runs listed), with the matmul peak of this run and the load average.
+``--smoke``: the 'tiny' size (width 16, one block), N = 2, 3 steps, through the same code
+(seconds; the test suite runs it, with the compilation cache it is given).
 """
 import argparse
 import json
@@ -33,7 +36,10 @@ from configs import caption_base
 SIZES = {  # width, depth, heads, vocab, prefix, caption tokens, embedding dim, batch
     "world": (64, 2, 4, 40, 4, 16, 64, 64),
     "gpt2_small": (768, 12, 12, 50257, 10, 20, 512, 8),
+    "tiny": (16, 1, 2, 20, 2, 4, 8, 4),  # --smoke
 }
+# --smoke: the sizes of the test suite's run of this benchmark.
+SMOKE = dict(size="tiny", members="2", steps=3)
 CYCLE = [("c1", "text_embedding"), ("c2_collapse", "text_embedding"),
          ("c2_corrupt", "text_embedding"), ("c3", "text_embedding"),
          ("span_only", "text_embedding"), ("c1", "image_embedding")]
@@ -122,8 +128,16 @@ def main():
     parser.add_argument("--size", choices=sorted(SIZES), default="world")
     parser.add_argument("--members", default="6,18")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny sizes, same code path (the test suite's run): {SMOKE}")
     args = parser.parse_args()
-    peak = matmul_peak_flops()
+    if args.smoke:
+        vars(args).update(SMOKE)
+    else:  # every program compiles here, as in a fresh run
+        jax.config.update("jax_enable_compilation_cache", False)
+    if args.steps < 2:
+        raise SystemExit("--steps must be >= 2 (the first step compiles, then timed ones)")
+    peak = matmul_peak_flops(256 if args.smoke else 2048)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         config, tokens, dim, vocab = setup(args.size, d)
@@ -148,9 +162,23 @@ def main():
                   f"{r['sweep_steady_captions_per_s'][1]:8.0f} captions/s) | wall "
                   f"{r['wall_ratio'][0]:.1f}x / {r['wall_ratio'][1]:.1f}x, steady "
                   f"{r['steady_ratio'][0]:.1f}x / {r['steady_ratio'][1]:.1f}x", flush=True)
-    print(json.dumps({"benchmark": "sweep", "size": args.size, "rows": rows,
-                      "matmul_peak_gflops": peak / 1e9, "load_average_1min": os.getloadavg()[0],
-                      "devices": str(jax.devices())}))
+    common = {"size": args.size, "matmul_peak_gflops": peak / 1e9, "smoke": args.smoke,
+              "load_average_1min": os.getloadavg()[0], "devices": str(jax.devices())}
+    for r in rows:
+        walls = [r["captions"] / w for w in r["sweep_wall_s"]]
+        print(json.dumps({
+            "name": "caption_sweep_wall", "reference_name": "sequential_runs_wall",
+            "ours": walls[0], "reference": r["captions"] / r["sequential_wall_s"],
+            "unit": "captions/s (wall, with compilation)",
+            "ratio": walls[0] / (r["captions"] / r["sequential_wall_s"]),
+            "ours_runs": walls, **r, **common}))
+        steady = r["sweep_steady_captions_per_s"]
+        print(json.dumps({
+            "name": "caption_sweep_steady", "reference_name": "sequential_runs_steady",
+            "ours": steady[0], "reference": r["sequential_steady_captions_per_s"],
+            "unit": "captions/s (steady, first step of each program excluded)",
+            "ratio": steady[0] / r["sequential_steady_captions_per_s"],
+            "ours_runs": steady, **r, **common}))
 
 
 if __name__ == "__main__":
