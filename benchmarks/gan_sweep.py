@@ -48,7 +48,7 @@ def setup(preset_name: str):
     tx = generation.optimizer(config)
     return types.SimpleNamespace(  # what gan_sweep.member_step reads of a GanSweep
         gan=gan, gen=stylegan2.Generator(gan), disc=stylegan2.Discriminator(gan),
-        encoder=t2i_train.make_encoder(preset["clip"], preset_name), tx=tx,
+        encoder=t2i_train.make_encoder(preset["clip"], preset_name), tx=tx, g_tx=tx, d_tx=tx,
         cfg=generation.StepConfig(**preset["step"]))
 
 

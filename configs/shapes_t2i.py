@@ -34,10 +34,12 @@ def generator(quick: bool = False) -> ml_collections.ConfigDict:
     g.r1_gamma, g.r1_every = 1.0, 16
     g.itd_weight, g.itc_weight = 5.0, 30.0
     g.ema_kimg = 2.0
+    g.pl_weight, g.style_mixing = 2.0, 0.9  # LAFITE's path-length weight, style mixing
     if quick:
         g.z_dim, g.w_dim, g.cond_hidden, g.channel_base, g.channel_max = 8, 16, 16, 128, 8
         g.steps, g.batch = 4, 8
         g.r1_every = 1  # R1 on every step: one compiled G+D program instead of two
+        g.pl_weight = 0.0  # no path-length program to compile
     return g
 
 

@@ -379,7 +379,8 @@ def t2i_config(world, variant="c3", **overrides):
     c = coco_t2i.get_config(variant)
     c.update(dict(clip=world["clip"], dataset_dir=world["dataset"], z_dim=8, w_dim=8,
                   mapping_layers=2, cond_hidden=8, channel_base=64, channel_max=8,
-                  batch_size=8, max_steps=6, r1_every=1, log_every=1, checkpoint_every=3,
+                  batch_size=8, max_steps=6, r1_every=1, pl_weight=0.0, log_every=1,
+                  checkpoint_every=3,
                   eval_max_examples=0, eval_batch_size=8, num_samples=4))
     c.update(overrides)
     return c

@@ -29,7 +29,9 @@ def _crash_after_step(monkeypatch, step: int) -> None:
 
 def test_a_generator_trained_in_a_sweep_equals_it_trained_alone(t2i_world, tmp_path,
                                                                 monkeypatch):
-    config = t2i_config(t2i_world, max_steps=4, checkpoint_every=4, r1_every=2)
+    # "paired": the sweep's images are from each row's first caption, as the run alone's then.
+    config = t2i_config(t2i_world, max_steps=4, checkpoint_every=4, r1_every=2,
+                        fid_protocol="paired")
     sweep = gan_sweep.GanSweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
     ema, summary = gan_sweep.train(sweep)
     ema = jax.tree.map(np.asarray, ema)
@@ -73,10 +75,11 @@ def test_images_from_the_test_images_take_the_training_condition_without_noise(t
     its training transform, noise left out. For Collapse (and Collapse + Corrupt) that is
     the image embedding less the image mean: what the text path gives when its eval field
     is the image field (its collapse mean is then the image mean). Untrained generators
-    suffice; the member's latents are the same on both paths."""
+    suffice; the member's latents are the same on both paths. (With the C^3 code's double
+    image-mean subtraction, ``collapse_twice``, the training condition is not that: off.)"""
     members = [gan_sweep.Member("c2_collapse_seed0", "c2_collapse", 0, 0.0),
                gan_sweep.Member("c3_seed1", "c3", 1, 0.3)]
-    config = t2i_config(t2i_world)
+    config = t2i_config(t2i_world, collapse_twice=False)
     image_eval = override(config, eval_field="image_embedding")
     sweeps = [gan_sweep.GanSweep(c, members, Workdir(str(tmp_path / name)))
               for name, c in (("a", config), ("b", image_eval))]

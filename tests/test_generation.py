@@ -54,11 +54,14 @@ def test_fid_and_inception_score_with_a_weights_file(t2i_world, trained, tmp_pat
     torch.save(random_state_dict(), path)
     config = t2i_config(t2i_world, restore_from=str(trained[0]), inception_weights=path)
     metrics = runner.run(config, str(tmp_path / "eval"))["metrics"]
-    # The same statistics computed directly from the generated and the real test images.
+    # The same statistics computed directly from the generated images and, as LAFITE's
+    # protocol has it, every real training image.
     fn = inception.make_feature_fn(*inception.load_fid_inception(path))
     fake = np.load(tmp_path / "eval" / "generated_test.npy")
-    test = builders.data_source(t2i_world["dataset"], "test")
-    real = np.stack([np.asarray(test[i]["image"]) for i in range(len(test))])
+    train = builders.data_source(t2i_world["dataset"], "train")
+    real = np.stack([np.asarray(train[i]["image"]) for i in range(len(train))])
+    assert metrics["fid_protocol"] == ("lafite: 8 images from the first 8 'test' rows, one "
+                                       "random caption each, vs 16 'train' images")
     (f_fake, logits), (f_real, _) = fn(fake), fn(real)
     want = im.frechet_distance_of_stats(im.FeatureStats().update(np.asarray(f_fake)),
                                         im.FeatureStats().update(np.asarray(f_real)))
@@ -85,6 +88,22 @@ def test_killed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path):
         np.testing.assert_array_equal(a, b)
     lines = lambda d: [json.loads(x) for x in open(d / "metrics.jsonl")]
     assert lines(tmp_path / "killed") == lines(straight)
+
+
+def test_lafite_protocol_draws_one_random_caption_per_row(t2i_world):
+    """LAFITE's dataset get_txt_features: one of the row's captions at random."""
+    from c3_jax.train import generation
+    config = t2i_config(t2i_world, eval_batch_size=3)
+    test = builders.data_source(t2i_world["dataset"], "test")
+    rng = np.random.default_rng(5)
+    index = np.concatenate([rng.integers(0, 2, n) for n in (3, 3, 2)])
+    assert 0 < index.sum() < 8  # both captions drawn
+    got = list(generation.test_batches(config, pick=np.random.default_rng(5)))
+    e = np.concatenate([b[0] for b in got])
+    want = np.stack([np.asarray(test[i]["text_embedding"])[k] for i, k in enumerate(index)])
+    np.testing.assert_array_equal(e, want)
+    assert [c for b in got for c in b[2]] == [
+        [f"a red circle {i}", f"a circle {i}"][k] for i, k in enumerate(index)]
 
 
 def test_bad_inputs_get_clear_errors(t2i_world, tmp_path):

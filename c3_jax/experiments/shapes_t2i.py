@@ -42,7 +42,7 @@ def check(config) -> None:
     checks.positive(config, ["generator.lr"])
     checks.one_of(config, "generator.architecture", stylegan2.ARCHITECTURES)
     checks.at_least(config, 0.0, ["noise_sigma"] + [f"generator.{k}" for k in (
-        "r1_gamma", "itd_weight", "itc_weight", "ema_kimg")])
+        "r1_gamma", "itd_weight", "itc_weight", "ema_kimg", "pl_weight", "style_mixing")])
     checks.at_least(config, config.generator.batch, ["world.train_size"])
     checks.at_least(config, 2, ["calibration_pairs"])
 
@@ -66,6 +66,7 @@ def _generator_config(config, dataset: str):
         dataset_dir=dataset, batch_size=g.batch, max_steps=g.steps, lr=g.lr,
         r1_gamma=g.r1_gamma, r1_every=g.r1_every, itd_weight=g.itd_weight,
         itc_weight=g.itc_weight, ema_kimg=g.ema_kimg, ema_rampup=0.05, seed=config.seed,
+        pl_weight=g.pl_weight, style_mixing=g.style_mixing,
         calibration_split="val", calibration_pairs=config.calibration_pairs,
         log_every=max(g.steps // 20, 1), checkpoint_every=g.steps,
         eval_max_examples=0, eval_batch_size=250, num_samples=config.num_samples))

@@ -9,8 +9,9 @@ from absl import logging
 
 from c3_jax import plots
 from c3_jax.experiments import checks
-from c3_jax.models.stylegan2 import ARCHITECTURES
-from c3_jax.train.generation import Encoder, Run, check_method, evaluate, restore_ema, train
+from c3_jax.models.stylegan2 import ARCHITECTURES, D_COND_SUMS
+from c3_jax.train.generation import (FID_PROTOCOLS, Encoder, Run, check_init_from,
+                                     check_method, evaluate, restore_ema, train)
 from c3_jax.workdir import Workdir
 from configs import field_types, t2i_base
 
@@ -23,16 +24,22 @@ def check(config) -> None:
     checks.at_least(config, 1, ["z_dim", "w_dim", "mapping_layers", "cond_hidden",
                                 "channel_base", "channel_max", "mbstd_group", "batch_size",
                                 "max_steps", "r1_every", "fsdp", "log_every",
-                                "checkpoint_every", "keep_checkpoints", "eval_batch_size"])
+                                "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+                                "pl_every", "pl_batch_shrink"])
     checks.at_least(config, 0, ["eval_max_examples", "num_samples"])
     checks.at_least(config, 0.0, ["noise_sigma", "r1_gamma", "itd_weight", "itc_weight",
-                                  "ema_kimg", "ema_rampup"])
+                                  "ema_kimg", "ema_rampup", "pl_weight", "pl_decay",
+                                  "style_mixing", "contra_lam", "conv_clamp"])
     checks.positive(config, ["lr", "temperature"])
     checks.one_of(config, "architecture", ARCHITECTURES)
+    checks.one_of(config, "d_cond_sum", D_COND_SUMS)
+    checks.one_of(config, "fid_protocol", FID_PROTOCOLS)
     checks.existing(config.dataset_dir, "dataset_dir")
-    for field in ("clip", "inception_weights", "restore_from"):
+    for field in ("clip", "inception_weights", "restore_from", "init_from"):
         if config[field]:
             checks.existing(config[field], field)
+    if config.init_from:
+        check_init_from(config)
 
 
 def run_generate(config, wd: Workdir, encoder: Optional[Encoder] = None) -> dict:

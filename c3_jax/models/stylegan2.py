@@ -1,6 +1,13 @@
 """StyleGAN2 (Karras et al., 2020) generator and discriminator with LAFITE's conditioning
-(Zhou et al., 2022): the condition passes two FC layers and joins w in every style affine;
-the discriminator projects its features onto the condition.
+(Zhou et al., 2022), following drboog/Lafite ``training/networks.py`` (``SynthesisLayer`` /
+``ToRGBLayer`` with ``structure=2``, ``DiscriminatorEpilogue``): the condition passes two FC
+layers at lr multiplier 0.01 (``pre_0``, ``pre_1``) and joins w in every style affine
+(``affine_0(cat[pre_1(pre_0(c)), w])``); the discriminator's epilogue has a feature head
+(``fts``) whose dot product with the condition is added to the logit.
+
+The generator is ``Mapping`` (z -> w) then ``Synthesis`` (one w per layer, ``num_ws`` of
+them, as StyleGAN2 indexes them: a block's ToRGB takes the w after its convolutions) so
+that style mixing and the path-length penalty can work on the per-layer ws.
 
 Images are NHWC in [-1, 1]. Every weight uses the equalized learning rate of StyleGAN2 (a
 unit-normal parameter scaled at run time by ``lr_mul / sqrt(fan_in)``). Resampling uses the
@@ -23,6 +30,7 @@ FIR = np.array([1.0, 3.0, 3.0, 1.0])
 # RGB from the last resolution only, so that the image cannot be an upsampled low-resolution
 # one.
 ARCHITECTURES = ("skip", "orig")
+D_COND_SUMS = ("batch", "sample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,15 @@ class GANConfig:
     channel_max: int = 512
     mbstd_group: int = 4
     architecture: str = "skip"  # the generator's: "skip" (StyleGAN2's) or "orig"
+    # LAFITE's pre_0 / pre_1 (the condition's FC layers) run at lr multiplier 0.01.
+    cond_lr_mul: float = 0.01
+    # The discriminator's condition term: "batch" (LAFITE's code: the dot product of
+    # features and condition summed over the whole batch, the same scalar added to every
+    # logit) or "sample" (each example's own dot product).
+    d_cond_sum: str = "batch"
+    # Activations clamped to +-conv_clamp (LAFITE's commands: 256, set for its float16
+    # layers); 0: none.
+    conv_clamp: float = 0.0
 
     def __post_init__(self):
         log2 = np.log2(self.resolution)
@@ -47,6 +64,8 @@ class GANConfig:
             raise ValueError(f"resolution={self.resolution} must be a power of 2, >= 8")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}: use one of {ARCHITECTURES}")
+        if self.d_cond_sum not in D_COND_SUMS:
+            raise ValueError(f"d_cond_sum={self.d_cond_sum!r}: use one of {D_COND_SUMS}")
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -55,6 +74,16 @@ class GANConfig:
     def resolutions(self) -> list:
         """8, 16, ..., resolution: the resolutions after the 4x4 block."""
         return [2 ** i for i in range(3, int(np.log2(self.resolution)) + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        """How many per-layer ws the synthesis network takes (StyleGAN2's ``num_ws``)."""
+        return 2 * len(self.resolutions) + 2
+
+    @property
+    def cond_pre_hidden(self) -> int:
+        """pre_0's width: LAFITE's ``(f_dim + 512) // 2`` with 512 read as ``cond_hidden``."""
+        return (self.cond_dim + self.cond_hidden) // 2
 
 
 # ---------------------------------------------------------------------------
@@ -109,6 +138,17 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding="SAME") -> jax.A
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def up_conv2d(x: jax.Array, w: jax.Array) -> jax.Array:
+    """2x upsampling convolution as StyleGAN2's ``conv2d_resample(up=2)``: the transposed
+    convolution (a full convolution of the zero-inserted input; ``w`` is the correlation
+    kernel, the flipped torch weight) then the [1,3,3,1] filter (gain 4, pad 1)."""
+    k = w.shape[0]
+    y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), ((k - 1, k - 1),) * 2,
+                                     lhs_dilation=(2, 2),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return 4.0 * blur(y, 1)
+
+
 def normalize_2nd_moment(x: jax.Array, eps: float = 1e-8) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
@@ -137,6 +177,7 @@ class Conv(nn.Module):
     bias: bool = True
     act: bool = True
     down: bool = False
+    clamp: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -151,7 +192,12 @@ class Conv(nn.Module):
             y = conv2d(x, w)
         if self.bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return lrelu(y) if self.act else y
+        return clamp_activations(lrelu(y) if self.act else y, self.clamp)
+
+
+def clamp_activations(x: jax.Array, limit: float) -> jax.Array:
+    """x clipped to +-limit (StyleGAN2's ``conv_clamp``); 0: unchanged."""
+    return jnp.clip(x, -limit, limit) if limit > 0 else x
 
 
 # ---------------------------------------------------------------------------
@@ -159,10 +205,11 @@ class Conv(nn.Module):
 
 
 def modulated_conv(x: jax.Array, weight: jax.Array, style: jax.Array,
-                   demodulate: bool = True) -> jax.Array:
-    """Conv with weights scaled per example by ``style`` [B, in] (and demodulated per
-    output channel), computed as scale-activations / shared conv / scale-outputs."""
-    y = conv2d(x * style[:, None, None, :], weight)
+                   demodulate: bool = True, up: bool = False) -> jax.Array:
+    """Conv (``up``: ``up_conv2d``) with weights scaled per example by ``style`` [B, in]
+    (and demodulated per output channel), computed as scale-activations / shared conv /
+    scale-outputs."""
+    y = (up_conv2d if up else conv2d)(x * style[:, None, None, :], weight)
     if demodulate:
         sq = jnp.einsum("hwio,bi->bo", jnp.square(weight), jnp.square(style))
         y = y * jax.lax.rsqrt(sq + 1e-8)[:, None, None, :]
@@ -170,47 +217,49 @@ def modulated_conv(x: jax.Array, weight: jax.Array, style: jax.Array,
 
 
 class Style(nn.Module):
-    """LAFITE's style affine: affine(cat[fc(fc(cond)), w]), bias initialised to 1."""
+    """LAFITE's style affine: affine_0(cat[pre_1(pre_0(cond)), w]), bias initialised to 1;
+    pre_0 and pre_1 are leaky-ReLU FC layers at lr multiplier ``cond_lr_mul``."""
     features: int
-    cond_hidden: int
+    config: GANConfig
 
     @nn.compact
     def __call__(self, w: jax.Array, cond: jax.Array) -> jax.Array:
-        h = Dense(self.cond_hidden, act=True, name="cond_fc1")(cond)
-        h = Dense(self.cond_hidden, act=True, name="cond_fc2")(h)
+        cfg = self.config
+        h = Dense(cfg.cond_pre_hidden, lr_mul=cfg.cond_lr_mul, act=True, name="cond_fc1")(cond)
+        h = Dense(cfg.cond_hidden, lr_mul=cfg.cond_lr_mul, act=True, name="cond_fc2")(h)
         return Dense(self.features, bias_init=1.0, name="affine")(jnp.concatenate([h, w], -1))
 
 
 class SynthesisLayer(nn.Module):
-    """Modulated 3x3 conv (optionally after 2x upsampling) + noise + bias + lrelu."""
+    """Modulated 3x3 conv (optionally upsampling 2x) + noise + bias + lrelu."""
     features: int
-    cond_hidden: int
+    config: GANConfig
     up: bool = False
 
     @nn.compact
     def __call__(self, x, w, cond, noise: Optional[jax.Array]):
-        style = Style(x.shape[-1], self.cond_hidden, name="style")(w, cond)
+        style = Style(x.shape[-1], self.config, name="style")(w, cond)
         weight = self.param("kernel", nn.initializers.normal(1.0), (3, 3, x.shape[-1],
                                                                     self.features))
-        if self.up:
-            x = upsample2d(x)
-        y = modulated_conv(x, weight / np.sqrt(9 * weight.shape[2]), style)
+        y = modulated_conv(x, weight / np.sqrt(9 * weight.shape[2]), style, up=self.up)
         strength = self.param("noise_strength", nn.initializers.zeros, ())
         if noise is not None:
             y = y + strength * noise[: y.shape[0], : y.shape[1], : y.shape[2]]
-        return lrelu(y + self.param("bias", nn.initializers.zeros, (self.features,)))
+        y = lrelu(y + self.param("bias", nn.initializers.zeros, (self.features,)))
+        return clamp_activations(y, self.config.conv_clamp)
 
 
 class ToRGB(nn.Module):
     """Modulated 1x1 conv to RGB, not demodulated."""
-    cond_hidden: int
+    config: GANConfig
 
     @nn.compact
     def __call__(self, x, w, cond):
-        style = Style(x.shape[-1], self.cond_hidden, name="style")(w, cond)
+        style = Style(x.shape[-1], self.config, name="style")(w, cond)
         weight = self.param("kernel", nn.initializers.normal(1.0), (1, 1, x.shape[-1], 3))
         y = modulated_conv(x, weight / np.sqrt(x.shape[-1]), style, demodulate=False)
-        return y + self.param("bias", nn.initializers.zeros, (3,))
+        y = y + self.param("bias", nn.initializers.zeros, (3,))
+        return clamp_activations(y, self.config.conv_clamp)
 
 
 class Mapping(nn.Module):
@@ -226,37 +275,73 @@ class Mapping(nn.Module):
         return x
 
 
-def _noise(rng: Optional[jax.Array], index: int, batch: int, res: int):
+def layer_noise(rng: Optional[jax.Array], index: int, batch: int, res: int):
+    """The per-pixel noise of synthesis layer ``index`` [B, res, res, 1] (None: no noise)."""
     if rng is None:
         return None
     return jax.random.normal(jax.random.fold_in(rng, index), (batch, res, res, 1))
 
 
+class Synthesis(nn.Module):
+    """(ws [B, num_ws, w_dim], cond [B, cond_dim]) -> images [B, R, R, 3]: conv layer k takes
+    ws[:, k] and a block's ToRGB the w after the block's convolutions (StyleGAN2's
+    indexing); per-pixel noise from ``noise_rng`` (none when it is None)."""
+    config: GANConfig
+
+    @nn.compact
+    def __call__(self, ws: jax.Array, cond: jax.Array, noise_rng: Optional[jax.Array] = None):
+        cfg, b = self.config, ws.shape[0]
+        const = self.param("const", nn.initializers.normal(1.0), (4, 4, cfg.channels(4)))
+        x = jnp.broadcast_to(const, (b,) + const.shape)
+        x = SynthesisLayer(cfg.channels(4), cfg, name="b4_conv")(
+            x, ws[:, 0], cond, layer_noise(noise_rng, 0, b, 4))
+        skip = cfg.architecture == "skip"
+        img = ToRGB(cfg, name="b4_torgb")(x, ws[:, 1], cond) if skip else None
+        for i, res in enumerate(cfg.resolutions):
+            ch = cfg.channels(res)
+            x = SynthesisLayer(ch, cfg, up=True, name=f"b{res}_conv0")(
+                x, ws[:, 2 * i + 1], cond, layer_noise(noise_rng, 2 * i + 1, b, res))
+            x = SynthesisLayer(ch, cfg, name=f"b{res}_conv1")(
+                x, ws[:, 2 * i + 2], cond, layer_noise(noise_rng, 2 * i + 2, b, res))
+            if skip or res == cfg.resolution:
+                rgb = ToRGB(cfg, name=f"b{res}_torgb")(x, ws[:, 2 * i + 3], cond)
+                img = rgb if img is None else upsample2d(img) + rgb
+        return img
+
+
+def broadcast_ws(w: jax.Array, num_ws: int) -> jax.Array:
+    """One w per synthesis layer: [B, w_dim] -> [B, num_ws, w_dim]."""
+    return jnp.broadcast_to(w[:, None], (w.shape[0], num_ws, w.shape[-1]))
+
+
+def mix_ws(ws: jax.Array, other: jax.Array, cutoff: jax.Array) -> jax.Array:
+    """StyleGAN2's style mixing: the layers from ``cutoff`` on take ``other``'s ws."""
+    layer = jnp.arange(ws.shape[1])[None, :, None]
+    return jnp.where(layer >= cutoff, other, ws)
+
+
 class Generator(nn.Module):
-    """(z [B, z_dim], cond [B, cond_dim]) -> images [B, R, R, 3]; per-pixel noise from
-    ``noise_rng`` (none when it is None); RGB as ``config.architecture`` says."""
+    """(z [B, z_dim], cond [B, cond_dim]) -> images [B, R, R, 3]: ``Mapping`` then
+    ``Synthesis`` with the same w for every layer (params under 'mapping' and 'synthesis';
+    ``mapping_apply`` / ``synthesis_apply`` run each part alone)."""
     config: GANConfig
 
     @nn.compact
     def __call__(self, z: jax.Array, cond: jax.Array, noise_rng: Optional[jax.Array] = None):
-        cfg, b = self.config, z.shape[0]
-        w = Mapping(cfg, name="mapping")(z)
-        const = self.param("const", nn.initializers.normal(1.0), (4, 4, cfg.channels(4)))
-        x = jnp.broadcast_to(const, (b,) + const.shape)
-        x = SynthesisLayer(cfg.channels(4), cfg.cond_hidden, name="b4_conv")(
-            x, w, cond, _noise(noise_rng, 0, b, 4))
-        skip = cfg.architecture == "skip"
-        img = ToRGB(cfg.cond_hidden, name="b4_torgb")(x, w, cond) if skip else None
-        for i, res in enumerate(cfg.resolutions):
-            ch = cfg.channels(res)
-            x = SynthesisLayer(ch, cfg.cond_hidden, up=True, name=f"b{res}_conv0")(
-                x, w, cond, _noise(noise_rng, 2 * i + 1, b, res))
-            x = SynthesisLayer(ch, cfg.cond_hidden, name=f"b{res}_conv1")(
-                x, w, cond, _noise(noise_rng, 2 * i + 2, b, res))
-            if skip or res == cfg.resolution:
-                rgb = ToRGB(cfg.cond_hidden, name=f"b{res}_torgb")(x, w, cond)
-                img = rgb if img is None else upsample2d(img) + rgb
-        return img
+        w = Mapping(self.config, name="mapping")(z)
+        return Synthesis(self.config, name="synthesis")(broadcast_ws(w, self.config.num_ws),
+                                                         cond, noise_rng)
+
+
+def mapping_apply(cfg: GANConfig, params: dict, z: jax.Array) -> jax.Array:
+    """The generator's w for ``z`` from its params."""
+    return Mapping(cfg).apply({"params": params["mapping"]}, z)
+
+
+def synthesis_apply(cfg: GANConfig, params: dict, ws: jax.Array, cond: jax.Array,
+                    noise_rng: Optional[jax.Array] = None) -> jax.Array:
+    """The generator's images from per-layer ``ws`` [B, num_ws, w_dim], from its params."""
+    return Synthesis(cfg).apply({"params": params["synthesis"]}, ws, cond, noise_rng)
 
 
 # ---------------------------------------------------------------------------
@@ -277,24 +362,26 @@ def minibatch_std(x: jax.Array, group: int) -> jax.Array:
 
 class Discriminator(nn.Module):
     """(images [B, R, R, 3], cond [B, cond_dim]) -> (logits [B], features [B, cond_dim]):
-    residual blocks, minibatch std, and a projection of the features onto the condition.
-    The features (in the condition's space) feed LAFITE's contrastive loss."""
+    residual blocks, minibatch std, and LAFITE's epilogue: logit = out(h) + the dot product
+    of the (unnormalized) features fts(h) with the condition, summed over the batch or per
+    example as ``d_cond_sum`` says. The features feed LAFITE's contrastive loss."""
     config: GANConfig
 
     @nn.compact
     def __call__(self, img: jax.Array, cond: jax.Array):
         cfg = self.config
-        x = Conv(cfg.channels(cfg.resolution), 1, name="fromrgb")(img)
+        c = cfg.conv_clamp
+        x = Conv(cfg.channels(cfg.resolution), 1, clamp=c, name="fromrgb")(img)
         for res in reversed(cfg.resolutions):
             out = cfg.channels(res // 2)
-            y = Conv(cfg.channels(res), name=f"b{res}_conv0")(x)
-            y = Conv(out, down=True, name=f"b{res}_conv1")(y)
+            y = Conv(cfg.channels(res), clamp=c, name=f"b{res}_conv0")(x)
+            y = Conv(out, down=True, clamp=c, name=f"b{res}_conv1")(y)
             skip = Conv(out, 1, bias=False, act=False, down=True, name=f"b{res}_skip")(x)
             x = (y + skip) / SQRT2
         x = minibatch_std(x, cfg.mbstd_group)
-        x = Conv(cfg.channels(4), name="b4_conv")(x)
+        x = Conv(cfg.channels(4), clamp=c, name="b4_conv")(x)
         h = Dense(cfg.channels(4), act=True, name="b4_fc")(x.reshape(x.shape[0], -1))
         features = Dense(cfg.cond_dim, name="features")(h)
-        cmap = Dense(cfg.cond_dim, name="cond_map")(cond)
         logits = Dense(1, name="out")(h)[:, 0]
-        return logits + jnp.sum(features * cmap, -1) / np.sqrt(cfg.cond_dim), features
+        dot = jnp.sum(features * cond, -1)
+        return logits + (jnp.sum(dot) if cfg.d_cond_sum == "batch" else dot), features

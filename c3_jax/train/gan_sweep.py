@@ -47,6 +47,9 @@ class GanSweep(generation.Run):
                                        centroid=centroid)
                     for m in self.padded]
         self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}
+        self.settings["twice"] = np.asarray([generation.collapse_twice(m.variant,
+                                                                       config.collapse_twice)
+                                             for m in self.padded])
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
 
     def stacked_init(self, seeds):
@@ -77,16 +80,15 @@ def over_members(fn, mesh, shared: int = 0):
 
 
 def member_step(sweep: GanSweep, cfg: generation.StepConfig, skip_nonfinite: bool):
-    """(state, batch, settings, seeds, with_r1) -> (state, metrics), over the members."""
-    def member(state, batch, s, seed, with_r1):
-        condition = lambda e, rng: c3.member_train(s, e, rng)
-        clip_space = lambda e: c3.member_train(s, e)
-        return generation.gan_update(sweep.gen, sweep.disc, sweep.encoder, cfg, sweep.tx,
-                                     sweep.tx, state, batch, jax.random.key(seed), with_r1,
-                                     condition, clip_space, skip_nonfinite)
+    """(state, batch, settings, seeds, regs) -> (state, metrics), over the members."""
+    def member(state, batch, s, seed, regs):
+        condition = lambda e, rng: generation.train_condition(s, e, rng)
+        return generation.gan_update(sweep.gen, sweep.disc, sweep.encoder, cfg, sweep.g_tx,
+                                     sweep.d_tx, state, batch, jax.random.key(seed), regs,
+                                     condition, skip_nonfinite, sweep.encoder.image_size)
 
-    def step(state, batch, settings, seeds, with_r1: bool):
-        return over_members(functools.partial(member, with_r1=with_r1), sweep.mesh)(
+    def step(state, batch, settings, seeds, regs: tuple):
+        return over_members(functools.partial(member, regs=regs), sweep.mesh)(
             state, batch, settings, seeds)
     return step
 
@@ -116,7 +118,7 @@ def train(sweep: GanSweep) -> tuple:
     names = tuple(m.name for m in sweep.members)
     state, last, _ = loop.fit(
         state, start, lambda s, batch, i: step_fn(s, batch, settings, seeds,
-                                                  i % config.r1_every == 0),
+                                                  generation.regs_at(config, i)),
         data, None, ckpts, wd,
         loop.LoopConfig(config.max_steps, config.log_every, config.checkpoint_every,
                         config.skip_nonfinite, "train G+D", ("g_adv", "d_adv"), members=names),
@@ -130,17 +132,18 @@ def train(sweep: GanSweep) -> tuple:
 
 
 def evaluate(sweep: GanSweep, ema, limit: int = 0, from_images: bool = False) -> dict:
-    """Every member's images from the test split's text embeddings (through the member's
-    method, ``c3.member_eval``; its own latents, as alone), generated in one batched program
+    """Every member's images from the test split's text embeddings (each row's first
+    caption, against the same rows' images: ``generation``'s "paired" protocol; through the
+    member's method, ``c3.member_eval``; its own latents, as alone), generated in one batched program
     and scored by ``generation.ImageScores``: {member: {metrics, images}}.
 
     ``from_images``: from the test images' own embeddings (``train_field``) through the
-    member's training transform without its noise (``c3.member_train``), the condition the
+    member's training transform without its noise (``generation.train_condition``), the condition the
     generator was trained on: what it renders with no modality gap to cross (the CLIP score
     is then taken against those image embeddings)."""
     config = sweep.config
     gen = sweep.gen
-    transform = c3.member_train if from_images else c3.member_eval
+    transform = generation.train_condition if from_images else c3.member_eval
 
     def member(params, settings, seed, e, i):
         cond = transform(settings, e)

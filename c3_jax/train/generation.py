@@ -27,7 +27,7 @@ from c3_jax.data import builders, pipeline
 from c3_jax.data import captions as cd
 from c3_jax.data.images import ImagePreprocessor
 from c3_jax.eval import image_metrics as im
-from c3_jax.models import clip, inception, stylegan2
+from c3_jax.models import clip, inception, lafite_import, stylegan2
 from c3_jax.progress import progress_bar
 from c3_jax.train import checkpoints, connect, loop
 from c3_jax.train import state as st
@@ -42,23 +42,45 @@ class GANState:
     g_opt: optax.OptState
     d_opt: optax.OptState
     ema: dict
+    pl_mean: jax.Array = 0.0  # the path-length penalty's running mean of lengths
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """The loss weights and schedules the jitted step depends on (static)."""
+    """The loss weights and schedules the jitted step depends on (static). Defaults are
+    LAFITE's (drboog/Lafite ``train.py``, ``training/loss.py::StyleGAN2Loss``,
+    ``training/training_loop.py``) at batch 16: R1 every 16 steps at gamma 10, the
+    path-length penalty every 4 steps (weight 2, decay 0.01, batch shrink 2), style mixing
+    with probability 0.9, contrastive terms itd = itc = 10 at temperature 0.5 with lam 0,
+    EMA half-life batch * 10 / 32 kimg with ramp-up 0.05 (none when resuming), x-flips
+    (``--mirror=1``, the C^3 scripts). Not kept: ADA augmentation (LAFITE and the C^3 scripts
+    train with ``--aug=noaug``); the iid / iic terms (weight 0 in every command); float16
+    layers (we train in float32, ``conv_clamp`` keeps their clamp)."""
     batch_size: int
     r1_gamma: float = 10.0
     r1_every: int = 16
-    itd_weight: float = 5.0
+    itd_weight: float = 10.0
     itc_weight: float = 10.0
     temperature: float = 0.5
-    ema_kimg: float = 10.0
-    ema_rampup: float = 0.0
+    contra_lam: float = 0.0
+    ema_kimg: float = 5.0
+    ema_rampup: float = 0.05
+    pl_weight: float = 2.0
+    pl_every: int = 4
+    pl_decay: float = 0.01
+    pl_batch_shrink: int = 2
+    style_mixing: float = 0.9
+    mirror: bool = True
+    itc_crop: bool = True
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
-        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+        """The step's fields from a generation config (``ema_rampup`` 0 when ``init_from``
+        names a checkpoint: LAFITE turns the ramp-up off when resuming)."""
+        values = {f.name: config[f.name] for f in dataclasses.fields(cls)}
+        if config.get("init_from", ""):
+            values["ema_rampup"] = 0.0
+        return cls(**values)
 
 
 def gan_config(config, cond_dim: int, resolution: int) -> stylegan2.GANConfig:
@@ -67,22 +89,38 @@ def gan_config(config, cond_dim: int, resolution: int) -> stylegan2.GANConfig:
                                cond_hidden=config.cond_hidden,
                                channel_base=config.channel_base,
                                channel_max=config.channel_max, mbstd_group=config.mbstd_group,
-                               architecture=config.architecture)
+                               architecture=config.architecture,
+                               d_cond_sum=config.d_cond_sum, conv_clamp=config.conv_clamp)
 
 
-def optimizer(config) -> optax.GradientTransformation:
-    """StyleGAN2's Adam (lr 2.5e-3, betas (0, 0.99), eps 1e-8), for G and for D."""
-    return optax.adam(config.lr, b1=config.beta1, b2=config.beta2, eps=1e-8)
+def optimizer(config, reg_every: int = 0) -> optax.GradientTransformation:
+    """StyleGAN2's Adam (lr 2.5e-3, betas (0, 0.99), eps 1e-8); with lazy regularization
+    every ``reg_every`` steps, lr and betas rescaled by r = reg_every / (reg_every + 1)
+    (lr * r, beta ** r: ``training_loop.py``; G's r = 4/5, D's 16/17)."""
+    r = reg_every / (reg_every + 1.0) if reg_every > 0 else 1.0
+    return optax.adam(config.lr * r, b1=config.beta1 ** r, b2=config.beta2 ** r, eps=1e-8)
 
 
 # ---------------------------------------------------------------------------
 # Losses and the step
 
 
-def contrastive_loss(features: jax.Array, cond: jax.Array, temperature: float) -> jax.Array:
-    """Symmetric InfoNCE between normalized ``features`` and their conditions (LAFITE):
-    CLIP's loss at a fixed temperature."""
-    return connect.clip_loss(features, cond, jnp.log(1.0 / temperature))
+def contra_loss(temp: float, a: jax.Array, b: jax.Array, lam: float) -> jax.Array:
+    """LAFITE's ``contra_loss`` (``training/loss.py``), per row [B]: with S the cosine
+    matrix of ``a`` and ``b`` and E = exp(S / temp) (the double exponential its authors keep
+    because their hyperparameters depend on it), p1 = diag softmax(E) over rows * temp and
+    p2 = diag softmax(E) over columns * temp; returns lam log p1 + (1 - lam) log p2 (lam 0:
+    log p2; lam >= 1: log p1); temp 0: the diagonal of S. Callers subtract weight x mean."""
+    unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    sim = unit(a) @ unit(b).T
+    if temp <= 0:
+        return jnp.diagonal(sim)
+    e = jnp.exp(sim / temp)
+    log_p1 = jnp.diagonal(jax.nn.log_softmax(e, axis=1)) + jnp.log(temp)
+    log_p2 = jnp.diagonal(jax.nn.log_softmax(e, axis=0)) + jnp.log(temp)
+    if 0.0 < lam < 1.0:
+        return lam * log_p1 + (1.0 - lam) * log_p2
+    return log_p2 if lam == 0 else log_p1
 
 
 def r1_penalty(d_apply: Callable, d_params, real: jax.Array, cond: jax.Array) -> jax.Array:
@@ -92,10 +130,11 @@ def r1_penalty(d_apply: Callable, d_params, real: jax.Array, cond: jax.Array) ->
 
 
 def ema_beta(cfg: StepConfig, step: jax.Array) -> jax.Array:
-    """StyleGAN2's EMA decay: half-life of ``ema_kimg`` thousand images (with rampup)."""
+    """StyleGAN2's EMA decay after step ``step`` (0-based): half-life ``ema_kimg`` thousand
+    images, with ramp-up at most ``ema_rampup`` x the images seen before the step."""
     half_life = jnp.asarray(cfg.ema_kimg * 1000.0, jnp.float32)
     if cfg.ema_rampup > 0:
-        seen = (step + 1).astype(jnp.float32) * cfg.batch_size
+        seen = step.astype(jnp.float32) * cfg.batch_size
         half_life = jnp.minimum(half_life, seen * cfg.ema_rampup)
     return 0.5 ** (cfg.batch_size / jnp.maximum(half_life, 1e-8))
 
@@ -110,55 +149,205 @@ def to_uint8(images: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
+def random_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
+    """Each NHWC image mirrored left-right with probability 1/2 (LAFITE's ``--mirror``)."""
+    flip = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1], images)
+
+
+def cubic_weights(t: jax.Array) -> list:
+    """torch's bicubic convolution weights (A = -0.75) of the 4 taps around offset ``t``."""
+    a = -0.75
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def bicubic_matrix(size_out: int, start: jax.Array, length: jax.Array,
+                   size_in: int) -> jax.Array:
+    """[size_out, size_in]: ``F.interpolate(mode='bicubic', align_corners=False)`` of the
+    window [start, start + length) of an axis resized to ``size_out`` (edge taps clamped
+    to the window), as a matrix; ``start`` and ``length`` may be traced."""
+    length = jnp.asarray(length, jnp.float32)
+    src = (jnp.arange(size_out, dtype=jnp.float32) + 0.5) * (length / size_out) - 0.5
+    base = jnp.floor(src)
+    out = jnp.zeros((size_out, size_in), jnp.float32)
+    for k, w in enumerate(cubic_weights(src - base)):
+        idx = jnp.clip(base + k - 1, 0, length - 1).astype(jnp.int32) + start
+        out = out + w[:, None] * jax.nn.one_hot(idx, size_in, dtype=jnp.float32)
+    return out
+
+
+def full_preprocess(rng: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """LAFITE's ``full_preprocess`` (``training/loss.py``) with 224 read as ``size`` (the
+    image encoder's input size), on NHWC images in [-1, 1]: images larger than or as
+    large as ``size`` lose a random square crop of side in [res / 2, res) (one per batch)
+    resized bicubically to ``size``; smaller ones are padded with 1 (white) at a random
+    offset to ``size``. CLIP's normalization is the encoder's."""
+    r = images.shape[1]
+    k_cut, k_left, k_top = jax.random.split(rng, 3)
+    if r < size:
+        left = jax.random.randint(k_left, (), 0, size - r)
+        top = jax.random.randint(k_top, (), 0, size - r)
+        canvas = jnp.ones((images.shape[0], size, size, images.shape[-1]), images.dtype)
+        return jax.lax.dynamic_update_slice(canvas, images, (0, top, left, 0))
+    cut = jax.random.randint(k_cut, (), int(0.5 * r), r)
+    left = jax.random.randint(k_left, (), 0, r - cut)
+    top = jax.random.randint(k_top, (), 0, r - cut)
+    rows, cols = bicubic_matrix(size, top, cut, r), bicubic_matrix(size, left, cut, r)
+    return jnp.einsum("oh,bhwc,pw->bopc", rows, images, cols,
+                      precision=jax.lax.Precision.HIGHEST)
+
+
+def g_main_objective(cfg: StepConfig, logits, d_feat, clip_feat, cond) -> tuple:
+    """LAFITE's Gmain loss (``StyleGAN2Loss.accumulate_gradients``): mean softplus(-D(G))
+    - itc x mean contra(CLIP(G), c) - itd x mean contra(D-features(G), c); (loss,
+    metrics), the contrastive metrics as the losses' terms (-mean contra)."""
+    contra = lambda a: contra_loss(cfg.temperature, a, cond, cfg.contra_lam).mean()
+    adv, itd, itc = jax.nn.softplus(-logits).mean(), -contra(d_feat), -contra(clip_feat)
+    loss = adv + cfg.itd_weight * itd + cfg.itc_weight * itc
+    return loss, {"g_adv": adv, "g_itd": itd, "g_itc": itc}
+
+
+def d_main_objective(cfg: StepConfig, fake_logits, real_logits, real_feat, cond) -> tuple:
+    """LAFITE's Dmain loss: mean softplus(D(fake)) + mean softplus(-D(real)) - itd x mean
+    contra(D-features(real), c); (loss, metrics)."""
+    adv = jax.nn.softplus(fake_logits).mean() + jax.nn.softplus(-real_logits).mean()
+    itd = -contra_loss(cfg.temperature, real_feat, cond, cfg.contra_lam).mean()
+    return adv + cfg.itd_weight * itd, {"d_adv": adv, "d_itd": itd}
+
+
+def pl_objective(grads: jax.Array, pl_mean: jax.Array, decay: float) -> tuple:
+    """The path-length penalties [B] from the gradients against ws [B, num_ws, w_dim]:
+    lengths sqrt(mean over layers of |g|^2), the running mean moved toward their mean by
+    ``decay`` (with its gradient, as StyleGAN2's), (length - mean)^2; and the new mean."""
+    lengths = jnp.sqrt(jnp.square(grads).sum(2).mean(1))
+    mean = pl_mean + decay * (lengths.mean() - pl_mean)
+    return jnp.square(lengths - mean), jax.lax.stop_gradient(mean)
+
+
+def generator_ws(gcfg: stylegan2.GANConfig, g_params, z: jax.Array, rng: jax.Array,
+                 mixing: float) -> jax.Array:
+    """LAFITE's ``run_G`` ws [B, num_ws, w_dim]: the mapping of ``z``, and with probability
+    ``mixing`` the layers from a cutoff drawn in [1, num_ws) on take a second latent's w."""
+    ws = stylegan2.broadcast_ws(stylegan2.mapping_apply(gcfg, g_params, z), gcfg.num_ws)
+    if mixing <= 0:
+        return ws
+    k_z, k_cut, k_p = jax.random.split(rng, 3)
+    other = stylegan2.mapping_apply(gcfg, g_params, jax.random.normal(k_z, z.shape, z.dtype))
+    cutoff = jax.random.randint(k_cut, (), 1, gcfg.num_ws)
+    cutoff = jnp.where(jax.random.uniform(k_p) < mixing, cutoff, gcfg.num_ws)
+    return stylegan2.mix_ws(ws, stylegan2.broadcast_ws(other, gcfg.num_ws), cutoff)
+
+
+def path_length_penalty(gcfg: stylegan2.GANConfig, g_params, ws: jax.Array, cond: jax.Array,
+                        rng: jax.Array, pl_mean: jax.Array, decay: float):
+    """StyleGAN2's path-length penalty (``StyleGAN2Loss`` ``Gpl``): lengths |J_w^T y| of
+    the images' gradient against ws for y ~ N(0, I) / res, the running mean moved toward
+    their mean by ``decay`` (with gradient, as there); returns (penalties [B], new mean)."""
+    k_noise, k_img = jax.random.split(rng)
+    r = gcfg.resolution
+    y = jax.random.normal(k_noise, (ws.shape[0], r, r, 3)) / np.sqrt(r * r)
+    grads = jax.grad(lambda w: jnp.sum(
+        stylegan2.synthesis_apply(gcfg, g_params, w, cond, k_img) * y))(ws)
+    return pl_objective(grads, pl_mean, decay)
+
+
+def train_condition(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
+    """The generator's training condition (no noise without ``rng``): ``c3.member_train``
+    of settings ``s``, applied to its own noiseless output first where ``s['twice']`` is set
+    (the C^3 code subtracts the image mean in ``dataset.py`` and again in ``loss.py``)."""
+    once = c3.member_train(s, e)
+    twice = jnp.asarray(s.get("twice", 0.0)) > 0
+    return c3.member_train(s, jnp.where(twice, once, e), rng)
+
+
 def gan_update(gen: stylegan2.Generator, disc: stylegan2.Discriminator, encode: Callable,
                cfg: StepConfig, g_tx, d_tx, state: GANState, batch: dict, key,
-               with_r1: bool, condition: Callable, clip_space: Callable,
-               skip_nonfinite: bool = False):
-    """One G+D update on {'image' uint8, 'embedding'}: ``condition(embedding, rng)`` is the
-    C^3 train transform, ``clip_space(e)`` maps the frozen CLIP embedding ``encode(images in
-    [-1, 1])`` of a generated image for the itc term; ``with_r1`` (StyleGAN2's lazy
-    regularization) adds the R1 penalty to the D loss. Returns (state, metrics)."""
-    z_dim = gen.config.z_dim
+               regs: tuple, condition: Callable, skip_nonfinite: bool = False,
+               image_size: int = 0):
+    """One training step of LAFITE's ``training_loop.py`` on {'image' uint8, 'embedding'}:
+    its phases in order, each with its own latents and condition noise: Gmain, Greg (the
+    path-length penalty, when ``regs[0]``), Dmain, Dreg (R1, when ``regs[1]``), each an
+    Adam step; then the EMA. ``condition(embedding, rng)`` is the method's train transform;
+    ``encode(images in [-1, 1])`` the frozen CLIP whose L2-normalized, uncollapsed
+    embedding of ``full_preprocess``'d generated images (to ``image_size``; 0: the images
+    as they are) enters the itc term. Negatives of the contrastive terms: the whole batch.
+    Returns (state, metrics)."""
+    gcfg = gen.config
+    with_pl, with_r1 = regs if isinstance(regs, tuple) else (False, regs)  # bool: R1 only
     d_apply = lambda p, x, c: disc.apply({"params": p}, x, c)
+    keys = jax.random.split(jax.random.fold_in(key, state.step), 14)
+    e = batch["embedding"]
+    b = e.shape[0]
+    real = to_unit_range(batch["image"])
+    if cfg.mirror:
+        real = random_flip(keys[0], real)
+    z_of = lambda k, n=b: jax.random.normal(k, (n, gcfg.z_dim))
 
-    def d_loss_fn(d_params, real, fake, cond):
+    def fake_of(g_params, z, cond, rng):
+        k_ws, k_noise = jax.random.split(rng)
+        ws = generator_ws(gcfg, g_params, z, k_ws, cfg.style_mixing)
+        return stylegan2.synthesis_apply(gcfg, g_params, ws, cond, k_noise)
+
+    def g_main(g_params, cond, rng):
+        k_z, k_fake, k_crop = jax.random.split(rng, 3)
+        fake = fake_of(g_params, z_of(k_z), cond, k_fake)
+        logits, feat = d_apply(state.d_params, fake, cond)
+        crop = full_preprocess(k_crop, fake, image_size) if image_size and cfg.itc_crop else fake
+        return g_main_objective(cfg, logits, feat, c3.normalize(encode(crop)), cond)
+
+    def g_reg(g_params, cond, rng):
+        k_z, k_ws, k_pl = jax.random.split(rng, 3)
+        n = max(b // cfg.pl_batch_shrink, 1)
+        ws = generator_ws(gcfg, g_params, z_of(k_z, n), k_ws, cfg.style_mixing)
+        penalty, mean = path_length_penalty(gcfg, g_params, ws, cond[:n], k_pl, state.pl_mean,
+                                            cfg.pl_decay)
+        return (penalty * cfg.pl_weight).mean() * cfg.pl_every, (penalty.mean(), mean)
+
+    def d_main(d_params, fake, cond):
         fake_logits, _ = d_apply(d_params, fake, cond)
         real_logits, real_feat = d_apply(d_params, real, cond)
-        adv = jax.nn.softplus(fake_logits).mean() + jax.nn.softplus(-real_logits).mean()
-        itd = contrastive_loss(real_feat, cond, cfg.temperature)
-        r1 = r1_penalty(d_apply, d_params, real, cond) if with_r1 else jnp.zeros(())
-        loss = adv + cfg.itd_weight * itd + 0.5 * cfg.r1_gamma * cfg.r1_every * r1
-        return loss, {"d_adv": adv, "d_itd": itd, "r1": r1}
+        return d_main_objective(cfg, fake_logits, real_logits, real_feat, cond)
 
-    def g_loss_fn(g_params, d_params, z, cond, noise_rng):
-        fake = gen.apply({"params": g_params}, z, cond, noise_rng)
-        logits, feat = d_apply(d_params, fake, cond)
-        adv = jax.nn.softplus(-logits).mean()
-        itd = contrastive_loss(feat, cond, cfg.temperature)
-        itc = contrastive_loss(clip_space(encode(fake)), cond, cfg.temperature)
-        loss = adv + cfg.itd_weight * itd + cfg.itc_weight * itc
-        return loss, {"g_adv": adv, "g_itd": itd, "g_itc": itc}
+    def d_reg(d_params, cond):
+        r1 = r1_penalty(d_apply, d_params, real, cond)
+        return r1 * (cfg.r1_gamma / 2) * cfg.r1_every, r1
 
-    keys = jax.random.split(jax.random.fold_in(key, state.step), 5)
-    b = batch["embedding"].shape[0]
-    cond = condition(batch["embedding"], keys[0])
-    real = to_unit_range(batch["image"])
-    fake = gen.apply({"params": state.g_params}, jax.random.normal(keys[1], (b, z_dim)),
-                     cond, keys[2])
-    d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(
-        state.d_params, real, jax.lax.stop_gradient(fake), cond)
-    d_updates, d_opt = d_tx.update(d_grads, state.d_opt, state.d_params)
-    d_params = optax.apply_updates(state.d_params, d_updates)
-    (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        state.g_params, d_params, jax.random.normal(keys[3], (b, z_dim)), cond, keys[4])
-    g_updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
-    g_params = optax.apply_updates(state.g_params, g_updates)
+    def adam(tx, grads, opt, params):
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt
+
+    (g_loss, g_metrics), g_grads = jax.value_and_grad(g_main, has_aux=True)(
+        state.g_params, condition(e, keys[1]), keys[2])
+    g_params, g_opt = adam(g_tx, g_grads, state.g_opt, state.g_params)
+    pl, pl_mean = jnp.zeros(()), jnp.asarray(state.pl_mean, jnp.float32)
+    if with_pl and cfg.pl_weight > 0:
+        pl_grads, (pl, pl_mean) = jax.grad(g_reg, has_aux=True)(
+            g_params, condition(e, keys[3]), keys[4])
+        g_params, g_opt = adam(g_tx, pl_grads, g_opt, g_params)
+    cond = condition(e, keys[5])
+    fake = jax.lax.stop_gradient(fake_of(g_params, z_of(keys[6]), cond, keys[7]))
+    d_grads, d_metrics = jax.grad(d_main, has_aux=True)(state.d_params, fake, cond)
+    d_params, d_opt = adam(d_tx, d_grads, state.d_opt, state.d_params)
+    r1 = jnp.zeros(())
+    if with_r1 and cfg.r1_gamma > 0:
+        r1_grads, r1 = jax.grad(d_reg, has_aux=True)(d_params, condition(e, keys[8]))
+        d_params, d_opt = adam(d_tx, r1_grads, d_opt, d_params)
     beta = ema_beta(cfg, state.step)
-    ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema, g_params)
-    metrics = {**d_metrics, **g_metrics, "g_loss": g_loss,
+    ema = jax.tree.map(lambda m, p: p + beta * (m - p), state.ema, g_params)
+    metrics = {**d_metrics, **g_metrics, "r1": r1, "pl_penalty": pl, "g_loss": g_loss,
                "g_grad_norm": optax.tree.norm(g_grads), "d_grad_norm": optax.tree.norm(d_grads)}
-    new = GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema)
+    new = GANState(state.step + 1, g_params, d_params, g_opt, d_opt, ema, pl_mean)
     return st.guard_finite(new, state, metrics, skip_nonfinite)
+
+
+def check_init_from(config) -> None:
+    """Raises (one line naming the first mismatched key) unless ``init_from`` is a LAFITE
+    pickle whose networks fit this config's sizes and dataset."""
+    rows = ImageRows(builders.data_source(config.dataset_dir, config.train_split),
+                     config.image_field, config.train_field)
+    lafite_import.load(config.init_from, gan_config(config, rows.dim, rows.resolution))
 
 
 def check_method(name: str) -> None:
@@ -171,14 +360,14 @@ def check_method(name: str) -> None:
 
 def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
                     encode: Callable, cfg: StepConfig, g_tx, d_tx, mesh, shardings,
-                    skip_nonfinite: bool = False):
-    """One sharded ``gan_update`` with the method's training transform (``c3.member_train``
-    with its settings as arrays; ``with_r1`` static: two compiled variants)."""
-    def step(state: GANState, batch: dict, settings: dict, key, with_r1: bool):
-        condition = lambda e, rng: c3.member_train(settings, e, rng)
-        clip_space = lambda e: c3.member_train(settings, e)
-        return gan_update(gen, disc, encode, cfg, g_tx, d_tx, state, batch, key, with_r1,
-                          condition, clip_space, skip_nonfinite)
+                    skip_nonfinite: bool = False, image_size: int = 0):
+    """One sharded ``gan_update`` with the method's training transform (``train_condition``
+    with its settings as arrays); ``regs`` = (path-length step, R1 step) is static: up to
+    four compiled variants."""
+    def step(state: GANState, batch: dict, settings: dict, key, regs: tuple):
+        condition = lambda e, rng: train_condition(settings, e, rng)
+        return gan_update(gen, disc, encode, cfg, g_tx, d_tx, state, batch, key, regs,
+                          condition, skip_nonfinite, image_size)
 
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), repl, repl),
@@ -239,10 +428,11 @@ class ImageRows:
 
 class Encoder:
     """A frozen image encoder for the itc term and CLIP-space statistics:
-    ``fn(params, images in [-1, 1] NHWC) -> embeddings``."""
+    ``fn(params, images in [-1, 1] NHWC) -> embeddings``; ``image_size``: its input size
+    (0: unknown; the itc term then encodes generated images without LAFITE's crop)."""
 
-    def __init__(self, fn: Callable, params):
-        self.fn, self.params = fn, params
+    def __init__(self, fn: Callable, params, image_size: int = 0):
+        self.fn, self.params, self.image_size = fn, params, image_size
         # uint8 images -> embeddings, compiled once per encoder (not per scorer or member)
         self.encode_uint8 = jax.jit(lambda p, x: fn(p, to_unit_range(x)))
 
@@ -262,13 +452,16 @@ def tower_encoder(module: clip.CLIP, params, mean, std) -> Encoder:
     with ``mean``/``std``."""
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 
+    size = module.config.image_size
+
     def fn(p, images):
-        size = module.config.image_size
-        x = jax.image.resize((images + 1.0) / 2.0, (images.shape[0], size, size, 3), "bilinear")
+        x = (images + 1.0) / 2.0
+        if images.shape[1:3] != (size, size):
+            x = jax.image.resize(x, (images.shape[0], size, size, 3), "bilinear")
         x = jnp.transpose((x - mean) / std, (0, 3, 1, 2))
         return module.apply({"params": p}, x, method="encode_image")
 
-    return Encoder(fn, params)
+    return Encoder(fn, params, size)
 
 
 class Run:
@@ -286,6 +479,8 @@ class Run:
         self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
         check_method(config.variant)
         self.tx = optimizer(config)
+        self.g_tx = optimizer(config, config.pl_every)
+        self.d_tx = optimizer(config, config.r1_every)
         self._moments: dict = {}
 
     def _check_encoder(self) -> None:
@@ -308,7 +503,8 @@ class Run:
         field = self.config.train_field
         train, evaluation = self.moments(field), self.moments(self.config.eval_field)
         centroid = cd.method_centroid(method, self.train_source, field, train, evaluation)
-        return c3.member_settings(method, sigma, train, evaluation, noise, centroid=centroid)
+        s = c3.member_settings(method, sigma, train, evaluation, noise, centroid=centroid)
+        return {**s, "twice": collapse_twice(method, self.config.collapse_twice)}
 
     def own_settings(self) -> dict:
         """The settings of the config's own method and sigma."""
@@ -319,9 +515,34 @@ class Run:
     def init_state(self) -> GANState:
         return init_state(self.gen, self.disc, self.tx, self.gan, jax.random.key(self.config.seed))
 
+    def initializer(self, shardings) -> Callable:
+        """() -> the first state: ``init_state``, or with ``init_from`` LAFITE's G, D and
+        G_ema from that pickle (``lafite_import``) with fresh Adam states."""
+        if not self.config.init_from:
+            return jax.jit(self.init_state, out_shardings=shardings)
+
+        def pretrained():
+            nets = lafite_import.load(self.config.init_from, self.gan)
+            g, d = nets["G"], nets["D"]
+            state = GANState(jnp.zeros((), jnp.int32), g, d, self.tx.init(g), self.tx.init(d),
+                             nets["G_ema"], jnp.zeros((), jnp.float32))
+            return jax.device_put(state, shardings)
+        return pretrained
+
     def shardings(self):
         abstract = jax.eval_shape(self.init_state)
         return abstract, parallel.state_shardings(self.mesh, abstract)
+
+
+# The variants the C^3 scripts run with --remove_mean (whose image mean its code subtracts
+# twice); for other methods ``collapse_twice`` changes nothing.
+DOUBLE_MEAN_METHODS = ("c2_collapse", "c3")
+
+
+def collapse_twice(method: str, enabled: bool) -> np.float32:
+    """The ``twice`` setting of ``train_condition``: 1 for the C^3 code's double image-mean
+    subtraction (``enabled`` and a method in ``DOUBLE_MEAN_METHODS``), else 0."""
+    return np.float32(enabled and method in DOUBLE_MEAN_METHODS)
 
 
 def init_state(gen, disc, tx, cfg: stylegan2.GANConfig, key) -> GANState:
@@ -331,7 +552,8 @@ def init_state(gen, disc, tx, cfg: stylegan2.GANConfig, key) -> GANState:
     g_key, d_key = jax.random.split(key)
     g = gen.init(g_key, z, c)["params"]
     d = disc.init(d_key, img, c)["params"]
-    return GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d), g)
+    return GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d), g,
+                    jnp.zeros((), jnp.float32))
 
 
 def check_batch(config, rows: ImageRows) -> int:
@@ -348,15 +570,14 @@ def train(run: Run) -> tuple:
     abstract, shardings = run.shardings()
     settings = run.own_settings()
     step_fn = make_train_step(run.gen, run.disc, run.encoder, StepConfig.from_config(config),
-                              run.tx, run.tx, run.mesh, shardings, config.skip_nonfinite)
+                              run.g_tx, run.d_tx, run.mesh, shardings, config.skip_nonfinite,
+                              run.encoder.image_size)
     data = iter(pipeline.make_loader(run.rows, local_batch, config.seed))
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
-    state, start = ckpts.resume_or_init(abstract, shardings, data,
-                                        jax.jit(run.init_state, out_shardings=shardings))
+    state, start = ckpts.resume_or_init(abstract, shardings, data, run.initializer(shardings))
     key = jax.random.key(config.seed)
     state, last, _ = loop.fit(
-        state, start, lambda s, batch, i: step_fn(s, batch, settings, key,
-                                                  i % config.r1_every == 0),
+        state, start, lambda s, batch, i: step_fn(s, batch, settings, key, regs_at(config, i)),
         data, parallel.batch_sharding(run.mesh), ckpts, wd,
         loop.LoopConfig(config.max_steps, config.log_every, config.checkpoint_every,
                         config.skip_nonfinite, "train G+D", ("g_adv", "d_adv")),
@@ -364,6 +585,13 @@ def train(run: Run) -> tuple:
     summary = {"steps": config.max_steps, "resumed_from": start,
                "train_images": len(run.rows), "final_metrics": last}
     return state.ema, summary
+
+
+def regs_at(config, step: int) -> tuple:
+    """(path-length penalty, R1) at ``step``: LAFITE's lazy regularization phases (never
+    at weight 0, so that no program is compiled for them)."""
+    return (config.pl_weight > 0 and step % config.pl_every == 0,
+            config.r1_gamma > 0 and step % config.r1_every == 0)
 
 
 def restore_ema(run: Run, run_dir: str):
@@ -380,19 +608,25 @@ def restore_ema(run: Run, run_dir: str):
 # Evaluation: generate from the other modality's embeddings
 
 
-def _batches(source, config, limit: int, field: str):
-    """(embeddings [b, d] of ``field``, each row's first when it holds several, real images,
-    captions) batches."""
+def _batches(source, config, limit: int, field: str, pick: Optional[np.random.Generator] = None):
+    """(embeddings [b, d] of ``field``, real images, captions) batches; where a row holds
+    several embeddings (one per caption), its first, or with ``pick`` one drawn at random
+    (LAFITE's ``get_txt_features``: one random caption per image)."""
     n = len(source) if limit <= 0 else min(limit, len(source))
     size = config.eval_batch_size
     for start in range(0, n, size):
         rows = [source[i] for i in range(start, min(start + size, n))]
         e = np.stack([np.asarray(r[field], np.float32) for r in rows])
-        e = e[:, 0] if e.ndim == 3 else e
+        index = np.zeros(len(rows), np.int64)
+        if e.ndim == 3:
+            if pick is not None:
+                index = pick.integers(0, e.shape[1], len(rows))
+            e = e[np.arange(len(rows)), index]
         if not np.isfinite(e).all():
             raise ValueError(f"{field!r} embeddings contain NaN or Inf")
         images = np.stack([np.asarray(r[config.image_field], np.uint8) for r in rows])
-        yield e, images, [cd.captions_of(r, config.caption_field)[0] for r in rows]
+        caps = [cd.captions_of(r, config.caption_field) for r in rows]
+        yield e, images, [c[min(k, len(c) - 1)] for c, k in zip(caps, index)]
 
 
 def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -411,18 +645,26 @@ class ImageScores:
                                                      "inc_real")}
         self.clip_scores, self.logits = [], []
 
-    def update(self, fake: np.ndarray, real: np.ndarray, text: np.ndarray) -> None:
-        encode = lambda images: np.asarray(self.encoder.encode_uint8(self.encoder.params, images))
-        f_fake = encode(fake)
+    def update(self, fake: np.ndarray, real: Optional[np.ndarray], text: np.ndarray) -> None:
+        """Adds generated images (and their real counterparts unless ``real`` is None)."""
+        f_fake = self.encode(fake)
         self.stats["clip_fake"].update(f_fake)
-        self.stats["clip_real"].update(encode(real))
         self.clip_scores.append(np.sum(_unit(f_fake) * _unit(text), -1))
         if self.inception is not None:
-            for name, batch in (("inc_fake", fake), ("inc_real", real)):
-                feats, lg = self.inception(batch)
-                self.stats[name].update(feats)
-                if name == "inc_fake":
-                    self.logits.append(lg)
+            feats, lg = self.inception(fake)
+            self.stats["inc_fake"].update(feats)
+            self.logits.append(lg)
+        if real is not None:
+            self.add_real(real)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.encoder.encode_uint8(self.encoder.params, images))
+
+    def add_real(self, real: np.ndarray) -> None:
+        """Adds real images to the reference statistics."""
+        self.stats["clip_real"].update(self.encode(real))
+        if self.inception is not None:
+            self.stats["inc_real"].update(self.inception(real)[0])
 
     def result(self) -> dict:
         stats = self.stats
@@ -440,32 +682,70 @@ class ImageScores:
         return metrics
 
 
-def test_batches(config, limit: int = 0, field: str = ""):
+def test_batches(config, limit: int = 0, field: str = "",
+                 pick: Optional[np.random.Generator] = None):
     """The test split's batches (embeddings of ``field``, by default ``eval_field``: the
-    text's; real images; captions), with a progress bar."""
+    text's; real images; captions; ``pick``: a random caption per row), with a progress
+    bar."""
     source = builders.data_source(config.dataset_dir, config.test_split)
     total = len(source) if limit <= 0 else min(limit, len(source))
-    return progress_bar(_batches(source, config, limit, field or config.eval_field),
+    return progress_bar(_batches(source, config, limit, field or config.eval_field, pick),
                         desc="generate", unit="batch",
                         total=-(-total // config.eval_batch_size))
 
 
+# How generated images are scored: "lafite" is LAFITE's and C^3's protocol (drboog/Lafite
+# metrics/metric_utils.py, reported as fid50k_full but generating 30,000): one image per row
+# of the first `eval_max_examples` rows of `test_split` (their val2014) from one caption
+# drawn at random per row, against real statistics of every `train_split` image; "paired":
+# each row's first caption, against the same rows' real images.
+FID_PROTOCOLS = ("lafite", "paired")
+
+
+def protocol_note(config, generated: int, real: int) -> str:
+    """results.json's description of what the FID (and CLIP FD) were computed on."""
+    if config.fid_protocol == "lafite":
+        return (f"lafite: {generated} images from the first {generated} {config.test_split!r} "
+                f"rows, one random caption each, vs {real} {config.train_split!r} images")
+    return (f"paired: {generated} images from the first caption of the first {generated} "
+            f"{config.test_split!r} rows, vs those rows' {real} images")
+
+
 def evaluate(run: Run, params, limit: int = 0) -> dict:
-    """Images from the test split's text embeddings (first caption of each row), scored by
-    ``ImageScores``; returns metrics, samples and generated images."""
+    """Images from the test split's text embeddings (``fid_protocol``: LAFITE's, one random
+    caption per row against the training images' statistics, or the first caption against
+    the same rows' images), scored by ``ImageScores``; returns metrics (with
+    ``fid_protocol`` saying what was generated and compared), samples and images."""
     config = run.config
     settings = run.own_settings()  # Collapse with the *text* mean at test time
     generate = make_generate(run.gen, run.mesh)
     scores = ImageScores(run.encoder, inception_of(config.inception_weights))
+    lafite = config.fid_protocol == "lafite"
+    pick = np.random.default_rng(config.seed) if lafite else None
     images, captions = [], []
     key = jax.random.key(config.seed + 1)
-    for i, (e, real, caps) in enumerate(test_batches(config, limit)):
+    for i, (e, real, caps) in enumerate(test_batches(config, limit, pick=pick)):
         fake = np.asarray(generate(params, _global(_pad(e, jax.device_count()), run.mesh),
                                    settings, jax.random.fold_in(key, i)))[: len(e)]
-        scores.update(fake, real, e)
+        scores.update(fake, None if lafite else real, e)
         images.append(fake)
         captions += caps
-    return {"metrics": scores.result(), "images": np.concatenate(images), "captions": captions}
+    if lafite:
+        for real in progress_bar(train_images(config), desc="real statistics", unit="batch"):
+            scores.add_real(real)
+    metrics = scores.result()
+    metrics["fid_protocol"] = protocol_note(config, metrics["num_generated"],
+                                            scores.stats["clip_real"].count)
+    return {"metrics": metrics, "images": np.concatenate(images), "captions": captions}
+
+
+def train_images(config):
+    """Every image of the training split, in batches of ``eval_batch_size``."""
+    source = builders.data_source(config.dataset_dir, config.train_split)
+    for start in range(0, len(source), config.eval_batch_size):
+        stop = min(start + config.eval_batch_size, len(source))
+        yield np.stack([np.asarray(source[i][config.image_field], np.uint8)
+                        for i in range(start, stop)])
 
 
 def _global(x: np.ndarray, mesh) -> jax.Array:
