@@ -272,11 +272,29 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(capt
     assert 1 <= last == bad - 1 and f"step {last}" in str(err.value)
     assert all(np.isfinite(a).all() for a in jax.tree.leaves(state["params"]))
     assert not (tmp_path / "stop" / "results.json").exists()
-    # skip_nonfinite: the same run goes on, dropping every non-finite update.
+    # skip_nonfinite: the same run goes on, dropping every non-finite update; as most of
+    # its steps were skipped, it ends with an error and no results.
     config.skip_nonfinite = True
-    runner.run(config, str(tmp_path / "skip"))
+    with pytest.raises(FloatingPointError, match=f"{8 - bad + 1} of the 8 steps run had "
+                       "non-finite loss or gradients and were skipped"):
+        runner.run(config, str(tmp_path / "skip"))
+    assert not (tmp_path / "skip" / "results.json").exists()
     rows = [json.loads(x) for x in open(tmp_path / "skip" / "metrics.jsonl") if "loss" in x]
     assert [r["nonfinite"] for r in rows][: bad - 1] == [0] * (bad - 1)
     assert rows[bad - 1]["nonfinite"] == 1
     state, last = latest_state(str(tmp_path / "skip"))
     assert last == 8 and all(np.isfinite(a).all() for a in jax.tree.leaves(state["params"]))
+
+
+def test_skipped_steps_are_counted_and_a_mostly_skipped_run_is_an_error():
+    from c3_jax.train import loop
+    watch = st.NonFiniteWatch(("a", "b"))
+    for step, bad in enumerate([[0, 1], [0, 1], [1, 0], [0, 0]], 1):
+        watch.update({"nonfinite": jax.numpy.asarray(bad, "int32")}, step)
+    cfg = loop.LoopConfig(4, 1, 4, True, members=("a", "b"))
+    got = loop.skipped_steps(watch, cfg, 0)
+    assert got == {"skipped_nonfinite_steps": 3, "skipped_nonfinite_steps/a": 1,
+                   "skipped_nonfinite_steps/b": 2}
+    watch.update({"nonfinite": jax.numpy.asarray([0, 1], "int32")}, 5)
+    with pytest.raises(FloatingPointError, match="3 of the 5 steps run by member\\(s\\) b"):
+        loop.skipped_steps(watch, loop.LoopConfig(5, 1, 5, True, members=("a", "b")), 0)

@@ -134,7 +134,9 @@ def test_nonfinite_losses_stop_or_are_skipped(t2i_world, tmp_path):
         runner.run(config, str(tmp_path / "stop"))
     assert not (tmp_path / "stop" / "results.json").exists()
     assert not os.listdir(tmp_path / "stop" / "checkpoints" / "latest")
-    config.skip_nonfinite = True  # every step is skipped: the initial state survives
-    runner.run(config, str(tmp_path / "skip"))
+    config.skip_nonfinite = True  # every step is skipped: the initial state survives,
+    with pytest.raises(FloatingPointError, match="3 of the 3 steps run"):  # and no results
+        runner.run(config, str(tmp_path / "skip"))
+    assert not (tmp_path / "skip" / "results.json").exists()
     state, last = latest_state(str(tmp_path / "skip"))
     assert last == 3 and all(np.isfinite(a).all() for a in jax.tree.leaves(state))

@@ -276,7 +276,8 @@ def train(sweep: Sweep) -> tuple:
         at_checkpoint=None if validate is None else _keep_best(sweep, validate, val))
     summary = {n: {"steps": steps, "resumed_from": start, "train_pairs": pairs,
                    **({"final_loss": last[f"loss/{n}"]} if f"loss/{n}" in last else {}),
-                   **({"val_loss": val[n]} if n in val else {})}
+                   **({"val_loss": val[n]} if n in val else {}),
+                   "skipped_nonfinite_steps": last[f"skipped_nonfinite_steps/{n}"]}
                for n in names}
     return state.params, summary
 

@@ -292,7 +292,8 @@ def train(run: Run) -> tuple:
         validate=validation_of(run, eval_loss, settings))
     summary = {"steps": steps, "resumed_from": start, "train_pairs": len(run.pairs),
                **({"final_loss": last["loss"]} if "loss" in last else {}),
-               **{k: last[k] for k in ("seconds_per_step",) if k in last},
+               **{k: last[k] for k in ("seconds_per_step", "skipped_nonfinite_steps")
+                  if k in last},
                **({config.best_by: val} if val is not None else {})}
     return state.params, summary
 

@@ -20,6 +20,10 @@ from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
 
+# A run that skipped more than this share of its steps as non-finite ends with an error.
+MAX_SKIPPED_SHARE = 0.5
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     steps: int
@@ -137,7 +141,27 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
     ckpts.wait()
     ckpts.close()
     writer.close()
-    return state, {**last, **pace(marks)}, val
+    skipped = skipped_steps(watch, loop, start)
+    return state, {**last, **pace(marks), **skipped}, val
+
+
+def skipped_steps(watch: st.NonFiniteWatch, loop: LoopConfig, start: int) -> dict:
+    """{'skipped_nonfinite_steps'} (and per member) of the steps this process ran; raises
+    when more than ``MAX_SKIPPED_SHARE`` of them were skipped: its results would describe
+    an initial or stale state."""
+    counts = watch.skipped_steps()[:max(len(loop.members), 1)]
+    ran = loop.steps - start
+    out = {"skipped_nonfinite_steps": int(counts.sum())}
+    out.update({f"skipped_nonfinite_steps/{n}": int(c) for n, c in zip(loop.members, counts)})
+    worst = int(counts.max()) if counts.size else 0
+    if ran > 0 and worst > MAX_SKIPPED_SHARE * ran:
+        who = ("" if not loop.members else " by member(s) " + ", ".join(
+            n for n, c in zip(loop.members, counts) if c > MAX_SKIPPED_SHARE * ran))
+        raise FloatingPointError(
+            f"{worst} of the {ran} steps run{who} had non-finite loss or gradients and were "
+            f"skipped (skip_nonfinite); the checkpoints are kept but no results are written. "
+            f"Lower the learning rate or check the data for NaN/Inf")
+    return out
 
 
 def pace(marks: list, unit: str = "step") -> dict:

@@ -38,14 +38,22 @@ class NonFiniteWatch:
     trainer logs or is about to save."""
 
     def __init__(self, members: tuple = ()):
-        self.members, self.first = members, None
+        self.members, self.first, self.skipped = members, None, None
         self._update = jax.jit(lambda f, bad, step: jnp.where((f < 0) & (bad > 0), step, f))
+        self._count = jax.jit(lambda count, bad: count + bad)
 
     def update(self, metrics: dict, step: int) -> None:
         bad = metrics["nonfinite"]
         if self.first is None:
             self.first = jnp.full(jnp.shape(bad), -1, jnp.int32)
+        if self.skipped is None:
+            self.skipped = jnp.zeros(jnp.shape(bad), jnp.int32)
         self.first = self._update(self.first, bad, step)
+        self.skipped = self._count(self.skipped, bad)
+
+    def skipped_steps(self) -> np.ndarray:
+        """Steps with non-finite metrics since this process started (per member: [M])."""
+        return np.atleast_1d(0 if self.skipped is None else parallel.to_host(self.skipped))
 
     def check(self, ckpts, skip: bool) -> None:
         """Stops (after finishing pending saves) if a step was not finite, unless skipping."""
