@@ -1,5 +1,5 @@
-"""C^3 image captioning on MS-COCO (Table 2, Tables 4-5): GPT-2 prefix captioner trained
-on CLIP text embeddings only, evaluated on CLIP image embeddings.
+"""C^3 image captioning on MS-COCO (Tables 2 and 7; Figure 6 / Appendix Table 5): GPT-2
+prefix captioner trained on CLIP text embeddings only, evaluated on CLIP image embeddings.
 
 Variants (comma-separated, e.g. ``:c3,beam``):
   c1 | c2_collapse | c2_corrupt | c3 (default) | span_only   the C^3 ablations (Tables 2, 7)
@@ -10,7 +10,7 @@ Variants (comma-separated, e.g. ``:c3,beam``):
                c3_aniso at the calibrated sigma; std_match is our reading of per-dimension
                moment matching, not a verified transcription of TOMCap)
   supervised   ClipCap trained on image embeddings (the upper bound)
-  finetune     semi-supervised stage 2 (Fig. 6, Table 4): start from --config.init_from=<a
+  finetune     semi-supervised stage 2 (Fig. 6, Table 5): start from --config.init_from=<a
                text-trained run> and fine-tune on --config.train_fraction of the image-caption
                pairs, as the official stage-2 scripts: normalize, remove the mean (variants that
                collapse), no noise, no renormalization, warmup 5000 x train_fraction, the

@@ -1,4 +1,4 @@
-"""C^3 captioning in ImageBind's space (Table 5 generalization): a captioner trained on
+"""C^3 captioning in ImageBind's space (Table 4 generalization): a captioner trained on
 ImageBind text embeddings (1024-d), evaluated on image, audio or video embeddings.
 
 Settings of the official ImageBind config and scripts
