@@ -107,42 +107,82 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
     (lower is better); ``after_step(done, state)`` runs after every step (e.g. a probe);
     ``at_checkpoint(state) -> (state, metrics)`` before each save (e.g. a sweep keeping
     each member's best params). ``batch_sharding`` None: ``data`` yields global arrays.
-    A non-finite step stops the run before it is saved, unless ``skip_nonfinite``. The
-    returned metrics add ``seconds_per_step`` (see ``pace``), not written to the logs."""
+    A non-finite step stops the run before it is saved, unless ``skip_nonfinite``. Each
+    logged row adds where the wall time went (``time/*``, see ``Laps``); the returned
+    metrics leave those out and add ``seconds_per_step`` (see ``pace``)."""
     wd.truncate_metrics(start)
     writer, watch = MetricWriter(wd), st.NonFiniteWatch(loop.members)
     place = ((lambda b: b) if batch_sharding is None else
              (lambda b: pipeline.global_batch(b, batch_sharding)))
     bar = progress_bar(range(start, loop.steps), initial=start, total=loop.steps,
                        desc=loop.desc, unit="step")
-    last, val, marks = {}, None, []
+    last, val, marks, laps = {}, None, [], Laps(start)
     for i in bar:
-        state, metrics = step(state, place(next(data)), i)
+        batch = next(data)
+        laps.lap("data")
+        batch = place(batch)
+        laps.lap("place")
+        state, metrics = step(state, batch, i)
         done = i + 1
         watch.update(metrics, done)
+        laps.lap("dispatch")
         if done % loop.log_every == 0 or done == loop.steps:
             last = host_metrics(metrics, loop.members)
             marks.append((done, time.perf_counter()))
+            laps.lap("sync")
             if learning_rate is not None:
                 last["learning_rate"] = float(learning_rate(done - 1))
-            writer.write(done, last)
+            writer.write(done, {**last, **laps.row(done)})
             bar.set_postfix({k: f"{last[k]:.4f}" for k in loop.postfix if k in last})
+            laps.lap("log")
         if after_step is not None:
             after_step(done, state)
+            laps.lap("after_step")
         if done % loop.checkpoint_every == 0 or done == loop.steps:
             watch.check(ckpts, loop.skip_nonfinite)
+            laps.lap("sync")
             if at_checkpoint is not None:
                 state, extra = at_checkpoint(state)
                 writer.write(done, extra)
             val = validate(state) if validate is not None else None
             if val is not None:
                 writer.write(done, {loop.val_name: val})
+            laps.lap("validate")
             ckpts.save(done, state, data, best_value=val)
+            laps.lap("checkpoint")
     ckpts.wait()
     ckpts.close()
     writer.close()
     skipped = skipped_steps(watch, loop, start)
     return state, {**last, **pace(marks), **skipped}, val
+
+
+class Laps:
+    """Where a loop's wall time goes: consecutive laps (``lap(phase)`` adds the time since
+    the previous lap to ``phase``), summed between log rows. Device work is asynchronous:
+    'dispatch' grows when the host waits for a full queue of steps and 'sync' when it waits
+    for the device at a log step; 'data' and 'place' are the input pipeline's own time."""
+
+    PHASES = ("data", "place", "dispatch", "sync", "log", "after_step", "validate",
+              "checkpoint")
+
+    def __init__(self, start: int):
+        self.last, self.since, self.sums = time.perf_counter(), start, {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.sums[phase] = self.sums.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def row(self, done: int) -> dict:
+        """{'time/<phase>': seconds per step, 'time/step': their sum} over the steps since
+        the previous row (a log step's own log, validation and checkpoint fall in the next
+        row; the first row holds the compilation), and starts new sums."""
+        steps = max(done - self.since, 1)
+        out = {f"time/{p}": self.sums.get(p, 0.0) / steps for p in self.PHASES}
+        out["time/step"] = sum(self.sums.values()) / steps
+        self.since, self.sums = done, {}
+        return out
 
 
 def skipped_steps(watch: st.NonFiniteWatch, loop: LoopConfig, start: int) -> dict:
