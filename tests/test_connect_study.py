@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from c3_jax import geometry, runner
-from c3_jax.experiments import connect_study
+from c3_jax.world import connect_study
 from c3_jax.train import connect
 from configs import shapes_connect_study
 

@@ -1,5 +1,6 @@
-"""The package's layout holds: data/ and models/ import neither train/ nor experiments/, and
-no module uses another module's private names (a leading underscore)."""
+"""The package's layout holds: data/ and models/ import neither train/, experiments/ nor
+world/; nothing in the library imports the built-in world (c3_jax/world/); and no module
+uses another module's private names (a leading underscore)."""
 import ast
 import os
 
@@ -29,12 +30,21 @@ def _imports(tree) -> dict:
     return out
 
 
-def test_data_and_models_import_neither_train_nor_experiments():
+def test_data_and_models_import_neither_train_experiments_nor_world():
     bad = []
     for name, tree in _modules():
         if name.startswith(("c3_jax.data", "c3_jax.models")):
             bad += [(name, target) for target in _imports(tree).values()
-                    if target.startswith(("c3_jax.train", "c3_jax.experiments"))]
+                    if target.startswith(("c3_jax.train", "c3_jax.experiments", "c3_jax.world"))]
+    assert not bad, bad
+
+
+def test_nothing_outside_the_world_imports_it():
+    bad = []
+    for name, tree in _modules():
+        if name != "c3_jax.world" and not name.startswith("c3_jax.world."):
+            bad += [(name, target) for target in _imports(tree).values()
+                    if target == "c3_jax.world" or target.startswith("c3_jax.world.")]
     assert not bad, bad
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from c3_jax import runner
 from c3_jax.data import captions as cd
-from c3_jax.experiments import shapes_world
+from c3_jax.world import common
 from c3_jax.train import connect
 from c3_jax.workdir import MARKER, Workdir
 from configs import embeddings_dataset, geometry_synthetic, shapes_caption, shapes_t2i
@@ -184,11 +184,11 @@ def test_results_are_strict_json(tmp_path):
 def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
     config = shapes_caption.get_config("quick")
     wd = Workdir(str(tmp_path))
-    world = shapes_world.world_dataset(config, wd)
-    tokenizer = shapes_world.world_tokenizer(world, wd, {})
-    model = shapes_world.clip_model(tokenizer, config.connect, config.world.image_size,
-                                    width=16, depth=1, heads=2, projection_dim=8, patch_size=8)
-    pairs = shapes_world.connect_pairs(world, tokenizer)
+    world = common.world_dataset(config, wd)
+    tokenizer = common.world_tokenizer(world, wd, {})
+    model = common.clip_model(tokenizer, config.connect, config.world.image_size,
+                            width=16, depth=1, heads=2, projection_dim=8, patch_size=8)
+    pairs = common.connect_pairs(world, tokenizer)
     assert isinstance(pairs, cd.CaptionPairs)
     cfg = connect.ConnectConfig(steps=6, batch_size=32, lr=1e30, warmup_steps=0, log_every=1,
                                 checkpoint_every=1)

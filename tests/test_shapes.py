@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from c3_jax.data import builders
-from c3_jax.data import shapes as sh
+from c3_jax.world import scenes as sh
 
 
 def _one(shape, color, size, position):

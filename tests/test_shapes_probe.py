@@ -3,21 +3,21 @@ import math
 import numpy as np
 import pytest
 
-from c3_jax.data import shapes
-from c3_jax.eval import shapes_probe as sp
+from c3_jax.world import probe as sp
+from c3_jax.world import scenes
 
 
 @pytest.fixture(scope="module")
 def trained():
-    train = shapes.generate("train", 0, 3000, seed=0, image_size=32)
+    train = scenes.generate("train", 0, 3000, seed=0, image_size=32)
     return sp.train_probe(train["image"], train, steps=800, batch_size=64, seed=0,
                           progress=False)
 
 
 def test_probe_on_held_out_test_images_is_far_above_chance(trained):
-    test = shapes.generate("test", 0, 500, seed=0, image_size=32)
+    test = scenes.generate("test", 0, 500, seed=0, image_size=32)
     acc = sp.probe_accuracy(trained, test["image"], test)
-    chance = shapes.chance_accuracy(test)
+    chance = scenes.chance_accuracy(test)
     assert set(acc) == set(chance)
     for k in ("shape", "color"):
         assert acc[k] >= 0.9, (k, acc)
@@ -39,7 +39,7 @@ def test_probe_on_held_out_test_images_is_far_above_chance(trained):
 
 
 def test_probe_accuracy_is_one_when_predictions_are_the_truth(trained, monkeypatch):
-    test = shapes.generate("test", 0, 60, seed=3, image_size=32)
+    test = scenes.generate("test", 0, 60, seed=3, image_size=32)
 
     def oracle(probe, images, batch_size=500):
         assert images is test["image"]
@@ -48,7 +48,7 @@ def test_probe_accuracy_is_one_when_predictions_are_the_truth(trained, monkeypat
 
     monkeypatch.setattr(sp, "predict", oracle)
     acc = sp.probe_accuracy(trained, test["image"], test)
-    assert set(acc) == {*shapes.ATTRIBUTES, "num_objects", "exact_match", "mean"}
+    assert set(acc) == {*scenes.ATTRIBUTES, "num_objects", "exact_match", "mean"}
     assert all(v == 1.0 for v in acc.values()), acc
 
 
@@ -88,7 +88,7 @@ def test_prediction_accuracy_matches_a_hand_computation():
     for k, v in expected.items():
         assert acc[k] == pytest.approx(v), k
     # Names and None are accepted as well as ids; -1 predictions are wrong where applicable.
-    names = {k: [shapes.decode_attributes(TRUTH, i)[k] for i in range(4)] for k in TRUTH}
+    names = {k: [scenes.decode_attributes(TRUTH, i)[k] for i in range(4)] for k in TRUTH}
     assert sp.prediction_accuracy(PRED, names) == acc
     blank = {k: np.where(np.arange(4) == 0, -1, v) if k == "color" else v
              for k, v in TRUTH.items()}
@@ -102,7 +102,7 @@ def test_prediction_accuracy_matches_a_hand_computation():
 
 def _caption(pred: dict, i: int) -> str:
     """A caption stating the predicted attributes of scene i (None words left out)."""
-    a = shapes.decode_attributes(pred, i)
+    a = scenes.decode_attributes(pred, i)
     word = lambda k: a[k] or ""
     if a["num_objects"] == 2:
         rel = {"left_of": "to the left of", "above": "above"}[a["relation"]]
@@ -112,16 +112,16 @@ def _caption(pred: dict, i: int) -> str:
 
 
 def test_prediction_accuracy_agrees_with_caption_attribute_accuracy():
-    """Predictions written as captions score the same under shapes.attribute_accuracy."""
-    truth = shapes.generate("val", 0, 300, seed=1, image_size=16)
+    """Predictions written as captions score the same under scenes.attribute_accuracy."""
+    truth = scenes.generate("val", 0, 300, seed=1, image_size=16)
     rng = np.random.default_rng(0)
     n = len(truth["num_objects"])
     count = np.where(rng.random(n) < 0.8, truth["num_objects"], 3 - truth["num_objects"])
     pred = {"num_objects": count}
-    for k in shapes.ATTRIBUTES:
-        applies = np.isin(k, shapes.ONE_OBJECT_ATTRIBUTES) & (count == 1) | \
-            np.isin(k, shapes.TWO_OBJECT_ATTRIBUTES) & (count == 2)
-        guess = rng.integers(0, len(shapes.VOCAB[k]), n)
+    for k in scenes.ATTRIBUTES:
+        applies = np.isin(k, scenes.ONE_OBJECT_ATTRIBUTES) & (count == 1) | \
+            np.isin(k, scenes.TWO_OBJECT_ATTRIBUTES) & (count == 2)
+        guess = rng.integers(0, len(scenes.VOCAB[k]), n)
         keep = (truth[k] >= 0) & (rng.random(n) < 0.7)
         value = np.where(keep, truth[k], guess)
         if k not in ("shape", "shape2", "relation"):  # a caption needs these words
@@ -129,7 +129,7 @@ def test_prediction_accuracy_agrees_with_caption_attribute_accuracy():
         pred[k] = np.where(applies, value, -1)
     captions = [_caption(pred, i) for i in range(n)]
     ours = sp.prediction_accuracy(pred, truth)
-    ref = shapes.attribute_accuracy(captions, truth)
+    ref = scenes.attribute_accuracy(captions, truth)
     assert ours.keys() == ref.keys()
     for k in ref:
         assert ours[k] == pytest.approx(ref[k]), k
@@ -152,7 +152,7 @@ def test_mirror_labels_by_hand():
 
 def test_mirror_of_a_scene_is_the_world_scene_with_mirrored_attributes():
     """Noise-free one-object scenes whose mirror image is also drawn by the world."""
-    d = shapes.generate("train", 0, 6000, seed=0, image_size=32, two_object_fraction=0.0,
+    d = scenes.generate("train", 0, 6000, seed=0, image_size=32, two_object_fraction=0.0,
                         noise=False)
     index = {img.tobytes(): i for i, img in enumerate(d["image"])}
     m_images, m = sp.mirror(d["image"], {k: d[k] for k in sp.HEADS})
@@ -166,7 +166,7 @@ def test_mirror_of_a_scene_is_the_world_scene_with_mirrored_attributes():
 
 
 def test_bad_inputs_are_named(trained):
-    train = shapes.generate("train", 0, 8, seed=0, image_size=16)
+    train = scenes.generate("train", 0, 8, seed=0, image_size=16)
     with pytest.raises(ValueError, match="uint8"):
         sp.train_probe(train["image"].astype(np.float32), train, steps=1, progress=False)
     with pytest.raises(ValueError, match="lack"):

@@ -15,10 +15,10 @@ EXPERIMENTS = {
     "caption_gap_sensitivity": "c3_jax.experiments.caption:run_gap_sensitivity",
     "caption_sweep": "c3_jax.experiments.caption:run_caption_sweep",
     "generate": "c3_jax.experiments.t2i:run_generate",
-    "shapes_caption": "c3_jax.experiments.shapes_caption:run_shapes_caption",
-    "shapes_t2i": "c3_jax.experiments.shapes_t2i:run_shapes_t2i",
-    "shapes_connect_study": "c3_jax.experiments.connect_study:run_connect_study",
-    "shapes_sigma_sweep": "c3_jax.experiments.sigma_sweep:run_shapes_sigma_sweep",
+    "shapes_caption": "c3_jax.world.caption:run_shapes_caption",
+    "shapes_t2i": "c3_jax.world.t2i:run_shapes_t2i",
+    "shapes_connect_study": "c3_jax.world.connect_study:run_connect_study",
+    "shapes_sigma_sweep": "c3_jax.world.sigma_sweep:run_shapes_sigma_sweep",
 }
 # Trainers that resume from the checkpoints in their workdir (a rerun must be of the same
 # config) and composite runs whose cached stages decide what a changed config reuses.

@@ -6,8 +6,8 @@ from __future__ import annotations
 from absl import logging
 
 from c3_jax import c3, plots, stats
-from c3_jax.experiments import shapes_caption, shapes_world
 from c3_jax.workdir import Workdir
+from c3_jax.world import caption, common
 from configs import field_types
 from configs import shapes_sigma_sweep as defaults
 
@@ -28,26 +28,25 @@ def sigmas_of(config) -> list:
 
 
 def check(config) -> None:
-    shapes_caption.check(config)
+    caption.check(config)
     sigmas_of(config)
-    if shapes_world.variant_names(config.variants, shapes_caption.VARIANTS) != ["c3"]:
+    if common.variant_names(config.variants, caption.VARIANTS) != ["c3"]:
         raise ValueError("config field 'variants' must be 'c3': the sweep is over its sigma")
 
 
 def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
     """See the module docstring; writes sigma_sweep.png and SIGMA_SWEEP.md."""
-    _, _, _, tokenizer, dataset = shapes_world.connected_world(config, wd)
-    shapes_caption.geometry_report(config, dataset, wd)
-    calibrated = shapes_caption.calibrated_sigma(config, dataset)
+    _, _, _, tokenizer, dataset = common.connected_world(config, wd)
+    caption.geometry_report(config, dataset, wd)
+    calibrated = caption.calibrated_sigma(config, dataset)
     sigmas = sigmas_of(config)
-    members = shapes_caption.members(config, dataset, sigmas)
-    done = shapes_caption.train_captioners(config, dataset,
-                                           shapes_caption.gpt2_dir(config, tokenizer, wd),
-                                           members, wd)
-    attrs = shapes_world.test_attributes(dataset)
+    members = caption.members(config, dataset, sigmas)
+    done = caption.train_captioners(config, dataset, caption.gpt2_dir(config, tokenizer, wd),
+                                    members, wd)
+    attrs = common.test_attributes(dataset)
     scores = {}
     for m in members:
-        result = shapes_caption.member_result(done[m.name], attrs)
+        result = caption.member_result(done[m.name], attrs)
         scores.setdefault(m.sigma, []).append({k: result[k] for k in SCORES})
     rows = {f"{s:g}": {k: stats.mean_std([r[k] for r in scores[s]]) for k in SCORES}
             for s in sigmas}

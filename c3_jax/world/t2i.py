@@ -13,13 +13,14 @@ import numpy as np
 from absl import logging
 
 from c3_jax import geometry, parallel, plots
-from c3_jax.data import builders, shapes
+from c3_jax.data import builders
 from c3_jax.data import captions as cd
-from c3_jax.eval import shapes_probe
 from c3_jax.models import stylegan2
-from c3_jax.experiments import checks, shapes_world, stages
+from c3_jax.experiments import checks, stages
 from c3_jax.train import caption_sweep, connect, gan_sweep, generation
 from c3_jax.workdir import Workdir
+from c3_jax.world import common, scenes
+from c3_jax.world import probe as attribute_probe
 from configs import field_types, t2i_base
 from configs import shapes_t2i as defaults
 
@@ -34,8 +35,8 @@ READOUT = {"image_embedding": "image", "text_embedding": "text (first caption)"}
 
 def check(config) -> None:
     """Every value of a shapes_t2i config, checked before any work."""
-    shapes_world.check_world(config)
-    shapes_world.variant_names(config.variants, VARIANTS)
+    common.check_world(config)
+    common.variant_names(config.variants, VARIANTS)
     checks.at_least(config, 1, [f"generator.{k}" for k in (
         "steps", "batch", "z_dim", "w_dim", "mapping_layers", "cond_hidden", "channel_base",
         "channel_max", "r1_every")] + ["probe_steps", "num_samples"])
@@ -75,8 +76,8 @@ def _generator_config(config, dataset: str):
 
 def _split(world: str, split: str) -> tuple:
     """Images [n, R, R, 3] and attribute arrays of a world split."""
-    rows = shapes_world.split_rows(world, split)
-    return np.stack([np.asarray(r["image"]) for r in rows]), shapes_world.row_attributes(rows)
+    rows = common.split_rows(world, split)
+    return np.stack([np.asarray(r["image"]) for r in rows]), common.row_attributes(rows)
 
 
 def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> dict:
@@ -88,7 +89,7 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
                                 if named[v][2] == "calibrated" else config.noise_sigma,
                                 base.train_field)
                for v in variants]
-    shared = {"run": base.to_dict(), "upstream": shapes_world.connect_fields(config),
+    shared = {"run": base.to_dict(), "upstream": common.connect_fields(config),
               "generated_from": list(GENERATED)}
 
     def train(pending, sweep_wd, outputs):
@@ -110,10 +111,10 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
 
 def _embeddings(dataset: str, split: str) -> tuple:
     """A split's image embeddings, its first captions' text embeddings and its attributes."""
-    rows = shapes_world.split_rows(dataset, split)
+    rows = common.split_rows(dataset, split)
     first = lambda e: e[0] if e.ndim == 2 else e  # a scene's captions: the first one
     return ({f: np.stack([first(np.asarray(r[f])) for r in rows]) for f in READOUT},
-            shapes_world.row_attributes(rows))
+            common.row_attributes(rows))
 
 
 def condition_readout(dataset: str) -> dict:
@@ -123,7 +124,7 @@ def condition_readout(dataset: str) -> dict:
     train on; text embeddings: what they are given at test time)."""
     (x_train, y_train), (x_val, y_val) = (_embeddings(dataset, s) for s in ("train", "val"))
     return {f: {k: geometry.linear_readout(x_train[f], y_train[k], x_val[f], y_val[k])
-                for k in shapes_world.REPORTED_ATTRIBUTES} for f in READOUT}
+                for k in common.REPORTED_ATTRIBUTES} for f in READOUT}
 
 
 def _scored(generator_wd: Workdir, probe, test_attrs: dict, source: str) -> dict:
@@ -131,7 +132,7 @@ def _scored(generator_wd: Workdir, probe, test_attrs: dict, source: str) -> dict
     embeddings of the test split), with the attribute accuracy the probe reads."""
     result = generator_wd.read_json("results.json")
     images = np.load(generator_wd.file(GENERATED[source]))
-    acc = shapes_probe.probe_accuracy(probe, images, test_attrs)
+    acc = attribute_probe.probe_accuracy(probe, images, test_attrs)
     return {**result["metrics"][source], "attribute_accuracy": acc["mean"],
             "exact_match": acc["exact_match"], "per_attribute": acc, "images": images}
 
@@ -150,11 +151,11 @@ def _table(rows: dict, ceiling: dict, chance: dict, readout: dict) -> str:
                  f"{100 * ceiling['exact_match']:.1f} | 0 | |")
     lines.append(f"| chance (most frequent value) | {100 * chance['mean']:.1f} | "
                  f"{100 * chance['exact_match']:.1f} | | |")
-    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in shapes_world.REPORTED_ATTRIBUTES)
+    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in common.REPORTED_ATTRIBUTES)
     lines += ["", "Per attribute (%), from the test captions' text embeddings and from the test "
               "images' own image embeddings (the training condition: no modality gap):", "",
-              "| variant | from | " + " | ".join(shapes_world.REPORTED_ATTRIBUTES) + " |",
-              "|---|---|" + "---|" * len(shapes_world.REPORTED_ATTRIBUTES)]
+              "| variant | from | " + " | ".join(common.REPORTED_ATTRIBUTES) + " |",
+              "|---|---|" + "---|" * len(common.REPORTED_ATTRIBUTES)]
     for name in rows["text"]:
         for source in GENERATED:
             lines.append(f"| {name} | {source} | {pct(rows[source][name]['per_attribute'])} |")
@@ -172,19 +173,19 @@ def _samples_png(real, captions, rows: dict, wd: Workdir, count: int) -> str:
 
 def run_shapes_t2i(config, wd: Workdir) -> dict:
     """Connect -> generators trained on images only -> images from test captions."""
-    model, params, world, _, dataset = shapes_world.connected_world(config, wd)
+    model, params, world, _, dataset = common.connected_world(config, wd)
     encoder = _encoder(model, parallel.to_host(params))  # host arrays: any process count
     train_images, train_attrs = _split(world, "train")
     test_images, test_attrs = _split(world, "test")
-    probe = shapes_probe.train_probe(train_images, train_attrs, steps=config.probe_steps,
-                                     seed=config.seed)
-    ceiling = shapes_probe.probe_accuracy(probe, test_images, test_attrs)
+    probe = attribute_probe.train_probe(train_images, train_attrs, steps=config.probe_steps,
+                                        seed=config.seed)
+    ceiling = attribute_probe.probe_accuracy(probe, test_images, test_attrs)
     logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
-    variants = shapes_world.variant_names(config.variants, VARIANTS)
+    variants = common.variant_names(config.variants, VARIANTS)
     done = _generators(config, dataset, variants, encoder, wd)
     rows = {source: {v: _scored(done[v], probe, test_attrs, source) for v in variants}
             for source in GENERATED}
-    chance = shapes.chance_accuracy(test_attrs)
+    chance = scenes.chance_accuracy(test_attrs)
     readout = condition_readout(dataset)
     table = _table(rows, ceiling, chance, readout)
     wd.write_text("RESULTS.md", "# Shapes world: images from test captions, generators "

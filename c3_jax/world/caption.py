@@ -8,13 +8,14 @@ import numpy as np
 from absl import logging
 
 from c3_jax import plots, stats
-from c3_jax.data import builders, shapes
+from c3_jax.data import builders
 from c3_jax.data import captions as cd
-from c3_jax.experiments import checks, shapes_world, stages
+from c3_jax.experiments import checks, stages
 from c3_jax.experiments.geometry import pair_geometry
 from c3_jax.models import gpt2
 from c3_jax.train import caption_sweep
 from c3_jax.workdir import Workdir
+from c3_jax.world import common, scenes
 from configs import caption_base, field_types
 from configs import shapes_caption as defaults
 
@@ -35,8 +36,8 @@ PUBLISHED_COCO = {"c2_corrupt": ("CapDec", "26.4 / 25.1 / 91.8"),
 
 def check(config) -> None:
     """Every value of a shapes_caption config, checked before any work."""
-    shapes_world.check_world(config)
-    shapes_world.variant_names(config.variants, VARIANTS)
+    common.check_world(config)
+    common.variant_names(config.variants, VARIANTS)
     checks.at_least(config, 1, ["seeds", "captioner.width", "captioner.depth",
                                 "captioner.heads", "captioner.prefix_length",
                                 "captioner.steps", "captioner.batch",
@@ -69,7 +70,7 @@ def gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     """A GPT-2 config (trained from scratch) with the world's tokenizer."""
     path = wd.file("gpt2")
     c = config.captioner
-    fields = {**shapes_world.world_fields(config), "gpt2": _gpt2_fields(config)}
+    fields = {**common.world_fields(config), "gpt2": _gpt2_fields(config)}
     if stages.begin(wd, "gpt2", fields, [path]):
         return path
     if wd.primary:
@@ -91,7 +92,7 @@ def captioner_config(config, dataset: str, gpt2_path: str = ""):
         seed=config.seed, calibration_pairs=config.calibration_pairs,
         noise_rank=config.noise_rank, gpt2=gpt2_path, gpt2_from_scratch=True,
         prefix_length=t.prefix_length,
-        dataset_dir=dataset, max_caption_tokens=shapes_world.MAX_TOKENS,
+        dataset_dir=dataset, max_caption_tokens=common.MAX_TOKENS,
         truncate_captions=False, batch_size=t.batch, max_steps=t.steps, lr=t.lr,
         warmup_steps=t.warmup, log_every=50, checkpoint_every=t.steps, val_batches=4,
         max_decode_tokens=t.max_decode_tokens, eval_batch_size=t.eval_batch_size,
@@ -111,7 +112,7 @@ def members(config, dataset: str, sigmas=None) -> list:
     base = captioner_config(config, dataset)
     base.seeds = config.seeds
     return caption_sweep.named_members(
-        shapes_world.variant_names(config.variants, VARIANTS), base,
+        common.variant_names(config.variants, VARIANTS), base,
         sigmas or [config.noise_sigma], lambda: calibrated_sigma(config, dataset), bool(sigmas))
 
 
@@ -121,7 +122,7 @@ def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
     in ``captioners/<member>/``; those not done yet trained and decoded as one sweep."""
     base = captioner_config(config, dataset, gpt2_path)
     shared = {"run": base.to_dict(), "gpt2": _gpt2_fields(config),
-              "upstream": shapes_world.connect_fields(config)}
+              "upstream": common.connect_fields(config)}
 
     def train(pending, sweep_wd, outputs):
         sweep = caption_sweep.Sweep(base, pending, sweep_wd)
@@ -143,7 +144,7 @@ def member_result(member_wd: Workdir, attrs: dict) -> dict:
     """A finished member's scores, with attribute accuracy against the ground truth."""
     result = member_wd.read_json("results.json")
     captions = [r["prediction"] for r in member_wd.read_json("captions_test.json")]
-    acc = shapes.attribute_accuracy(captions, attrs)
+    acc = scenes.attribute_accuracy(captions, attrs)
     return {**result["metrics"], "attribute_accuracy": acc["mean"],
             "exact_match": acc["exact_match"], "per_attribute": acc, "captions": captions,
             "final_loss": result.get("final_loss")}
@@ -155,7 +156,7 @@ def _aggregate(runs: dict) -> dict:
     for name, seeds in runs.items():
         out[name] = {m: _over_seeds([r[m] for r in seeds]) for m in METRICS}
         out[name]["per_attribute"] = {k: _over_seeds([r["per_attribute"][k] for r in seeds])
-                                      for k in shapes_world.REPORTED_ATTRIBUTES}
+                                      for k in common.REPORTED_ATTRIBUTES}
     return out
 
 
@@ -208,13 +209,13 @@ def _results_table(agg: dict, chance: dict, seeds: int, first_seed: int) -> str:
         "" if m not in ("attribute_accuracy", "exact_match") else
         f"{100 * chance['mean' if m == 'attribute_accuracy' else 'exact_match']:.1f}"
         for m in METRICS) + " | |")
-    attrs = ["| variant | " + " | ".join(shapes_world.REPORTED_ATTRIBUTES) + " |",
-             "|" + "---|" * (len(shapes_world.REPORTED_ATTRIBUTES) + 1)]
+    attrs = ["| variant | " + " | ".join(common.REPORTED_ATTRIBUTES) + " |",
+             "|" + "---|" * (len(common.REPORTED_ATTRIBUTES) + 1)]
     for name, row in agg.items():
         attrs.append(f"| {name} | " + " | ".join(cell(row["per_attribute"][k])
-                                                 for k in shapes_world.REPORTED_ATTRIBUTES) + " |")
+                                                 for k in common.REPORTED_ATTRIBUTES) + " |")
     attrs.append("| chance (most frequent value) | " + " | ".join(
-        f"{100 * chance[k]:.1f}" for k in shapes_world.REPORTED_ATTRIBUTES) + " |")
+        f"{100 * chance[k]:.1f}" for k in common.REPORTED_ATTRIBUTES) + " |")
     over = (f"mean ± sample std (ddof = 1) over {seeds} captioner seeds {first_seed}.."
             f"{first_seed + seeds - 1} (a seed varies the captioner's initialization, data "
             f"order and noise; the world and Connect are those of seed {first_seed})"
@@ -238,16 +239,16 @@ def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int =
 
 def run_shapes_caption(config, wd: Workdir) -> dict:
     """Connect -> Collapse -> Corrupt on the built-in world; see the module docstring."""
-    model, params, world, tokenizer, dataset = shapes_world.connected_world(config, wd)
+    model, params, world, tokenizer, dataset = common.connected_world(config, wd)
     geometry = geometry_report(config, dataset, wd)
     # The criterion the Connect recipe was chosen by (the Connect study's): val pairs.
-    geometry["val"] = shapes_world.val_geometry(config, model, params, world, tokenizer, wd)
+    geometry["val"] = common.val_geometry(config, model, params, world, tokenizer, wd)
     sigma = calibrated_sigma(config, dataset)
     logging.info("learned space: gap %.3f, effective dims %d / %d, sigma calibrated %.4f "
                  "(val pairs)", geometry["modality_gap"], geometry["effective_dim_x"],
                  geometry["effective_dim_y"], sigma)
     gpt2_path = gpt2_dir(config, tokenizer, wd)
-    attrs = shapes_world.test_attributes(dataset)
+    attrs = common.test_attributes(dataset)
     sweep_members = members(config, dataset)
     done = train_captioners(config, dataset, gpt2_path, sweep_members, wd)
     runs = {}
@@ -255,7 +256,7 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
         runs.setdefault(m.name.rsplit("_seed", 1)[0], []).append(
             member_result(done[m.name], attrs))
     agg = _aggregate(runs)
-    chance = shapes.chance_accuracy(attrs)
+    chance = scenes.chance_accuracy(attrs)
     table = _results_table(agg, chance, config.seeds, config.seed)
     wd.write_text("RESULTS.md", "# Shapes world: captioning images from text-only "
                   "training\n\n" + table)

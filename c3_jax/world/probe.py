@@ -1,10 +1,10 @@
 """Attribute probe for the shapes world: a small CNN trained on real images of the world,
 used to measure the attribute accuracy of generated (text-to-image) images.
 
-One softmax head per attribute: ``num_objects`` (1 or 2) and each of ``shapes.ATTRIBUTES``.
+One softmax head per attribute: ``num_objects`` (1 or 2) and each of ``scenes.ATTRIBUTES``.
 Attributes that do not apply to a scene (-1 / None) are left out of the loss and of the
 accuracy.  :func:`probe_accuracy` has the keys and averaging of
-:func:`c3_jax.data.shapes.attribute_accuracy`, for images instead of captions.
+:func:`c3_jax.data.scenes.attribute_accuracy`, for images instead of captions.
 
 Training on 5,000 32x32 'train' images (800 steps of 128, the defaults) took 30 s wall
 (22 s of CPU) on 2 CPU cores shared with other jobs, and reached a mean attribute accuracy
@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from c3_jax.data import shapes
 from c3_jax.progress import progress_bar
+from c3_jax.world import scenes
 
-HEADS = ("num_objects",) + shapes.ATTRIBUTES
-NUM_CLASSES = {"num_objects": 2, **{k: len(v) for k, v in shapes.VOCAB.items()}}
+HEADS = ("num_objects",) + scenes.ATTRIBUTES
+NUM_CLASSES = {"num_objects": 2, **{k: len(v) for k, v in scenes.VOCAB.items()}}
 
 
 def space_to_depth(x: jax.Array) -> jax.Array:
@@ -94,10 +94,10 @@ def _labels(attributes: Mapping[str, Sequence], n: int) -> dict:
     """Class ids per head, int32 (-1 where the attribute does not apply)."""
     missing = [k for k in HEADS if k not in attributes]
     if missing:
-        raise ValueError(f"attributes lack {missing}; pass the arrays of shapes.generate")
+        raise ValueError(f"attributes lack {missing}; pass the arrays of scenes.generate")
     out = {}
     for k in HEADS:
-        names = shapes.attribute_names(attributes, k)
+        names = scenes.attribute_names(attributes, k)
         if len(names) != n:
             raise ValueError(f"attributes[{k!r}] has {len(names)} entries for {n} images")
         if k == "num_objects":
@@ -106,11 +106,11 @@ def _labels(attributes: Mapping[str, Sequence], n: int) -> dict:
                 raise ValueError(f"attributes['num_objects'] must be 1 or 2, got {bad}")
             out[k] = np.array(names, np.int32) - 1
         else:
-            index = {v: i for i, v in enumerate(shapes.VOCAB[k])}
+            index = {v: i for i, v in enumerate(scenes.VOCAB[k])}
             bad = sorted({v for v in names if v is not None and v not in index})
             if bad:
                 raise ValueError(f"attributes[{k!r}] has values {bad} outside "
-                                 f"shapes.VOCAB[{k!r}]")
+                                 f"scenes.VOCAB[{k!r}]")
             out[k] = np.array([-1 if v is None else index[v] for v in names], np.int32)
     return out
 
@@ -126,8 +126,8 @@ def probe_loss(logits: Mapping[str, jax.Array], labels: Mapping[str, jax.Array])
     return total
 
 
-_LEFT, _RIGHT = shapes.POSITIONS.index("left"), shapes.POSITIONS.index("right")
-_LEFT_OF = shapes.RELATIONS.index("left_of")
+_LEFT, _RIGHT = scenes.POSITIONS.index("left"), scenes.POSITIONS.index("right")
+_LEFT_OF = scenes.RELATIONS.index("left_of")
 
 
 def mirror(images: np.ndarray, labels: Mapping[str, np.ndarray]) -> tuple:
@@ -152,7 +152,7 @@ def train_probe(images: np.ndarray, attributes: Mapping[str, Sequence], *, steps
                 progress: bool = True, augment: bool = True) -> Probe:
     """Probe trained with Adam (cosine-decayed ``lr``) on real images of the world.
 
-    ``attributes``: the arrays of :func:`shapes.generate` (``num_objects`` and
+    ``attributes``: the arrays of :func:`scenes.generate` (``num_objects`` and
     ``ATTRIBUTES``; -1 = n/a).  ``augment``: mirror half of each batch left-right with the
     attributes remapped (:func:`mirror`); it makes the probe more accurate on new layouts."""
     images = _check_images(images)
@@ -199,7 +199,7 @@ def _argmax(module: ProbeNet, params, images: jax.Array) -> dict:
 
 def predict(probe: Probe, images: np.ndarray, batch_size: int = 500) -> dict:
     """Predicted attributes: ``num_objects`` (1 or 2) and ``ATTRIBUTES`` (ids into
-    ``shapes.VOCAB``, every head predicted for every image), int64 arrays."""
+    ``scenes.VOCAB``, every head predicted for every image), int64 arrays."""
     images = _check_images(images, probe.image_size)
     n, b = len(images), max(1, min(int(batch_size), len(images)))
     out = {k: np.zeros(n, np.int64) for k in HEADS}
@@ -218,16 +218,16 @@ def predict(probe: Probe, images: np.ndarray, batch_size: int = 500) -> dict:
 def prediction_accuracy(predictions: Mapping[str, Sequence],
                         attributes: Mapping[str, Sequence]) -> dict:
     """Accuracy of predicted attributes against the truth, with the keys and averaging of
-    :func:`shapes.attribute_accuracy`.
+    :func:`scenes.attribute_accuracy`.
 
-    Both arguments: arrays like those of :func:`shapes.generate` (integer ids, -1 = n/a;
+    Both arguments: arrays like those of :func:`scenes.generate` (integer ids, -1 = n/a;
     names and None also accepted; a -1 prediction is wrong wherever the truth applies).
     Per attribute of ``ATTRIBUTES``: the fraction of the scenes where it applies that are
     predicted right (NaN if it applies nowhere); ``num_objects``; ``exact_match`` (right
     number of objects and every applicable attribute right); ``mean`` (mean over
     ``ATTRIBUTES``, NaNs left out)."""
-    truth = {k: shapes.attribute_names(attributes, k) for k in HEADS}
-    pred = {k: shapes.attribute_names(predictions, k) for k in HEADS}
+    truth = {k: scenes.attribute_names(attributes, k) for k in HEADS}
+    pred = {k: scenes.attribute_names(predictions, k) for k in HEADS}
     n = len(truth["num_objects"])
     for k in HEADS:
         if len(truth[k]) != n or len(pred[k]) != n:
@@ -237,19 +237,19 @@ def prediction_accuracy(predictions: Mapping[str, Sequence],
                            bool)
     out = {}
     exact = count_right.copy()
-    for k in shapes.ATTRIBUTES:
-        rows = shapes.applicable(truth[k])
+    for k in scenes.ATTRIBUTES:
+        rows = scenes.applicable(truth[k])
         right = np.array([pred[k][i] == truth[k][i] for i in rows], bool)
         out[k] = float(right.mean()) if rows else float("nan")
         exact[rows] &= right
     out["num_objects"] = float(count_right.mean()) if n else float("nan")
     out["exact_match"] = float(exact.mean()) if n else float("nan")
-    out["mean"] = shapes.nanmean([out[k] for k in shapes.ATTRIBUTES])
+    out["mean"] = scenes.nanmean([out[k] for k in scenes.ATTRIBUTES])
     return out
 
 
 def probe_accuracy(probe: Probe, images: np.ndarray, attributes: Mapping[str, Sequence],
                    batch_size: int = 500) -> dict:
     """Attribute accuracy of the probe on ``images`` (the keys of
-    :func:`shapes.attribute_accuracy`)."""
+    :func:`scenes.attribute_accuracy`)."""
     return prediction_accuracy(predict(probe, images, batch_size), attributes)

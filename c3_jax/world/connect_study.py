@@ -27,9 +27,10 @@ import time
 from absl import logging
 
 from c3_jax import parallel, plots
-from c3_jax.experiments import checks, shapes_world
+from c3_jax.experiments import checks
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
+from c3_jax.world import common
 from configs import field_types
 from configs import shapes_connect_study as defaults
 
@@ -86,7 +87,7 @@ def grid(config) -> dict:
 def check(config) -> tuple:
     """Every field, recipe and probe step, checked before any work: (axes, recipes, the
     probe steps)."""
-    shapes_world.check_world(config, splits=("connect", "val"))
+    common.check_world(config, splits=("connect", "val"))
     checks.at_least(config, 2, ["group_size"])
     axes = grid(config)
     steps = sorted(set(_numbers(config.probe_steps, int, "probe_steps"))
@@ -107,17 +108,17 @@ def _world(config, omit: float, wd: Workdir) -> tuple:
     omit ``omit`` of the time."""
     where = f"omit{omit:g}"
     sizes = {"connect": config.world.connect_size, "val": config.world.val_size}
-    world = shapes_world.world_dataset(config, wd, sizes, caption_omit=omit, where=where)
-    fields = {**shapes_world.world_fields(config), "caption_omit": omit}
-    return world, shapes_world.world_tokenizer(world, wd, fields, where=where,
-                                               splits=("connect",))
+    world = common.world_dataset(config, wd, sizes, caption_omit=omit, where=where)
+    fields = {**common.world_fields(config), "caption_omit": omit}
+    return world, common.world_tokenizer(world, wd, fields, where=where,
+                                         splits=("connect",))
 
 
 def _recipe_fields(config, recipe: Recipe, steps: tuple) -> dict:
     """What shapes a recipe's trajectory (a cached recipe is reused only if equal)."""
     connect_fields = {k: v for k, v in config.connect.items()
                       if k not in ("depth", "temperature")}  # the recipe's own
-    return {**shapes_world.world_fields(config), **connect_fields,
+    return {**common.world_fields(config), **connect_fields,
             "group_size": config.group_size, **dataclasses.asdict(recipe),
             "probe_steps": list(steps), "probe": PROBE}
 
@@ -130,11 +131,11 @@ def _train_recipe(config, recipe: Recipe, steps: tuple, wd: Workdir) -> dict:
         if done.get("fields") == _recipe_fields(config, recipe, steps):
             return done
     world, tokenizer = _world(config, recipe.caption_omit, wd)
-    model = shapes_world.clip_model(tokenizer, config.connect, config.world.image_size,
-                                    depth=recipe.depth)
-    pairs = shapes_world.connect_pairs(world, tokenizer)
-    cfg = shapes_world.connect_config(config, temperature=recipe.temperature, probe_at=steps,
-                                      checkpoint_every=config.connect.steps)
+    model = common.clip_model(tokenizer, config.connect, config.world.image_size,
+                              depth=recipe.depth)
+    pairs = common.connect_pairs(world, tokenizer)
+    cfg = common.connect_config(config, temperature=recipe.temperature, probe_at=steps,
+                                checkpoint_every=config.connect.steps)
     probe = _probe(config, recipe, model, world, tokenizer, wd)
     # The probes run along training, so a recipe that did not finish here (or was measured
     # another way) is trained again from its first step.
@@ -160,7 +161,7 @@ def _probe(config, recipe: Recipe, model, world: str, tokenizer, wd: Workdir):
     """Geometry on the world's own val pairs; with terse captions, also R@1 and gap on the
     same images' complete captions (what a terse caption cannot state, R@1 cannot find)."""
     complete = None if recipe.caption_omit == 0 else _world(config, 0.0, wd)[0]
-    return shapes_world.val_probe(model, world, tokenizer, complete, config.group_size)
+    return common.val_probe(model, world, tokenizer, complete, config.group_size)
 
 
 def trains_well(g: dict, reference_recall: float) -> bool:

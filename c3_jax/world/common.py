@@ -11,17 +11,18 @@ import jax
 import numpy as np
 
 from c3_jax import geometry
-from c3_jax.data import builders, shapes
+from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokenizer
 from c3_jax.experiments import checks, stages
 from c3_jax.models import clip
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
+from c3_jax.world import scenes
 
 MAX_TOKENS = 20  # the longest world caption: 16 words, a comma, '.', EOS
 # The order in which the experiments report attributes (tables, per-attribute results).
-REPORTED_ATTRIBUTES = shapes.ATTRIBUTES + ("num_objects",)
+REPORTED_ATTRIBUTES = scenes.ATTRIBUTES + ("num_objects",)
 
 
 def world_fields(config) -> dict:
@@ -80,7 +81,7 @@ def world_dataset(config, wd: Workdir, sizes: Optional[Mapping[str, int]] = None
               "caption_omit": caption_omit}
     name = "world" + (f"_{where}" if where else "")
     if not stages.begin(wd, name, fields, [os.path.join(data_dir, "shapes_world")]):
-        shapes.build_dataset(data_dir, sizes, config.seed, w.image_size,
+        scenes.build_dataset(data_dir, sizes, config.seed, w.image_size,
                              two_object_fraction=w.two_object_fraction,
                              caption_omit=caption_omit)
         stages.finish(wd, name)
@@ -146,10 +147,10 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir,
     if stages.begin(wd, "embeddings", fields, [wd.file(os.path.join("data", "shapes_clip"))]):
         return wd.file(os.path.join("data", "shapes_clip", builders.VERSION))
     sources = {s: builders.data_source(world, s) for s in ("train", "val", "test")}
-    s, d, k = config.world.image_size, config.connect.projection_dim, shapes.CAPTIONS_PER_SCENE
+    s, d, k = config.world.image_size, config.connect.projection_dim, scenes.CAPTIONS_PER_SCENE
     columns = {"image": ((s, s, 3), np.uint8), "image_embedding": ((d,), np.float32),
                "text_embedding": ((k, d), np.float32),
-               **{a: ((), np.int64) for a in ("num_objects",) + shapes.ATTRIBUTES}}
+               **{a: ((), np.int64) for a in ("num_objects",) + scenes.ATTRIBUTES}}
     # Every process encodes every row (data-parallel); the writer keeps its part.
     with builders.PairsWriter("shapes_clip", wd.file("data"),
                               {s: len(src) for s, src in sources.items()}, columns,
@@ -166,7 +167,7 @@ def _embed_splits(config, world: str, tokenizer, model, params, wd: Workdir,
                     "text_embedding": connect.encode(model, params, ids=ids, mask=mask
                                                      ).reshape(len(rows), k, d),
                     **{a: np.asarray([r[a] for r in rows])
-                       for a in ("num_objects",) + shapes.ATTRIBUTES}}, caps)
+                       for a in ("num_objects",) + scenes.ATTRIBUTES}}, caps)
     stages.finish(wd, "embeddings")
     return writer.final
 
@@ -231,9 +232,9 @@ def split_rows(dataset: str, split: str) -> list:
 
 
 def row_attributes(rows) -> dict:
-    """The ground-truth attribute arrays (``num_objects`` and ``shapes.ATTRIBUTES``; -1 where
+    """The ground-truth attribute arrays (``num_objects`` and ``scenes.ATTRIBUTES``; -1 where
     one does not apply) of rows of the world or of its embeddings."""
-    keys = ("num_objects",) + shapes.ATTRIBUTES
+    keys = ("num_objects",) + scenes.ATTRIBUTES
     return {k: np.asarray([int(r[k]) for r in rows]) for k in keys}
 
 
