@@ -10,11 +10,12 @@ Both sides train the same model from the same weights on the same batches:
     mean, add N(0, 0.016) noise, renormalize), masked next-token cross-entropy over the
     caption tokens (ours: ``ClipCap.caption_nll``, the LM head over caption positions only,
     in chunks), AdamW (lr 2e-5, weight decay 0.01).
-Ours is our code path: ``captioning.build_model``/``make_optimizer``/``make_train_step`` (jitted,
-state donated; the C^3 transform from ``c3.member_settings``) on ``parallel.make_mesh(1)``,
-batches from numpy through ``pipeline.global_batch``. PyTorch is the ClipCap reference's way: ``GPT2LMHeadModel`` with
-``inputs_embeds=cat(prefix, wte(ids))`` and ``attention_mask``, an ``nn.Sequential`` mapper,
-``torch.optim.AdamW``, ``model.train()``, default threads. GPT-2 dropout is set to 0 on the
+Ours is our code path: ``captioning.build_model``/``make_optimizer``/``make_train_step``
+(jitted, state donated; the C^3 transform from ``c3.member_settings``) on
+``parallel.make_mesh(1)``, batches from numpy through ``pipeline.global_batch``. PyTorch is
+the ClipCap reference's way: ``GPT2LMHeadModel`` with ``inputs_embeds=cat(prefix, wte(ids))``
+and ``attention_mask``, an ``nn.Sequential`` mapper, ``torch.optim.AdamW``, ``model.train()``,
+default threads. GPT-2 dropout is set to 0 on the
 PyTorch side because our GPT-2 has none. float32 on both sides (``--dtype bfloat16``: ours
 computes in bfloat16 with float32 params, PyTorch runs under CPU bfloat16 autocast).
 The first step of each side gets the same inputs, the same noise and the same params, and

@@ -93,7 +93,8 @@ def main():
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
         "similarity_matrix_gb_per_batch_torch": round(args.batch * args.memory * 4 / 2 ** 30, 2),
         "load_average": os.getloadavg()[0], "cpu": platform.processor() or platform.machine(),
-        "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}))
+        "jax": jax.__version__, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

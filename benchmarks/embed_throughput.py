@@ -74,7 +74,8 @@ def main():
     ours = _rate(lambda: encode(params, x).block_until_ready(), args.batch, args.seconds)
     reference = _rate(theirs, args.batch, args.seconds)
     print(json.dumps({
-        "name": "clip_vit_b32_image_features_flax_jit", "reference_name": "transformers_clipmodel_torch",
+        "name": "clip_vit_b32_image_features_flax_jit",
+        "reference_name": "transformers_clipmodel_torch",
         "ours": ours, "reference": reference, "unit": "images/s", "ratio": ours / reference,
         "batch": args.batch, "max_abs_feature_diff": diff, "torch_threads": torch.get_num_threads(),
         "matmul_peak_gflops": matmul_peak_flops(256 if args.smoke else 2048) / 1e9,

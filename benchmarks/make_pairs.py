@@ -9,9 +9,10 @@ orthogonal to the span, so Table 1 and the calibrated sigma have known answers.
 The comparison (on ``--compare_pairs`` pairs, both sides in this process, one after the
 other): ours (``make_pairs``: float32 draws, ``--chunk`` rows at a time, into preallocated
 arrays) against pairs of the same planted distribution drawn the plain numpy way (whole
-float64 arrays, then cast to float32; other draws, so other values), in pairs/s, with each side's peak traced memory (tracemalloc, which
-numpy's allocations report to). Prints one JSON line. ``--smoke``: 64 pairs of 32 dims into
-a temporary directory, through the same code (seconds; the test suite runs it).
+float64 arrays, then cast to float32; other draws, so other values), in pairs/s, with each
+side's peak traced memory (tracemalloc, which numpy's allocations report to). Prints one
+JSON line. ``--smoke``: 64 pairs of 32 dims into a temporary directory, through the same
+code (seconds; the test suite runs it).
 """
 import argparse
 import json

@@ -85,7 +85,8 @@ def main():
         "ours_gflops": ours_sps * flop_per_step / 1e9,
         "reference_gflops": ref_sps * flop_per_step / 1e9,
         "matmul_peak_gflops": matmul_peak_flops(256 if args.smoke else 2048) / 1e9,
-        "steps": args.steps, "num_pairs": args.num_pairs, "dim": args.dim, "smoke": args.smoke, "normalize_in_loss": norm, "device": jax.devices()[0].device_kind,
+        "steps": args.steps, "num_pairs": args.num_pairs, "dim": args.dim, "smoke": args.smoke,
+        "normalize_in_loss": norm, "device": jax.devices()[0].device_kind,
     }))
 
 
