@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pkgutil
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "c3-jax", "xla")
@@ -28,19 +27,66 @@ def quiet_libraries() -> None:
         logging.getLogger(name).addFilter(handler_filter)
 
 
-def config_files_help() -> str:
-    """'Config files: configs/a.py[:v1|v2], ...' from the configs package."""
+def config_dir() -> str:
+    """The configs/ folder of the working directory, else the one beside this package (a
+    source checkout); '' when neither exists."""
+    for d in (os.path.join(os.getcwd(), "configs"),
+              os.path.join(os.path.dirname(_PACKAGE_DIR), "configs")):
+        if os.path.isdir(d):
+            return d
+    return ""
+
+
+def literal_variants(path: str):
+    """The VARIANTS tuple of the config file ``path``, read without running it: literals,
+    names assigned in the file, '+', and attributes of modules it imports; None when it
+    defines none or they are built otherwise."""
+    import ast
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    assigned, modules = {}, {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            assigned[node.targets[0].id] = node.value
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+        elif isinstance(node, ast.Import):
+            modules.update({a.asname or a.name: a.name for a in node.names})
+
+    def value(node):
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return tuple(ast.literal_eval(e) for e in node.elts)
+        if isinstance(node, ast.Name) and node.id in assigned:
+            return value(assigned[node.id])
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return value(node.left) + value(node.right)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id in modules:
+            return tuple(getattr(importlib.import_module(modules[node.value.id]), node.attr))
+        raise ValueError(ast.dump(node))
+
     try:
-        import configs
-    except ImportError:
+        return value(assigned["VARIANTS"]) if "VARIANTS" in assigned else ()
+    except (ValueError, ImportError, AttributeError, TypeError):
+        return None
+
+
+def config_files_help() -> str:
+    """'Config files: configs/a.py[:v1|v2], ...' from the configs/ folder (``config_dir``)."""
+    directory = config_dir()
+    if not directory:
         return ""
     parts = []
-    for info in sorted(pkgutil.iter_modules(configs.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"configs.{info.name}")
-        if not hasattr(module, "get_config") or info.name.endswith("_base"):  # bases
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if not name.endswith(".py") or name.startswith("_") or name.endswith("_base.py"):
             continue
-        variants = getattr(module, "VARIANTS", ())
-        parts.append(f"configs/{info.name}.py" + (f"[:{'|'.join(variants)}]" if variants else ""))
+        with open(path, encoding="utf-8") as f:
+            if "def get_config(" not in f.read():
+                continue
+        variants = literal_variants(path)
+        parts.append(f"configs/{name}" + (f"[:{'|'.join(variants)}]" if variants else ""))
     return "Config files: " + ", ".join(parts) + "."
 
 

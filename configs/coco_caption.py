@@ -35,14 +35,15 @@ Variants (comma-separated, e.g. ``:c3,beam``):
                anything is written, naming its first mismatched tensor.
 """
 from c3_jax import c3
-from configs import caption_base, parse_arg
+from c3_jax.experiments import caption
+from c3_jax.experiments.schema import parse_arg
 
 METHODS = c3.METHODS + ("c3_calibrated",)
 VARIANTS = METHODS + ("supervised", "finetune", "transformer", "beam", "official")
 
 
 def get_config(arg: str = ""):
-    c = caption_base.get_config("caption")
+    c = caption.default_config("caption")
     parts = parse_arg(arg, VARIANTS, "coco_caption")
     for part in parts:
         if part in METHODS:

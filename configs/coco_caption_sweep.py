@@ -7,13 +7,14 @@ Variants (comma-separated):
   supervised   add the upper bound (c1 trained on image embeddings)
   sigma        c2_corrupt and c3 over sigma in {0.05, sqrt(0.016), 0.2} instead of the paper's one
 """
-from configs import caption_base, parse_arg
+from c3_jax.experiments import caption
+from c3_jax.experiments.schema import parse_arg
 
 VARIANTS = ("supervised", "sigma")
 
 
 def get_config(arg: str = ""):
-    c = caption_base.get_config("caption_sweep")
+    c = caption.default_config("caption_sweep")
     parts = parse_arg(arg, VARIANTS, "coco_caption_sweep")
     if "supervised" in parts:
         c.variants += ",supervised"

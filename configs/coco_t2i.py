@@ -12,13 +12,14 @@ n(0.25 n(e) + 0.75 u/|u|), no Collapse), and this project's own variants (c3.mem
 'c3_aniso' (Corrupt with the residual covariance of 500 image-caption pairs, shrunk, at their
 calibrated sigma), 'c3_standardize' (Collapse, every dimension scaled to a common std).
 """
-from configs import parse_arg, t2i_base
+from c3_jax.experiments import t2i
+from c3_jax.experiments.schema import parse_arg
 
 VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "lafite", "c3_aniso", "c3_standardize")
 
 
 def get_config(arg: str = ""):
-    c = t2i_base.get_config()
+    c = t2i.default_config()
     parts = parse_arg(arg, VARIANTS, "coco_t2i")
     if len(parts) > 1:
         raise ValueError(f"coco_t2i takes one variant, got {parts}")

@@ -13,7 +13,8 @@ Build the dataset first from precomputed embeddings with configs/embeddings_data
 Variants: ``:<modality>[,<ablation>]`` with modality image | audio (Clotho) | video
 (MSR-VTT) and ablation c1 | c2_collapse | c2_corrupt | c3 (default).
 """
-from configs import caption_base, parse_arg
+from c3_jax.experiments import caption
+from c3_jax.experiments.schema import parse_arg
 
 MODALITIES = ("image", "audio", "video")
 ABLATIONS = ("c1", "c2_collapse", "c2_corrupt", "c3")
@@ -21,7 +22,7 @@ VARIANTS = MODALITIES + ABLATIONS
 
 
 def get_config(arg: str = "audio"):
-    c = caption_base.get_config("caption")
+    c = caption.default_config("caption")
     c.mapper, c.prefix_length, c.clip_length = "mlp", 10, 10
     c.lr, c.lr_schedule, c.batch_size, c.num_epochs = 1e-3, "constant", 64, 20
     c.dataset_dir = "data/clotho_imagebind/1.0.0"

@@ -11,15 +11,15 @@ embeddings at inference).
 
 Variants: '' (the comparison), 'quick' (a tiny end-to-end check for tests).
 """
-from configs import parse_arg
-from configs import shapes_caption
+from c3_jax.experiments.schema import parse_arg
+from c3_jax.world import caption
 
 VARIANTS = ("quick",)
 
 
 def get_config(arg: str = ""):
     parts = parse_arg(arg, VARIANTS, "shapes_methods")
-    c = shapes_caption.get_config("quick" if "quick" in parts else "")
+    c = caption.default_config("quick" in parts)
     c.variants = ("c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,c3_aniso,c3_standardize,"
                   "realign,capdec_offset,decap")
     return c

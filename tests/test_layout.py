@@ -1,10 +1,14 @@
 """The package's layout holds: data/ and models/ import neither train/, experiments/ nor
-world/; nothing in the library imports the built-in world (c3_jax/world/); and no module
-uses another module's private names (a leading underscore)."""
+world/; nothing in the library imports the built-in world (c3_jax/world/) or the config
+files (configs/); and no module uses another module's private names (a leading underscore)."""
 import ast
+import importlib.util
 import os
+import shutil
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "c3_jax")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "c3_jax")
+CONFIGS = os.path.join(ROOT, "configs")
 
 
 def _modules():
@@ -48,6 +52,12 @@ def test_nothing_outside_the_world_imports_it():
     assert not bad, bad
 
 
+def test_nothing_in_the_package_imports_the_config_files():
+    bad = [(name, target) for name, tree in _modules() for target in _imports(tree).values()
+           if target == "configs" or target.startswith("configs.")]
+    assert not bad, bad
+
+
 def test_no_private_name_is_used_outside_its_module():
     modules = {name for name, _ in _modules()}
     bad = []
@@ -63,3 +73,18 @@ def test_no_private_name_is_used_outside_its_module():
                     and imports.get(node.value.id, "").startswith("c3_jax")):
                 bad.append((name, f"{imports[node.value.id]}.{node.attr}"))
     assert not bad, bad
+
+
+def test_config_files_load_from_any_path(tmp_path):
+    """Each config file imports the library only (never another config file), so a copy of
+    it elsewhere gives the same config."""
+    from c3_jax.experiments import EXPERIMENTS
+    for name in sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py") and f[0] != "_"):
+        with open(os.path.join(CONFIGS, name)) as fh:
+            targets = _imports(ast.parse(fh.read())).values()
+        assert not [t for t in targets if t.split(".")[0] == "configs"], name
+        shutil.copy(os.path.join(CONFIGS, name), tmp_path / name)
+        spec = importlib.util.spec_from_file_location(f"copied_{name[:-3]}", tmp_path / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.get_config().experiment in EXPERIMENTS, name

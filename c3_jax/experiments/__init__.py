@@ -1,5 +1,6 @@
-"""Experiments: one module per experiment, each with ``FIELDS[name]`` (the config fields it
-takes, typed by the defaults in configs/) and a run function ``fn(config, workdir)``.
+"""Experiments: one module per experiment, each with ``default_config`` (every field it takes,
+with its default; config files start from it), ``FIELDS[name]`` (those fields' types) and a
+run function ``fn(config, workdir)``.
 
 ``EXPERIMENTS`` maps an experiment name (a config's ``experiment`` field) to
 "module:function"; the module is imported only when its experiment runs."""

@@ -1,16 +1,44 @@
 """Config-driven dataset building: precomputed embeddings (any space) -> TFDS dataset."""
 from __future__ import annotations
 
+import ml_collections
 import tensorflow_datasets as tfds
 
 from c3_jax import embed
 from c3_jax.data import builders
 from c3_jax.experiments import checks
+from c3_jax.experiments.schema import field_types
 from c3_jax.workdir import Workdir
-from configs import coco_extract, embeddings_dataset, field_types
 
-FIELDS = {"embeddings_dataset": field_types(embeddings_dataset.get_config()),
-          "coco_extract": field_types(coco_extract.get_config())}
+
+def default_config(experiment: str) -> ml_collections.ConfigDict:
+    """Every field of a dataset-building experiment ('embeddings_dataset' or 'coco_extract')
+    with its default."""
+    c = ml_collections.ConfigDict()
+    c.experiment = experiment
+    if experiment == "embeddings_dataset":
+        c.embeddings = ""
+        c.captions = ""
+        c.name = "paired_embeddings"
+    elif experiment == "coco_extract":
+        c.clip = "checkpoints/clip-vit-base-patch32"
+        c.annotations = "data/coco/dataset_coco.json"
+        c.image_root = "data/coco"
+        c.name = "coco_karpathy_clip"
+    else:
+        raise ValueError(f"unknown dataset experiment {experiment!r}; known: "
+                         "'embeddings_dataset', 'coco_extract'")
+    c.data_dir = "data"
+    c.overwrite = False  # True: replace an existing dataset of this name
+    if experiment == "coco_extract":
+        c.captions_per_image = 5
+        c.batch_size = 256
+        c.image_size = 0  # > 0 also stores the images at this size (text-to-image: 256)
+    return c
+
+
+FIELDS = {name: field_types(default_config(name))
+          for name in ("embeddings_dataset", "coco_extract")}
 
 
 def check(config) -> None:

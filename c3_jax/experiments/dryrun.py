@@ -11,19 +11,79 @@ import resource
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from c3_jax.data import builders
 from c3_jax.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from c3_jax.data.text import build_word_tokenizer
 from c3_jax.experiments import caption, checks, stages, t2i
+from c3_jax.experiments.schema import field_types
 from c3_jax.models import clip, gpt2
 from c3_jax.progress import progress_bar
 from c3_jax.train import generation
 from c3_jax.workdir import Workdir
-from configs import caption_base, coco_dryrun, field_types, t2i_base
 
-FIELDS = {"coco_dryrun": field_types(coco_dryrun.get_config())}
+
+def default_dataset(quick: bool = False) -> ml_collections.ConfigDict:
+    """The synthetic dataset: the Karpathy split's sizes, CLIP ViT-B/32-like embeddings."""
+    d = ml_collections.ConfigDict()
+    d.train_size, d.val_size, d.test_size = 113_287, 5_000, 5_000
+    d.captions_per_image, d.embedding_dim, d.write_batch = 5, 512, 1024
+    if quick:
+        d.train_size, d.val_size, d.test_size, d.write_batch = 96, 8, 8, 32
+    return d
+
+
+def default_captioner(quick: bool = False) -> ml_collections.ConfigDict:
+    """Captioning: the 'caption' defaults' setup (batch 40, prefix 10, MLP mapper) on GPT-2 small."""
+    c = ml_collections.ConfigDict()
+    c.width, c.depth, c.heads, c.vocab = 768, 12, 12, 50257  # vocab 0: the tokenizer's
+    c.steps = 8  # the first compiles; the step time is taken over the others
+    c.eval_examples = 120  # three decoding batches of 40
+    c.eval_batch = 40
+    c.paper_epochs, c.paper_batch = 10, 40  # Section 4.1's schedule, to project
+    if quick:
+        c.width, c.depth, c.heads, c.vocab = 32, 1, 2, 0
+        c.steps, c.eval_examples, c.eval_batch = 3, 8, 4
+    return c
+
+
+def default_t2i(quick: bool = False) -> ml_collections.ConfigDict:
+    """Text-to-image: the 'generate' defaults' LAFITE StyleGAN2 (batch 16) at 64 px."""
+    t = ml_collections.ConfigDict()
+    t.image_size, t.rows, t.steps, t.eval_examples = 64, 256, 5, 16
+    t.latent_dim, t.mapping_layers, t.channel_max = 512, 8, 512  # z, w, cond
+    t.r1_every = 16  # lazy R1 as the 'generate' defaults (two programs: with and without R1)
+    t.paper_steps = 750_000  # the 'generate' defaults' max_steps, to project
+    if quick:
+        t.image_size, t.rows, t.steps, t.eval_examples = 16, 32, 3, 4
+        t.latent_dim, t.mapping_layers, t.channel_max = 16, 1, 8
+        t.r1_every = 1  # one program
+    return t
+
+
+def default_clip(quick: bool = False) -> ml_collections.ConfigDict:
+    """Its frozen encoder: CLIP ViT-B/32's image tower, randomly initialised."""
+    c = ml_collections.ConfigDict()
+    c.width, c.depth, c.heads, c.image_size, c.patch_size = 768, 12, 12, 224, 32
+    if quick:
+        c.width, c.depth, c.heads, c.image_size, c.patch_size = 32, 1, 2, 32, 8
+    return c
+
+
+def default_config(quick: bool = False) -> ml_collections.ConfigDict:
+    """Every field of the dry run with its default: the Karpathy split's sizes and the
+    paper's models; ``quick``: a tiny end-to-end check for tests."""
+    c = ml_collections.ConfigDict()
+    c.experiment = "coco_dryrun"
+    c.seed = 0
+    c.dataset, c.captioner = default_dataset(quick), default_captioner(quick)
+    c.t2i, c.clip = default_t2i(quick), default_clip(quick)
+    return c
+
+
+FIELDS = {"coco_dryrun": field_types(default_config())}
 
 # Words of the synthetic captions: "a <adjective> <noun> <verb> <preposition> the <noun> ."
 ADJECTIVES = ("small", "large", "red", "white", "black", "young", "old", "wooden", "busy",
@@ -200,7 +260,7 @@ def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
     """The 'caption' experiment (C^3, the paper's setup) for ``captioner.steps`` steps and
     its evaluation on ``captioner.eval_examples`` test images; step time and projection."""
     ds, cap = config.dataset, config.captioner
-    c = caption_base.get_config("caption")
+    c = caption.default_config("caption")
     c.update(dict(gpt2=gpt2_path, gpt2_from_scratch=True, dataset_dir=dataset,
                   max_steps=cap.steps, log_every=1, checkpoint_every=cap.steps,
                   val_batches=1, eval_max_examples=cap.eval_examples,
@@ -230,7 +290,7 @@ def _t2i(config, sizes: dict, sub: Workdir) -> dict:
     written = write_synthetic_dataset("coco_synthetic_images", sub.file("data"), sizes,
                                       ds.captions_per_image, ds.embedding_dim,
                                       g.image_size, ds.write_batch, config.seed)
-    c = t2i_base.get_config()
+    c = t2i.default_config()
     width = g.latent_dim
     c.update(dict(z_dim=width, w_dim=width, cond_hidden=width,
                   mapping_layers=g.mapping_layers, r1_every=g.r1_every,

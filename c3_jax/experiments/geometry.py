@@ -6,19 +6,61 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 from c3_jax.progress import progress_bar
 
 from c3_jax import c3, geometry, plots
 from c3_jax.experiments import checks
+from c3_jax.experiments.schema import field_types
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.workdir import Workdir
-from configs import field_types, geometry_embeddings, geometry_mlp_collapse, geometry_synthetic
 
-FIELDS = {name: field_types(module.get_config()) for name, module in (
-    ("geometry_synthetic", geometry_synthetic), ("geometry_mlp_collapse", geometry_mlp_collapse),
-    ("geometry_embeddings", geometry_embeddings))}
+
+def default_config(experiment: str) -> ml_collections.ConfigDict:
+    """Every field of a geometry experiment ('geometry_synthetic', 'geometry_mlp_collapse' or
+    'geometry_embeddings') with its default."""
+    c = ml_collections.ConfigDict()
+    c.experiment = experiment
+    if experiment == "geometry_synthetic":
+        c.seed = 0
+        c.num_pairs = 500      # 500 image + 500 text embeddings, as the reference code does
+        c.dim = 512
+        c.d_x = 25             # effective dims of CLIP image embeddings at init (Figure 3)
+        c.d_y = 230            # effective dims of CLIP text embeddings at init
+        c.tau = 0.07           # CLIP's initial temperature, fixed (logit scale log(1/0.07))
+        c.lr = 0.1
+        c.steps = 200_000
+        c.chunk = 1_000        # steps per jitted lax.scan call
+        c.gamma = 0.99
+        c.stable_delta = 0.01  # Lemma 2: loss level regarded as converged
+        # 'normalize_once': Lemma 1's loss on the embeddings, unit-normalized once before
+        # optimization (Section 3.1). 'normalize_in_loss': normalize inside the loss, like a
+        # CLIP head, from unit rows. 'notebook': normalize inside the loss, from raw rows.
+        c.protocol = "normalize_once"
+    elif experiment == "geometry_mlp_collapse":
+        c.seed = 0
+        c.num_inputs = 10_000   # as the reference notebook (Figure 13)
+        c.width = 512
+        c.depth = 50
+        c.every = 5
+    elif experiment == "geometry_embeddings":
+        c.embeddings = ""
+        c.x_key = "x"          # e.g. image / audio / video embeddings
+        c.y_key = "y"          # e.g. caption embeddings
+        c.seed = 0
+        c.group_size = 100     # pairs per group (Appendix C)
+        c.gamma = 0.99
+        c.calibration_pairs = 100
+    else:
+        raise ValueError(f"unknown geometry experiment {experiment!r}; known: "
+                         "'geometry_synthetic', 'geometry_mlp_collapse', 'geometry_embeddings'")
+    return c
+
+
+FIELDS = {name: field_types(default_config(name)) for name in (
+    "geometry_synthetic", "geometry_mlp_collapse", "geometry_embeddings")}
 
 
 # Section 3.1 protocols: name -> (rows unit-normalized before optimizing, normalize in the loss).

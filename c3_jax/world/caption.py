@@ -4,22 +4,56 @@ test images scored by COCO metrics and by attribute accuracy against the ground 
 from __future__ import annotations
 
 
+import ml_collections
 import numpy as np
 from absl import logging
 
 from c3_jax import plots, stats
+from c3_jax.c3 import CLIP_SIGMA
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, stages
+from c3_jax.experiments.caption import default_config as captioning_defaults
 from c3_jax.experiments.geometry import pair_geometry
+from c3_jax.experiments.schema import field_types
 from c3_jax.models import gpt2
 from c3_jax.train import caption_sweep
 from c3_jax.workdir import Workdir
 from c3_jax.world import common, scenes
-from configs import caption_base, field_types
-from configs import shapes_caption as defaults
 
-FIELDS = {"shapes_caption": field_types(defaults.get_config())}
+
+def default_captioner(quick: bool = False) -> ml_collections.ConfigDict:
+    """Captioner: MLP mapper -> prefix -> GPT-2 trained from scratch on the world's words."""
+    c = ml_collections.ConfigDict()
+    c.width, c.depth, c.heads, c.prefix_length = 64, 2, 4, 4
+    c.steps, c.batch, c.lr, c.warmup = 300, 64, 3e-3, 30
+    c.max_decode_tokens, c.eval_batch_size = 20, 250
+    if quick:
+        c.width, c.depth = 32, 1
+        c.steps, c.batch, c.warmup = 10, 32, 2
+        c.max_decode_tokens, c.eval_batch_size = 8, 64
+    return c
+
+
+def default_config(quick: bool = False) -> ml_collections.ConfigDict:
+    """Every field of the main job ('shapes_caption') with its default; ``quick``: a tiny
+    end-to-end check for tests (under a minute)."""
+    c = ml_collections.ConfigDict()
+    c.experiment = "shapes_caption"
+    c.seed = 0  # the world's, Connect's and the first captioner's
+    c.seeds = 1 if quick else 3  # captioners of seed, seed + 1, ... (one sweep: one program)
+    c.variants = "c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,span_only"
+    c.noise_sigma = CLIP_SIGMA  # the paper's fixed sigma
+    # 'c3_calibrated' (and 'c3_aniso') take sigma from the residual of the first
+    # `calibration_pairs` val pairs; c3_aniso's noise has its top `noise_rank` directions
+    # (0: the full covariance).
+    c.calibration_pairs, c.noise_rank = 100, 0
+    c.world, c.connect = common.default_world(quick), common.default_connect(quick)
+    c.captioner = default_captioner(quick)
+    return c
+
+
+FIELDS = {"shapes_caption": field_types(default_config())}
 VARIANTS = caption_sweep.NAMED  # variant -> (method, field, sigma: fixed | calibrated)
 METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy",
            "exact_match")
@@ -87,7 +121,7 @@ def captioner_config(config, dataset: str, gpt2_path: str = ""):
     """The captioners' shared settings (a sweep member gives variant, seed, sigma, field):
     the captioning trainer's config filled from the nested ``captioner`` config."""
     t = config.captioner
-    c = caption_base.get_config("caption")
+    c = captioning_defaults("caption")
     c.update(dict(
         seed=config.seed, calibration_pairs=config.calibration_pairs,
         noise_rank=config.noise_rank, gpt2=gpt2_path, gpt2_from_scratch=True,

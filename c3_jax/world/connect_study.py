@@ -24,17 +24,48 @@ import os
 import shutil
 import time
 
+import ml_collections
 from absl import logging
 
 from c3_jax import parallel, plots
 from c3_jax.experiments import checks
+from c3_jax.experiments.schema import field_types
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
-from c3_jax.world import common
-from configs import field_types
-from configs import shapes_connect_study as defaults
+from c3_jax.world import caption, common
 
-FIELDS = {"shapes_connect_study": field_types(defaults.get_config())}
+
+def default_config(quick: bool = False) -> ml_collections.ConfigDict:
+    """Every field of the Connect study ('shapes_connect_study') with its default: the main
+    job's world and Connect around a base recipe; ``quick``: a tiny end-to-end check."""
+    main = caption.default_config(quick)
+    c = ml_collections.ConfigDict()
+    c.experiment = "shapes_connect_study"
+    c.seed = main.seed
+    # The main job's world (its connect and val splits: the study trains and measures on
+    # those) and Connect; the base recipe is depth 2 (the depth axis's centre) with the main
+    # job's temperature and captions. The main job's depth is the study's answer: depth 3,
+    # the cheapest recipe that meets every target.
+    c.world = ml_collections.ConfigDict({k: main.world[k] for k in (
+        "image_size", "two_object_fraction", "connect_size", "val_size")})
+    c.connect = main.connect
+    if not quick:
+        c.connect.depth = 2
+    c.base_caption_omit = main.world.caption_omit
+    # Axes. Temperature 'learned' starts at CLIP's 0.07 (logit scale capped at 100).
+    c.depths = "1,2,3,4,8"
+    c.temperatures = "0.01,0.07,0.2,learned"
+    c.caption_omits = "0,0.5,1"  # share of captions that leave out size/position or colours
+    c.probe_steps = "0,25,50,100,200,300,400,600"
+    c.group_size = 100  # Table 1's groups of pairs
+    if quick:
+        c.depths, c.temperatures, c.caption_omits = "1", "0.01", "0"  # omit 0: the landed world
+        c.probe_steps = "0,10"
+        c.group_size = 10
+    return c
+
+
+FIELDS = {"shapes_connect_study": field_types(default_config())}
 # The official notebook's orthogonality std for CLIP ViT-B/32 on MS-COCO (its figure, two
 # digits) and CLIP's width: a random direction's std there is 1/sqrt(512).
 CLIP_ORTHOGONALITY_STD, CLIP_DIM = 0.06, 512

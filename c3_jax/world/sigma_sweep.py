@@ -3,15 +3,29 @@ one sweep on the main job's world and Connect, scored on test images, against th
 calibrated from the learned space's alignment noise."""
 from __future__ import annotations
 
+import ml_collections
 from absl import logging
 
 from c3_jax import c3, plots, stats
+from c3_jax.experiments.schema import field_types
 from c3_jax.workdir import Workdir
 from c3_jax.world import caption, common
-from configs import field_types
-from configs import shapes_sigma_sweep as defaults
 
-FIELDS = {"shapes_sigma_sweep": field_types(defaults.get_config())}
+
+def default_config(quick: bool = False) -> ml_collections.ConfigDict:
+    """Every field of the sigma sweep ('shapes_sigma_sweep') with its default: the main job's
+    fields, C^3 alone over ``sigmas``; ``quick``: a tiny end-to-end check for tests."""
+    c = caption.default_config(quick)
+    c.experiment = "shapes_sigma_sweep"
+    c.variants = "c3"
+    c.sigmas = "0,0.01,0.02,0.05,0.1,0.1265,0.2,0.3"  # 0.1265 = sqrt(0.016), the paper's
+    c.seeds = 3
+    if quick:
+        c.sigmas, c.seeds = "0,0.1", 2
+    return c
+
+
+FIELDS = {"shapes_sigma_sweep": field_types(default_config())}
 SCORES = ("attribute_accuracy", "exact_match", "CIDEr", "BLEU-4")
 
 
