@@ -365,3 +365,107 @@ def test_position_saved_by_the_previous_grain_pipeline_resumes_at_the_same_batch
     np.testing.assert_array_equal(restored.params["w"], np.ones(3))
     assert [next(new)["index"].tolist() for _ in range(3)] == [
         next(old)["index"].tolist() for _ in range(3)]
+
+
+class _Records:
+    """A random-access source of numbered records: an image-like array, a scalar, bytes."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": np.int64(i), "pixels": np.full((2, 3), i, np.uint8),
+                "text": b"x" * (i % 3 + 1)}
+
+
+def _batches(loader, count):
+    it = iter(loader)
+    return [next(it) for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", [0, 3, 2 ** 32 - 2])
+def test_record_keys_are_grains_index_sampler_order(seed):
+    import grain.python as grain
+    for n, shuffle in ((24, True), (7, True), (1, True), (24, False)):
+        order = grain.IndexSampler(n, grain.ShardOptions(0, 1, True), shuffle=shuffle,
+                                   seed=seed)
+        positions = np.arange(4 * n)  # four epochs (the seed wraps past 2**32 - 1)
+        want = [order[int(i)].record_key for i in positions]
+        assert pipeline.record_keys(n, positions, seed, shuffle).tolist() == want
+
+
+@pytest.mark.parametrize("shard_count", [1, 2, 3])
+def test_in_memory_batches_equal_grains(shard_count):
+    """A source read into memory gives grain's batches on every process, in finite and
+    endless epochs, with a transform, and resumes from a position either path saved."""
+    src = _Records(26)
+    double = lambda r: {**r, "pixels": r["pixels"] * 2}
+    for epochs, transform in ((None, None), (2, None), (1, double)):
+        for p in range(shard_count):
+            make = lambda memory: pipeline.make_loader(
+                src, 12 // shard_count, seed=5, num_epochs=epochs, shard_index=p,
+                shard_count=shard_count, transform=transform,
+                in_memory_bytes=memory)
+            kept, streamed = make(pipeline.IN_MEMORY_BYTES), make(0)
+            assert kept.columns is not None and streamed.columns is None
+            want = list(streamed) if epochs else _batches(streamed, 6)
+            got = list(kept) if epochs else _batches(kept, 6)
+            assert len(got) == len(want) == (6 if epochs is None else 26 * epochs // 12)
+            for a, b in zip(got, want):
+                assert a.keys() == b.keys()
+                for k in a:
+                    assert a[k].dtype == b[k].dtype, k
+                    np.testing.assert_array_equal(a[k], b[k])
+            for saver, loader in ((streamed, kept), (kept, streamed)):
+                it = iter(saver)
+                next(it)
+                fresh = iter(loader)
+                fresh.set_state(it.get_state())
+                np.testing.assert_array_equal(next(fresh)["index"], next(it)["index"])
+
+
+def test_short_last_batch_in_memory_and_the_size_bound():
+    src = _Records(10)
+    short = pipeline.make_loader(src, 4, seed=0, num_epochs=1, shard_index=0, shard_count=1,
+                                 drop_remainder=False, shuffle=False)
+    assert short.columns is not None
+    assert [b["index"].tolist() for b in short] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # Over the bound (or ragged records): grain streams them.
+    one = pipeline.record_bytes(src[0])
+    assert pipeline.make_loader(src, 4, 0, shard_index=0, shard_count=1,
+                                in_memory_bytes=one * 10).columns is not None
+    assert pipeline.make_loader(src, 4, 0, shard_index=0, shard_count=1,
+                                in_memory_bytes=one * 10 - 1).columns is None
+    ragged = lambda r: {"v": np.zeros(int(r["index"]) % 2 + 1)}
+    assert pipeline.make_loader(src, 4, 0, shard_index=0, shard_count=1,
+                                transform=ragged).columns is None
+
+
+@pytest.mark.parametrize("per_caption", [True, False])
+def test_caption_pairs_columns_are_their_items(per_caption):
+    """CaptionPairs.columns (each row read once) holds what __getitem__ gives, pair by pair,
+    and a loader over them gives grain's batches."""
+    from c3_jax.data import captions as cd
+    rng = np.random.default_rng(11)
+    rows = [{"caption": [f"w{i} " * (i % 3 + 1), f"v{i}", "a b c"],
+             "embedding": rng.normal(size=(3, 4) if per_caption else (4,)),
+             "image": np.full((2, 2, 3), i, np.uint8)} for i in range(9)]
+    for field, key in (("embedding", "embedding"), ("image", "image")):
+        pairs = cd.CaptionPairs(rows, field, rows=[1, 4, 5, 8], output_key=key)
+        assert pairs.columns() is None  # not tokenized: grain reads the captions
+        pairs.tokenize(_WordTokenizer(), 5, truncate=True)
+        columns = pairs.columns()
+        assert sorted(columns) == sorted(pairs[0])
+        for i in range(len(pairs)):
+            for k, v in pairs[i].items():
+                assert columns[k][i].dtype == v.dtype
+                np.testing.assert_array_equal(columns[k][i], v)
+        kept, streamed = (pipeline.make_loader(pairs, 5, 2, shard_index=0, shard_count=1,
+                                               in_memory_bytes=m) for m in (1 << 20, 0))
+        assert kept.columns is not None
+        for a, b in zip(_batches(kept, 4), _batches(streamed, 4)):
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])

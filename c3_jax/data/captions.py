@@ -62,6 +62,25 @@ class CaptionPairs:
         other.ids, other.mask = self.ids, self.mask
         return other
 
+    def columns(self, chunk: int = 1024) -> Optional[dict]:
+        """Every tokenized pair as arrays {output_key, 'ids', 'mask': [len(self), ...]} in
+        ``__getitem__``'s order, each row read once (``pipeline.read_columns`` asks for
+        them); None before ``tokenize``."""
+        if self.ids is None:
+            return None
+        values = []
+        for start in range(0, len(self.rows), chunk):
+            keys = [int(r) for r in self.rows[start:start + chunk]]
+            rows = (self.source.__getitems__(keys) if hasattr(self.source, "__getitems__")
+                    else [self.source[k] for k in keys])
+            values += [np.asarray(ex[self.field]) for ex in rows]
+        e = np.stack(values)
+        e = (e.reshape((len(self),) + e.shape[2:]) if self.per_caption
+             else np.repeat(e, self.k, axis=0))
+        if np.issubdtype(e.dtype, np.floating):
+            e = e.astype(np.float32)
+        return {self.output_key: e, "ids": self.ids, "mask": self.mask}
+
     def __len__(self) -> int:
         return len(self.rows) * self.k
 

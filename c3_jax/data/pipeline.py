@@ -1,6 +1,7 @@
 """grain input pipeline: one seeded global order for every process count, each process
 loading its slice of every global batch, and iterator positions that any process count
-can resume from."""
+can resume from. A source that fits in ``in_memory_bytes`` is read once into arrays and
+its batches gathered by index (the same batches as grain's, without per-record work)."""
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,11 @@ from typing import Callable, Optional, Sequence
 import grain.python as grain
 import jax
 import numpy as np
+from grain.experimental import index_shuffle
 
 _STATE_VERSION = 1
+# Sources up to this size are read into memory once (make_loader's in_memory_bytes).
+IN_MEMORY_BYTES = 2 << 30
 
 
 class _Map(grain.MapTransform):
@@ -73,11 +77,38 @@ class GlobalBatchLoader:
 
     def __init__(self, source: Sequence, global_batch: int, shard_index: int,
                  shard_count: int, seed: int, shuffle: bool, num_epochs: Optional[int],
-                 transform: Optional[Callable], drop_remainder: bool):
+                 transform: Optional[Callable], drop_remainder: bool,
+                 columns: Optional[dict] = None):
         self.source, self.global_batch = source, global_batch
         self.shard_index, self.shard_count = shard_index, shard_count
         self.seed, self.shuffle, self.num_epochs = seed, shuffle, num_epochs
         self.transform, self.drop_remainder = transform, drop_remainder
+        self.columns = columns  # every record, read once (None: grain reads each batch)
+
+    def batches(self, start: int = 0):
+        """This process's batches from global batch ``start`` on: gathered from
+        ``columns`` when the source was read into memory, else read by grain."""
+        if self.columns is None:
+            return iter(self.grain_loader(start))
+        return self.gathered(start)
+
+    def gathered(self, start: int):
+        """``grain_loader(start)``'s batches, gathered by record key from ``columns``."""
+        n, local = len(self.source), self.global_batch // self.shard_count
+        total = None if self.num_epochs is None else n * self.num_epochs
+        batch = start
+        while True:
+            first = batch * self.global_batch + self.shard_index * local
+            stop = first + local
+            if total is not None:
+                if self.drop_remainder and (batch + 1) * self.global_batch > total:
+                    return
+                stop = min(stop, total)
+                if stop <= first:
+                    return
+            keys = record_keys(n, np.arange(first, stop), self.seed, self.shuffle)
+            yield {k: gather(c, keys) for k, c in self.columns.items()}
+            batch += 1
 
     def grain_loader(self, start: int = 0) -> grain.DataLoader:
         """The grain DataLoader that reads from global batch ``start`` on."""
@@ -118,7 +149,7 @@ class GlobalBatchIterator:
     def __init__(self, loader: GlobalBatchLoader):
         self._loader = loader
         self._batches = 0
-        self._it = iter(loader.grain_loader(0))
+        self._it = loader.batches(0)
 
     def __iter__(self) -> "GlobalBatchIterator":
         return self
@@ -144,7 +175,7 @@ class GlobalBatchIterator:
                                  f"is {position.get(key)!r} in the checkpoint and {value!r} "
                                  "here; resume with the run's own data and config")
         self._batches = int(position["global_batches"])
-        self._it = iter(self._loader.grain_loader(self._batches))
+        self._it = self._loader.batches(self._batches)
 
     def get_state(self) -> bytes:
         return json.dumps(self.position()).encode()
@@ -159,7 +190,8 @@ class GlobalBatchIterator:
 def make_loader(source: Sequence, batch_size: int, seed: int, *, shuffle: bool = True,
                 num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
                 shard_count: Optional[int] = None, transform: Optional[Callable] = None,
-                drop_remainder: bool = True) -> GlobalBatchLoader:
+                drop_remainder: bool = True, in_memory_bytes: int = IN_MEMORY_BYTES,
+                columns: Optional[dict] = None) -> GlobalBatchLoader:
     """A deterministic grain loader of this process's ``batch_size`` rows of each global batch.
 
     The global batch is ``batch_size * shard_count`` records of one order that depends
@@ -167,7 +199,12 @@ def make_loader(source: Sequence, batch_size: int, seed: int, *, shuffle: bool =
     index, of ``jax.process_count()``) gets its rows ``[p*batch_size, (p+1)*batch_size)``,
     which ``global_batch`` places there. ``transform`` maps one example (e.g. tokenize
     and pad a caption) before batching. ``iter(loader).get_state()`` / ``set_state``
-    checkpoint the position, also across process counts.
+    checkpoint the position, also across process counts. A source whose records take at
+    most ``in_memory_bytes`` (0: none) is read once here (``read_columns``; ``transform``
+    then maps each record once, so it must be a function of the record alone) and its
+    batches are gathered by index; larger ones stream through grain. Both give the same
+    batches and positions. ``columns``: the source's records already read by
+    ``read_columns`` (loaders of one source share them).
     """
     if shard_index is None:
         shard_index, shard_count = jax.process_index(), jax.process_count()
@@ -182,8 +219,66 @@ def make_loader(source: Sequence, batch_size: int, seed: int, *, shuffle: bool =
                          f"cannot be split over {shard_count} processes")
     if len(source) == 0:
         raise ValueError("the data source is empty")
+    if columns is None and in_memory_bytes > 0:
+        columns = read_columns(source, in_memory_bytes, transform)
     return GlobalBatchLoader(source, batch_size * shard_count, shard_index, shard_count, seed,
-                             shuffle, num_epochs, transform, drop_remainder)
+                             shuffle, num_epochs, transform, drop_remainder, columns)
+
+
+def record_keys(num_records: int, positions: np.ndarray, seed: int, shuffle: bool) -> np.ndarray:
+    """The record keys at ``positions`` of grain's single-process ``IndexSampler`` order
+    (epoch ``e`` is a permutation of the records by ``index_shuffle`` with seed + e)."""
+    epochs, within = np.divmod(np.asarray(positions, np.int64), num_records)
+    if not shuffle:
+        return within
+    return np.fromiter((index_shuffle(int(i), max_index=num_records - 1,
+                                      seed=(seed + int(e)) % 2 ** 32, rounds=4)
+                        for e, i in zip(epochs, within)), np.int64, len(within))
+
+
+def gather(column: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Rows ``keys`` of a column as grain's ``Batch`` stacks them (strings at the batch's
+    own width)."""
+    if column.dtype == object:
+        return np.stack(list(column[keys]))
+    return column[keys]
+
+
+def record_bytes(record: dict) -> int:
+    """The bytes one record's fields take as arrays."""
+    return sum(np.asarray(v).nbytes for v in record.values())
+
+
+def read_columns(source: Sequence, max_bytes: int, transform: Optional[Callable] = None,
+                 chunk: int = 1024) -> Optional[dict]:
+    """Every record of ``source`` (mapped by ``transform``) as {field: array [n, ...]}, or
+    None when they would take more than ``max_bytes`` (judged by the first record) or do
+    not stack (ragged fields). A source whose ``columns()`` is not None gives them itself;
+    strings are kept as objects (``gather`` stacks them)."""
+    first = source[0] if transform is None else transform(source[0])
+    if not isinstance(first, dict) or record_bytes(first) * len(source) > max_bytes:
+        return None
+    own = source.columns() if transform is None and hasattr(source, "columns") else None
+    if own is not None:
+        return own
+    records = []
+    for start in range(0, len(source), chunk):
+        keys = list(range(start, min(start + chunk, len(source))))
+        rows = (source.__getitems__(keys) if hasattr(source, "__getitems__")
+                else [source[k] for k in keys])
+        records += rows if transform is None else [transform(r) for r in rows]
+    columns = {}
+    for field in first:
+        values = [np.asarray(r[field]) for r in records]
+        if any(v.shape != values[0].shape for v in values):
+            return None
+        if values[0].dtype.kind in "SUO":
+            column = np.empty(len(values), object)
+            column[:] = [r[field] for r in records]
+        else:
+            column = np.stack(values)
+        columns[field] = column
+    return columns
 
 
 class MemberBatches:
@@ -195,11 +290,15 @@ class MemberBatches:
     def __init__(self, keys: Sequence[str], sources: Sequence, seeds: Sequence[int],
                  batch_size: int, fields: Sequence[str], place: Callable):
         self.keys, self.fields, self.place = list(keys), tuple(fields), place
-        self.streams = {}
+        self.streams, read = {}, {}  # read: each source's columns, read once
         for key, source, seed in zip(keys, sources, seeds):
             if key not in self.streams:
+                if id(source) not in read:
+                    read[id(source)] = read_columns(source, IN_MEMORY_BYTES)
                 self.streams[key] = iter(make_loader(source, batch_size, int(seed),
-                                                     shard_index=0, shard_count=1))
+                                                     shard_index=0, shard_count=1,
+                                                     in_memory_bytes=0,
+                                                     columns=read[id(source)]))
 
     def __iter__(self) -> "MemberBatches":
         return self

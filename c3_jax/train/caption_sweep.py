@@ -192,10 +192,12 @@ def _validation(sweep: Sweep):
     loss = jax.jit(jax.vmap(loss))
     settings = parallel.put_members(sweep.mesh, sweep.settings)
 
+    # Read once (into memory when it fits); each validation iterates from the start.
+    readers = {f: pipeline.make_loader(p, batch, 0, shuffle=False, num_epochs=1,
+                                       shard_index=0, shard_count=1) for f, p in val.items()}
+
     def validate(params) -> jax.Array:
-        loaders = {f: iter(pipeline.make_loader(p, batch, 0, shuffle=False, num_epochs=1,
-                                                shard_index=0, shard_count=1))
-                   for f, p in val.items()}
+        loaders = {f: iter(reader) for f, reader in readers.items()}
         total = count = 0.0
         for _ in range(config.val_batches):
             try:
