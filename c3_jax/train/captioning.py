@@ -145,9 +145,6 @@ def make_eval_loss(model: clipcap.ClipCap, mesh, loss_chunk: int = 0):
 # Training
 
 
-_MOMENTS: dict = {}  # (dataset dir, split, field) -> c3.Moments
-
-
 class Run:
     """What training and evaluation share: config, mesh, data sources, tokenizer, model."""
 
@@ -162,14 +159,14 @@ class Run:
         self.pairs = self.caption_pairs(self.train_source, config.train_field, rows)
         self.model, self.params, self.trainable = build_model(config, self.pairs.dim)
         c3.check_method(config.variant)
+        self._moments = {}  # field -> c3.Moments of the training split
 
     def moments(self, field: str) -> c3.Moments:
         """Per-dimension mean and std of ``field`` over the whole training split (its mean is
-        Algorithm 1's); kept for later runs on the same dataset in this process."""
-        key = (os.path.abspath(self.config.dataset_dir), self.config.train_split, field)
-        if key not in _MOMENTS:
-            _MOMENTS[key] = cd.field_moments(self.train_source, field)
-        return _MOMENTS[key]
+        Algorithm 1's), computed once per run."""
+        if field not in self._moments:
+            self._moments[field] = cd.field_moments(self.train_source, field)
+        return self._moments[field]
 
     def settings(self, method: str, sigma: float, train_field: str,
                  noise: Optional[dict] = None) -> dict:
