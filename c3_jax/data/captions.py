@@ -7,7 +7,6 @@ paired with each of its captions). Rows are flattened into pairs, one per captio
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -182,23 +181,14 @@ def config_sigma(config) -> float:
     return noise_model(config)["sigma"] if config.sigma_from_calibration else config.noise_sigma
 
 
-_NOISE: dict = {}  # (dataset dir, split, fields, pairs, rank) -> residual noise model
-
-
 def noise_model(config) -> dict:
     """c3_aniso's noise model (``geometry.residual_noise``) of the first
     ``calibration_pairs`` (eval_field, train_field's first caption) pairs of the config's
     ``calibration_split``, rank ``noise_rank``; its ``sigma`` is the calibrated sigma."""
-    key = (os.path.abspath(config.dataset_dir), config.calibration_split, config.eval_field,
-           config.train_field, config.calibration_pairs, config.noise_rank)
-    if key not in _NOISE:
-        source = builders.data_source(config.dataset_dir, config.calibration_split)
-        x, _ = eval_rows(source, config.eval_field, config.caption_field,
-                         config.calibration_pairs)
-        y, _ = eval_rows(source, config.train_field, config.caption_field,
-                         config.calibration_pairs)
-        if len(x) < 2:
-            raise ValueError(f"the {config.calibration_split!r} split has {len(x)} rows; "
-                             "calibration needs at least 2 pairs")
-        _NOISE[key] = geometry.residual_noise(x, y, config.noise_rank)
-    return _NOISE[key]
+    source = builders.data_source(config.dataset_dir, config.calibration_split)
+    x, _ = eval_rows(source, config.eval_field, config.caption_field, config.calibration_pairs)
+    y, _ = eval_rows(source, config.train_field, config.caption_field, config.calibration_pairs)
+    if len(x) < 2:
+        raise ValueError(f"the {config.calibration_split!r} split has {len(x)} rows; "
+                         "calibration needs at least 2 pairs")
+    return geometry.residual_noise(x, y, config.noise_rank)

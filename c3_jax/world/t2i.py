@@ -127,8 +127,10 @@ def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> d
     ``generators/<variant>/``; those not done yet trained and sampled as one sweep."""
     base = _generator_config(config, dataset)
     named = {v: caption_sweep.NAMED[v] for v in variants}  # (method, field, sigma kind)
-    members = [gan_sweep.Member(v, named[v][0], config.seed, cd.noise_model(base)["sigma"]
-                                if named[v][2] == "calibrated" else config.noise_sigma,
+    calibrated = (cd.noise_model(base)["sigma"]
+                  if any(named[v][2] == "calibrated" for v in variants) else None)
+    members = [gan_sweep.Member(v, named[v][0], config.seed,
+                                calibrated if named[v][2] == "calibrated" else config.noise_sigma,
                                 base.train_field)
                for v in variants]
     shared = {"run": base.to_dict(), "upstream": common.connect_fields(config),
