@@ -1,25 +1,43 @@
-# Every target installs what it needs into .venv first.
+# Every target installs what it needs into .venv first, at the tested versions of
+# constraints.txt.
 PY := .venv/bin/python
+PIP := $(PY) -m pip install -q -c constraints.txt
 WORKDIR ?= runs/shapes_caption
 
-.PHONY: install test main quick geometry t2i
+.PHONY: install test test-fast lint constraints main quick geometry t2i
 
 # The package alone for the runs (no torch); with the test extras (torch, the independent
 # reference the tests compare against) for `make test`.
-.venv/installed: setup.py
+.venv/installed: pyproject.toml setup.py constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PIP) -e .
 	touch $@
 
 .venv/test-installed: .venv/installed
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) -e '.[test]'
+	touch $@
+
+.venv/lint-installed: .venv/installed
+	$(PIP) -e '.[lint]'
 	touch $@
 
 install: .venv/installed
 
 test: .venv/test-installed
 	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
+
+# The unit tests: everything not marked slow.
+test-fast: .venv/test-installed
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "not slow" tests
+
+lint: .venv/lint-installed
+	$(PY) -m ruff check c3_jax configs tests benchmarks
+
+# Rewrites constraints.txt from .venv (run after an upgrade that passes `make test`).
+constraints: .venv/test-installed
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 main: install
 	$(PY) -m c3_jax.main --config=configs/shapes_caption.py --workdir=$(WORKDIR)
