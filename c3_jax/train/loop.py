@@ -4,11 +4,13 @@ TensorBoard, learning rate included), checkpoints with the data position and, op
 a validation value that picks the best checkpoint."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 import time
 from typing import Callable, Iterator, Optional, Tuple
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -34,6 +36,10 @@ class LoopConfig:
     postfix: Tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
     members: Tuple[str, ...] = ()  # a sweep's member names: metrics have a member axis
     val_name: str = "val_loss"  # the name metrics.jsonl gives validate's value
+    # Steps dispatched ahead of the device: the host waits for step i - in_flight before
+    # dispatching step i, so the loop runs at the device's rate rather than filling a long
+    # queue and stalling at every log step (the device always has the next step queued).
+    in_flight: int = 2
 
 
 def summary_writer(logdir: str):
@@ -117,7 +123,11 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
     bar = progress_bar(range(start, loop.steps), initial=start, total=loop.steps,
                        desc=loop.desc, unit="step")
     last, val, marks, laps = {}, None, [], Laps(start)
+    ahead = collections.deque()  # the metrics of the steps still in flight
     for i in bar:
+        if len(ahead) >= max(loop.in_flight, 1):
+            jax.block_until_ready(ahead.popleft())
+            laps.lap("wait")
         batch = next(data)
         laps.lap("data")
         batch = place(batch)
@@ -125,6 +135,7 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
         state, metrics = step(state, batch, i)
         done = i + 1
         watch.update(metrics, done)
+        ahead.append(metrics)
         laps.lap("dispatch")
         if done % loop.log_every == 0 or done == loop.steps:
             last = host_metrics(metrics, loop.members)
@@ -160,10 +171,11 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
 class Laps:
     """Where a loop's wall time goes: consecutive laps (``lap(phase)`` adds the time since
     the previous lap to ``phase``), summed between log rows. Device work is asynchronous:
-    'dispatch' grows when the host waits for a full queue of steps and 'sync' when it waits
-    for the device at a log step; 'data' and 'place' are the input pipeline's own time."""
+    'wait' is the host waiting for the device (the step ``in_flight`` steps back), 'sync'
+    for a log step's metrics; 'data' and 'place' are the input pipeline's own time and
+    'dispatch' the host's share of launching a step."""
 
-    PHASES = ("data", "place", "dispatch", "sync", "log", "after_step", "validate",
+    PHASES = ("data", "place", "dispatch", "wait", "sync", "log", "after_step", "validate",
               "checkpoint")
 
     def __init__(self, start: int):
