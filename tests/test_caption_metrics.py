@@ -125,7 +125,8 @@ def test_disjoint_prediction_scores_zero():
 
 
 def test_bleu1_by_hand():
-    refs = {1: ["The cat sat on the mat.", "A cat sat!"], 2: ["a big dog barks", "Dogs bark loudly at night"]}
+    refs = {1: ["The cat sat on the mat.", "A cat sat!"],
+            2: ["a big dog barks", "Dogs bark loudly at night"]}
     preds = {1: "the THE the cat, sat", 2: "A dog."}
     # Image 1: 5 words; "the" clipped to 2 (its most in one reference), so 4 correct;
     # closest reference length 6. Image 2: 2 words, both correct; closest reference length 4.

@@ -179,8 +179,9 @@ def test_calibrated_variants_take_sigma_from_the_calibration():
 def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path):
     from configs import caption_gap_sensitivity
     c = caption_gap_sensitivity.get_config()
-    c.update(dict(dataset_dir=caption_world["dataset"], gpt2=caption_world["gpt2"], batch_size=8, max_steps=4,
-                  warmup_steps=1, lr=1e-3, log_every=2, checkpoint_every=4, val_batches=0,
+    c.update(dict(dataset_dir=caption_world["dataset"], gpt2=caption_world["gpt2"], batch_size=8,
+                  max_steps=4, warmup_steps=1, lr=1e-3, log_every=2, checkpoint_every=4,
+                  val_batches=0,
                   max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False,
                   shift_norms="0,1", shift_gamma=0.9))
     results = runner.run(c, str(tmp_path / "gap"))

@@ -28,7 +28,6 @@ from c3_jax.eval.caption_metrics import score_caption_sets
 from c3_jax.models import gpt2
 from c3_jax.progress import progress_bar
 from c3_jax.train import captioning, checkpoints, loop
-from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 
 

@@ -29,7 +29,7 @@ from c3_jax.data.images import ImagePreprocessor
 from c3_jax.eval import image_metrics as im
 from c3_jax.models import clip, inception, lafite_import, stylegan2
 from c3_jax.progress import progress_bar
-from c3_jax.train import checkpoints, connect, loop
+from c3_jax.train import checkpoints, loop
 from c3_jax.train import state as st
 from c3_jax.workdir import Workdir
 

@@ -89,5 +89,6 @@ def _table(rows: dict, sigmas: list, seeds: int, calibrated: float, best: float)
         lines.append(f"| {s:g} | " + " | ".join(cells) + " |")
     return (f"# C^3 over Corrupt's sigma on the shapes world\n\nScores × 100 on the test "
             f"split, mean ± sample std (ddof = 1) over {seeds} seeds. Calibrated sigma "
-            f"(alignment noise of the learned space): {calibrated:.4f}; best sigma by attribute accuracy: {best:g}.\n\n"
+            f"(alignment noise of the learned space): {calibrated:.4f}; best sigma by attribute "
+            f"accuracy: {best:g}.\n\n"
             + "\n".join(lines) + "\n")
