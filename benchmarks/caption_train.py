@@ -41,7 +41,7 @@ from c3_jax.data import pipeline
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.train import captioning
 from c3_jax import parallel
-from configs import caption_base
+from c3_jax.experiments.caption import default_config as caption_defaults
 
 EMBED_DIM = 512
 # --smoke: the sizes (and the tiny GPT-2) of the test suite's run of this benchmark.
@@ -95,7 +95,7 @@ class Ours:
     """Our train step exactly as ``captioning.train`` builds it."""
 
     def __init__(self, gpt_dir: str, args, sigma: float, mean: np.ndarray):
-        config = caption_base.get_config()
+        config = caption_defaults()
         config.gpt2, config.dtype, config.noise_sigma = gpt_dir, args.dtype, sigma
         config.variant, config.batch_size, config.seed = "c3", args.batch, 0
         config.warmup_steps = 0  # lr 2e-5 from the first step (the schedule costs nothing)

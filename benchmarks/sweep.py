@@ -31,7 +31,7 @@ from c3_jax import c3, parallel
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.train import caption_sweep, captioning
 from c3_jax.train import state as st
-from configs import caption_base
+from c3_jax.experiments.caption import default_config as caption_defaults
 
 SIZES = {  # width, depth, heads, vocab, prefix, caption tokens, embedding dim, batch
     "world": (64, 2, 4, 40, 4, 16, 64, 64),
@@ -53,7 +53,7 @@ def setup(size: str, directory: str):
         json.dump({"model_type": "gpt2", "vocab_size": vocab, "n_positions": prefix + tokens + 8,
                    "n_embd": width, "n_layer": depth, "n_head": heads,
                    "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}, f)
-    c = caption_base.get_config("caption")
+    c = caption_defaults("caption")
     c.update(dict(gpt2=gpt_dir, gpt2_from_scratch=True, prefix_length=prefix,
                   batch_size=batch, lr=1e-3, warmup_steps=10, max_caption_tokens=tokens))
     return c, tokens, dim, vocab

@@ -5,13 +5,14 @@ with its FLOP rate against the machine's float32 matmul peak.
 The step is ``generation.make_train_step`` as ``generation.train`` builds it (jitted, state
 donated, on ``parallel.make_mesh(1)``; the step settings ``StepConfig.from_config``, G's and
 D's Adam rescaled for lazy regularization, the regularization phases ``regs_at``), with
-random weights and random batches; every preset is a full ``t2i_base`` trainer config:
+random weights and random batches; every preset is a full 'generate' trainer config
+(``c3_jax.experiments.t2i.default_config``):
   * ``--preset shapes_t2i`` (default): configs/shapes_t2i.py's generator and discriminator
     (as ``shapes_t2i`` fills the trainer's config from its ``generator`` fields: 32x32,
     cond 64-d, batch 8, R1 every 16 steps, the path-length penalty every 4) and its
     world's CLIP image tower (width 64, depth 3, 4 heads, MLP 256, gelu, patch 8,
     projection 64), wrapped as the experiment wraps it;
-  * ``--preset coco64``: the COCO setup of ``t2i_base.get_config()`` (z 512, w 512,
+  * ``--preset coco64``: the COCO setup of ``t2i.default_config()`` (z 512, w 512,
     8 mapping layers, cond_hidden 512, R1 gamma 10 every 16 steps, batch 16) at 64x64 with
     channel_base 8192, channel_max 128, and a ViT-B/32-shaped CLIP image tower (random
     weights) at 224x224, through ``generation.tower_encoder`` (resize, CLIP normalization);
@@ -31,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import jax
@@ -41,20 +41,20 @@ import numpy as np
 from c3_jax import c3
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.models import clip, stylegan2
+from c3_jax.experiments.t2i import default_config as t2i_defaults
 from c3_jax.train import connect, generation
+from c3_jax.world import t2i as world_t2i
 from c3_jax import parallel
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
-from configs import shapes_t2i, t2i_base  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _shapes_preset() -> dict:
-    world = shapes_t2i.get_config()
+    world = world_t2i.default_config()
     g, k = world.generator, world.connect
-    config = t2i_base.get_config()
+    config = t2i_defaults()
     config.update(dict(  # as the shapes_t2i experiment fills the trainer's config
         z_dim=g.z_dim, w_dim=g.w_dim, mapping_layers=g.mapping_layers,
         cond_hidden=g.cond_hidden, channel_base=g.channel_base, channel_max=g.channel_max,
@@ -71,14 +71,14 @@ def _shapes_preset() -> dict:
 
 
 def _coco64_preset() -> dict:
-    config = t2i_base.get_config()
+    config = t2i_defaults()
     config.channel_base, config.channel_max = 8192, 128
     return {"config": config, "clip": clip.CLIPConfig(),  # ViT-B/32 shapes, random weights
             "resolution": 64, "cond_dim": 512, "encoder": "vit_b32_shaped_clip_224"}
 
 
 def _tiny_preset() -> dict:
-    config = t2i_base.get_config()
+    config = t2i_defaults()
     config.update(dict(z_dim=8, w_dim=8, mapping_layers=2, cond_hidden=8, channel_base=64,
                        channel_max=8, batch_size=4, r1_every=1, pl_weight=0.0))
     tower = clip.Tower(16, 1, 2, 32, "gelu")

@@ -1,10 +1,10 @@
 """C^3 text-to-image on MS-COCO (Table 3): LAFITE's StyleGAN2 trained on CLIP image
 embeddings only, evaluated from caption text embeddings with FID / IS computed as LAFITE's
-protocol (t2i_base.fid_protocol "lafite": 30,000 images from the first 30,000 rows of
-test_split, LAFITE's val2014, one random caption each, against every training image;
-results.json's metrics.fid_protocol says what was generated). Training follows LAFITE and
-the C^3 scripts (t2i_base); --config.init_from=pre-trained-google-cc-best-fid.pkl starts
-from LAFITE's released networks, as C^3's Table 3 does.
+protocol (fid_protocol "lafite": 30,000 images from the first 30,000 rows of test_split,
+LAFITE's val2014, one random caption each, against every training image; results.json's
+metrics.fid_protocol says what was generated). Training follows LAFITE and the C^3 scripts
+(c3_jax.experiments.t2i.default_config); --config.init_from=pre-trained-google-cc-best-fid.pkl
+starts from LAFITE's released networks, as C^3's Table 3 does.
 
 Variants: '' or 'c3' (Collapse + Corrupt), 'c1', 'c2_collapse', 'c2_corrupt', 'lafite'
 (the Table 3 baseline as the official C^3 script runs it: LAFITE's perturbation

@@ -201,8 +201,8 @@ def test_ema_beta_matches_the_training_loop(step, rampup):
 
 
 def test_init_from_turns_the_ema_rampup_off():
-    from configs import t2i_base
-    config = t2i_base.get_config()
+    from c3_jax.experiments import t2i
+    config = t2i.default_config()
     assert generation.StepConfig.from_config(config).ema_rampup == 0.05
     config.init_from = "lafite.pkl"
     assert generation.StepConfig.from_config(config).ema_rampup == 0.0

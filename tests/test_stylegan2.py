@@ -12,7 +12,7 @@ from c3_jax import c3
 from c3_jax.models import stylegan2 as sg
 from c3_jax.train import generation
 from c3_jax import parallel
-from configs import t2i_base
+from c3_jax.experiments import t2i
 
 TINY = sg.GANConfig(resolution=8, cond_dim=6, z_dim=8, w_dim=8, mapping_layers=2,
                     cond_hidden=8, channel_base=64, channel_max=8)
@@ -311,7 +311,7 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
     encoder = generation.Encoder(lambda p, x: x.reshape(x.shape[0], -1)[:, :dim] @ p, enc_w)
     cfg = generation.StepConfig(batch_size=b, r1_gamma=10.0, r1_every=16, ema_kimg=0.01,
                                 ema_rampup=0.0, pl_every=1)
-    tx_config = t2i_base.get_config()
+    tx_config = t2i.default_config()
     tx = generation.optimizer(tx_config)
     ema0 = jax.tree.map(lambda v: v + 0.1, g)  # an EMA that differs from g
     state0 = generation.GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d), ema0,
