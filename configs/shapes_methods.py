@@ -1,6 +1,6 @@
 """The gap-closing methods side by side on the built-in world: the main job's world,
 Connect and captioners (configs/shapes_caption.py), with every method of c3.METHODS beside
-the paper's variants, x 3 seeds, trained and decoded as one sweep.
+the paper's variants, x the main job's 5 seeds, trained and decoded as one sweep.
 
 Methods (c3.member_settings): this project's own c3_aniso (Corrupt with the residual
 covariance of calibration pairs, at their calibrated sigma) and c3_standardize (Collapse,
