@@ -440,8 +440,10 @@ def test_short_last_batch_in_memory_and_the_size_bound():
     assert pipeline.make_loader(src, 4, 0, shard_index=0, shard_count=1,
                                 in_memory_bytes=one * 10 - 1).columns is None
     ragged = lambda r: {"v": np.zeros(int(r["index"]) % 2 + 1)}
-    assert pipeline.make_loader(src, 4, 0, shard_index=0, shard_count=1,
-                                transform=ragged).columns is None
+    nested = lambda r: {"v": [r["index"], r["index"]]}
+    for transform in (ragged, nested):
+        assert pipeline.make_loader(src, 4, 0, shard_index=0, shard_count=1,
+                                    transform=transform).columns is None
 
 
 @pytest.mark.parametrize("per_caption", [True, False])

@@ -256,8 +256,9 @@ def read_columns(source: Sequence, max_bytes: int, transform: Optional[Callable]
     not stack (ragged fields). A source whose ``columns()`` is not None gives them itself;
     strings are kept as objects (``gather`` stacks them)."""
     first = source[0] if transform is None else transform(source[0])
-    if not isinstance(first, dict) or record_bytes(first) * len(source) > max_bytes:
-        return None
+    if (not isinstance(first, dict) or record_bytes(first) * len(source) > max_bytes
+            or any(isinstance(v, (list, tuple, dict)) for v in first.values())):
+        return None  # nested fields: grain batches them as trees
     own = source.columns() if transform is None and hasattr(source, "columns") else None
     if own is not None:
         return own
@@ -274,7 +275,8 @@ def read_columns(source: Sequence, max_bytes: int, transform: Optional[Callable]
             return None
         if values[0].dtype.kind in "SUO":
             column = np.empty(len(values), object)
-            column[:] = [r[field] for r in records]
+            for i, v in enumerate(values):
+                column[i] = v
         else:
             column = np.stack(values)
         columns[field] = column
