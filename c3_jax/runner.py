@@ -187,6 +187,8 @@ def remove_orbax_tmp(path: str) -> list:
     cut) anywhere under ``path``; returns them."""
     found = sorted(glob.glob(os.path.join(glob.escape(path), "**", ORBAX_TMP), recursive=True))
     for tmp in found:
+        if not os.path.lexists(tmp):  # inside a folder removed just before
+            continue
         shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.remove(tmp)
     return found
 

@@ -86,7 +86,8 @@ def test_killed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path):
     assert step == step2 == config.max_steps > every
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b)
-    lines = lambda d: [json.loads(x) for x in open(d / "metrics.jsonl")]
+    lines = lambda d: [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}
+                       for x in open(d / "metrics.jsonl")]  # wall times differ
     assert lines(tmp_path / "killed") == lines(straight)
 
 
