@@ -213,7 +213,9 @@ def paired_differences(agg: dict) -> dict:
     return out
 
 
-def _paired_table(paired: dict) -> str:
+def paired_table(paired: dict) -> str:
+    """The markdown table of ``paired_differences``: mean [95 % interval] × 100 and what
+    the intervals allow."""
     def cell(iv):
         if not np.isfinite(iv["low"]):
             return f"{100 * iv['mean']:+.1f} (one seed)"
@@ -263,7 +265,7 @@ def _results_table(agg: dict, chance: dict, seeds: int, first_seed: int) -> str:
             + f"\n\nAccuracy per attribute × 100 (scenes where it applies), {over}.\n\n"
             + "\n".join(attrs) + "\n\nPaired differences × 100 (same seed: same data "
             "order), mean [95 % t-interval] over the seeds; an ordering holds only where "
-            "the interval excludes 0.\n\n" + _paired_table(paired_differences(agg)) + "\n")
+            "the interval excludes 0.\n\n" + paired_table(paired_differences(agg)) + "\n")
 
 
 def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int = 8) -> str:
