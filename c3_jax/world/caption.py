@@ -86,7 +86,22 @@ def check(config) -> None:
     checks.at_least(config, 0.0, ["noise_sigma"])
     checks.divides(config, "captioner.heads", "captioner.width")
     checks.at_least(config, config.captioner.batch, ["world.train_size"])
+    calibration_fits(config)
     checks.java()
+
+
+def calibration_fits(config) -> None:
+    """σ is calibrated on the first ``calibration_pairs`` val pairs and c3_aniso's noise
+    keeps ``noise_rank`` directions of the space: both must exist (checked before the
+    world and Connect are built)."""
+    if config.calibration_pairs > config.world.val_size:
+        raise ValueError(f"config field 'calibration_pairs' is {config.calibration_pairs} but "
+                         f"the world has {config.world.val_size} val pairs "
+                         "(world.val_size); lower one or raise the other")
+    if config.get("noise_rank", 0) > config.connect.projection_dim:
+        raise ValueError(f"config field 'noise_rank' is {config.noise_rank} but the space has "
+                         f"{config.connect.projection_dim} dimensions "
+                         "(connect.projection_dim); use at most that (0: all)")
 
 
 def geometry_report(config, dataset: str, wd: Workdir) -> dict:

@@ -88,6 +88,7 @@ def check(config) -> None:
         "r1_gamma", "itd_weight", "itc_weight", "ema_kimg", "pl_weight", "style_mixing")])
     checks.at_least(config, config.generator.batch, ["world.train_size"])
     checks.at_least(config, 2, ["calibration_pairs"])
+    caption.calibration_fits(config)
 
 
 def _encoder(model, params) -> generation.Encoder:
