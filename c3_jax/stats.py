@@ -41,27 +41,37 @@ def t_quantile(p: float, df: int) -> float:
 
 
 def mean_std(values: Sequence[float]) -> dict:
-    """Mean and sample standard deviation (ddof = 1; NaN for one value) of the finite
-    values, with the values themselves."""
+    """Mean and sample standard deviation (ddof = 1; None, undefined, for fewer than two
+    values) of the finite values, with the values themselves."""
     v = np.asarray(values, np.float64)
     ok = v[np.isfinite(v)]
-    return {"mean": float(ok.mean()) if ok.size else float("nan"),
-            "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
+    return {"mean": float(ok.mean()) if ok.size else None,
+            "std": float(ok.std(ddof=1)) if ok.size > 1 else None,
             "per_seed": v.tolist()}
+
+
+def mean_pm_std(row: dict, scale: float = 100.0) -> str:
+    """'mean ± std' of a ``mean_std`` row times ``scale`` (the mean alone where the std is
+    undefined)."""
+    if row["mean"] is None:
+        return "n/a"
+    if row["std"] is None:
+        return f"{scale * row['mean']:.1f}"
+    return f"{scale * row['mean']:.1f} ± {scale * row['std']:.1f}"
 
 
 def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
     """The mean of the paired differences a_i - b_i, their sample std, and the two-sided
-    t-interval at ``level`` (``low``/``high`` NaN with fewer than two pairs)."""
+    t-interval at ``level`` (None where undefined: fewer than two pairs, or NaN among
+    them)."""
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     if d.ndim != 1 or len(a) != len(b):
         raise ValueError(f"paired_interval needs two equal-length lists; got {len(a)} and "
                          f"{len(b)}")
     n = int(d.size)
-    mean = float(d.mean()) if n else float("nan")
-    if n < 2 or not np.isfinite(d).all():
-        return {"mean": mean, "std": float("nan"), "low": float("nan"),
-                "high": float("nan"), "n": n, "level": level}
+    mean = float(d.mean()) if n and np.isfinite(d).all() else None
+    if n < 2 or mean is None:
+        return {"mean": mean, "std": None, "low": None, "high": None, "n": n, "level": level}
     std = float(d.std(ddof=1))
     half = t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "low": mean - half, "high": mean + half, "n": n,
@@ -70,7 +80,7 @@ def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95)
 
 def verdict(interval: dict) -> str:
     """What an interval of a - b allows one to say: 'a > b', 'a < b' or 'not established'."""
-    if not (np.isfinite(interval["low"]) and np.isfinite(interval["high"])):
+    if interval["low"] is None or interval["high"] is None:
         return "not established"
     if interval["low"] > 0:
         return "a > b"

@@ -50,7 +50,7 @@ def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     # 'c3_calibrated' (and 'c3_aniso') take sigma from the residual of the first
     # `calibration_pairs` val pairs; c3_aniso's noise has its top `noise_rank` directions
     # (0: the full covariance).
-    c.calibration_pairs, c.noise_rank = 100, 0
+    c.calibration_pairs, c.noise_rank = 64 if quick else 100, 0  # quick: all its val pairs
     c.world, c.connect = common.default_world(quick), common.default_connect(quick)
     c.captioner = default_captioner(quick)
     return c
@@ -232,8 +232,8 @@ def paired_table(paired: dict) -> str:
     """The markdown table of ``paired_differences``: mean [95 % interval] × 100 and what
     the intervals allow."""
     def cell(iv):
-        if not np.isfinite(iv["low"]):
-            return f"{100 * iv['mean']:+.1f} (one seed)"
+        if iv["low"] is None:
+            return "n/a" if iv["mean"] is None else f"{100 * iv['mean']:+.1f} (one seed)"
         return f"{100 * iv['mean']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
     lines = ["| a − b | " + " | ".join(PAIRED_METRICS) + " | what the intervals allow |",
              "|" + "---|" * (len(PAIRED_METRICS) + 2)]
@@ -250,8 +250,7 @@ def paired_table(paired: dict) -> str:
 def _results_table(agg: dict, chance: dict, seeds: int, first_seed: int) -> str:
     """Scores per variant, the published COCO figure of the method a variant stands for, and
     accuracy per attribute, each with the chance row."""
-    cell = ((lambda v: f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}") if seeds > 1
-            else (lambda v: f"{100 * v['mean']:.1f}"))
+    cell = stats.mean_pm_std
     published = lambda name: (f"{PUBLISHED_COCO[name][0]} {PUBLISHED_COCO[name][1]}"
                               if name in PUBLISHED_COCO else "")
     lines = ["| variant | " + " | ".join(METRICS) + " | published on COCO (B-4 / M / C) |",

@@ -67,7 +67,7 @@ def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
     best = max(sigmas, key=lambda s: rows[f"{s:g}"]["attribute_accuracy"]["mean"])
     plots.sweep_panels(
         sigmas, {k: ([rows[f"{s:g}"][k]["mean"] for s in sigmas],
-                     [rows[f"{s:g}"][k]["std"] for s in sigmas]) for k in SCORES[:3]},
+                     [rows[f"{s:g}"][k]["std"] or 0.0 for s in sigmas]) for k in SCORES[:3]},
         {f"calibrated sigma {calibrated:.3f}": calibrated,
          f"paper's sigma {c3.CLIP_SIGMA:.3f}": c3.CLIP_SIGMA},
         "Corrupt's sigma", wd.file("sigma_sweep.png"))
@@ -84,7 +84,7 @@ def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
 def _table(rows: dict, sigmas: list, seeds: int, calibrated: float, best: float) -> str:
     lines = ["| sigma | " + " | ".join(SCORES) + " |", "|" + "---|" * (len(SCORES) + 1)]
     for s in sigmas:
-        cells = [f"{100 * rows[f'{s:g}'][k]['mean']:.1f} ± {100 * rows[f'{s:g}'][k]['std']:.1f}"
+        cells = [stats.mean_pm_std(rows[f"{s:g}"][k])
                  for k in SCORES]
         lines.append(f"| {s:g} | " + " | ".join(cells) + " |")
     return (f"# C^3 over Corrupt's sigma on the shapes world\n\nScores × 100 on the test "
