@@ -289,20 +289,6 @@ def test_leftover_orbax_temporaries_are_removed(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == ["5"]
 
 
-def _cli(*args, **kw):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("JAX_")}, **CACHE_ENV,
-           "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-m", "c3_jax.main", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _last_line(proc, timeout=120) -> tuple:
-    _, err = proc.communicate(timeout=timeout)
-    assert "Traceback" not in err, err[-3000:]
-    lines = err.strip().splitlines()
-    return proc.returncode, lines[-1] if lines else ""
-
-
 # Command lines that absl or the config file would end with a traceback: one line instead.
 CLI_ERRORS = {
     "missing_file": (["--config=configs/nope.py"], "--config file configs/nope.py does not exist"),
