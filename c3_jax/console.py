@@ -6,6 +6,8 @@ import importlib
 import logging
 import os
 
+from c3_jax.workdir import existing_ancestor
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "c3-jax", "xla")
 
@@ -97,9 +99,7 @@ def compilation_cache(directory: str) -> None:
     if not directory:
         return
     path = os.path.abspath(os.path.expanduser(directory))
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = existing_ancestor(path)
     if not os.path.isdir(existing):
         raise ValueError(f"--compilation_cache {path}: {existing} is a file; give a directory, "
                          "or --compilation_cache= (empty) to turn the cache off")

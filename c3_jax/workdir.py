@@ -46,13 +46,18 @@ def _probe_writable(directory: str) -> None:
     os.remove(probe)
 
 
+def existing_ancestor(path: str) -> str:
+    """``path`` itself if it exists, else its nearest existing ancestor."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def check_usable(path: str) -> None:
     """Raises WorkdirError, naming ``path``, if a workdir there could not be created or
     written; creates nothing."""
     path = os.path.abspath(path)
-    ancestor = path
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
+    ancestor = existing_ancestor(path)
     if not os.path.isdir(ancestor):
         raise WorkdirError(f"--workdir {path} cannot be created: {ancestor} is a file; "
                            "choose another directory")
