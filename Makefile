@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 WORKDIR ?= runs/shapes_caption
 
-.PHONY: install test test-fast lint constraints main quick geometry t2i
+.PHONY: install test test-fast lint constraints main quick geometry t2i bench-gpu
 
 # The package alone for the runs (no torch); with the test extras (torch, the independent
 # reference the tests compare against) for `make test`.
@@ -50,3 +50,8 @@ geometry: install
 
 t2i: install
 	$(PY) -m c3_jax.main --config=configs/shapes_t2i.py --workdir=runs/shapes_t2i
+
+# The GPU benchmarks in one command (refuses with exit 2 where no GPU is visible; installs
+# its own .venv-gpu with JAX for CUDA). JSONs in runs/gpu/ ($OUT when set); see BENCHMARKS.md.
+bench-gpu:
+	benchmarks/gpu.sh
