@@ -73,14 +73,17 @@ def _rows(path, split) -> list:
 
 def _in_memory_write(data_dir, name, splits, captions) -> str:
     """The writer before streaming, written out with tfds alone: whole float32 arrays, one
-    shard per split, the features and metadata built from them."""
+    shard per split, the features and metadata built from them (rows with dimensions as raw
+    bytes, per-row scalars as values)."""
     import tensorflow_datasets as tfds
     from array_record.python.array_record_module import ArrayRecordWriter
     arrays = {s: {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in a.items()}
               for s, a in splits.items()}
     first = next(iter(arrays.values()))
     features = tfds.features.FeaturesDict({
-        **{k: tfds.features.Tensor(shape=v.shape[1:], dtype=v.dtype) for k, v in first.items()},
+        **{k: tfds.features.Tensor(shape=v.shape[1:], dtype=v.dtype,
+                                   encoding="bytes" if v.ndim > 1 else "none")
+           for k, v in first.items()},
         "index": np.int64,
         "caption": tfds.features.Sequence(tfds.features.Text(), length=3)})
     path = os.path.join(data_dir, name, "1.0.0")
