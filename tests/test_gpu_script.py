@@ -115,6 +115,13 @@ def test_report_of_a_decode_line(tmp_path):
     report = load_report()
     line = {"ours": 500.0, "batch": 256, "new_tokens": 20, "ours_side": {"gflops": 9890.0},
             "machine": "x86_64, 16 cores, NVIDIA H200"}
-    args = types.SimpleNamespace(device="cpu", returncode=0, wall=1.0, workdir=None)
+    args = types.SimpleNamespace(device="cpu", returncode=0, wall=1.0, workdir=None, skipped="")
     record = report.build_record("decode", "caption_decode", json.dumps(line), args)
     assert record["device"] == "NVIDIA H200" and record["mfu"] == pytest.approx(0.01)
+
+
+def test_report_of_a_skipped_command(tmp_path):
+    report = load_report()
+    rc = report.main(["main", "main_quick", "-", "--out", str(tmp_path), "--skipped", "no java"])
+    record = json.loads((tmp_path / "main_quick.json").read_text())
+    assert rc == 0 and record["skipped"] == "no java" and "throughput" not in record

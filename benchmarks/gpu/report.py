@@ -14,7 +14,8 @@ Decoding and embedding compute in float32: their MFU against the bf16 peak is a 
 bound of what bf16 would reach.
 
     python benchmarks/gpu/report.py KIND NAME LOG --out DIR [--device NAME]
-        [--returncode RC] [--wall S] [--workdir DIR]      (KIND: train, decode, embed, main)
+        [--returncode RC] [--wall S] [--workdir DIR] [--skipped REASON]
+    (KIND: train, decode, embed, main)
 """
 from __future__ import annotations
 
@@ -156,6 +157,8 @@ def summary(name: str, record: dict) -> str:
     """One line for the console."""
     if "error" in record:
         return f"{name}: FAILED ({record['error']})"
+    if "skipped" in record:
+        return f"{name}: SKIPPED ({record['skipped']})"
     mfu = record.get("mfu")
     mfu_text = "MFU n/a" if mfu is None else f"MFU {100 * mfu:.1f} % of bf16 peak"
     rate = record.get("throughput")
@@ -174,6 +177,8 @@ def build_record(kind: str, name: str, text: str, args) -> dict:
     record = {"name": name, "kind": kind, "device": device,
               "bf16_peak_tflops": None if peak is None else peak / 1e12,
               "returncode": args.returncode, "wall_s": args.wall}
+    if args.skipped:
+        return {**record, "skipped": args.skipped}
     if args.returncode != 0:
         tail = text.strip().splitlines()[-5:]
         return {**record, "error": f"exit status {args.returncode}", "log_tail": tail}
@@ -195,9 +200,12 @@ def main(argv=None) -> int:
     p.add_argument("--returncode", type=int, default=0)
     p.add_argument("--wall", type=float, default=None, help="the command's wall seconds")
     p.add_argument("--workdir", default=None, help="kind main: the run's workdir")
+    p.add_argument("--skipped", default="", help="why the command was not run (LOG unread)")
     args = p.parse_args(argv)
-    with open(args.log) as f:
-        text = f.read()
+    text = ""
+    if not args.skipped:
+        with open(args.log) as f:
+            text = f.read()
     record = build_record(args.kind, args.name, text, args)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
