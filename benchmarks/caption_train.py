@@ -10,9 +10,10 @@ Both sides train the same model from the same weights on the same batches:
     mean, add N(0, 0.016) noise, renormalize), masked next-token cross-entropy over the
     caption tokens (ours: ``ClipCap.caption_nll``, the LM head over caption positions only,
     in chunks), AdamW (lr 2e-5, weight decay 0.01).
-Ours is our code path: ``captioning.build_model``/``make_optimizer``/``make_train_step``
-(jitted, state donated; the C^3 transform from ``c3.member_settings``) on
-``parallel.make_mesh(1)``, batches from numpy through ``pipeline.global_batch``. PyTorch is
+Ours is our code path, the trainer's for a run of one captioner (a sweep of one member):
+``caption_sweep.optimizer``/``stacked_init``/``compiled_step`` (jitted, state donated; the
+C^3 transform from ``c3.member_settings``) on ``parallel.member_mesh(1)``, batches from
+numpy with their member axis placed by ``parallel.put_whole``. PyTorch is
 the ClipCap reference's way: ``GPT2LMHeadModel`` with ``inputs_embeds=cat(prefix, wte(ids))``
 and ``attention_mask``, an ``nn.Sequential`` mapper, ``torch.optim.AdamW``, ``model.train()``,
 default threads. GPT-2 dropout is set to 0 on the
@@ -31,15 +32,13 @@ import os
 import platform
 import tempfile
 import time
-import types
 
 import jax
 import numpy as np
 
 from c3_jax import c3
-from c3_jax.data import pipeline
 from c3_jax.timing import matmul_peak_flops
-from c3_jax.train import captioning
+from c3_jax.train import caption_sweep, captioning
 from c3_jax import parallel
 from c3_jax.experiments.caption import default_config as caption_defaults
 
@@ -92,7 +91,7 @@ def modality_mean(dim: int, seed: int = 1) -> np.ndarray:
 
 
 class Ours:
-    """Our train step exactly as ``captioning.train`` builds it."""
+    """Our train step exactly as ``caption_sweep.train`` builds it for one captioner."""
 
     def __init__(self, gpt_dir: str, args, sigma: float, mean: np.ndarray):
         config = caption_defaults()
@@ -100,28 +99,34 @@ class Ours:
         config.variant, config.batch_size, config.seed = "c3", args.batch, 0
         config.warmup_steps = 0  # lr 2e-5 from the first step (the schedule costs nothing)
         config.prefix_length = args.prefix_length
-        self.model, params, trainable = captioning.build_model(config, args.embed_dim)
-        self.mapper_init = jax.tree.map(np.array, params["mapper"])  # copied: the step donates
+        self.model, gpt_params = captioning.build_module(config)
         total = args.warmup + args.steps + 1
-        tx = captioning.make_optimizer(config, total, trainable)
-        self.mesh = parallel.make_mesh(1)
-        run = types.SimpleNamespace(config=config, params=params, mesh=self.mesh)
-        _, shardings = captioning.state_shardings(run, tx)
-        self.state = captioning.initial_state(run, tx, shardings)
-        self.step_fn = captioning.make_train_step(self.model, tx, self.mesh, shardings,
-                                                  loss_chunk=args.loss_chunk)
+        tx = caption_sweep.optimizer(config, self.model, args.embed_dim, total)
+        self.mesh = parallel.member_mesh(1)
+        self.seeds = parallel.put_members(self.mesh, np.zeros(1, np.uint32))
+        init = caption_sweep.stacked_init(self.model, tx, args.embed_dim)
+        shardings = parallel.member_shardings(self.mesh, jax.eval_shape(init, self.seeds,
+                                                                        gpt_params))
+        self.state = jax.jit(init, out_shardings=shardings)(self.seeds, gpt_params)
+        # Copied: the step donates the state.
+        self.mapper_init = jax.tree.map(lambda a: np.array(a[0]), self.state.params["mapper"])
+        self.step_fn = caption_sweep.compiled_step(self.model, tx, shardings,
+                                                   loss_chunk=args.loss_chunk)
         self.key = jax.random.key(config.seed)
         # C^3 with the stand-in mean as both modalities' mean (only the training side runs).
         moments = c3.Moments(mean, np.ones_like(mean))
-        self.settings = c3.member_settings("c3", sigma, moments, moments)
+        self.settings = parallel.put_members(self.mesh, caption_sweep.stack_settings(
+            [c3.member_settings("c3", sigma, moments, moments)]))
+        self.batch_sharding = parallel.member_batch_sharding(self.mesh)
 
     def noise(self, step: int, shape) -> np.ndarray:
         """The standard normal draw our step uses at ``step`` (before scaling by sigma)."""
         return np.asarray(jax.random.normal(jax.random.fold_in(self.key, step), shape))
 
     def step(self, batch: dict) -> dict:
-        batch = pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
-        self.state, metrics = self.step_fn(self.state, batch, self.settings, self.key)
+        """One step on ``batch``; its metrics have a member axis of 1."""
+        batch = {k: parallel.put_whole(v[None], self.batch_sharding) for k, v in batch.items()}
+        self.state, metrics = self.step_fn(self.state, batch, self.settings, self.seeds)
         return metrics
 
 
@@ -234,7 +239,7 @@ def main():
 
     # Step 0 of both: same params, batch and noise; its loss is computed before the update.
     start = time.perf_counter()
-    ours_loss = float(ours.step(batches[0])["loss"])
+    ours_loss = float(ours.step(batches[0])["loss"][0])
     ours_first_s = time.perf_counter() - start  # compile + one step
     ref_loss = ref.step(batches[0], mean_t, noise=ours.noise(0, batches[0]["embedding"].shape))
     rel = abs(ours_loss - ref_loss) / abs(ref_loss)

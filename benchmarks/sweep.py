@@ -3,8 +3,9 @@
 Both sides train the same N members (C^3 variants c1, c2_collapse, c2_corrupt, c3,
 span_only and 'supervised' (c1), cycled, seeds 0, 1, ...) for --steps steps on the same
 random batches (embeddings, caption ids with padding), from the same initial params:
-  * sequential (the path of one run per captioner): per member, ``captioning``'s
-    ``make_train_step`` (its own jit, hence its own compilation), its init, its steps;
+  * sequential (one run per captioner): per member, the trainer's path for a run of one
+    captioner, a sweep of one member (its own jit, hence its own compilation), its init,
+    its steps;
   * sweep: ``caption_sweep.member_step`` vmapped over the N members (one compilation),
     ``caption_sweep.stacked_init``, the same steps for all members at once.
 Sizes: 'world' (the built-in world's captioner: width 64, depth 2, 4-token prefix, its
@@ -27,10 +28,9 @@ import time
 import jax
 import numpy as np
 
-from c3_jax import c3, parallel
+from c3_jax import c3
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.train import caption_sweep, captioning
-from c3_jax.train import state as st
 from c3_jax.experiments.caption import default_config as caption_defaults
 
 SIZES = {  # width, depth, heads, vocab, prefix, caption tokens, embedding dim, batch
@@ -81,21 +81,19 @@ def settings(n: int, dim: int) -> list:
 
 
 def sequential(config, n: int, data: list, dim: int) -> tuple:
-    """Each member as its own run's step: its own jit and compilation."""
-    mesh = parallel.make_mesh(1)
+    """Each member as its own run, a sweep of one: its own jit and compilation."""
     start, steady = time.perf_counter(), 0.0
     for i, s in enumerate(settings(n, dim)):
-        member = config.copy_and_resolve_references()
-        member.seed = i
-        model, params, trainable = captioning.build_model(member, dim)
-        tx = captioning.make_optimizer(member, len(data), trainable)
-        state = st.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
-        shardings = parallel.state_shardings(mesh, state)
-        step = captioning.make_train_step(model, tx, mesh, shardings)
-        state, key = jax.device_put(state, shardings), jax.random.key(i)
+        model, _ = captioning.build_module(config)
+        tx = caption_sweep.optimizer(config, model, dim, len(data))
+        seeds = np.asarray([i], np.uint32)
+        state = jax.jit(caption_sweep.stacked_init(model, tx, dim))(seeds, None)
+        step = jax.jit(caption_sweep.member_step(model, tx), donate_argnums=0)
+        one = caption_sweep.stack_settings([s])
         for j, b in enumerate(data):
+            b = {k: v[None] for k, v in b.items()}
             t = time.perf_counter()
-            state, metrics = step(state, b, s, key)
+            state, metrics = step(state, b, one, seeds)
             jax.block_until_ready(metrics)
             steady += 0 if j == 0 else time.perf_counter() - t
     return time.perf_counter() - start, steady
@@ -105,13 +103,10 @@ def sweep(config, n: int, data: list, dim: int) -> tuple:
     """All members in one vmapped program."""
     start = time.perf_counter()
     model, _ = captioning.build_module(config)
-    trainable = captioning.trainable_of(config, jax.eval_shape(
-        lambda k: captioning.init_params(model, k, dim), jax.random.key(0)))
-    tx = captioning.make_optimizer(config, len(data), trainable)
+    tx = caption_sweep.optimizer(config, model, dim, len(data))
     state = jax.jit(caption_sweep.stacked_init(model, tx, dim))(np.arange(n, dtype=np.uint32),
                                                                  None)
-    member = settings(n, dim)
-    stacked = {k: np.stack([m[k] for m in member]) for k in member[0]}
+    stacked = caption_sweep.stack_settings(settings(n, dim))
     step = jax.jit(caption_sweep.member_step(model, tx), donate_argnums=0)
     seeds, steady = np.arange(n, dtype=np.uint32), 0.0
     for j, b in enumerate(data):

@@ -128,14 +128,20 @@ def member_mesh(members: int, fsdp: int = 1, split_batch: bool = True) -> Mesh:
     as divides the devices (over ``fsdp``) without exceeding the members, so few or no
     padding members are computed, and a multiple of the process count (every process takes
     part). With ``split_batch`` the rest of the devices form the 'fsdp' axis (each member's
-    batch split over it); without, the mesh holds only the 'data' devices, spread evenly
-    over the processes (the others would compute copies)."""
+    batch split over it), and fewer members than processes are not padded (a member's
+    'fsdp' devices then span processes: a run of one captioner has the same mesh for any
+    process count, so its checkpoints resume with another); without, the mesh holds only
+    the 'data' devices, spread evenly over the processes (the others would compute copies)."""
     n, processes = jax.device_count(), jax.process_count()
     if fsdp < 1 or n % fsdp:
         raise ValueError(f"fsdp={fsdp} must divide the device count {n}")
     outer = n // fsdp
-    sizes = [k for k in range(1, outer + 1) if outer % k == 0 and k % processes == 0]
-    data = max([k for k in sizes if k <= members] or sizes[:1])
+    divisors = [k for k in range(1, outer + 1) if outer % k == 0]
+    sizes = [k for k in divisors if k % processes == 0]
+    fits = [k for k in sizes if k <= members]
+    if not fits and split_batch:
+        fits = [k for k in divisors if k <= members]
+    data = max(fits or sizes[:1])
     if split_batch:
         return make_mesh(n // data)
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))[::n // data]

@@ -1,12 +1,14 @@
-"""Captioners trained as one vmapped sweep: each member equals the same captioner trained
-alone, and a killed sweep resumes bitwise."""
+"""Captioners trained as one vmapped sweep: the member axis changes nothing (each member
+equals the same captioner run alone, a sweep of one, through the 'caption' experiment's
+path), and a killed sweep resumes bitwise."""
 import json
 
 import jax
 import numpy as np
 
 from c3_jax import runner
-from c3_jax.train import caption_sweep, captioning
+from c3_jax.experiments import caption
+from c3_jax.train import caption_sweep
 from c3_jax.workdir import Workdir
 from conftest import caption_config, override, run_script, latest_state
 
@@ -20,7 +22,7 @@ MEMBERS = [caption_sweep.Member("c3_seed0", "c3", 0, 0.1),
            caption_sweep.Member("decap_seed1", "decap", 1, 0.1)]
 
 
-def test_a_member_trained_in_a_sweep_equals_it_trained_alone(caption_world, tmp_path):
+def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path):
     config = caption_config(caption_world, max_steps=8, checkpoint_every=8, val_batches=1)
     sweep = caption_sweep.Sweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
     params, summary = caption_sweep.train(sweep)
@@ -29,13 +31,14 @@ def test_a_member_trained_in_a_sweep_equals_it_trained_alone(caption_world, tmp_
     for k, m in enumerate(MEMBERS):
         alone_config = override(config, variant=m.variant, seed=m.seed, noise_sigma=m.sigma,
                                 train_field=m.train_field)
-        run = captioning.Run(alone_config, Workdir(str(tmp_path / m.name)))
-        alone, alone_summary = captioning.train(run)
-        _assert_params_equal(jax.tree.map(lambda a: a[k], params), alone, m.name)
+        run = caption.single_run(alone_config, Workdir(str(tmp_path / m.name)))
+        alone, alone_summary = caption.train_or_restore(run)
+        _assert_params_equal(jax.tree.map(lambda a: a[k], params),
+                             jax.tree.map(lambda a: a[0], alone), m.name)
         for key in ("final_loss", "val_loss"):
             np.testing.assert_allclose(summary[m.name][key], alone_summary[key], rtol=1e-5)
-        assert captions[k] == captioning.generate(run, alone, _test_embeddings(caption_world),
-                                                  run.own_settings()), m.name
+        assert captions[k] == caption_sweep.generate(
+            run, alone, _test_embeddings(caption_world))[0], m.name
     rows = [json.loads(line) for line in open(tmp_path / "sweep" / "metrics.jsonl")]
     assert all(f"loss/{m.name}" in rows[0] for m in MEMBERS)
     assert any(f"val_loss/{m.name}" in r for r in rows for m in MEMBERS)

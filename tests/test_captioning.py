@@ -2,16 +2,14 @@
 image evaluation -> metrics; exact resume after SIGKILL (device and process counts:
 test_multiprocess)."""
 import json
-import os
 
 import jax
 import numpy as np
 import pytest
 
 from c3_jax import c3, parallel, runner
-from c3_jax.data import pipeline
 from c3_jax.models import clipcap, gpt2
-from c3_jax.train import captioning
+from c3_jax.train import caption_sweep, captioning
 from c3_jax.train import state as st
 from configs import coco_caption
 from conftest import (CAPTION_REFERENCE, caption_config, checkpoint_params, cli, latest_state,
@@ -37,7 +35,8 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(caption_wor
     assert len(losses) == steps and losses[-1] < losses[0]
     assert any("val_loss" in r for r in rows)
     assert (train_dir / "loss.png").exists()
-    assert os.listdir(train_dir / "checkpoints" / "best")
+    state, _ = latest_state(str(train_dir))  # the best params by val loss, beside the last
+    assert state["best_value"].shape == (1,) and np.isfinite(state["best_value"]).all()
     captions = json.loads((train_dir / "captions_test.json").read_text())
     # Evaluation only, from the trained run's checkpoint, by the command line: same captions.
     again = caption_config(caption_world, restore_from=str(train_dir), **CAPTION_REFERENCE)
@@ -57,10 +56,7 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_
                          lr=0.0, max_steps=2, checkpoint_every=2, eval_max_examples=1)
     results = runner.run(config, str(tmp_path / "ft"))
     assert results["train_pairs"] == 6 * 5  # half of the 12 training images, 5 captions each
-    import orbax.checkpoint as ocp
-    with ocp.CheckpointManager(train_dir / "checkpoints" / "best") as mngr:
-        best = mngr.restore(mngr.best_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))["state"]["params"]
+    best = latest_state(str(train_dir))[0]["best"]
     got, _ = checkpoint_params(str(tmp_path / "ft"))
     for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(a), b)
@@ -76,9 +72,8 @@ def test_finetune_keeps_the_checkpoint_of_the_best_val_rouge_l(caption_world, tr
     scores = {r["step"]: r["val_rouge_l"] for r in rows if "val_rouge_l" in r}
     assert sorted(scores) == [2, 4, 6] and all(0 <= v <= 1 for v in scores.values())
     assert results["val_rouge_l"] == scores[6]
-    import orbax.checkpoint as ocp
-    with ocp.CheckpointManager(tmp_path / "ft" / "checkpoints" / "best") as mngr:
-        assert scores[mngr.best_step()] == max(scores.values())
+    state, _ = latest_state(str(tmp_path / "ft"))  # the best is the highest
+    assert state["best_value"][0] == pytest.approx(max(scores.values()), rel=1e-6)
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 3, 64])
@@ -124,32 +119,31 @@ def test_caption_loss_is_masked_next_token_cross_entropy():
     np.testing.assert_allclose(float(loss), want / n, rtol=1e-5)
 
 
-def test_killed_after_a_checkpoint_resumes_bitwise(caption_reference, tmp_path):
-    """SIGKILL right after the step-10 checkpoint was written, or while it is being written
-    (then the step-5 one is the latest complete): each restart ends bitwise equal to the
-    uninterrupted reference run (all on 2 devices; METEOR off in the restarts)."""
+def test_killed_while_saving_resumes_bitwise(caption_reference, tmp_path):
+    """SIGKILL as the step-10 checkpoint is being written (then the step-5 one is the latest
+    complete) or just after: the restart ends with the uninterrupted reference run's whole
+    state, best params included, and losses (on 2 devices; METEOR off in the restart). A
+    kill after a finished save: test_caption_sweep."""
     config, straight = caption_reference
     config = override(config, meteor=False)
-    want, step = checkpoint_params(str(straight))
+    want, step = latest_state(str(straight))
     every = config.checkpoint_every
     losses = lambda d: [(r.get("loss"), r.get("val_loss"))
                         for r in map(json.loads, open(d / "metrics.jsonl"))]
-    for name, mid_save in (("killed", False), ("killed_mid_save", True)):
-        killed = run_script(config, str(tmp_path / name), kill_at=2 * every, devices=2,
-                            mid_save=mid_save)
-        assert killed.returncode == -9, killed.stderr[-3000:]
-        assert not (tmp_path / name / "results.json").exists()
-        resumed = run_script(config, str(tmp_path / name), kill_at=-1, devices=2)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        # Killed while step 10 was still being written: its unfinished directory is ignored.
-        writing = mid_save and (tmp_path / f"{name}.mid_save").read_text() == "1"
-        assert json.loads((tmp_path / name / "results.json").read_text())["resumed_from"] == (
-            every if writing else 2 * every)
-        got, step2 = checkpoint_params(str(tmp_path / name))
-        assert step == step2 == config.max_steps
-        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-            np.testing.assert_array_equal(a, b)
-        assert losses(tmp_path / name) == losses(straight)
+    killed = run_script(config, str(tmp_path / "killed"), kill_at=2 * every, devices=2,
+                        mid_save=True)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (tmp_path / "killed" / "results.json").exists()
+    resumed = run_script(config, str(tmp_path / "killed"), kill_at=-1, devices=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Killed while step 10 was still being written: its unfinished directory is ignored.
+    writing = (tmp_path / "killed.mid_save").read_text() == "1"
+    assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == (
+        every if writing else 2 * every)
+    got, step2 = latest_state(str(tmp_path / "killed"))
+    assert step == step2 == config.max_steps
+    jax.tree.map(np.testing.assert_array_equal, want, got)
+    assert losses(tmp_path / "killed") == losses(straight)
 
 
 @pytest.mark.parametrize("module,variants", [
@@ -214,6 +208,8 @@ def test_imagebind_audio_captioning_from_precomputed_embeddings(caption_world, t
 
 
 def _tiny_step_setup(accumulate, dtype="float32", batch=8):
+    """The trainer's jitted step (a sweep of one member) on a tiny captioner: (step, state,
+    data, settings, seeds, put: a batch with its member axis, placed)."""
     gpt = gpt2.GPT2Config(vocab_size=20, max_positions=16, width=16, depth=1, heads=2)
     model = clipcap.ClipCap(clipcap.MapperConfig("mlp", 2), gpt,
                             captioning.DTYPES[dtype])
@@ -223,29 +219,27 @@ def _tiny_step_setup(accumulate, dtype="float32", batch=8):
             "mask": np.ones((batch, 5), np.int32)}
     params = model.init(jax.random.key(0), data["embedding"], data["ids"], data["mask"])["params"]
     tx = st.adamw(st.warmup_linear_decay(1e-2, 1, 10), 0.01, accumulate=accumulate)
-    mesh = parallel.make_mesh(1)
-    abstract = jax.eval_shape(lambda p: st.TrainState(jax.numpy.zeros((), "int32"), p,
-                                                      tx.init(p)), params)
-    sh = parallel.state_shardings(mesh, abstract)
-    step = captioning.make_train_step(model, tx, mesh, sh)
-    state = st.TrainState(jax.numpy.zeros((), "int32"), params, tx.init(params))
+    mesh = parallel.member_mesh(1)
+    state = jax.vmap(lambda p: caption_sweep.initial_state(tx, p))(
+        jax.tree.map(lambda a: a[None], params))
+    step = caption_sweep.compiled_step(model, tx, parallel.member_shardings(mesh, state))
     flat = c3.Moments(np.zeros(6, np.float32), np.ones(6, np.float32))
-    settings = c3.member_settings("c3", 0.0, flat, flat)
-    return step, state, data, settings, mesh
+    settings = caption_sweep.stack_settings([c3.member_settings("c3", 0.0, flat, flat)])
+    sharding = parallel.member_batch_sharding(mesh)
+    put = lambda d: {k: parallel.put_whole(v[None], sharding) for k, v in d.items()}
+    return step, state, data, settings, np.zeros(1, np.uint32), put
 
 
 def test_gradient_accumulation_equals_one_large_batch():
-    big, state, data, settings, mesh = _tiny_step_setup(1, batch=16)
-    key = jax.random.key(0)
-    put = lambda d: pipeline.global_batch(d, parallel.batch_sharding(mesh))
-    want, _ = big(state, put(data), settings, key)
-    small, state2, _, _, _ = _tiny_step_setup(2, batch=16)
+    big, state, data, settings, seeds, put = _tiny_step_setup(1, batch=16)
+    want, _ = big(state, put(data), settings, seeds)
+    small, state2, _, _, _, _ = _tiny_step_setup(2, batch=16)
     half = lambda i: {k: v[i * 8:(i + 1) * 8] for k, v in data.items()}
-    mid, _ = small(state2, put(half(0)), settings, key)
+    mid, _ = small(state2, put(half(0)), settings, seeds)
     fresh = _tiny_step_setup(2, batch=16)[1]  # state2 was donated
     for a, b in zip(jax.tree.leaves(mid.params), jax.tree.leaves(fresh.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # no update after 1 of 2
-    got, _ = small(mid, put(half(1)), settings, key)
+    got, _ = small(mid, put(half(1)), settings, seeds)
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
@@ -253,11 +247,10 @@ def test_gradient_accumulation_equals_one_large_batch():
 def test_bfloat16_step_keeps_float32_params_and_close_loss():
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        step, state, data, settings, mesh = _tiny_step_setup(1, dtype)
-        new, metrics = step(state, pipeline.global_batch(data, parallel.batch_sharding(mesh)),
-                            settings, jax.random.key(0))
+        step, state, data, settings, seeds, put = _tiny_step_setup(1, dtype)
+        new, metrics = step(state, put(data), settings, seeds)
         assert all(p.dtype == np.float32 for p in jax.tree.leaves(new.params))
-        losses[dtype] = float(metrics["loss"])
+        losses[dtype] = float(metrics["loss"][0])
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]
 
 
@@ -266,7 +259,8 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(capt
     # lr 1e30: the first update blows the weights up, a later loss overflows.
     config = caption_config(caption_world, lr=1e30, warmup_steps=1, max_steps=8, checkpoint_every=1,
                          val_batches=0, eval_max_examples=1)
-    with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step") as err:
+    with pytest.raises(FloatingPointError,
+                       match="non-finite loss or gradients of member\\(s\\) c3 at step") as err:
         runner.run(config, str(tmp_path / "stop"))
     bad = int(re.search(r"at step (\d+)", str(err.value)).group(1))
     state, last = latest_state(str(tmp_path / "stop"))
@@ -276,8 +270,8 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(capt
     # skip_nonfinite: the same run goes on, dropping every non-finite update; as most of
     # its steps were skipped, it ends with an error and no results.
     config.skip_nonfinite = True
-    with pytest.raises(FloatingPointError, match=f"{8 - bad + 1} of the 8 steps run had "
-                       "non-finite loss or gradients and were skipped"):
+    with pytest.raises(FloatingPointError, match=f"{8 - bad + 1} of the 8 steps run by "
+                       "member\\(s\\) c3 had non-finite loss or gradients and were skipped"):
         runner.run(config, str(tmp_path / "skip"))
     assert not (tmp_path / "skip" / "results.json").exists()
     rows = [json.loads(x) for x in open(tmp_path / "skip" / "metrics.jsonl") if "loss" in x]

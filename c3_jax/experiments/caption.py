@@ -13,8 +13,7 @@ from c3_jax.eval.caption_metrics import rouge_n, score_captions
 from c3_jax.experiments import checks
 from c3_jax.experiments.schema import field_types
 from c3_jax.models import checkpoint, clipcap, clipcap_import, gpt2
-from c3_jax.train import caption_sweep
-from c3_jax.train.captioning import Run, evaluate, generate, restore_run_params, train
+from c3_jax.train import caption_sweep, loop
 from c3_jax.workdir import Workdir
 
 
@@ -82,15 +81,27 @@ FIELDS = {name: field_types(default_config(name))
           for name in ("caption", "caption_gap_sensitivity", "caption_sweep")}
 
 
-def _train_or_restore(run: Run) -> tuple:
-    if run.config.official_checkpoint:  # evaluation only: checked by check_official
-        return (clipcap_import.load_params(run.config.official_checkpoint, run.model,
-                                           run.pairs.dim),
-                {"official_checkpoint": run.config.official_checkpoint})
-    if run.config.restore_from:
-        return restore_run_params(run, run.config.restore_from), {"restored_from":
-                                                                  run.config.restore_from}
-    return train(run)
+def single_run(config, wd: Workdir) -> caption_sweep.Sweep:
+    """The config's one captioner (its variant, seed, sigma and training field) as a sweep
+    of one member, named after its variant."""
+    member = caption_sweep.Member(config.variant, config.variant, config.seed,
+                                  cd.config_sigma(config), config.train_field)
+    return caption_sweep.Sweep(config, [member], wd)
+
+
+def train_or_restore(sweep: caption_sweep.Sweep) -> tuple:
+    """(params with a member axis, the run's summary): an official checkpoint's or another
+    run's params (evaluation only), or the captioner trained here."""
+    config = sweep.config
+    if config.official_checkpoint:  # evaluation only: checked by check_official
+        params = clipcap_import.load_params(config.official_checkpoint, sweep.model, sweep.dim)
+        return (caption_sweep.one_member(sweep, params),
+                {"official_checkpoint": config.official_checkpoint})
+    if config.restore_from:
+        return (caption_sweep.restore_params(sweep, config.restore_from),
+                {"restored_from": config.restore_from})
+    params, summary = caption_sweep.train(sweep)
+    return params, summary[sweep.members[0].name]
 
 
 def check(config) -> None:
@@ -127,9 +138,9 @@ def check(config) -> None:
         _floats(config.shift_norms, "shift_norms")
     if config.experiment == "caption_sweep":
         checks.at_least(config, 1, ["seeds"])
-        if config.best_by != "val_loss":
-            raise ValueError("config field 'best_by' must be 'val_loss' in a caption sweep "
-                             "(its members keep their best by val loss)")
+        if config.restore_from:
+            raise ValueError("config field 'restore_from' evaluates one captioner; use the "
+                             "'caption' experiment (a sweep may start from one: init_from)")
         caption_sweep.check_members(sweep_members(config))
     checks.java()
 
@@ -157,33 +168,39 @@ def check_official(config) -> None:
 
 
 def run_caption(config, wd: Workdir) -> dict:
-    """Train on ``train_field`` (text: uni-modal), evaluate on ``eval_field`` (images)."""
-    run = Run(config, wd)
-    params, summary = _train_or_restore(run)
-    result = evaluate(run, params)
+    """Train on ``train_field`` (text: uni-modal), evaluate on ``eval_field`` (images); the
+    last params are evaluated (``checkpoints`` keep the best by ``best_by`` beside them)."""
+    sweep = single_run(config, wd)
+    params, summary = train_or_restore(sweep)
+    marks = []
+    result = caption_sweep.evaluate(sweep, params, marks)[sweep.members[0].name]
     _plot_loss(wd)
-    return {**summary, **result, "variant": config.variant, "sigma": cd.config_sigma(config)}
+    return {**summary, "metrics": result["metrics"], "num_test": len(result["captions"]),
+            **loop.pace(marks, "decode_batch"), "samples": result["samples"],
+            "variant": config.variant, "sigma": sweep.members[0].sigma}
 
 
 def run_gap_sensitivity(config, wd: Workdir) -> dict:
     """Appendix G / Table 6: trained on ``train_field``, evaluated on the test split's same
     modality shifted by a constant c orthogonal to its span, for each |c|."""
-    run = Run(config, wd)
-    params, summary = _train_or_restore(run)
+    sweep = single_run(config, wd)
+    params, summary = train_or_restore(sweep)
     source = builders.data_source(config.dataset_dir, config.test_split)
     embeddings, _ = cd.eval_rows(source, config.train_field, config.caption_field,
                                  config.eval_max_examples)
     own = [[r] for r in _first_captions(source, config)]
-    own_modality = run.moments(config.train_field)  # met at inference here
-    centroid = cd.method_centroid(config.variant, run.train_source, config.train_field,
+    own_modality = sweep.moments[config.train_field]  # met at inference here
+    centroid = cd.method_centroid(config.variant, sweep.train_source, config.train_field,
                                   own_modality, own_modality)
-    settings = c3.member_settings(config.variant, config.noise_sigma, own_modality,
-                                  own_modality, centroid=centroid)
+    settings = caption_sweep.stack_settings([c3.member_settings(
+        config.variant, config.noise_sigma, own_modality, own_modality, centroid=centroid)]
+        * sweep.size)
     unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
                                      jax.random.key(config.seed), config.shift_gamma)
     rows = {}
     for norm in _floats(config.shift_norms, "shift_norms"):
-        captions = generate(run, params, embeddings, settings, shift=norm * unit)
+        captions = caption_sweep.generate(sweep, params, embeddings, settings,
+                                          shift=norm * unit)[0]
         scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)), spice=False)
         rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1), "ROUGE-L": scores["ROUGE-L"],
                              "METEOR": scores["METEOR"], "sample": captions[0]}

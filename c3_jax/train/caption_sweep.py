@@ -1,24 +1,30 @@
-"""A sweep of captioners trained as one program: the members (C^3 variant x seed x sigma x
-training field) are stacked on a leading axis and trained by one ``jax.vmap``ped, jitted
-step, with everything that differs between them passed as data: the collapse mean (zeros:
-no collapse), sigma (0: no noise), the gap direction (span_only), the RNG key and the
-embedding field each member reads. The member axis is split over the mesh's 'data' axis
-(each member's batch over 'fsdp'), so several devices train several members at once.
+"""The captioning trainer: training, validation, the best params, decoding and evaluation
+of a sweep of captioners trained as one program. A single run is a sweep of one member.
 
-A member ends with the parameters it would have trained alone (``captioning.train`` with
-its seed, variant, sigma and field; tests check this), and decoding runs every member in
-one batched program. Checkpoints hold the stacked state, each member's best params by
-validation loss and every data stream's position, so a sweep resumes exactly.
+The members (C^3 variant x seed x sigma x training field) are stacked on a leading axis
+and trained by one ``jax.vmap``ped, jitted step, with everything that differs between them
+passed as data: the collapse mean (zeros: no collapse), sigma (0: no noise), the gap
+direction (span_only), the RNG key and the embedding field each member reads. The member
+axis is split over the mesh's 'data' axis (each member's batch and large params over
+'fsdp'), so several devices train several members at once, or one member's batch.
+
+A member ends with the parameters it would have trained in a sweep of its own (tests
+check this), and decoding runs every member in one batched program. Checkpoints hold the
+stacked state, each member's best params by validation (val loss or val ROUGE-L) and every
+data stream's position, so a sweep resumes exactly.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
@@ -86,7 +92,12 @@ class SweepState:
     best_value: Optional[jax.Array] = None
 
 
+# The values ``best_by`` may name, and which end of them is best.
+BEST = {"val_loss": "min", "val_rouge_l": "max"}
+
+
 def check_members(members: Sequence[Member]) -> None:
+    """Raises unless the members are at least one, of distinct names and known methods."""
     if not members:
         raise ValueError("a sweep needs at least one member")
     names = [m.name for m in members]
@@ -96,39 +107,68 @@ def check_members(members: Sequence[Member]) -> None:
         c3.check_method(m.variant)
 
 
+def stream_key(member: Member) -> str:
+    """The data stream a member reads ('seed/field'): members with the same key share it."""
+    return f"{member.seed}/{member.train_field}"
+
+
+def training_pairs(config, source, tokenizer, members: Sequence[Member]) -> dict:
+    """{stream key: the tokenized (embedding, caption) pairs its members train on}: the
+    whole split, or with ``train_fraction`` < 1 the rows ``cd.fraction_rows`` draws with the
+    member's seed; captions are tokenized once per set of rows, and streams of one field
+    and set of rows share one pairs object (read once)."""
+    tokenized, shared, out = {}, {}, {}
+    for m in members:
+        rows_seed = m.seed if config.train_fraction < 1 else None
+        if rows_seed not in tokenized:
+            rows = (None if rows_seed is None else
+                    cd.fraction_rows(len(source), config.train_fraction, rows_seed))
+            tokenized[rows_seed] = cd.CaptionPairs(
+                source, m.train_field, config.caption_field, rows).tokenize(
+                tokenizer, config.max_caption_tokens, config.truncate_captions)
+        key = (rows_seed, m.train_field)
+        if key not in shared:
+            shared[key] = tokenized[rows_seed].with_field(m.train_field)
+        out[stream_key(m)] = shared[key]
+    return out
+
+
+def stack_settings(settings: Sequence[dict]) -> dict:
+    """``c3.member_settings`` of each member stacked on a leading member axis."""
+    return {k: np.stack([s[k] for s in settings]) for k in settings[0]}
+
+
 class Sweep:
     """What training and decoding of a sweep share: the config's shared settings (its
     ``seed``, ``variant``, ``noise_sigma`` and ``train_field`` are the members'), the mesh,
-    the pairs of every field a member trains on, the model and the per-member settings."""
+    the pairs each member trains on, the model and the per-member settings."""
 
     def __init__(self, config, members: Sequence[Member], wd: Workdir):
         check_members(members)
-        if config.train_fraction < 1:
-            raise ValueError("a sweep trains on the whole split (train_fraction=1); train a "
-                             "fraction's captioner alone")
         self.config, self.wd, self.members = config, wd, tuple(members)
         parallel.maybe_initialize_distributed()
         self.mesh = parallel.member_mesh(len(members), config.fsdp)
         data = self.mesh.shape["data"]
         self.size = -(-len(members) // data) * data  # padded with copies of member 0
         self.padded = self.members + (self.members[0],) * (self.size - len(members))
-        source = builders.data_source(config.dataset_dir, config.train_split)
+        self.train_source = source = builders.data_source(config.dataset_dir,
+                                                          config.train_split)
         self.tokenizer = load_tokenizer(config.gpt2)
-        fields = sorted({m.train_field for m in members})
-        first = cd.CaptionPairs(source, fields[0], config.caption_field).tokenize(
-            self.tokenizer, config.max_caption_tokens, config.truncate_captions)
-        self.pairs = {f: first.with_field(f) for f in fields}
-        self.dim = first.dim
+        self.fields = sorted({m.train_field for m in members})
+        self.pairs = training_pairs(config, source, self.tokenizer, self.padded)
+        self.dim = next(iter(self.pairs.values())).dim
         self.model, self.gpt_params = captioning.build_module(config)
-        moments = {f: cd.field_moments(source, f) for f in {*fields, config.eval_field}}
+        # Algorithm 1's means (and stds) over the whole training split, per field.
+        self.moments = {f: cd.field_moments(source, f) for f in {*self.fields, config.eval_field}}
+        evaluation = self.moments[config.eval_field]
         methods = {m.variant for m in members}
         noise = cd.noise_model(config) if "c3_aniso" in methods else None
-        centroids = {f: cd.realign_centroid(source, f, moments[f], moments[config.eval_field])
+        centroids = {f: cd.realign_centroid(source, f, self.moments[f], evaluation)
                      for f in {m.train_field for m in members if m.variant == "realign"}}
-        settings = [c3.member_settings(m.variant, m.sigma, moments[m.train_field],
-                                       moments[config.eval_field], noise,
-                                       centroid=centroids.get(m.train_field))
-                    for m in self.padded]
+        self.settings = stack_settings([
+            c3.member_settings(m.variant, m.sigma, self.moments[m.train_field], evaluation,
+                               noise, config.renormalize, centroids.get(m.train_field))
+            for m in self.padded])
         self.memory = None
         if "decap" in methods:
             if any(m.variant == "decap" and m.train_field != config.train_field
@@ -136,14 +176,13 @@ class Sweep:
                 raise ValueError(f"decap's memory is {config.train_field!r}; a decap member "
                                  "must train on it")
             self.memory = cd.field_rows(source, config.train_field, config.decap_memory)
-        self.settings = {k: np.stack([s[k] for s in settings]) for k in settings[0]}
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
 
 
 def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0):
     """The sweep's step, vmapped over members: (state, batch, settings, seed) -> (state,
-    metrics), each with a leading member axis; a member's step is ``captioning``'s with the
-    method's settings as arrays (``c3.member_train``)."""
+    metrics), each with a leading member axis; a member's step is ``captioning``'s update
+    with the method's settings as arrays (``c3.member_train``) and the noise of its seed."""
     def step(state, batch, settings, seed):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         embed = lambda e: c3.member_train(settings, e, rng)
@@ -153,31 +192,52 @@ def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0):
     return jax.vmap(step)
 
 
-def stacked_init(model, tx, dim: int, with_best: bool = False):
+def compiled_step(model, tx, shardings, skip_nonfinite: bool = False, loss_chunk: int = 0):
+    """``member_step`` jitted as the trainer runs it: the state donated and kept in
+    ``shardings``."""
+    return jax.jit(member_step(model, tx, skip_nonfinite, loss_chunk), donate_argnums=0,
+                   out_shardings=(shardings, None))
+
+
+def optimizer(config, model, dim: int, updates: int):
+    """The members' optimizer (``captioning.make_optimizer`` over ``updates`` updates)."""
+    shapes = jax.eval_shape(lambda k: captioning.init_params(model, k, dim), jax.random.key(0))
+    return captioning.make_optimizer(config, updates, captioning.trainable_of(config, shapes))
+
+
+def initial_state(tx, params, with_best: bool = False, mode: str = "min") -> SweepState:
+    """One member's state at step 0 from ``params`` (vmapped over members by callers)."""
+    worst = jnp.asarray(jnp.inf if mode == "min" else -jnp.inf, jnp.float32)
+    return SweepState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                      params if with_best else None, worst if with_best else None)
+
+
+def stacked_init(model, tx, dim: int, with_best: bool = False, mode: str = "min"):
     """(seeds [members], pretrained GPT-2 params or None) -> the stacked initial SweepState:
-    each member's params from its own seed, as alone (pretrained GPT-2 shared by all)."""
+    each member's params from its own seed (pretrained GPT-2 shared by all)."""
     def init(seed, gpt_params):
         params = captioning.init_params(model, jax.random.key(seed), dim)
         if gpt_params is not None:
             params = {**params, "gpt": gpt_params}
-        return SweepState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                          params if with_best else None,
-                          jnp.asarray(jnp.inf, jnp.float32) if with_best else None)
+        return initial_state(tx, params, with_best, mode)
     return jax.vmap(init, in_axes=(0, None))
 
 
-def _validation(sweep: Sweep):
-    """Per-member mean validation NLL ([members], no noise), as ``captioning`` computes it
-    alone: the first ``val_batches`` batches of the val split in order."""
+# ---------------------------------------------------------------------------
+# Validation and the best params
+
+
+def loss_validation(sweep: Sweep) -> Optional[Callable]:
+    """params -> per-member mean validation NLL ([size], no noise): the first
+    ``val_batches`` batches of the val split in order; None without validation."""
     config = sweep.config
     if config.val_batches <= 0 or not config.val_split:
         return None
     source = builders.data_source(config.dataset_dir, config.val_split)
-    first = cd.CaptionPairs(source, next(iter(sweep.pairs)), config.caption_field).tokenize(
+    first = cd.CaptionPairs(source, sweep.fields[0], config.caption_field).tokenize(
         sweep.tokenizer, config.max_caption_tokens, config.truncate_captions)
-    val = {f: first.with_field(f) for f in sweep.pairs}
-    batch = min(config.batch_size, len(next(iter(val.values()))) // jax.device_count()
-                * jax.device_count())
+    val = {f: first.with_field(f) for f in sweep.fields}
+    batch = min(config.batch_size, len(first) // jax.device_count() * jax.device_count())
     if batch == 0:
         return None
     fields = [m.train_field for m in sweep.padded]
@@ -195,7 +255,7 @@ def _validation(sweep: Sweep):
     readers = {f: pipeline.make_loader(p, batch, 0, shuffle=False, num_epochs=1,
                                        shard_index=0, shard_count=1) for f, p in val.items()}
 
-    def validate(params) -> jax.Array:
+    def validate(params) -> np.ndarray:
         loaders = {f: iter(reader) for f, reader in readers.items()}
         total = count = 0.0
         for _ in range(config.val_batches):
@@ -211,15 +271,45 @@ def _validation(sweep: Sweep):
     return validate
 
 
-def _keep_best(sweep: Sweep, validate, last: dict):
-    """At each checkpoint: validation losses, logged, kept in ``last`` and folded into each
-    member's best params."""
+def rouge_validation(sweep: Sweep) -> Optional[Callable]:
+    """params -> per-member ROUGE-L ([size]) of the captions of the first
+    ``val_decode_examples`` val rows' ``eval_field`` embeddings (the official stage 2 keeps
+    its best checkpoint by val ROUGE-L of 1,000 val images); None without a val split."""
+    config = sweep.config
+    if not config.val_split:
+        return None
+    source = builders.data_source(config.dataset_dir, config.val_split)
+    embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
+                                    config.val_decode_examples)
     names = [m.name for m in sweep.members]
+
+    def validate(params) -> np.ndarray:
+        captions = generate(sweep, params, embeddings)
+        scores = score_caption_sets({n: dict(enumerate(c)) for n, c in zip(names, captions)},
+                                    dict(enumerate(refs)), spice=False, meteor=False)
+        values = [scores[n]["ROUGE-L"] for n in names]
+        return np.asarray(values + values[:1] * (sweep.size - len(values)), np.float64)
+    return validate
+
+
+def validation(sweep: Sweep) -> Optional[Callable]:
+    """The per-member value best params are kept by (``best_by``), or None."""
+    if sweep.config.best_by == "val_rouge_l":
+        return rouge_validation(sweep)
+    return loss_validation(sweep)
+
+
+def keep_best(sweep: Sweep, validate: Callable, last: dict):
+    """At each checkpoint: the validation values, logged (their mean over the members as
+    ``best_by``, each member's as ``best_by/<member>``), kept in ``last`` and folded into
+    each member's best params (lowest val loss, highest val ROUGE-L)."""
+    name, names = sweep.config.best_by, [m.name for m in sweep.members]
     member = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
+    lower = BEST[name] == "min"
 
     @jax.jit
     def update(state, values):
-        better = values < state.best_value
+        better = values < state.best_value if lower else values > state.best_value
         pick = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         return state.replace(best=jax.tree.map(pick, state.params, state.best),
                              best_value=jnp.where(better, values, state.best_value))
@@ -228,14 +318,19 @@ def _keep_best(sweep: Sweep, validate, last: dict):
         values = validate(state.params)
         state = update(state, parallel.put_whole(values.astype(np.float32), member))
         last.update({n: float(v) for n, v in zip(names, values)})
-        return state, {f"val_loss/{n}": last[n] for n in names}
+        return state, {name: float(np.mean(values[:len(names)])),
+                       **{f"{name}/{n}": last[n] for n in names}}
     return at_checkpoint
+
+
+# ---------------------------------------------------------------------------
+# Training
 
 
 def train(sweep: Sweep) -> tuple:
     """Trains (or resumes) the sweep in ``sweep.wd``; returns (the members' last params,
-    stacked, as ``captioning.train`` returns one's; {member: summary}). Each member's best
-    params by validation are kept in the checkpoints (``best``)."""
+    stacked; {member: summary}). Each member's best params by validation are kept in the
+    checkpoints (``best``); with ``init_from`` every member starts from that run's params."""
     config, wd = sweep.config, sweep.wd
     pairs = len(next(iter(sweep.pairs.values())))
     split = sweep.mesh.shape["fsdp"]
@@ -244,91 +339,191 @@ def train(sweep: Sweep) -> tuple:
                          f"devices each member is split over, and at most the {pairs} pairs")
     steps = captioning.total_steps(config, pairs)
     updates = max(steps // config.grad_accum, 1)
-    trainable = captioning.trainable_of(
-        config, jax.eval_shape(lambda k: captioning.init_params(sweep.model, k, sweep.dim),
-                               jax.random.key(0)))
-    tx = captioning.make_optimizer(config, updates, trainable)
-    validate = _validation(sweep)
-    init = stacked_init(sweep.model, tx, sweep.dim, validate is not None)
+    tx = optimizer(config, sweep.model, sweep.dim, updates)
+    validate = validation(sweep)
+    with_best, mode = validate is not None, BEST[config.best_by]
+    init = stacked_init(sweep.model, tx, sweep.dim, with_best, mode)
     seeds = parallel.put_members(sweep.mesh, sweep.seeds)
     abstract = jax.eval_shape(init, seeds, sweep.gpt_params)
     shardings = parallel.member_shardings(sweep.mesh, abstract)
     settings = parallel.put_members(sweep.mesh, sweep.settings)
-    step_fn = jax.jit(member_step(sweep.model, tx, config.skip_nonfinite, config.loss_chunk),
-                      donate_argnums=0,
-                      out_shardings=(shardings, None))
+    step_fn = compiled_step(sweep.model, tx, shardings, config.skip_nonfinite, config.loss_chunk)
     sharding = parallel.member_batch_sharding(sweep.mesh)
     data = pipeline.MemberBatches(
-        [f"{m.seed}/{m.train_field}" for m in sweep.padded],
-        [sweep.pairs[m.train_field] for m in sweep.padded], [m.seed for m in sweep.padded],
-        config.batch_size, ("embedding", "ids", "mask"),
+        [stream_key(m) for m in sweep.padded], [sweep.pairs[stream_key(m)] for m in sweep.padded],
+        [m.seed for m in sweep.padded], config.batch_size, ("embedding", "ids", "mask"),
         lambda a: parallel.put_whole(a, sharding))
+
+    def fresh():
+        if not config.init_from:
+            return jax.jit(init, out_shardings=shardings)(seeds, sweep.gpt_params)
+        start = jax.vmap(lambda p: initial_state(tx, p, with_best, mode))
+        return jax.jit(start, out_shardings=shardings)(restore_params(sweep, config.init_from))
+
     ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
-    state, start = ckpts.resume_or_init(
-        abstract, shardings, data,
-        lambda: jax.jit(init, out_shardings=shardings)(seeds, sweep.gpt_params))
+    state, start = ckpts.resume_or_init(abstract, shardings, data, fresh)
     schedule = captioning.schedule_of(config, updates)
     names, val = tuple(m.name for m in sweep.members), {}
     state, last, _ = loop.fit(
         state, start, lambda s, batch, i: step_fn(s, batch, settings, seeds), data, None,
         ckpts, wd, loop.LoopConfig(steps, config.log_every, config.checkpoint_every,
-                                   config.skip_nonfinite, desc="sweep", members=names),
+                                   config.skip_nonfinite,
+                                   desc="train" if len(names) == 1 else "sweep", members=names),
         learning_rate=lambda i: schedule(i // config.grad_accum),
-        at_checkpoint=None if validate is None else _keep_best(sweep, validate, val))
+        at_checkpoint=None if validate is None else keep_best(sweep, validate, val))
+    pace = {k: last[k] for k in ("seconds_per_step",) if k in last}
     summary = {n: {"steps": steps, "resumed_from": start, "train_pairs": pairs,
                    **({"final_loss": last[f"loss/{n}"]} if f"loss/{n}" in last else {}),
-                   **({"val_loss": val[n]} if n in val else {}),
-                   "skipped_nonfinite_steps": last[f"skipped_nonfinite_steps/{n}"]}
+                   **pace, "skipped_nonfinite_steps": last[f"skipped_nonfinite_steps/{n}"],
+                   **({config.best_by: val[n]} if n in val else {})}
                for n in names}
     return state.params, summary
 
 
-def generate(sweep: Sweep, params, embeddings: np.ndarray) -> list:
-    """Every member's captions of raw ``embeddings`` [n, d] (its method's inference
-    transform, ``c3.member_eval``; decap's projection computed once per batch for all),
-    decoded in one batched program: [members][n]."""
+# ---------------------------------------------------------------------------
+# Params of finished runs
+
+
+def every_member(sweep: Sweep, params):
+    """Params with a leading member axis of 1 (one captioner's: every member's) or of the
+    sweep's padded size, placed on the sweep's devices."""
+    count = jax.tree.leaves(params)[0].shape[0]
+    if count not in (1, sweep.size):
+        raise ValueError(f"the params hold {count} captioners; init_from and restore_from "
+                         "take a run of one captioner (the 'caption' experiment)")
+    grow = lambda tree: jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (sweep.size,) + a.shape[1:]), tree)
+    shardings = parallel.member_shardings(sweep.mesh, jax.eval_shape(grow, params))
+    return jax.jit(grow, out_shardings=shardings)(params)
+
+
+def one_member(sweep: Sweep, params):
+    """One captioner's params (host or device arrays) as every member's."""
+    repl = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec())
+    return every_member(sweep, jax.tree.map(
+        lambda a: parallel.put_whole(np.asarray(a)[None], repl), params))
+
+
+def saved_state(path: str, sharding) -> dict:
+    """The whole state tree of a checkpoint's ``state`` item, as its metadata describes it,
+    restored with ``sharding``."""
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                              checkpointer.metadata(path).item_metadata)
+        return checkpointer.restore(path, target)
+    finally:
+        checkpointer.close()
+
+
+def restore_params(sweep: Sweep, run_dir: str):
+    """Every member's params from a finished captioning run's checkpoints: its best by
+    validation where it kept them, else its last. A run of one captioner gives every
+    member its params; a checkpoint of the older single-run layout (no member axis, the
+    best in ``best/``) is read too."""
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory; pass the --workdir "
+                                "of a finished captioning run")
+    ckpts = checkpoints.Checkpoints(directory, create=False)
+    try:
+        latest, best = ckpts.latest_step(), ckpts.best.best_step()
+    finally:
+        ckpts.close()
+    if latest is None:
+        raise FileNotFoundError(f"{directory} holds no checkpoint; pass the --workdir of a "
+                                "finished captioning run")
+    repl = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec())
+    state = saved_state(os.path.join(directory, "latest", str(latest), "state"), repl)
+    ours = jax.eval_shape(lambda k: captioning.init_params(sweep.model, k, sweep.dim),
+                          jax.random.key(0))
+    shapes = lambda tree: [a.shape for a in jax.tree.leaves(tree)]
+    if shapes(state["params"]) == shapes(ours):  # the older single-run layout
+        if best is not None:
+            state = saved_state(os.path.join(directory, "best", str(best), "state"), repl)
+        return every_member(sweep, jax.tree.map(lambda a: a[None], state["params"]))
+    params = state["best"] if state.get("best") is not None else state["params"]
+    if ([s[1:] for s in shapes(params)] != shapes(ours)
+            or jax.tree.structure(params) != jax.tree.structure(ours)):
+        raise ValueError(f"{directory} holds a captioner of another architecture than this "
+                         "config's; pass a run trained with the same model settings")
+    return every_member(sweep, params)
+
+
+# ---------------------------------------------------------------------------
+# Decoding and evaluation
+
+
+def generate(sweep: Sweep, params, embeddings: np.ndarray, settings: Optional[dict] = None,
+             shift: Optional[np.ndarray] = None, marks: Optional[list] = None) -> list:
+    """Every member's captions of raw ``embeddings`` [n, d]: its method's inference
+    transform (``c3.member_eval`` with ``settings``, stacked: by default the sweep's;
+    decap's projection computed once per batch for all), plus an optional constant
+    ``shift``, then the mapper and decoding, in one batched program: [members][n]. A
+    batch's rows are split over the 'fsdp' devices; ``marks`` gets (batch, time) as each
+    batch's tokens reach the host."""
     config = sweep.config
     stops = captioning.stop_ids(sweep.tokenizer, config.stop_at_period)
     decode = captioning.make_decoder(config, gpt2.GPT2(sweep.model.gpt, sweep.model.dtype),
                                      stops, sweep.tokenizer.eos_token_id)
+    offset = None if shift is None else jnp.asarray(shift)
 
     def member(p, s, e, projected):
         e = c3.member_eval(s, e, projected)
+        if offset is not None:
+            e = e + offset
         return decode(p["gpt"], sweep.model.apply({"params": p}, e, method="prefix"))
 
     def members(params, settings, e, memory):
         projected = (None if memory is None else
                      c3.project_to_memory(e, memory, config.decap_temperature))
         return jax.vmap(member, in_axes=(0, 0, None, None))(params, settings, e, projected)
-    member_sh = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
-    repl = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec())
-    fn = jax.jit(members, out_shardings=member_sh)
-    settings = parallel.put_members(sweep.mesh, sweep.settings)
+    spec = jax.sharding.PartitionSpec
+    rows = jax.sharding.NamedSharding(sweep.mesh, spec("fsdp"))
+    repl = jax.sharding.NamedSharding(sweep.mesh, spec())
+    fn = jax.jit(members, out_shardings=jax.sharding.NamedSharding(sweep.mesh,
+                                                                   spec("data", "fsdp")))
+    settings = parallel.put_members(sweep.mesh, sweep.settings if settings is None else settings)
     memory = None if sweep.memory is None else parallel.put_whole(sweep.memory, repl)
-    batch, n = max(1, config.eval_batch_size), len(embeddings)
+    split = sweep.mesh.shape["fsdp"]
+    batch, n = max(split, config.eval_batch_size // split * split), len(embeddings)
     tokens = []
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        out = fn(params, settings, parallel.put_whole(padded, repl), memory)
+        out = fn(params, settings, parallel.put_whole(padded, rows), memory)
         tokens.append(parallel.to_host(out)[:, :len(chunk)])
+        if marks is not None:
+            marks.append((len(marks) + 1, time.perf_counter()))
     tokens = np.concatenate(tokens, 1)
     return [[captioning.decode_text(sweep.tokenizer, row, stops) for row in rows]
             for rows in tokens[:len(sweep.members)]]
 
 
-def evaluate(sweep: Sweep, params) -> dict:
+def captions_record(references: list, captions: dict):
+    """``captions_test.json``: a run of one captioner's [{prediction, references}], a
+    sweep's {references, captions: {member: [...]}}."""
+    if len(captions) == 1:
+        return [{"prediction": c, "references": r}
+                for c, r in zip(next(iter(captions.values())), references)]
+    return {"references": references, "captions": captions}
+
+
+def evaluate(sweep: Sweep, params, marks: Optional[list] = None) -> dict:
     """Each member's captions of the test split's ``eval_field`` embeddings, scored against
-    the references: {member: {metrics, captions}}; writes ``captions_test.json``."""
+    the references: {member: {metrics, captions, samples (the first five)}}; writes
+    ``captions_test.json``; ``marks`` as ``generate``'s."""
     config = sweep.config
     source = builders.data_source(config.dataset_dir, config.test_split)
     embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
                                     config.eval_max_examples)
     captioning.check_width(embeddings, sweep.dim, config.eval_field)
-    captions = {m.name: c for m, c in zip(sweep.members, generate(sweep, params, embeddings))}
+    captions = {m.name: c for m, c in zip(sweep.members,
+                                          generate(sweep, params, embeddings, marks=marks))}
     metrics = score_caption_sets({n: dict(enumerate(c)) for n, c in captions.items()},
                                  dict(enumerate(refs)), spice=config.spice, meteor=config.meteor)
-    out = {n: {"metrics": metrics[n], "captions": c} for n, c in captions.items()}
-    sweep.wd.write_json("captions_test.json", {
-        "references": refs, "captions": {n: r["captions"] for n, r in out.items()}})
-    return out
+    sweep.wd.write_json("captions_test.json", captions_record(refs, captions))
+    return {n: {"metrics": metrics[n], "captions": c,
+                "samples": [{"prediction": p, "reference": r[0]}
+                            for p, r in zip(c[:5], refs[:5])]}
+            for n, c in captions.items()}
