@@ -391,3 +391,45 @@ def test_world_values_that_only_the_world_would_reveal_are_refused_first(
         runner.run(config, str(tmp_path / "run"))
     assert message in _one_line(err)
     assert not (tmp_path / "run").exists()
+
+
+def test_sigint_during_a_checkpoint_save_leaves_a_resumable_workdir(tmp_path, monkeypatch):
+    """A real SIGINT delivered while step 2's asynchronous Orbax save is still in flight:
+    the save finishes, no temporary folder is left, and the rerun resumes at step 2 and
+    ends equal to a run that was never interrupted."""
+    import jax
+    from c3_jax.data import captions as cd
+    from c3_jax.train import checkpoints, connect
+    from c3_jax.workdir import Workdir
+    from c3_jax.world import common
+    from configs import shapes_caption
+    config = shapes_caption.get_config("quick")
+    wd = Workdir(str(tmp_path / "run"))
+    world = common.world_dataset(config, wd)
+    tokenizer = common.world_tokenizer(world, wd, {})
+    model = common.clip_model(tokenizer, config.connect, config.world.image_size,
+                              width=16, depth=1, heads=2, projection_dim=8, patch_size=8)
+    pairs = common.connect_pairs(world, tokenizer)
+    assert isinstance(pairs, cd.CaptionPairs)
+    cfg = connect.ConnectConfig(steps=4, batch_size=32, lr=1e-3, warmup_steps=0, log_every=1,
+                                checkpoint_every=2)
+    save, in_flight = checkpoints.Checkpoints.save, []
+
+    def save_then_interrupt(self, step, *args, **kwargs):
+        save(self, step, *args, **kwargs)
+        if step == 2:
+            in_flight.append(any("tmp" in n for n in os.listdir(self.latest.directory)))
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises KeyboardInterrupt here
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        connect.train(model, pairs, cfg, wd, wd.file("checkpoints"))
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
+    assert in_flight == [True] or in_flight == [False]  # usually True: it was still writing
+    assert not list((tmp_path / "run").rglob("*orbax-checkpoint-tmp*"))
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints" / "latest")) == ["2"]
+    resumed = connect.train(model, pairs, cfg, wd, wd.file("checkpoints"))
+    straight = connect.train(model, pairs, cfg, Workdir(str(tmp_path / "straight")),
+                             str(tmp_path / "straight" / "checkpoints"))
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

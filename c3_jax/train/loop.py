@@ -124,46 +124,48 @@ def fit(state, start: int, step: Step, data: Iterator, batch_sharding, ckpts:
                        desc=loop.desc, unit="step")
     last, val, marks, laps = {}, None, [], Laps(start)
     ahead = collections.deque()  # the metrics of the steps still in flight
-    for i in bar:
-        if len(ahead) >= max(loop.in_flight, 1):
-            jax.block_until_ready(ahead.popleft())
-            laps.lap("wait")
-        batch = next(data)
-        laps.lap("data")
-        batch = place(batch)
-        laps.lap("place")
-        state, metrics = step(state, batch, i)
-        done = i + 1
-        watch.update(metrics, done)
-        ahead.append(metrics)
-        laps.lap("dispatch")
-        if done % loop.log_every == 0 or done == loop.steps:
-            last = host_metrics(metrics, loop.members)
-            marks.append((done, time.perf_counter()))
-            laps.lap("sync")
-            if learning_rate is not None:
-                last["learning_rate"] = float(learning_rate(done - 1))
-            writer.write(done, {**last, **laps.row(done)})
-            bar.set_postfix({k: f"{last[k]:.4f}" for k in loop.postfix if k in last})
-            laps.lap("log")
-        if after_step is not None:
-            after_step(done, state)
-            laps.lap("after_step")
-        if done % loop.checkpoint_every == 0 or done == loop.steps:
-            watch.check(ckpts, loop.skip_nonfinite)
-            laps.lap("sync")
-            if at_checkpoint is not None:
-                state, extra = at_checkpoint(state)
-                writer.write(done, extra)
-            val = validate(state) if validate is not None else None
-            if val is not None:
-                writer.write(done, {loop.val_name: val})
-            laps.lap("validate")
-            ckpts.save(done, state, data, best_value=val)
-            laps.lap("checkpoint")
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
+    try:
+        for i in bar:
+            if len(ahead) >= max(loop.in_flight, 1):
+                jax.block_until_ready(ahead.popleft())
+                laps.lap("wait")
+            batch = next(data)
+            laps.lap("data")
+            batch = place(batch)
+            laps.lap("place")
+            state, metrics = step(state, batch, i)
+            done = i + 1
+            watch.update(metrics, done)
+            ahead.append(metrics)
+            laps.lap("dispatch")
+            if done % loop.log_every == 0 or done == loop.steps:
+                last = host_metrics(metrics, loop.members)
+                marks.append((done, time.perf_counter()))
+                laps.lap("sync")
+                if learning_rate is not None:
+                    last["learning_rate"] = float(learning_rate(done - 1))
+                writer.write(done, {**last, **laps.row(done)})
+                bar.set_postfix({k: f"{last[k]:.4f}" for k in loop.postfix if k in last})
+                laps.lap("log")
+            if after_step is not None:
+                after_step(done, state)
+                laps.lap("after_step")
+            if done % loop.checkpoint_every == 0 or done == loop.steps:
+                watch.check(ckpts, loop.skip_nonfinite)
+                laps.lap("sync")
+                if at_checkpoint is not None:
+                    state, extra = at_checkpoint(state)
+                    writer.write(done, extra)
+                val = validate(state) if validate is not None else None
+                if val is not None:
+                    writer.write(done, {loop.val_name: val})
+                laps.lap("validate")
+                ckpts.save(done, state, data, best_value=val)
+                laps.lap("checkpoint")
+    finally:  # also on SIGINT/SIGTERM: a save in flight finishes, none is left half-written
+        ckpts.wait()
+        ckpts.close()
+        writer.close()
     skipped = skipped_steps(watch, loop, start)
     return state, {**last, **pace(marks), **skipped}, val
 
