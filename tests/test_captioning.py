@@ -76,6 +76,32 @@ def test_finetune_keeps_the_checkpoint_of_the_best_val_rouge_l(caption_world, tr
     assert state["best_value"][0] == pytest.approx(max(scores.values()), rel=1e-6)
 
 
+def test_an_older_single_run_checkpoint_gives_its_best_params(caption_world, trained, tmp_path):
+    """init_from and restore_from read the layout of single runs before they were sweeps
+    of one (a TrainState without a member axis, the best in checkpoints/best/) as they read
+    the new one (the best params in the state)."""
+    from c3_jax.experiments import caption
+    from c3_jax.train import checkpoints
+    from c3_jax.workdir import Workdir
+    import orbax.checkpoint as ocp
+    train_dir, _ = trained
+    state, step = latest_state(str(train_dir))
+    one = lambda tree: jax.tree.map(lambda a: a[0], tree)
+    old = checkpoints.Checkpoints(str(tmp_path / "old" / "checkpoints"))
+    last = jax.tree.map(np.zeros_like, one(state["params"]))  # not the best: not restored
+    old.save(step, st.TrainState(np.int32(step), last, one(state["opt_state"])))
+    old.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(st.TrainState(
+        np.int32(step), one(state["best"]), one(state["opt_state"])))), metrics={"value": 1.0})
+    old.wait()
+    old.close()
+    sweep = caption.single_run(caption_config(caption_world, **CAPTION_REFERENCE),
+                               Workdir(str(tmp_path / "eval")))
+    for run in (tmp_path / "old", train_dir):
+        got = caption_sweep.restore_params(sweep, str(run))
+        for a, b in zip(jax.tree.leaves(state["best"]), jax.tree.leaves(got)):
+            np.testing.assert_array_equal(a, np.asarray(b))
+
+
 @pytest.mark.parametrize("chunk", [0, 1, 3, 64])
 def test_chunked_caption_nll_equals_the_full_logits_loss_and_gradients(chunk):
     """The train step's loss (LM head over caption positions only, in chunks) against the
