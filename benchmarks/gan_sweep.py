@@ -5,11 +5,12 @@ seeds 0, 1, ...) for --steps G+D steps (lazy R1 and path-length phases as ``regs
 the same random batches, from the same initial parameters, with the trainer's parts of
 ``t2i_train.py``'s preset (default: shapes_t2i's generator, discriminator and world CLIP
 image tower, batch 8):
-  * sequential (one run per generator): per member, ``generation.make_train_step`` (its own
-    jit, hence its own compilation of each regularization variant), its init, its steps;
-  * sweep: ``gan_sweep.member_step`` over the N stacked members (the members one after
-    another inside one compiled program, ``gan_sweep.over_members``), one compilation per
-    variant.
+  * sequential (one run per generator): per member, a sweep of one over all devices, as a
+    single run trains it (``gan_sweep.make_train_step``, its own jit, hence its own
+    compilation of each regularization variant), its init, its steps;
+  * sweep: the N members stacked and split over the devices (``gan_sweep.member_layout``),
+    one after another on each inside one compiled program (``gan_sweep.over_members``),
+    one compilation per variant.
 Wall time includes compilation (what a researcher waits for); "steady" is images/s over the
 steps that compile nothing (the first step of each variant excluded). The two sides run one
 after the other in one process (persistent compilation cache off), then the sweep once
@@ -46,7 +47,8 @@ SMOKE = dict(preset="tiny", members=2, steps=3, sweep_runs=1)
 
 
 def setup(preset_name: str):
-    """What ``gan_sweep.member_step`` reads of a GanSweep, and the trainer's config."""
+    """What ``gan_sweep.member_step`` reads of a GanSweep (its layout set per side), and
+    the trainer's config."""
     parts = t2i_train.trainer_parts(preset_name)
     gan = parts["gan"]
     return types.SimpleNamespace(
@@ -89,26 +91,32 @@ def _timed(run_step, regs: list) -> tuple:
     return seconds, counted, np.asarray(losses, np.float64)
 
 
+def side(s, n: int, seeds_host, settings_host: list):
+    """(initial state, jitted step, batch sharding, placed settings, placed seeds) of a
+    sweep of ``n`` members with ``s``'s layout."""
+    layout = s.layout
+    stacked = {k: np.stack([m[k] for m in settings_host]) for k in settings_host[0]}
+    seeds, stacked = layout.put_members((np.asarray(seeds_host, np.uint32), stacked))
+    init = jax.vmap(lambda k: generation.init_state(s.gen, s.disc, s.tx, s.gan,
+                                                    jax.random.key(k)))
+    shardings = layout.state_shardings(jax.eval_shape(init, seeds))
+    state = jax.jit(init, out_shardings=shardings)(seeds)
+    step_fn = gan_sweep.make_train_step(s, s.cfg, shardings)
+    return state, step_fn, layout.batch_sharding(), stacked, seeds
+
+
 def sequential(s, chosen, settings, data, regs) -> tuple:
-    """Each member as its own run's step: its own jit and compilations."""
-    mesh = parallel.make_mesh(1)
-    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    put = parallel.batch_sharding(mesh)
+    """Each member as its own run (a sweep of one): its own jit and compilations."""
+    s.layout = gan_sweep.member_layout(1, 1)
     wall, steady, counted, losses = 0.0, 0.0, 0, []
     for (_, seed), setting in zip(chosen, settings):
-        init = lambda: generation.init_state(s.gen, s.disc, s.tx, s.gan, jax.random.key(seed))
-        shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
         start = time.perf_counter()
-        state = jax.jit(init, out_shardings=shardings)()
-        step_fn = generation.make_train_step(s.gen, s.disc, s.encoder, s.cfg, s.g_tx, s.d_tx,
-                                             mesh, shardings, False, s.encoder.image_size)
-        setting = jax.device_put(setting, repl)
-        key = jax.random.key(seed)
+        state, step_fn, put, setting, seeds = side(s, 1, [seed], [setting])
         box = [state]
 
         def one(i):
-            box[0], metrics = step_fn(box[0], jax.device_put(data[i], put), setting, key,
-                                      regs[i])
+            batch = jax.tree.map(lambda a: parallel.put_whole(a[None], put), data[i])
+            box[0], metrics = step_fn(box[0], batch, setting, seeds, regs[i])
             return metrics
         seconds, count, member_losses = _timed(one, regs)
         wall += time.perf_counter() - start
@@ -120,19 +128,9 @@ def sequential(s, chosen, settings, data, regs) -> tuple:
 def sweep(s, chosen, settings, data, regs) -> tuple:
     """The N members stacked, trained by gan_sweep's one compiled step."""
     n = len(chosen)
-    mesh = parallel.member_mesh(n, split_batch=False)
-    s.mesh = mesh
-    seeds_host = np.asarray([seed for _, seed in chosen], np.uint32)
-    stacked = {k: np.stack([m[k] for m in settings]) for k in settings[0]}
+    s.layout = gan_sweep.member_layout(n, 1)
     start = time.perf_counter()
-    seeds, stacked = parallel.put_members(mesh, (seeds_host, stacked))
-    init = jax.vmap(lambda k: generation.init_state(s.gen, s.disc, s.tx, s.gan,
-                                                    jax.random.key(k)))
-    shardings = parallel.member_shardings(mesh, jax.eval_shape(init, seeds))
-    state = jax.jit(init, out_shardings=shardings)(seeds)
-    step_fn = jax.jit(gan_sweep.member_step(s, s.cfg, False), static_argnums=4,
-                      donate_argnums=0, out_shardings=(shardings, None))
-    put = parallel.member_batch_sharding(mesh)
+    state, step_fn, put, stacked, seeds = side(s, n, [seed for _, seed in chosen], settings)
     box = [state]
 
     def one(i):  # every member gets the step's batch

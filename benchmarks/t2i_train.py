@@ -2,10 +2,11 @@
 image tower for the itc term, Adam for G and D, lazy R1 and path-length penalties, EMA),
 with its FLOP rate against the machine's float32 matmul peak.
 
-The step is ``generation.make_train_step`` as ``generation.train`` builds it (jitted, state
-donated, on ``parallel.make_mesh(1)``; the step settings ``StepConfig.from_config``, G's and
-D's Adam rescaled for lazy regularization, the regularization phases ``regs_at``), with
-random weights and random batches; every preset is a full 'generate' trainer config
+The step is ``gan_sweep.make_train_step`` as ``gan_sweep.train`` builds it for a single run
+(a sweep of one member over all devices, ``gan_sweep.member_layout(1, 1)``; jitted, state
+donated; the step settings ``StepConfig.from_config``, G's and D's Adam rescaled for lazy
+regularization, the regularization phases ``regs_at``), with random weights and random
+batches; every preset is a full 'generate' trainer config
 (``c3_jax.experiments.t2i.default_config``):
   * ``--preset shapes_t2i`` (default): configs/shapes_t2i.py's generator and discriminator
     (as ``shapes_t2i`` fills the trainer's config from its ``generator`` fields: 32x32,
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +44,8 @@ from c3_jax import c3
 from c3_jax.timing import matmul_peak_flops
 from c3_jax.models import clip, stylegan2
 from c3_jax.experiments.t2i import default_config as t2i_defaults
-from c3_jax.train import connect, generation
+from c3_jax.train import connect, gan_sweep, generation
 from c3_jax.world import t2i as world_t2i
-from c3_jax import parallel
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -109,7 +110,7 @@ def make_encoder(clip_config: clip.CLIPConfig, preset: str) -> generation.Encode
 
 
 def trainer_parts(preset_name: str) -> dict:
-    """What ``generation.Run`` builds from a preset's config: the config, GAN config, G, D,
+    """What ``gan_sweep.GanSweep`` builds from a preset's config: the config, GAN config,
     encoder, Adam (G's and D's rescaled for lazy regularization) and the step settings."""
     preset = PRESETS[preset_name]()
     config = preset["config"]
@@ -150,11 +151,15 @@ def main():
     steps = args.steps or 2 * config.r1_every
     b = config.batch_size
 
-    gen, disc = stylegan2.Generator(gan), stylegan2.Discriminator(gan)
-    mesh = parallel.make_mesh(1)
-    init = lambda: generation.init_state(gen, disc, parts["tx"], gan, jax.random.key(2))
-    shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
-    state = jax.jit(init, out_shardings=shardings)()
+    layout = gan_sweep.member_layout(1, 1)
+    sweep = types.SimpleNamespace(  # what gan_sweep's step reads of a GanSweep
+        gen=stylegan2.Generator(gan), disc=stylegan2.Discriminator(gan), encoder=encoder,
+        g_tx=parts["g_tx"], d_tx=parts["d_tx"], layout=layout)
+    init = jax.vmap(lambda s: generation.init_state(sweep.gen, sweep.disc, parts["tx"], gan,
+                                                    jax.random.key(s)))
+    seeds = layout.put_members(np.asarray([2], np.uint32))
+    shardings = layout.state_shardings(jax.eval_shape(init, seeds))
+    state = jax.jit(init, out_shardings=shardings)(seeds)
     n_params = {k: sum(x.size for x in jax.tree.leaves(getattr(state, k)))
                 for k in ("g_params", "d_params")}
 
@@ -164,30 +169,29 @@ def main():
                          np.ones(gan.cond_dim))
     settings = {**c3.member_settings("c3", c3.CLIP_SIGMA, moments, moments),
                 "twice": generation.collapse_twice("c3", config.collapse_twice)}
-    key = jax.random.key(0)
-    batch_sharding = parallel.batch_sharding(mesh)
-    batches = [jax.device_put({
+    settings = layout.put_members(jax.tree.map(lambda a: np.asarray(a)[None], settings))
+    batch_sharding = layout.batch_sharding()
+    batches = [jax.tree.map(lambda a: jax.device_put(a[None], batch_sharding), {
         "image": rng.integers(0, 256, (b, gan.resolution, gan.resolution, 3), dtype=np.uint8),
-        "embedding": rng.normal(size=(b, gan.cond_dim)).astype(np.float32)}, batch_sharding)
+        "embedding": rng.normal(size=(b, gan.cond_dim)).astype(np.float32)})
         for _ in range(4)]
 
-    step_fn = generation.make_train_step(gen, disc, encoder, cfg, parts["g_tx"], parts["d_tx"],
-                                         mesh, shardings, False, encoder.image_size)
+    step_fn = gan_sweep.make_train_step(sweep, cfg, shardings, squeeze=True)
     regs = [generation.regs_at(config, i) for i in range(args.warmup + steps)]
     compiled, flops_of, compile_s = {}, {}, 0.0
     for r in sorted(set(regs)):  # each variant the run meets, compiled once
         start = time.perf_counter()
-        compiled[r] = step_fn.lower(state, batches[0], settings, key, r).compile()
+        compiled[r] = step_fn.lower(state, batches[0], settings, seeds, r).compile()
         compile_s += time.perf_counter() - start
         flops_of[r] = _flops(compiled[r])
 
     for i in range(args.warmup):
-        state, metrics = compiled[regs[i]](state, batches[i % len(batches)], settings, key)
+        state, metrics = compiled[regs[i]](state, batches[i % len(batches)], settings, seeds)
     jax.block_until_ready(state)
     timed = regs[args.warmup:]
     start = time.perf_counter()
     for i, r in enumerate(timed):
-        state, metrics = compiled[r](state, batches[i % len(batches)], settings, key)
+        state, metrics = compiled[r](state, batches[i % len(batches)], settings, seeds)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - start
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -318,7 +318,10 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
                                  jnp.zeros(()))
     mesh = parallel.make_mesh(1)  # the batch over conftest's 8 host devices
     shardings = parallel.state_shardings(mesh, jax.eval_shape(lambda: state0))
-    step_fn = generation.make_train_step(gen, disc, encoder, cfg, tx, tx, mesh, shardings)
+    step_fn = jax.jit(lambda state, batch, s, key, regs: generation.gan_update(
+        gen, disc, encoder, cfg, tx, tx, state, batch, key, regs,
+        lambda e, rng: generation.train_condition(s, e, rng)),
+        static_argnums=4, out_shardings=(shardings, None))
     rng = _rng(14)
     moments = c3.Moments(rng.normal(size=dim).astype(np.float32) * 0.1, np.ones(dim))
     settings = c3.member_settings("c3", c3.CLIP_SIGMA, moments, moments)

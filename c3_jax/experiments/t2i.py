@@ -12,8 +12,8 @@ from c3_jax import c3, plots
 from c3_jax.experiments import checks
 from c3_jax.experiments.schema import field_types
 from c3_jax.models.stylegan2 import ARCHITECTURES, D_COND_SUMS
-from c3_jax.train.generation import (FID_PROTOCOLS, Encoder, Run, check_init_from,
-                                     check_method, evaluate, restore_ema, train)
+from c3_jax.train import gan_sweep
+from c3_jax.train.generation import FID_PROTOCOLS, Encoder, check_init_from, check_method
 from c3_jax.workdir import Workdir
 
 
@@ -108,18 +108,21 @@ def check(config) -> None:
 
 def run_generate(config, wd: Workdir, encoder: Optional[Encoder] = None) -> dict:
     """Trains on one modality's embeddings (or restores with ``restore_from``) and
-    generates from the other's; writes samples.png and the metrics."""
-    run = Run(config, wd, encoder)
+    generates from the other's, as a sweep of one member; writes samples.png and the
+    metrics."""
+    member = gan_sweep.config_member(config)
+    sweep = gan_sweep.GanSweep(config, [member], wd, encoder)
     if config.restore_from:
-        params, summary = restore_ema(run, config.restore_from), {"restored_from":
-                                                                  config.restore_from}
+        ema = gan_sweep.restore_ema(sweep, config.restore_from)
+        summary = {"restored_from": config.restore_from}
     else:
-        params, summary = train(run)
+        ema, summaries = gan_sweep.train(sweep)
+        summary = summaries[member.name]
         rows = wd.read_metrics()
         plots.curves({k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])
                       for k in ("d_adv", "g_adv", "g_itd", "g_itc")},
                      "step", "loss", wd.file("losses.png"))
-    out = evaluate(run, params, config.eval_max_examples)
+    out = gan_sweep.evaluate(sweep, ema, config.eval_max_examples)[member.name]
     n = min(config.num_samples, len(out["images"]))
     plots.captioned_images(list(out["images"][:n]), {"text": out["captions"][:n]},
                            wd.file("samples.png"))

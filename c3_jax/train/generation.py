@@ -1,19 +1,19 @@
-"""C^3 text-to-image: a LAFITE-conditioned StyleGAN2 trained on image embeddings only
-(Collapse with the image mean, Corrupt with noise) and evaluated from text embeddings
-(Collapse with the text mean).
+"""C^3 text-to-image's parts: a LAFITE-conditioned StyleGAN2 trained on image embeddings
+only (Collapse with the image mean, Corrupt with noise) and evaluated from text embeddings
+(Collapse with the text mean). The trainer that runs them (a single run is a sweep of one
+member) is ``gan_sweep``.
 
-One jitted, sharded step updates the discriminator (non-saturating logistic loss, LAFITE's
-contrastive term on real images, lazy R1) and the generator (non-saturating loss, LAFITE's
-contrastive terms between discriminator features / the frozen CLIP's embedding of the
-generated image and the condition), then the EMA generator. Noise, latents and the C^3
-noise come from the seed folded with the step, and checkpoints hold the data-iterator
-position, so a run resumes exactly.
+One step (``gan_update``) updates the generator (non-saturating loss, LAFITE's contrastive
+terms between discriminator features / the frozen CLIP's embedding of the generated image
+and the condition; the lazy path-length penalty) and the discriminator (non-saturating
+logistic loss, LAFITE's contrastive term on real images, lazy R1), then the EMA generator.
+Noise, latents and the C^3 noise come from the seed folded with the step. Here too: the
+training rows, the frozen encoder, and the scores and FID protocol of generated images.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Callable, Optional
 
 import flax
@@ -23,15 +23,13 @@ import numpy as np
 import optax
 
 from c3_jax import c3, parallel
-from c3_jax.data import builders, pipeline
+from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.data.images import ImagePreprocessor
 from c3_jax.eval import image_metrics as im
 from c3_jax.models import clip, inception, lafite_import, stylegan2
 from c3_jax.progress import progress_bar
-from c3_jax.train import checkpoints, loop
 from c3_jax.train import state as st
-from c3_jax.workdir import Workdir
 
 @flax.struct.dataclass
 class GANState:
@@ -358,36 +356,6 @@ def check_method(name: str) -> None:
                          "inference: it has no text-to-image form here")
 
 
-def make_train_step(gen: stylegan2.Generator, disc: stylegan2.Discriminator,
-                    encode: Callable, cfg: StepConfig, g_tx, d_tx, mesh, shardings,
-                    skip_nonfinite: bool = False, image_size: int = 0):
-    """One sharded ``gan_update`` with the method's training transform (``train_condition``
-    with its settings as arrays); ``regs`` = (path-length step, R1 step) is static: up to
-    four compiled variants."""
-    def step(state: GANState, batch: dict, settings: dict, key, regs: tuple):
-        condition = lambda e, rng: train_condition(settings, e, rng)
-        return gan_update(gen, disc, encode, cfg, g_tx, d_tx, state, batch, key, regs,
-                          condition, skip_nonfinite, image_size)
-
-    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), repl, repl),
-                   out_shardings=(shardings, repl), static_argnums=4, donate_argnums=0)
-
-
-def make_generate(gen: stylegan2.Generator, mesh):
-    """(params, embeddings, settings, key) -> uint8 images, conditioned on the method's
-    inference transform of the embeddings (``c3.member_eval``)."""
-    def fn(params, embedding, settings, key):
-        cond = c3.member_eval(settings, embedding)
-        z_key, noise_key = jax.random.split(key)
-        z = jax.random.normal(z_key, (embedding.shape[0], gen.config.z_dim))
-        return to_uint8(gen.apply({"params": params}, z, cond, noise_key))
-
-    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(fn, in_shardings=(None, parallel.batch_sharding(mesh), None, None),
-                   out_shardings=repl)  # every process gets all images
-
-
 # ---------------------------------------------------------------------------
 # Data
 
@@ -423,7 +391,7 @@ class ImageRows:
 
 
 # ---------------------------------------------------------------------------
-# Training
+# The frozen image encoder, initial state, batches
 
 
 class Encoder:
@@ -438,6 +406,15 @@ class Encoder:
 
     def __call__(self, images: jax.Array) -> jax.Array:
         return self.fn(self.params, images)
+
+
+def check_encoder(encoder: Encoder, rows: "ImageRows", field: str) -> None:
+    """Raises unless ``encoder`` embeds the rows' images in the width of their ``field``."""
+    r = rows.resolution
+    out = jax.eval_shape(encoder, jax.ShapeDtypeStruct((1, r, r, 3), jnp.float32))
+    if out.shape[-1] != rows.dim:
+        raise ValueError(f"the image encoder gives {out.shape[-1]}-d embeddings but "
+                         f"{field!r} is {rows.dim}-d; use the CLIP that embedded the dataset")
 
 
 def clip_encoder(path: str) -> Encoder:
@@ -464,76 +441,6 @@ def tower_encoder(module: clip.CLIP, params, mean, std) -> Encoder:
     return Encoder(fn, params, size)
 
 
-class Run:
-    """What training and evaluation share: config, mesh, data, models, transform."""
-
-    def __init__(self, config, wd: Workdir, encoder: Optional[Encoder] = None):
-        self.config, self.wd = config, wd
-        parallel.maybe_initialize_distributed()
-        self.mesh = parallel.make_mesh(config.fsdp)
-        self.train_source = builders.data_source(config.dataset_dir, config.train_split)
-        self.rows = ImageRows(self.train_source, config.image_field, config.train_field)
-        self.encoder = encoder or clip_encoder(config.clip)
-        self._check_encoder()
-        self.gan = gan_config(config, self.rows.dim, self.rows.resolution)
-        self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
-        check_method(config.variant)
-        self.tx = optimizer(config)
-        self.g_tx = optimizer(config, config.pl_every)
-        self.d_tx = optimizer(config, config.r1_every)
-        self._moments: dict = {}
-
-    def _check_encoder(self) -> None:
-        r = self.rows.resolution
-        out = jax.eval_shape(self.encoder, jax.ShapeDtypeStruct((1, r, r, 3), jnp.float32))
-        if out.shape[-1] != self.rows.dim:
-            raise ValueError(f"the image encoder gives {out.shape[-1]}-d embeddings but "
-                             f"{self.config.train_field!r} is {self.rows.dim}-d; use the CLIP "
-                             "that embedded the dataset")
-
-    def moments(self, field: str) -> c3.Moments:
-        """Per-dimension mean and std of ``field`` over the training split."""
-        if field not in self._moments:
-            self._moments[field] = cd.field_moments(self.train_source, field)
-        return self._moments[field]
-
-    def settings(self, method: str, sigma: float, noise: Optional[dict] = None) -> dict:
-        """``c3.member_settings`` of a method trained on the config's ``train_field`` and
-        conditioned on its ``eval_field`` at inference."""
-        field = self.config.train_field
-        train, evaluation = self.moments(field), self.moments(self.config.eval_field)
-        centroid = cd.method_centroid(method, self.train_source, field, train, evaluation)
-        s = c3.member_settings(method, sigma, train, evaluation, noise, centroid=centroid)
-        return {**s, "twice": collapse_twice(method, self.config.collapse_twice)}
-
-    def own_settings(self) -> dict:
-        """The settings of the config's own method and sigma."""
-        config = self.config
-        noise = cd.noise_model(config) if config.variant == "c3_aniso" else None
-        return self.settings(config.variant, cd.config_sigma(config), noise)
-
-    def init_state(self) -> GANState:
-        return init_state(self.gen, self.disc, self.tx, self.gan, jax.random.key(self.config.seed))
-
-    def initializer(self, shardings) -> Callable:
-        """() -> the first state: ``init_state``, or with ``init_from`` LAFITE's G, D and
-        G_ema from that pickle (``lafite_import``) with fresh Adam states."""
-        if not self.config.init_from:
-            return jax.jit(self.init_state, out_shardings=shardings)
-
-        def pretrained():
-            nets = lafite_import.load(self.config.init_from, self.gan)
-            g, d = nets["G"], nets["D"]
-            state = GANState(jnp.zeros((), jnp.int32), g, d, self.tx.init(g), self.tx.init(d),
-                             nets["G_ema"], jnp.zeros((), jnp.float32))
-            return jax.device_put(state, shardings)
-        return pretrained
-
-    def shardings(self):
-        abstract = jax.eval_shape(self.init_state)
-        return abstract, parallel.state_shardings(self.mesh, abstract)
-
-
 # The variants the C^3 scripts run with --remove_mean (whose image mean its code subtracts
 # twice); for other methods ``collapse_twice`` changes nothing.
 DOUBLE_MEAN_METHODS = ("c2_collapse", "c3")
@@ -557,34 +464,12 @@ def init_state(gen, disc, tx, cfg: stylegan2.GANConfig, key) -> GANState:
 
 
 def check_batch(config, rows: ImageRows) -> int:
+    """This process's share of ``batch_size``, once it fits the devices, the training
+    images and ``mbstd_group``."""
     if config.batch_size % config.mbstd_group and config.batch_size > config.mbstd_group:
         raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
                          f"mbstd_group={config.mbstd_group}")
     return parallel.local_batch_size(config.batch_size, len(rows), "training images")
-
-
-def train(run: Run) -> tuple:
-    """Trains (or resumes) in ``run.wd``; returns (the EMA generator params, summary)."""
-    config, wd = run.config, run.wd
-    local_batch = check_batch(config, run.rows)
-    abstract, shardings = run.shardings()
-    settings = run.own_settings()
-    step_fn = make_train_step(run.gen, run.disc, run.encoder, StepConfig.from_config(config),
-                              run.g_tx, run.d_tx, run.mesh, shardings, config.skip_nonfinite,
-                              run.encoder.image_size)
-    data = iter(pipeline.make_loader(run.rows, local_batch, config.seed))
-    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
-    state, start = ckpts.resume_or_init(abstract, shardings, data, run.initializer(shardings))
-    key = jax.random.key(config.seed)
-    state, last, _ = loop.fit(
-        state, start, lambda s, batch, i: step_fn(s, batch, settings, key, regs_at(config, i)),
-        data, parallel.batch_sharding(run.mesh), ckpts, wd,
-        loop.LoopConfig(config.max_steps, config.log_every, config.checkpoint_every,
-                        config.skip_nonfinite, "train G+D", ("g_adv", "d_adv")),
-        learning_rate=lambda i: config.lr)
-    summary = {"steps": config.max_steps, "resumed_from": start,
-               "train_images": len(run.rows), "final_metrics": last}
-    return state.ema, summary
 
 
 def regs_at(config, step: int) -> tuple:
@@ -592,16 +477,6 @@ def regs_at(config, step: int) -> tuple:
     at weight 0, so that no program is compiled for them)."""
     return (config.pl_weight > 0 and step % config.pl_every == 0,
             config.r1_gamma > 0 and step % config.r1_every == 0)
-
-
-def restore_ema(run: Run, run_dir: str):
-    """The EMA generator of another run's latest checkpoint (evaluation only)."""
-    directory = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory; pass the --workdir "
-                                "of a finished generation run")
-    abstract, shardings = run.shardings()
-    return checkpoints.restore_state(directory, checkpoints.abstract(abstract, shardings)).ema
 
 
 # ---------------------------------------------------------------------------
@@ -629,15 +504,10 @@ def _batches(source, config, limit: int, field: str, pick: Optional[np.random.Ge
         yield e, images, [c[min(k, len(c) - 1)] for c, k in zip(caps, index)]
 
 
-def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
-    extra = -len(x) % multiple
-    return x if not extra else np.concatenate([x, np.repeat(x[-1:], extra, 0)])
-
-
 class ImageScores:
     """Scores of generated images, accumulated batch by batch: the Fréchet distance to the
-    real images in the encoder's (CLIP) space, the CLIP score against the conditioning text
-    embeddings, and FID/IS when an Inception is given."""
+    real images (``add_real``) in the encoder's (CLIP) space, the CLIP score against the
+    conditioning embeddings, and FID/IS when an Inception is given."""
 
     def __init__(self, encoder: Encoder, inception=None):
         self.encoder, self.inception = encoder, inception
@@ -645,8 +515,8 @@ class ImageScores:
                                                      "inc_real")}
         self.clip_scores, self.logits = [], []
 
-    def update(self, fake: np.ndarray, real: Optional[np.ndarray], text: np.ndarray) -> None:
-        """Adds generated images (and their real counterparts unless ``real`` is None)."""
+    def update(self, fake: np.ndarray, text: np.ndarray) -> None:
+        """Adds generated images and the embeddings they were generated from."""
         f_fake = self.encode(fake)
         self.stats["clip_fake"].update(f_fake)
         self.clip_scores.append(np.sum(_unit(f_fake) * _unit(text), -1))
@@ -654,8 +524,6 @@ class ImageScores:
             feats, lg = self.inception(fake)
             self.stats["inc_fake"].update(feats)
             self.logits.append(lg)
-        if real is not None:
-            self.add_real(real)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.encoder.encode_uint8(self.encoder.params, images))
@@ -666,8 +534,11 @@ class ImageScores:
         if self.inception is not None:
             self.stats["inc_real"].update(self.inception(real)[0])
 
-    def result(self) -> dict:
-        stats = self.stats
+    def result(self, real: Optional["ImageScores"] = None) -> dict:
+        """The scores against the real images added to ``real`` (by default to this one;
+        several members' scores share one set of real statistics)."""
+        stats = {**self.stats, **{k: v for k, v in (real or self).stats.items()
+                                  if k.endswith("_real")}}
         metrics = {"clip_frechet_distance": im.frechet_distance_of_stats(stats["clip_fake"],
                                                                          stats["clip_real"]),
                    "clip_score": float(np.mean(np.concatenate(self.clip_scores))),
@@ -711,34 +582,6 @@ def protocol_note(config, generated: int, real: int) -> str:
             f"{config.test_split!r} rows, vs those rows' {real} images")
 
 
-def evaluate(run: Run, params, limit: int = 0) -> dict:
-    """Images from the test split's text embeddings (``fid_protocol``: LAFITE's, one random
-    caption per row against the training images' statistics, or the first caption against
-    the same rows' images), scored by ``ImageScores``; returns metrics (with
-    ``fid_protocol`` saying what was generated and compared), samples and images."""
-    config = run.config
-    settings = run.own_settings()  # Collapse with the *text* mean at test time
-    generate = make_generate(run.gen, run.mesh)
-    scores = ImageScores(run.encoder, inception_of(config.inception_weights))
-    lafite = config.fid_protocol == "lafite"
-    pick = np.random.default_rng(config.seed) if lafite else None
-    images, captions = [], []
-    key = jax.random.key(config.seed + 1)
-    for i, (e, real, caps) in enumerate(test_batches(config, limit, pick=pick)):
-        fake = np.asarray(generate(params, _global(_pad(e, jax.device_count()), run.mesh),
-                                   settings, jax.random.fold_in(key, i)))[: len(e)]
-        scores.update(fake, None if lafite else real, e)
-        images.append(fake)
-        captions += caps
-    if lafite:
-        for real in progress_bar(train_images(config), desc="real statistics", unit="batch"):
-            scores.add_real(real)
-    metrics = scores.result()
-    metrics["fid_protocol"] = protocol_note(config, metrics["num_generated"],
-                                            scores.stats["clip_real"].count)
-    return {"metrics": metrics, "images": np.concatenate(images), "captions": captions}
-
-
 def train_images(config):
     """Every image of the training split, in batches of ``eval_batch_size``."""
     source = builders.data_source(config.dataset_dir, config.train_split)
@@ -746,11 +589,6 @@ def train_images(config):
         stop = min(start + config.eval_batch_size, len(source))
         yield np.stack([np.asarray(source[i][config.image_field], np.uint8)
                         for i in range(start, stop)])
-
-
-def _global(x: np.ndarray, mesh) -> jax.Array:
-    """A batch every process holds in full, as a global array split over the devices."""
-    return parallel.put_whole(x, parallel.batch_sharding(mesh))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -113,7 +113,8 @@ def _generator_config(config, dataset: str):
         pl_weight=g.pl_weight, style_mixing=g.style_mixing,
         calibration_split="val", calibration_pairs=config.calibration_pairs,
         log_every=max(g.steps // 20, 1), checkpoint_every=g.steps,
-        eval_max_examples=0, eval_batch_size=250, num_samples=config.num_samples))
+        fid_protocol="paired", eval_max_examples=0, eval_batch_size=250,
+        num_samples=config.num_samples))
     return c
 
 
