@@ -22,7 +22,7 @@ import zipfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from c3_jax import console, runner
+from c3_jax import console, progress, runner
 from c3_jax.experiments import EXPERIMENTS
 from c3_jax.train.checkpoints import CheckpointError
 
@@ -113,9 +113,12 @@ def parse_flags(argv):
 
 
 def interrupt(signum, frame) -> None:
-    """SIGTERM ends a run the way Ctrl-C (SIGINT) does."""
+    """SIGINT and SIGTERM end a run with KeyboardInterrupt, raised here and, should it land
+    where Python ignores exceptions, again at the next step of a progress bar."""
     del frame
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    progress.RECEIVED.append(name)
+    raise KeyboardInterrupt(name)
 
 
 def main(argv):
@@ -128,6 +131,7 @@ def main(argv):
         console.quiet_libraries()
     debug = _DEBUG.value or debug_requested()
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     try:
         console.compilation_cache(_CACHE.value)
         runner.run(_CONFIG.value, _WORKDIR.value)

@@ -433,3 +433,19 @@ def test_sigint_during_a_checkpoint_save_leaves_a_resumable_workdir(tmp_path, mo
                              str(tmp_path / "straight" / "checkpoints"))
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_signal_whose_interrupt_was_swallowed_ends_the_next_progress_step(monkeypatch):
+    """The handler's KeyboardInterrupt can land in a garbage-collection callback, where
+    Python ignores it: the next step of any progress bar (iterated or updated) raises it."""
+    from c3_jax import main, progress
+    monkeypatch.setattr(progress, "RECEIVED", [])
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        main.interrupt(signal.SIGTERM, None)
+    steps = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        for i in progress.progress_bar(range(3)):
+            steps.append(i)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), progress.progress_bar(total=3) as bar:
+        bar.update(1)
+    assert steps == []
