@@ -249,7 +249,7 @@ def _synthetic_config(protocol):
 
 
 def test_notebook_rows_are_raw_and_gaps_use_unit_rows():
-    from c3_jax.experiments import geometry as geometry_runs
+    from c3_jax.experiments import geometry_runs
     x, y = geometry_runs.synthetic_init(_synthetic_config("notebook"))
     norms = np.linalg.norm(np.asarray(x), axis=1)
     assert norms.min() > 3  # ~sqrt(64) for N(0, 1) entries

@@ -6,9 +6,9 @@ run function ``fn(config, workdir)``.
 "module:function"; the module is imported only when its experiment runs."""
 
 EXPERIMENTS = {
-    "geometry_synthetic": "c3_jax.experiments.geometry:run_synthetic",
-    "geometry_mlp_collapse": "c3_jax.experiments.geometry:run_mlp_collapse",
-    "geometry_embeddings": "c3_jax.experiments.geometry:run_embeddings",
+    "geometry_synthetic": "c3_jax.experiments.geometry_runs:run_synthetic",
+    "geometry_mlp_collapse": "c3_jax.experiments.geometry_runs:run_mlp_collapse",
+    "geometry_embeddings": "c3_jax.experiments.geometry_runs:run_embeddings",
     "embeddings_dataset": "c3_jax.experiments.datasets:run_embeddings_dataset",
     "coco_extract": "c3_jax.experiments.datasets:run_coco_extract",
     "coco_dryrun": "c3_jax.experiments.dryrun:run_coco_dryrun",

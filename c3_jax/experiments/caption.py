@@ -12,7 +12,7 @@ from c3_jax.data import captions as cd
 from c3_jax.eval.caption_metrics import rouge_n, score_captions
 from c3_jax.experiments import checks
 from c3_jax.experiments.schema import field_types
-from c3_jax.models import checkpoint, clipcap, clipcap_import, gpt2
+from c3_jax.models import clipcap, clipcap_import, gpt2, hf_import
 from c3_jax.train import caption_sweep, loop
 from c3_jax.workdir import Workdir
 
@@ -162,7 +162,7 @@ def check_official(config) -> None:
                          f"{config.test_split!r} split of {config.dataset_dir} does not have")
     mapper = clipcap.MapperConfig(config.mapper, config.prefix_length, config.clip_length,
                                   config.mapper_depth)
-    gpt = gpt2.GPT2Config.from_hf(checkpoint.read_config(config.gpt2))
+    gpt = gpt2.GPT2Config.from_hf(hf_import.read_config(config.gpt2))
     clipcap_import.check_file(config.official_checkpoint, mapper, gpt,
                               np.shape(row[config.eval_field])[-1])
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c3_jax.models import checkpoint
+from c3_jax.models import hf_import
 from c3_jax.models.layers import Encoder, causal_mask, combine_masks, padding_mask
 
 
@@ -182,5 +182,5 @@ def from_pretrained(path: str, dtype=jnp.float32):
     """Loads a Hugging Face CLIPModel directory: returns ``(module, params)``."""
     example = lambda c: (jnp.zeros((1, c.num_channels, c.image_size, c.image_size)),
                          jnp.zeros((1, 2), jnp.int32))
-    return checkpoint.load_pretrained(path, CLIPConfig.from_hf, lambda c: CLIP(c, dtype),
+    return hf_import.load_pretrained(path, CLIPConfig.from_hf, lambda c: CLIP(c, dtype),
                                       convert_hf, example, "CLIP")

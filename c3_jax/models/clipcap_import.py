@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c3_jax.models import checkpoint, gpt2, torch_pickle
+from c3_jax.models import gpt2, hf_import, torch_pickle
 from c3_jax.models.clipcap import ClipCap, MapperConfig
 from c3_jax.models.gpt2 import GPT2Config
 
@@ -284,5 +284,5 @@ def load_params(path: str, model: ClipCap, dim: int) -> dict:
     ids = jnp.zeros((1, 2), jnp.int32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, dim)), ids,
                             jnp.ones_like(ids))["params"]
-    checkpoint.check_tree(params, shapes, f"official checkpoint {path}")
+    hf_import.check_tree(params, shapes, f"official checkpoint {path}")
     return jax.tree.map(jnp.asarray, params)

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from c3_jax.models import checkpoint
+from c3_jax.models import hf_import
 from c3_jax.models.layers import Encoder, combine_masks, padding_mask
 
 
@@ -111,7 +111,7 @@ def convert_hf(sd: dict, config: GPT2Config) -> dict:
 
 def from_pretrained(path: str, dtype=jnp.float32):
     """Loads a Hugging Face GPT-2 directory: returns ``(module, params)``."""
-    return checkpoint.load_pretrained(path, GPT2Config.from_hf, lambda c: GPT2(c, dtype),
+    return hf_import.load_pretrained(path, GPT2Config.from_hf, lambda c: GPT2(c, dtype),
                                       convert_hf, lambda c: (jnp.zeros((1, 2), jnp.int32),),
                                       "GPT-2")
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from c3_jax.models import checkpoint, clipcap, decoding, gpt2
+from c3_jax.models import clipcap, decoding, gpt2, hf_import
 from c3_jax.train import state as st
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -31,7 +31,7 @@ def build_module(config):
         raise ValueError(f"dtype={config.dtype!r}; expected one of {sorted(DTYPES)}")
     dtype = DTYPES[config.dtype]
     if config.gpt2_from_scratch:
-        hf = checkpoint.read_config(config.gpt2)
+        hf = hf_import.read_config(config.gpt2)
         gpt_config, gpt_params = gpt2.GPT2Config.from_hf(hf), None
     else:
         gpt_module, gpt_params = gpt2.from_pretrained(config.gpt2, dtype)

@@ -14,7 +14,7 @@ from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.experiments import checks, stages
 from c3_jax.experiments.caption import default_config as captioning_defaults
-from c3_jax.experiments.geometry import pair_geometry
+from c3_jax.experiments.geometry_runs import pair_geometry
 from c3_jax.experiments.schema import field_types
 from c3_jax.models import gpt2
 from c3_jax.train import caption_sweep
