@@ -1,53 +1,55 @@
-"""The text-to-image trainer's member axis changes nothing: a sweep of two generators (lazy
-R1 steps included; the tests' 2 devices split the members, each member's batch whole on its
-device) gives each member the parameters, losses, images and scores it gets trained alone
-(a sweep of one: its batch split over the 2 devices). Resuming is test_generation's (one
-trainer); images from the test images' own embeddings take the training condition."""
+"""The text-to-image trainer's member axis changes nothing: in a sweep of two generators
+(the tests' 2 devices split the members, each member's batch whole on its device) a member
+gets the parameters, losses, images and scores it gets trained alone (a sweep of one: its
+batch split over the 2 devices). Resuming is test_generation's (one trainer); images from
+the test images' own embeddings take the training condition."""
+import json
+
 import jax
 import numpy as np
 
-from c3_jax.train import gan_sweep
+from c3_jax.train import gan_sweep, generation
 from c3_jax.workdir import Workdir
-from conftest import override, t2i_config
+from configs import coco_t2i
+from conftest import latest_state, override, t2i_config
 
-MEMBERS = [gan_sweep.Member("c3_standardize_seed0", "c3_standardize", 0, 0.1),
-           gan_sweep.Member("c3_aniso_seed1", "c3_aniso", 1, 0.2)]
-
-
-def test_a_sweep_of_two_equals_each_member_as_a_sweep_of_one(t2i_world, tmp_path):
-    # "paired": each row's first caption against the same rows' images.
-    config = t2i_config(t2i_world, max_steps=4, checkpoint_every=4, r1_every=2,
-                        fid_protocol="paired")
-    sweep = gan_sweep.GanSweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
+def test_a_sweep_of_two_equals_each_member_as_a_sweep_of_one(t2i_reference, tmp_path):
+    """The reference run (test_generation's: the config's c3 generator as a single run, a
+    sweep of one) beside another member in one sweep, where it sits on the second device:
+    the same parameters, losses, images and scores."""
+    config, reference = t2i_reference
+    alone = gan_sweep.config_member(config)
+    other = gan_sweep.Member("c3_aniso_seed1", "c3_aniso", 1, 0.2, config.train_field)
+    sweep = gan_sweep.GanSweep(config, [other, alone], Workdir(str(tmp_path / "sweep")))
     assert sweep.layout.split and len(sweep.padded) == 2
     ema, summary = gan_sweep.train(sweep)
-    ema = jax.tree.map(np.asarray, ema)
-    results = gan_sweep.evaluate(sweep, ema)
-    # The second member alone (every setting differs from the first's; it sits on the
-    # second device): one alone run, as the first member's would repeat the check.
-    k, m = 1, MEMBERS[1]
-    alone = gan_sweep.GanSweep(config, [m], Workdir(str(tmp_path / m.name)), sweep.encoder)
-    assert not alone.layout.split
-    alone_ema, alone_summary = gan_sweep.train(alone)
-    rows = Workdir(str(tmp_path / m.name)).read_metrics()
-    assert [r["r1"] > 0 for r in rows] == [True, False] * 2  # lazy R1 every 2 steps, logged
-    assert not any("/" in key for key in rows[0] if not key.startswith("time/"))
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ema)[0],
-                            jax.tree.leaves(alone_ema)):
-        np.testing.assert_allclose(a[k], np.asarray(b)[0], rtol=1e-5, atol=1e-6,
-                                   err_msg=f"{m.name} {jax.tree_util.keystr(path)}")
+    state, step = latest_state(str(tmp_path / "sweep"))
+    want, want_step = latest_state(str(reference))
+    assert step == want_step == config.max_steps
+    for part in ("g_params", "d_params", "ema"):
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state[part])[0],
+                                jax.tree.leaves(want[part])):
+            np.testing.assert_allclose(a[1], b[0], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{part}{jax.tree_util.keystr(path)}")
+    results = json.loads((reference / "results.json").read_text())
     for key in ("g_loss", "d_adv", "r1"):
-        np.testing.assert_allclose(summary[m.name]["final_metrics"][key],
-                                   alone_summary[m.name]["final_metrics"][key],
-                                   rtol=1e-5, atol=1e-7)
-    want = gan_sweep.evaluate(alone, alone_ema)[m.name]
-    assert np.abs(results[m.name]["images"].astype(int)
-                  - want["images"].astype(int)).max() <= 1, m.name
-    np.testing.assert_allclose(results[m.name]["metrics"]["clip_score"],
-                               want["metrics"]["clip_score"], rtol=1e-4)
-    assert results[m.name]["metrics"]["fid_protocol"] == want["metrics"]["fid_protocol"] == (
-        "paired: 8 images from the first caption of the first 8 'test' rows, vs those rows' "
-        "8 images")
+        np.testing.assert_allclose(summary[alone.name]["final_metrics"][key],
+                                   results["final_metrics"][key], rtol=1e-5, atol=1e-7)
+    got = gan_sweep.evaluate(sweep, ema)[alone.name]
+    images = np.load(reference / "generated_test.npy")
+    assert np.abs(got["images"].astype(int) - images.astype(int)).max() <= 1
+    for key in ("clip_score", "clip_frechet_distance"):
+        np.testing.assert_allclose(got["metrics"][key], results["metrics"][key], rtol=1e-4)
+    assert got["metrics"]["fid_protocol"] == results["metrics"]["fid_protocol"]
+
+
+def test_lazy_regularization_phases():
+    """LAFITE's lazy R1 and path-length steps, and none at weight 0 (no program compiled)."""
+    config = override(coco_t2i.get_config(), r1_every=2, pl_every=3)
+    assert [generation.regs_at(config, i) for i in range(4)] == [
+        (True, True), (False, False), (False, True), (True, False)]
+    config = override(config, r1_gamma=0.0, pl_weight=0.0)
+    assert not any(any(generation.regs_at(config, i)) for i in range(4))
 
 
 def test_images_from_the_test_images_take_the_training_condition_without_noise(t2i_world,
