@@ -1,8 +1,11 @@
 """Text-to-image on the built-in world, on CPU with no downloads: the small CLIP of
-Connect (the same as shapes_caption's), a LAFITE StyleGAN2 per C^3 variant trained on
-``train`` images only, images generated from ``test`` captions (and, with no modality gap,
-from the test images' own embeddings), scored by a probe classifier trained on real images
-(attribute accuracy) and by the Fréchet distance in the CLIP image space.
+Connect (the same as shapes_caption's), LAFITE StyleGAN2s trained on ``train`` images only,
+one per C^3 variant and generator seed (--config.seeds, 3 by default: members
+<variant>_seed<k> of one sweep), images generated from ``test`` captions (and, with no
+modality gap, from the test images' own embeddings), scored by a probe classifier trained
+on real images (attribute accuracy) and by the Fréchet distance in the CLIP image space;
+RESULTS.md reports mean ± sample std over the seeds, what the gap costs and paired
+differences with 95 % t-intervals.
 
 Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests). The C^3
 variants (--config.variants=...): c1, c2_collapse, c2_corrupt, c3 (the default four), and

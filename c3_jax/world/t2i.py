@@ -1,7 +1,8 @@
 """Text-to-image on the built-in world: the CLIP of Connect (shared with shapes_caption),
-a LAFITE StyleGAN2 trained on ``train`` images only per C^3 variant, images generated from
-``test`` captions, scored by Fréchet distance in the CLIP image space and by the attribute
-accuracy a probe classifier (trained on real images) reads from them. Each generator also
+LAFITE StyleGAN2s trained on ``train`` images only, one per C^3 variant and generator seed
+(``seeds`` of them, all in one sweep), images generated from ``test`` captions, scored by
+Fréchet distance in the CLIP image space and by the attribute accuracy a probe classifier
+(trained on real images) reads from them, as mean ± sample std over the seeds. Each generator also
 draws the test scenes from their images' own embeddings (its training condition, no
 modality gap), so that what the gap costs is told apart from what the generator cannot
 draw; and a linear probe reads each attribute from the embeddings themselves
@@ -13,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from c3_jax import geometry, parallel, plots
+from c3_jax import geometry, parallel, plots, stats
 from c3_jax.c3 import CLIP_SIGMA
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
@@ -57,6 +58,10 @@ def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.experiment = "shapes_t2i"
     c.seed = main.seed
+    # Generator seeds per variant: seed, seed + 1, ... (members <variant>_seed<k> of one
+    # sweep); a seed varies the generator's initialization, data order, latents and noise,
+    # not the world, Connect or probe (those of `seed`).
+    c.seeds = 1 if quick else 3
     c.variants = "c1,c2_collapse,c2_corrupt,c3"
     c.noise_sigma = CLIP_SIGMA
     c.calibration_pairs = main.calibration_pairs
@@ -73,6 +78,12 @@ VARIANTS = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "c3_standa
 # test images' own embeddings through its training transform (no modality gap: a ceiling).
 GENERATED = {"text": "generated_test.npy", "image": "generated_test_from_images.npy"}
 READOUT = {"image_embedding": "image", "text_embedding": "text (first caption)"}
+METRICS = ("attribute_accuracy", "exact_match", "clip_frechet_distance", "clip_score")
+# The orderings reported as paired differences a - b over the seeds (same seed: same data
+# order and latents), on the images from text.
+COMPARISONS = (("c3", "c1"), ("c3", "c2_corrupt"), ("c3", "c2_collapse"),
+               ("c2_collapse", "c1"), ("c2_corrupt", "c1"))
+PAIRED_METRICS = ("attribute_accuracy", "clip_frechet_distance")
 
 
 def check(config) -> None:
@@ -81,7 +92,7 @@ def check(config) -> None:
     common.variant_names(config.variants, VARIANTS)
     checks.at_least(config, 1, [f"generator.{k}" for k in (
         "steps", "batch", "z_dim", "w_dim", "mapping_layers", "cond_hidden", "channel_base",
-        "channel_max", "r1_every")] + ["probe_steps", "num_samples"])
+        "channel_max", "r1_every")] + ["seeds", "probe_steps", "num_samples"])
     checks.positive(config, ["generator.lr"])
     checks.one_of(config, "generator.architecture", stylegan2.ARCHITECTURES)
     checks.at_least(config, 0.0, ["noise_sigma"] + [f"generator.{k}" for k in (
@@ -124,17 +135,22 @@ def _split(world: str, split: str) -> tuple:
     return np.stack([np.asarray(r["image"]) for r in rows]), common.row_attributes(rows)
 
 
-def _generators(config, dataset: str, variants: list, encoder, wd: Workdir) -> dict:
-    """{variant: its Workdir, with results.json and generated_test.npy}: each cached in
-    ``generators/<variant>/``; those not done yet trained and sampled as one sweep."""
-    base = _generator_config(config, dataset)
+def members(config, variants: list, base) -> list:
+    """The sweep's members ``<variant>_seed<k>``: every variant (``caption_sweep.NAMED``:
+    its method and sigma kind) x ``seeds`` generator seeds from ``seed``."""
     named = {v: caption_sweep.NAMED[v] for v in variants}  # (method, field, sigma kind)
     calibrated = (cd.noise_model(base)["sigma"]
                   if any(named[v][2] == "calibrated" for v in variants) else None)
-    members = [gan_sweep.Member(v, named[v][0], config.seed,
-                                calibrated if named[v][2] == "calibrated" else config.noise_sigma,
-                                base.train_field)
-               for v in variants]
+    return [m for v in variants for m in caption_sweep.member_grid(
+        v, named[v][0], base.train_field,
+        [calibrated if named[v][2] == "calibrated" else config.noise_sigma],
+        config.seed, config.seeds, False)]
+
+
+def _generators(config, dataset: str, members: list, encoder, wd: Workdir) -> dict:
+    """{member: its Workdir, with results.json and generated_test.npy}: each cached in
+    ``generators/<member>/``; those not done yet trained and sampled as one sweep."""
+    base = _generator_config(config, dataset)
     shared = {"run": base.to_dict(), "upstream": common.connect_fields(config),
               "generated_from": list(GENERATED)}
 
@@ -183,32 +199,109 @@ def _scored(generator_wd: Workdir, probe, test_attrs: dict, source: str) -> dict
             "exact_match": acc["exact_match"], "per_attribute": acc, "images": images}
 
 
-def _table(rows: dict, ceiling: dict, chance: dict, readout: dict) -> str:
-    """Markdown: the scores of the images from text, then every attribute's accuracy of the
-    images from text and from the test images' own embeddings, and the linear readout of
-    each attribute from the val embeddings."""
-    lines = ["| variant | attribute acc. | exact match | CLIP-space FD | CLIP score |",
+def aggregate(runs: dict) -> dict:
+    """{variant: {metric: {mean, std, per_seed}}} over the seeds of ``runs`` ({variant:
+    [scores of each seed]}); per attribute too."""
+    return {name: {**{m: stats.mean_std([r[m] for r in seeds]) for m in METRICS},
+                   "per_attribute": {k: stats.mean_std([r["per_attribute"][k] for r in seeds])
+                                     for k in common.REPORTED_ATTRIBUTES}}
+            for name, seeds in runs.items()}
+
+
+def gap_cost(text: dict, image: dict) -> dict:
+    """{variant: {attribute: paired interval}} of the accuracy from the test captions less
+    that from the test images' own embeddings (the same generator, seed by seed): what the
+    modality gap costs; 'mean' is the mean attribute accuracy."""
+    pairs = lambda a, b: stats.paired_interval(a["per_seed"], b["per_seed"])
+    return {name: {"mean": pairs(row["attribute_accuracy"], image[name]["attribute_accuracy"]),
+                   **{k: pairs(row["per_attribute"][k], image[name]["per_attribute"][k])
+                      for k in common.REPORTED_ATTRIBUTES}}
+            for name, row in text.items()}
+
+
+def paired_differences(agg: dict) -> dict:
+    """{'a − b': {metric: paired interval}} for each of ``COMPARISONS`` whose variants ran,
+    over their seeds (the same seed: the same data order and latents)."""
+    return {f"{a} − {b}": {m: stats.paired_interval(agg[a][m]["per_seed"],
+                                                    agg[b][m]["per_seed"])
+                           for m in PAIRED_METRICS}
+            for a, b in COMPARISONS if a in agg and b in agg}
+
+
+def interval_cell(iv: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """'mean [low, high]' of a paired interval times ``scale`` (the mean alone for one
+    seed)."""
+    f = lambda x: f"{scale * x:+.{digits}f}"
+    if iv["low"] is None:
+        return "n/a" if iv["mean"] is None else f"{f(iv['mean'])} (one seed)"
+    return f"{f(iv['mean'])} [{f(iv['low'])}, {f(iv['high'])}]"
+
+
+def score_cell(row: dict, metric: str) -> str:
+    """'mean ± std' of a metric's ``mean_std`` row, in the table's units."""
+    if metric in ("attribute_accuracy", "exact_match"):
+        return stats.mean_pm_std(row)
+    digits = 4 if metric == "clip_frechet_distance" else 3
+    if row["mean"] is None:
+        return "n/a"
+    return f"{row['mean']:.{digits}f}" + ("" if row["std"] is None else
+                                          f" ± {row['std']:.{digits}f}")
+
+
+def results_table(agg: dict, gap: dict, paired: dict, ceiling: dict, chance: dict,
+                  readout: dict, seeds: int, first_seed: int) -> str:
+    """Markdown: the scores of the images from text per variant, every attribute's accuracy
+    of the images from text and from the test images' own embeddings, the linear readout
+    of each attribute from the val embeddings, what the gap costs (text − image) and the
+    variants' paired differences."""
+    over = (f"mean ± sample std (ddof = 1) over {seeds} generator seeds {first_seed}.."
+            f"{first_seed + seeds - 1} (a seed varies the generator's initialization, data "
+            f"order, latents and noise; the world, Connect and probe are those of seed "
+            f"{first_seed})" if seeds > 1 else f"generator seed {first_seed}")
+    text = agg["text"]
+    lines = [f"Images from the test captions, {over}; accuracies × 100.", "",
+             "| variant | attribute acc. | exact match | CLIP-space FD | CLIP score |",
              "|---|---|---|---|---|"]
-    for name, r in rows["text"].items():
-        lines.append(f"| {name} | {100 * r['attribute_accuracy']:.1f} | "
-                     f"{100 * r['exact_match']:.1f} | {r['clip_frechet_distance']:.4f} | "
-                     f"{r['clip_score']:.3f} |")
+    for name, row in text.items():
+        lines.append(f"| {name} | " + " | ".join(score_cell(row[m], m) for m in METRICS) + " |")
     lines.append(f"| real test images (probe ceiling) | {100 * ceiling['mean']:.1f} | "
                  f"{100 * ceiling['exact_match']:.1f} | 0 | |")
     lines.append(f"| chance (most frequent value) | {100 * chance['mean']:.1f} | "
                  f"{100 * chance['exact_match']:.1f} | | |")
-    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in common.REPORTED_ATTRIBUTES)
-    lines += ["", "Per attribute (%), from the test captions' text embeddings and from the test "
-              "images' own image embeddings (the training condition: no modality gap):", "",
-              "| variant | from | " + " | ".join(common.REPORTED_ATTRIBUTES) + " |",
-              "|---|---|" + "---|" * len(common.REPORTED_ATTRIBUTES)]
-    for name in rows["text"]:
+    attrs = common.REPORTED_ATTRIBUTES
+    pct = lambda acc: " | ".join(f"{100 * acc[k]:.1f}" for k in attrs)
+    lines += ["", f"Per attribute (%), from the test captions' text embeddings and from the "
+              f"test images' own image embeddings (the training condition: no modality gap), "
+              f"{over}:", "",
+              "| variant | from | " + " | ".join(attrs) + " |",
+              "|---|---|" + "---|" * len(attrs)]
+    for name in text:
         for source in GENERATED:
-            lines.append(f"| {name} | {source} | {pct(rows[source][name]['per_attribute'])} |")
+            row = agg[source][name]["per_attribute"]
+            lines.append(f"| {name} | {source} | "
+                         + " | ".join(stats.mean_pm_std(row[k]) for k in attrs) + " |")
     lines.append(f"| real test images | | {pct(ceiling)} |")
     lines.append(f"| chance | | {pct(chance)} |")
     for field, name in READOUT.items():
         lines.append(f"| linear readout of val {name} embeddings | | {pct(readout[field])} |")
+    lines += ["", "What the gap costs: accuracy from the test captions less accuracy from the "
+              "test images' own embeddings (the same generator), × 100, mean [95 % "
+              "t-interval] over the seeds; it is established only where the interval "
+              "excludes 0.", "",
+              "| variant | mean | " + " | ".join(attrs) + " |",
+              "|---|---|" + "---|" * len(attrs)]
+    for name, row in gap.items():
+        lines.append(f"| {name} | {interval_cell(row['mean'])} | "
+                     + " | ".join(interval_cell(row[k]) for k in attrs) + " |")
+    if paired:
+        lines += ["", "Paired differences a − b of the images from text (same seed: same "
+                  "data order and latents), mean [95 % t-interval] over the seeds "
+                  "(attribute accuracy × 100; CLIP-space FD, lower is better); an ordering "
+                  "holds only where the interval excludes 0.", "",
+                  "| a − b | attribute acc. | CLIP-space FD |", "|---|---|---|"]
+        for name, row in paired.items():
+            lines.append(f"| {name} | {interval_cell(row['attribute_accuracy'])} | "
+                         f"{interval_cell(row['clip_frechet_distance'], 1.0, 4)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,21 +321,29 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     ceiling = attribute_probe.probe_accuracy(probe, test_images, test_attrs)
     logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
     variants = common.variant_names(config.variants, VARIANTS)
-    done = _generators(config, dataset, variants, encoder, wd)
-    rows = {source: {v: _scored(done[v], probe, test_attrs, source) for v in variants}
-            for source in GENERATED}
+    sweep_members = members(config, variants, _generator_config(config, dataset))
+    done = _generators(config, dataset, sweep_members, encoder, wd)
+    runs = {source: {} for source in GENERATED}
+    for m in sweep_members:
+        variant = m.name.rsplit("_seed", 1)[0]
+        for source in GENERATED:
+            runs[source].setdefault(variant, []).append(
+                _scored(done[m.name], probe, test_attrs, source))
+    agg = {source: aggregate(runs[source]) for source in GENERATED}
+    gap = gap_cost(agg["text"], agg["image"])
+    paired = paired_differences(agg["text"])
     chance = scenes.chance_accuracy(test_attrs)
     readout = condition_readout(dataset)
-    table = _table(rows, ceiling, chance, readout)
+    table = results_table(agg, gap, paired, ceiling, chance, readout, config.seeds, config.seed)
     wd.write_text("RESULTS.md", "# Shapes world: images from test captions, generators "
                   "trained on images only\n\n" + table)
     print("\n" + table)
     test = builders.data_source(world, "test")
     captions = [cd.captions_of(test[i], "caption")[0]
                 for i in range(min(config.num_samples, len(test)))]
-    _samples_png(test_images, captions, rows["text"], wd, config.num_samples)
-    scores = {source: {n: {k: v for k, v in r.items() if k != "images"}
-                       for n, r in rows[source].items()} for source in GENERATED}
-    return {"variants": scores["text"], "variants_from_images": scores["image"],
-            "probe_ceiling": ceiling, "chance": chance, "num_test": int(len(test_images)),
+    first = {name: seeds[0] for name, seeds in runs["text"].items()}  # the first seed's
+    _samples_png(test_images, captions, first, wd, config.num_samples)
+    return {"variants": agg["text"], "variants_from_images": agg["image"],
+            "text_minus_image": gap, "paired": paired, "probe_ceiling": ceiling,
+            "chance": chance, "seeds": config.seeds, "num_test": int(len(test_images)),
             "condition_readout": readout}
