@@ -6,7 +6,7 @@ The step is ``gan_sweep.make_train_step`` as ``gan_sweep.train`` builds it for a
 (a sweep of one member over all devices, ``gan_sweep.member_layout(1, 1)``; jitted, state
 donated; the step settings ``StepConfig.from_config``, G's and D's Adam rescaled for lazy
 regularization, the regularization phases ``regs_at``), with random weights and random
-batches; every preset is a full 'generate' trainer config
+batches; every preset is a full 't2i' trainer config
 (``c3_jax.experiments.t2i.default_config``):
   * ``--preset shapes_t2i`` (default): configs/shapes_t2i.py's generator and discriminator
     (as ``shapes_t2i`` fills the trainer's config from its ``generator`` fields: 32x32,

@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 import ml_collections
 
 from c3_jax import parallel
-from c3_jax.experiments import EXPERIMENTS, RESUMABLE, STAGED
+from c3_jax.experiments import EXPERIMENTS, RENAMED, RESUMABLE, STAGED
 from c3_jax.workdir import Workdir, check_usable, ownership, read_config_json, write_marker
 
 # Top-level config fields that name files or directories: '~' is expanded and a relative
@@ -101,6 +101,9 @@ def resolve(config) -> Callable:
     name = config.get("experiment") if hasattr(config, "get") else None
     if name is None:
         raise ConfigError(f"config has no 'experiment' field; set one of {sorted(EXPERIMENTS)}")
+    if name in RENAMED:
+        raise ConfigError(f"experiment {name!r} is now {RENAMED[name]!r} (named after its "
+                          f"module); set experiment={RENAMED[name]!r}")
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; known experiments: {sorted(EXPERIMENTS)}")
     validate(config, _module(name).FIELDS[name], name)

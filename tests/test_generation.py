@@ -1,4 +1,4 @@
-"""The text-to-image experiment ('generate': a sweep of one generator) end to end on a tiny
+"""The text-to-image experiment ('t2i': a sweep of one generator) end to end on a tiny
 dataset with a tiny Hugging Face CLIP: image-only training -> generation from text ->
 metrics; restore-for-eval with FID / IS; exact resume after a crash; non-finite losses
 (device and process counts, the shapes_t2i ':quick' run: test_multiprocess; the member

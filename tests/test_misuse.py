@@ -398,6 +398,7 @@ def test_sigint_during_a_checkpoint_save_leaves_a_resumable_workdir(tmp_path, mo
     the save finishes, no temporary folder is left, and the rerun resumes at step 2 and
     ends equal to a run that was never interrupted."""
     import jax
+    from c3_jax import main, progress
     from c3_jax.data import captions as cd
     from c3_jax.train import checkpoints, connect
     from c3_jax.workdir import Workdir
@@ -422,8 +423,14 @@ def test_sigint_during_a_checkpoint_save_leaves_a_resumable_workdir(tmp_path, mo
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # the handler raises KeyboardInterrupt here
     monkeypatch.setattr(checkpoints.Checkpoints, "save", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        connect.train(model, pairs, cfg, wd, wd.file("checkpoints"))
+    monkeypatch.setattr(progress, "RECEIVED", [])
+    previous = signal.signal(signal.SIGINT, main.interrupt)  # as a run installs it (pytest-
+    try:                                                     # xdist workers ignore SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            connect.train(model, pairs, cfg, wd, wd.file("checkpoints"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    monkeypatch.setattr(progress, "RECEIVED", [])
     monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
     assert in_flight == [True] or in_flight == [False]  # usually True: it was still writing
     assert not list((tmp_path / "run").rglob("*orbax-checkpoint-tmp*"))
@@ -449,3 +456,13 @@ def test_a_signal_whose_interrupt_was_swallowed_ends_the_next_progress_step(monk
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"), progress.progress_bar(total=3) as bar:
         bar.update(1)
     assert steps == []
+
+
+def test_a_renamed_experiment_names_its_new_name():
+    from configs import coco_t2i
+    config = override(coco_t2i.get_config(), experiment="generate")
+    with pytest.raises(runner.ConfigError) as err:
+        runner.resolve(config)
+    assert _one_line(err) == ("experiment 'generate' is now 't2i' (named after its module); set "
+                              "experiment='t2i'")
+    assert coco_t2i.get_config().experiment == "t2i"

@@ -15,7 +15,7 @@ EXPERIMENTS = {
     "caption": "c3_jax.experiments.caption:run_caption",
     "caption_gap_sensitivity": "c3_jax.experiments.caption:run_gap_sensitivity",
     "caption_sweep": "c3_jax.experiments.caption:run_caption_sweep",
-    "generate": "c3_jax.experiments.t2i:run_generate",
+    "t2i": "c3_jax.experiments.t2i:run_t2i",
     "shapes_caption": "c3_jax.world.caption:run_shapes_caption",
     "shapes_t2i": "c3_jax.world.t2i:run_shapes_t2i",
     "shapes_connect_study": "c3_jax.world.connect_study:run_connect_study",
@@ -23,6 +23,9 @@ EXPERIMENTS = {
 }
 # Trainers that resume from the checkpoints in their workdir (a rerun must be of the same
 # config) and composite runs whose cached stages decide what a changed config reuses.
-RESUMABLE = {"caption", "caption_gap_sensitivity", "caption_sweep", "generate"}
+RESUMABLE = {"caption", "caption_gap_sensitivity", "caption_sweep", "t2i"}
+# Experiments that were renamed (old name -> new): a config with the old name is refused
+# with one line naming the new one.
+RENAMED = {"generate": "t2i"}
 STAGED = {"coco_dryrun", "shapes_caption", "shapes_t2i", "shapes_connect_study",
           "shapes_sigma_sweep"}

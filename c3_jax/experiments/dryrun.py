@@ -50,12 +50,12 @@ def default_captioner(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def default_t2i(quick: bool = False) -> ml_collections.ConfigDict:
-    """Text-to-image: the 'generate' defaults' LAFITE StyleGAN2 (batch 16) at 64 px."""
+    """Text-to-image: the 't2i' defaults' LAFITE StyleGAN2 (batch 16) at 64 px."""
     t = ml_collections.ConfigDict()
     t.image_size, t.rows, t.steps, t.eval_examples = 64, 256, 5, 16
     t.latent_dim, t.mapping_layers, t.channel_max = 512, 8, 512  # z, w, cond
-    t.r1_every = 16  # lazy R1 as the 'generate' defaults (two programs: with and without R1)
-    t.paper_steps = 750_000  # the 'generate' defaults' max_steps, to project
+    t.r1_every = 16  # lazy R1 as the 't2i' defaults (two programs: with and without R1)
+    t.paper_steps = 750_000  # the 't2i' defaults' max_steps, to project
     if quick:
         t.image_size, t.rows, t.steps, t.eval_examples = 16, 32, 3, 4
         t.latent_dim, t.mapping_layers, t.channel_max = 16, 1, 8
@@ -284,7 +284,7 @@ def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
 
 
 def _t2i(config, sizes: dict, sub: Workdir) -> dict:
-    """The 'generate' experiment (LAFITE's StyleGAN2 of coco_t2i, with a frozen randomly
+    """The 't2i' experiment (LAFITE's StyleGAN2 of coco_t2i, with a frozen randomly
     initialised CLIP ViT-B/32) on a small dataset of synthetic images."""
     ds, g = config.dataset, config.t2i
     written = write_synthetic_dataset("coco_synthetic_images", sub.file("data"), sizes,
@@ -301,7 +301,7 @@ def _t2i(config, sizes: dict, sub: Workdir) -> dict:
                   eval_batch_size=g.eval_examples, num_samples=4,
                   seed=config.seed))
     start = time.perf_counter()
-    out = t2i.run_generate(c, Workdir(sub.file("run")), _random_clip(config))
+    out = t2i.run_t2i(c, Workdir(sub.file("run")), _random_clip(config))
     seconds = time.perf_counter() - start
     per_step = out["final_metrics"]["seconds_per_step"]
     return {"image_size": g.image_size, "steps": g.steps,

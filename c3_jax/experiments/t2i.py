@@ -1,4 +1,4 @@
-"""Text-to-image ('generate'): a generator trained on image embeddings only, sampled from
+"""Text-to-image ('t2i'): a generator trained on image embeddings only, sampled from
 text embeddings, scored by CLIP-space and (given Inception weights) FID metrics."""
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from c3_jax.workdir import Workdir
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every field of the text-to-image experiment ('generate') with its default: the
+    """Every field of the text-to-image experiment ('t2i') with its default: the
     paper's COCO setup, Appendix F (config files start from it and change what differs)."""
     c = ml_collections.ConfigDict()
-    c.experiment = "generate"
+    c.experiment = "t2i"
     # Frozen CLIP ViT-B/32 (Hugging Face directory) for LAFITE's itc term and CLIP-space FD.
     c.clip = "checkpoints/clip-vit-base-patch32"
     c.z_dim, c.w_dim, c.mapping_layers, c.cond_hidden = 512, 512, 8, 512
@@ -79,7 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-FIELDS = {"generate": field_types(default_config())}
+FIELDS = {"t2i": field_types(default_config())}
 
 
 def check(config) -> None:
@@ -106,7 +106,7 @@ def check(config) -> None:
         check_init_from(config)
 
 
-def run_generate(config, wd: Workdir, encoder: Optional[Encoder] = None) -> dict:
+def run_t2i(config, wd: Workdir, encoder: Optional[Encoder] = None) -> dict:
     """Trains on one modality's embeddings (or restores with ``restore_from``) and
     generates from the other's, as a sweep of one member; writes samples.png and the
     metrics."""
