@@ -130,6 +130,7 @@ def test_a_run_stopped_before_any_progress_gives_way_to_the_fixed_config(tmp_pat
         os.remove(wd.file(progress))
 
 
+@pytest.mark.slow
 def test_unknown_or_mistyped_config_fields(finished):
     config, workdir, before = finished
     unknown = ml_collections.ConfigDict({**config.to_dict(), "lerning_rate": 1e-3})
@@ -141,6 +142,7 @@ def test_unknown_or_mistyped_config_fields(finished):
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_workdir_holding_a_run_of_another_config(finished):
     config, workdir, before = finished
     with pytest.raises(runner.ConfigError, match=f"--workdir {_where(workdir)} holds a run of "
@@ -149,6 +151,7 @@ def test_a_workdir_holding_a_run_of_another_config(finished):
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture(t2i_world, finished, tmp_path):
     _, workdir, before = finished
     other = t2i_config(t2i_world, channel_max=16, restore_from=str(workdir))
@@ -194,6 +197,7 @@ def _truncate_arrays(state_dir) -> None:
             f.truncate(max(os.path.getsize(v) // 2, 1))
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint(finished, tmp_path):
     copy, step_dir, before = _damaged_copy(finished, tmp_path, _truncate_arrays)
     _restoring_fails(finished[0], copy, before, tmp_path,
@@ -201,6 +205,7 @@ def test_a_corrupt_checkpoint(finished, tmp_path):
                      "incomplete\\): ValueError: OUT_OF_RANGE")
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_files(finished, tmp_path):
     copy, step_dir, before = _damaged_copy(finished, tmp_path, shutil.rmtree)
     _restoring_fails(finished[0], copy, before, tmp_path,
@@ -238,6 +243,7 @@ def _refusing_new_files(path):
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+@pytest.mark.slow
 def test_a_non_writable_workdir_stops_the_run_before_it_starts(finished, tmp_path):
     config, workdir, before = finished
     undownloaded = override(config, dataset_dir=str(tmp_path / "not_yet_downloaded"))

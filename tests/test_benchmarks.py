@@ -50,6 +50,7 @@ def test_every_benchmark_is_a_script_with_a_smoke_size():
 
 
 @pytest.mark.parametrize("script", BENCHMARKS)
+@pytest.mark.slow
 def test_smoke_run_prints_its_comparisons(script):
     out = run_smoke(script)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -70,6 +70,7 @@ def ours(direct_meteor):
     return score_captions(PREDICTIONS, REFERENCES)
 
 
+@pytest.mark.slow
 def test_equals_pycocoevalcap_by_hand(ours, direct_meteor):
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in REFERENCES.items()})
@@ -87,6 +88,7 @@ def test_equals_pycocoevalcap_by_hand(ours, direct_meteor):
     assert 0 < ours["METEOR"] < 1 and 0 < ours["ROUGE-L"] < 1 and ours["CIDEr"] > 0.3
 
 
+@pytest.mark.slow
 def test_spice_present_or_skipped_with_reason(ours):
     if all(os.path.exists(p) for p in caption_metrics._spice_jars()):
         assert isinstance(ours.get("SPICE"), float), ours.get("SPICE_skipped")
@@ -95,6 +97,7 @@ def test_spice_present_or_skipped_with_reason(ours):
         assert "stanford-corenlp-3.6.0" in ours["SPICE_skipped"]
 
 
+@pytest.mark.slow
 def test_spice_skipped_when_models_absent(tmp_path, monkeypatch):
     jars = [str(tmp_path / "lib" / f"stanford-corenlp-3.6.0{s}.jar") for s in ("", "-models")]
     monkeypatch.setattr(caption_metrics, "_spice_jars", lambda: jars)
@@ -105,6 +108,7 @@ def test_spice_skipped_when_models_absent(tmp_path, monkeypatch):
     assert "SPICE" not in out and "spice=False" in out["SPICE_skipped"]
 
 
+@pytest.mark.slow
 def test_identical_caption_scores_one():
     caption = "A man riding a wave on top of a surfboard."
     out = score_captions({"x": caption}, {"x": [caption]}, spice=False)

@@ -5,6 +5,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from c3_jax import runner
 from c3_jax.experiments import caption
@@ -22,6 +23,7 @@ MEMBERS = [caption_sweep.Member("c3_seed0", "c3", 0, 0.1),
            caption_sweep.Member("decap_seed1", "decap", 1, 0.1)]
 
 
+@pytest.mark.slow
 def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path):
     config = caption_config(caption_world, max_steps=8, checkpoint_every=8, val_batches=1)
     sweep = caption_sweep.Sweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
@@ -64,6 +66,7 @@ def _test_embeddings(world):
     return cd.eval_rows(source, "image_embedding", "caption")[0]
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path):
     """Killed after its step-4 checkpoint and run again, a sweep (on two devices: the
     members split over them) ends with the uninterrupted sweep's state, best params

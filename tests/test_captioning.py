@@ -22,6 +22,7 @@ def trained(caption_reference):
     return workdir, json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_text_only_training_then_image_captions_and_restore_for_eval(caption_world, trained, tmp_path):
     train_dir, results = trained
     metrics = results["metrics"]
@@ -48,6 +49,7 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(caption_wor
     assert not (tmp_path / "eval" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_world, trained,
                                                                        tmp_path):
     train_dir, _ = trained
@@ -62,6 +64,7 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
+@pytest.mark.slow
 def test_finetune_keeps_the_checkpoint_of_the_best_val_rouge_l(caption_world, trained, tmp_path):
     train_dir, _ = trained
     config = caption_config(caption_world, "finetune", init_from=str(train_dir),
@@ -76,6 +79,7 @@ def test_finetune_keeps_the_checkpoint_of_the_best_val_rouge_l(caption_world, tr
     assert state["best_value"][0] == pytest.approx(max(scores.values()), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_an_older_single_run_checkpoint_gives_its_best_params(caption_world, trained, tmp_path):
     """init_from and restore_from read the layout of single runs before they were sweeps
     of one (a TrainState without a member axis, the best in checkpoints/best/) as they read
@@ -103,6 +107,7 @@ def test_an_older_single_run_checkpoint_gives_its_best_params(caption_world, tra
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 3, 64])
+@pytest.mark.slow
 def test_chunked_caption_nll_equals_the_full_logits_loss_and_gradients(chunk):
     """The train step's loss (LM head over caption positions only, in chunks) against the
     loss of the whole [B, P + L, V] logits: equal values and gradients."""
@@ -145,6 +150,7 @@ def test_caption_loss_is_masked_next_token_cross_entropy():
     np.testing.assert_allclose(float(loss), want / n, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_while_saving_resumes_bitwise(caption_reference, tmp_path):
     """SIGKILL as the step-10 checkpoint is being written (then the step-5 one is the latest
     complete) or just after: the restart ends with the uninterrupted reference run's whole
@@ -196,6 +202,7 @@ def test_calibrated_variants_take_sigma_from_the_calibration():
     assert not coco_caption.get_config("c3_standardize").sigma_from_calibration
 
 
+@pytest.mark.slow
 def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path):
     from configs import caption_gap_sensitivity
     c = caption_gap_sensitivity.get_config()
@@ -212,6 +219,7 @@ def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path
     assert (tmp_path / "gap" / "gap_sensitivity.png").exists()
 
 
+@pytest.mark.slow
 def test_imagebind_audio_captioning_from_precomputed_embeddings(caption_world, tmp_path):
     from c3_jax.data import builders
     from configs import imagebind_caption
@@ -256,6 +264,7 @@ def _tiny_step_setup(accumulate, dtype="float32", batch=8):
     return step, state, data, settings, np.zeros(1, np.uint32), put
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_large_batch():
     big, state, data, settings, seeds, put = _tiny_step_setup(1, batch=16)
     want, _ = big(state, put(data), settings, seeds)
@@ -270,6 +279,7 @@ def test_gradient_accumulation_equals_one_large_batch():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_step_keeps_float32_params_and_close_loss():
     losses = {}
     for dtype in ("float32", "bfloat16"):
@@ -280,6 +290,7 @@ def test_bfloat16_step_keeps_float32_params_and_close_loss():
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(caption_world, tmp_path):
     import re
     # lr 1e30: the first update blows the weights up, a later loss overflows.

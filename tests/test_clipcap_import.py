@@ -253,6 +253,7 @@ def test_reader_rejects_files_that_are_not_torch_zip_archives(tmp_path):
 
 
 @pytest.mark.parametrize("kind", list(MAPPERS))
+@pytest.mark.slow
 def test_checkpoint_gives_the_torch_models_logits_and_greedy_captions(tmp_path, kind):
     model, ours = reference(kind)
     params = clipcap_import.load_params(saved(model, tmp_path / "clipcap.pt"), ours, DIM)
@@ -395,6 +396,7 @@ def world_checkpoint(world, path, prefix_length=10):
     return model, saved(model, path)
 
 
+@pytest.mark.slow
 def test_official_run_decodes_and_scores_the_torch_models_captions(caption_world, tmp_path):
     model, path = world_checkpoint(caption_world, tmp_path / "capdec.pt")
     config = caption_config(caption_world, "official,c1", official_checkpoint=path)
@@ -418,6 +420,7 @@ def test_official_run_decodes_and_scores_the_torch_models_captions(caption_world
     assert got == want and all(got)
 
 
+@pytest.mark.slow
 def test_official_checkpoint_is_for_evaluation_alone(caption_world, tmp_path):
     _, path = world_checkpoint(caption_world, tmp_path / "capdec.pt")
     config = caption_config(caption_world, "official,c1", official_checkpoint=path,
@@ -426,6 +429,7 @@ def test_official_checkpoint_is_for_evaluation_alone(caption_world, tmp_path):
         caption.check_official(config)
 
 
+@pytest.mark.slow
 def test_official_run_with_a_file_that_does_not_fit_writes_nothing(caption_world, tmp_path):
     _, path = world_checkpoint(caption_world, tmp_path / "p5.pt", prefix_length=5)
     workdir = tmp_path / "run"

@@ -90,6 +90,7 @@ def test_bad_axis_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "recipes").exists()
 
 
+@pytest.mark.slow
 def test_quick_study_measures_every_recipe_at_init_and_after_training(tmp_path):
     config = shapes_connect_study.get_config("quick")
     results = runner.run(config, str(tmp_path))

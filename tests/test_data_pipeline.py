@@ -250,6 +250,7 @@ def test_iterator_state_round_trips_through_orbax(tmp_path):
     assert next(fresh)["index"].tolist() == want
 
 
+@pytest.mark.slow
 def test_embeddings_dataset_command(tmp_path):
     import json
     import subprocess

@@ -18,6 +18,7 @@ def _photos():
 
 
 @pytest.mark.parametrize("size", [64, 224])
+@pytest.mark.slow
 def test_preprocessing_matches_clip_image_processor(tmp_path, size):
     proc = transformers.CLIPImageProcessor(size={"shortest_edge": size},
                                            crop_size={"height": size, "width": size})

@@ -71,6 +71,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(GPT2_CONFIGS))
+@pytest.mark.slow
 def test_greedy_kv_cache_matches_full_forward_and_generate(tmp_path, name):
     ref = tiny_gpt2(tmp_path, name=name)
     module, params = gpt2.from_pretrained(str(tmp_path))
@@ -106,6 +107,7 @@ def test_greedy_keeps_the_first_stop_token_then_pads(tiny):
         assert row[end - 1] in stops and (row[end:] == -1).all()
 
 
+@pytest.mark.slow
 def test_beam_size_one_equals_greedy(tiny):
     module, params, prefix, _, stops = tiny
     want = decoding.greedy(module, params, prompt_embeds=prefix, max_new_tokens=10,
@@ -118,6 +120,7 @@ def test_beam_size_one_equals_greedy(tiny):
 
 
 @pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.slow
 def test_gpt2_beam_scores_are_exact_and_beat_greedy(tiny, normalize):
     module, params, prefix, _, stops = tiny
     greedy = np.asarray(decoding.greedy(module, params, prompt_embeds=prefix, max_new_tokens=10,
@@ -166,6 +169,7 @@ def _log(p):
     return np.log(p / p.sum(-1, keepdims=True)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_beam_finds_the_sequence_greedy_misses():
     # Tokens a b c . <x>; "a" is the likeliest first token, but after "a" the model is
     # unsure, while "b" is almost surely followed by ".": "b ." beats greedy's "a a a".

@@ -23,6 +23,7 @@ def test_synthetic_rows_do_not_depend_on_the_batching():
     assert all(len(c) == 2 and c[0].endswith(" .") for c in caps)
 
 
+@pytest.mark.slow
 def test_quick_dry_run_reports_every_figure_and_reuses_its_stages(tmp_path):
     config = coco_dryrun.get_config("quick")
     with pytest.raises(runner.ConfigError, match="captioner.vocab 8 is smaller"):

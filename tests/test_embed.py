@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import transformers
 from PIL import Image
 
@@ -27,6 +28,7 @@ def _coco_folder(root):
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
 
 
+@pytest.mark.slow
 def test_extract_coco_equals_the_encoder_applied_directly(tmp_path):
     clip_dir(tmp_path / "clip")
     _coco_folder(tmp_path / "coco")
@@ -52,6 +54,7 @@ def test_extract_coco_equals_the_encoder_applied_directly(tmp_path):
         np.testing.assert_allclose(ex["text_embedding"], want_txt, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_extract_coco_stores_square_images_for_text_to_image(tmp_path):
     clip_dir(tmp_path / "clip")
     _coco_folder(tmp_path / "coco")

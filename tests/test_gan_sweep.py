@@ -7,12 +7,14 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from c3_jax.train import gan_sweep, generation
 from c3_jax.workdir import Workdir
 from configs import coco_t2i
 from conftest import latest_state, override, t2i_config
 
+@pytest.mark.slow
 def test_a_sweep_of_two_equals_each_member_as_a_sweep_of_one(t2i_reference, tmp_path):
     """The reference run (test_generation's: the config's c3 generator as a single run, a
     sweep of one) beside another member in one sweep, where it sits on the second device:
@@ -52,6 +54,7 @@ def test_lazy_regularization_phases():
     assert not any(any(generation.regs_at(config, i)) for i in range(4))
 
 
+@pytest.mark.slow
 def test_images_from_the_test_images_take_the_training_condition_without_noise(t2i_world,
                                                                                 tmp_path):
     """``from_images``: each member conditioned on the test images' own embeddings through

@@ -23,6 +23,7 @@ def trained(t2i_reference):
     return workdir, json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_image_only_training_then_generation_from_text(trained):
     train_dir, results = trained
     assert set(results) >= {"steps", "resumed_from", "train_images", "final_metrics",
@@ -42,6 +43,7 @@ def test_image_only_training_then_generation_from_text(trained):
     assert images.shape == (8, 8, 8, 3) and images.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_restore_for_eval_with_fid_and_inception_score(t2i_world, trained, tmp_path):
     """Evaluation only, from the trained run's EMA generator: its images again, and FID /
     IS as computed directly from them and, as LAFITE's protocol has it, every real
@@ -72,6 +74,7 @@ def test_restore_for_eval_with_fid_and_inception_score(t2i_world, trained, tmp_p
     assert "FID_skipped" not in metrics
 
 
+@pytest.mark.slow
 def test_crashed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path, monkeypatch):
     """A crash right after the step-3 checkpoint: the restart ends bitwise equal to the
     uninterrupted reference run (both on 2 devices)."""
@@ -98,6 +101,7 @@ def test_crashed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path, mon
     assert lines(tmp_path / "cut") == lines(straight)
 
 
+@pytest.mark.slow
 def test_lafite_protocol_draws_one_random_caption_per_row(t2i_world):
     """LAFITE's dataset get_txt_features: one of the row's captions at random."""
     from c3_jax.train import generation
@@ -133,6 +137,7 @@ def test_every_t2i_config_variant_validates():
     runner.resolve(shapes_t2i.get_config("quick"))
 
 
+@pytest.mark.slow
 def test_nonfinite_losses_stop_or_are_skipped(t2i_world, tmp_path):
     import os
     # lr 1e30 with Adam's beta1 = 0: the first D update already makes G's loss NaN.

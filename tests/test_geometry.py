@@ -83,6 +83,7 @@ def test_gap_statistics_match_plain_numpy():
         assert np.abs(np.asarray(got[name]["hist"]) - hist).sum() <= 0.01 * hist.sum() + 2, name
 
 
+@pytest.mark.slow
 def test_gap_statistics_recover_planted_gap_and_noise():
     """e_x - e_y = c + eps with c orthogonal to the span and eps ~ N(0, sigma^2 I)."""
     rng = np.random.default_rng(2)

@@ -212,6 +212,7 @@ def fid_weights(tmp_path_factory):
     return path, sd, module, variables, inc.make_feature_fn(module, variables, (0.0, 1.0))
 
 
+@pytest.mark.slow
 def test_inception_matches_torch_reference(fid_weights):
     _, sd, _, _, feature_fn = fid_weights
     images = np.random.default_rng(5).uniform(size=(2, 64, 64, 3)).astype(np.float32)
@@ -240,6 +241,7 @@ def test_preprocess_resize_matches_torch_interpolate(size):
         inc.preprocess(images.transpose(0, 3, 1, 2))
 
 
+@pytest.mark.slow
 def test_loader_maps_torch_layout(fid_weights, tmp_path):
     _, sd, module, variables, _ = fid_weights
     p, stats = variables["params"], variables["batch_stats"]
@@ -267,6 +269,7 @@ def test_loader_maps_torch_layout(fid_weights, tmp_path):
                                sd["fc.bias"].numpy()[None], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_loader_errors(fid_weights, tmp_path):
     _, sd, _, _, _ = fid_weights
     arrays = {k: v.numpy() for k, v in sd.items()}
@@ -286,6 +289,7 @@ def test_loader_errors(fid_weights, tmp_path):
         inc.FIDInceptionV3().apply(fid_weights[3], np.zeros((1, 64, 64, 3), np.float32))
 
 
+@pytest.mark.slow
 def test_inception_statistics_and_fid(fid_weights):
     _, _, _, _, feature_fn = fid_weights
     rng = np.random.default_rng(6)

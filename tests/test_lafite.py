@@ -99,6 +99,7 @@ def test_generator_and_discriminator_losses_match_the_official_ones(lam):
     np.testing.assert_allclose(float(d_loss), float(want), rtol=RTOL)
 
 
+@pytest.mark.slow
 def test_discriminator_logit_adds_the_batch_summed_condition_term():
     """DiscriminatorEpilogue: x = out(fc) + (d_fts * fts).sum(), the sum over the whole
     batch (the same scalar for every example); 'sample' keeps each example's own."""
@@ -142,6 +143,7 @@ def test_path_length_objective_matches_the_official_one():
     np.testing.assert_allclose(np.asarray(grad), g.grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_path_length_gradient_is_the_synthesis_vjp():
     cfg = sg.GANConfig(resolution=8, cond_dim=6, z_dim=8, w_dim=8, mapping_layers=2,
                        cond_hidden=8, channel_base=64, channel_max=8)
@@ -218,6 +220,7 @@ def test_style_mixing_matches_run_g(cutoff):
     np.testing.assert_allclose(np.asarray(got), t.numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_generator_ws_mix_with_probability_and_cutoff_range():
     cfg = sg.GANConfig(resolution=8, cond_dim=6, z_dim=8, w_dim=8, mapping_layers=2,
                        cond_hidden=8, channel_base=64, channel_max=8)

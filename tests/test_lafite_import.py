@@ -427,6 +427,7 @@ def _nchw(x):
     return torch.tensor(np.asarray(x)).permute(0, 3, 1, 2)
 
 
+@pytest.mark.slow
 def test_a_lafite_pickle_draws_the_same_images_and_d_outputs(lafite_file):
     path, nets = lafite_file
     params = lafite_import.load(str(path), CFG)
@@ -480,6 +481,7 @@ def test_bad_files_get_one_error_naming_the_first_mismatched_key(lafite_file, tm
         lafite_import.read_pickle(str(junk))
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_run_from_the_pickle_and_checks_it_first(lafite_file, t2i_world,
                                                                      tmp_path):
     path, _ = lafite_file

@@ -50,6 +50,7 @@ def test_unknown_variant_is_named():
         geometry_synthetic.get_config("slow")
 
 
+@pytest.mark.slow
 def test_cli_override_of_wrong_type_fails_naming_the_field(tmp_path):
     out = _cli("--config=configs/geometry_mlp_collapse.py", "--config.depth=abc",
                f"--workdir={tmp_path}")
@@ -57,6 +58,7 @@ def test_cli_override_of_wrong_type_fails_naming_the_field(tmp_path):
     assert "depth" in out.stderr
 
 
+@pytest.mark.slow
 def test_synthetic_run_writes_outputs(tmp_path):
     out = _cli("--config=configs/geometry_synthetic.py:quick", "--config.steps=200",
                "--config.chunk=100", "--config.num_pairs=100", f"--workdir={tmp_path}")
@@ -84,6 +86,7 @@ def test_mlp_collapse_run(tmp_path):
     assert (tmp_path / "spectra.png").exists()
 
 
+@pytest.mark.slow
 def test_embeddings_run_and_errors(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 32)) + 2.0
@@ -111,6 +114,7 @@ def test_embeddings_run_and_errors(tmp_path):
         runner.run(c, str(tmp_path / "run3"))
 
 
+@pytest.mark.slow
 def test_metrics_reach_tensorboard_without_importing_torch(tmp_path):
     """A run's metrics go to metrics.jsonl and a TensorBoard event file (read back here with
     tensorboardX's protobuf), and a run that does not use torch never imports it."""

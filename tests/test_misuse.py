@@ -340,6 +340,7 @@ def _last_line(proc, timeout=120) -> tuple:
     return proc.returncode, lines[-1] if lines else ""
 
 
+@pytest.mark.slow
 def test_the_command_refuses_a_foreign_workdir_with_one_line(tmp_path):
     _hf_checkpoint(tmp_path / "hf")
     before = snapshot(tmp_path)
@@ -349,6 +350,7 @@ def test_the_command_refuses_a_foreign_workdir_with_one_line(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_sigterm_ends_with_one_line_and_a_resumable_workdir(tmp_path):
     workdir = tmp_path / "run"
     proc = _cli("--config=configs/geometry_synthetic.py:quick", f"--workdir={workdir}")
@@ -393,6 +395,7 @@ def test_world_values_that_only_the_world_would_reveal_are_refused_first(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_sigint_during_a_checkpoint_save_leaves_a_resumable_workdir(tmp_path, monkeypatch):
     """A real SIGINT delivered while step 2's asynchronous Orbax save is still in flight:
     the save finishes, no temporary folder is left, and the rerun resumes at step 2 and

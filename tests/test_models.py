@@ -42,6 +42,7 @@ def _text_batch(rng, eos=EOS, length=12):
 
 
 @pytest.mark.parametrize("act,safetensors", [("quick_gelu", True), ("gelu", False)])
+@pytest.mark.slow
 def test_clip_matches_transformers(tmp_path, act, safetensors):
     ref = _tiny_clip(tmp_path, act, safetensors=safetensors)
     module, params = clip.from_pretrained(str(tmp_path))

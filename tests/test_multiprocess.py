@@ -163,6 +163,7 @@ def one_process(caption_reference):
     return str(caption_reference[1])
 
 
+@pytest.mark.slow
 def test_two_processes_with_fsdp_train_and_evaluate_like_one(config, one_process, tmp_path):
     """2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
     devices, the parameters over each process's 2 devices): the losses, validation losses,
@@ -185,6 +186,7 @@ def test_two_processes_with_fsdp_train_and_evaluate_like_one(config, one_process
         assert f"RAN AS process {p} of 2 with 2 of 4 devices" in log
 
 
+@pytest.mark.slow
 def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_path):
     """2 processes to the first checkpoint, 1 to the second, 2 to the end (before
     evaluation): the reference's losses and parameters."""
@@ -197,6 +199,7 @@ def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_
     _assert_same_run(workdir, one_process)
 
 
+@pytest.mark.slow
 def test_generator_trains_alike_on_two_processes_with_fsdp(t2i_reference, tmp_path):
     """The generator reference, 1 process x 2 devices (the batch split over them), against
     2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
@@ -219,6 +222,7 @@ def test_generator_trains_alike_on_two_processes_with_fsdp(t2i_reference, tmp_pa
     assert np.abs(images - np.load(os.path.join(one, "generated_test.npy")).astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, tmp_path):
     """2 processes x 1 device, started through the command line's coordinator flags, each
     encode their half of every split and write it as their shard; the dataset reads back as
@@ -257,6 +261,7 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, t
             embed.square_images([str(root / "coco" / p) for p, _, _ in paths], 16))
 
 
+@pytest.mark.slow
 def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_path):
     """The README's own example, launch/local_multiprocess.sh, on ``shapes_t2i:quick``:
     2 processes x 1 CPU device give the figures of 1 process x 2 (this test process; the

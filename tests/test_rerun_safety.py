@@ -40,6 +40,7 @@ OUTPUTS = {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png", "s
            "gap_structure.png", "gap.png"}
 
 
+@pytest.mark.slow
 def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothing(
         quick_main_job, tmp_path):
     """One workdir through a user's corrections (more variants, a captioner setting, a
@@ -88,6 +89,7 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     assert mtimes(workdir, "connect") != connect_files
 
 
+@pytest.mark.slow
 def test_a_workdir_holds_one_run_at_a_time(tmp_path):
     config = override(geometry_synthetic.get_config("quick"), steps=20, chunk=10)
     workdir = tmp_path / "run"
@@ -104,6 +106,7 @@ def test_a_workdir_holds_one_run_at_a_time(tmp_path):
     assert not (workdir / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_empty_workdir_and_user_errors_print_one_line(tmp_path):
     config = geometry_synthetic.get_config("quick")
     with pytest.raises(runner.ConfigError, match="--workdir is empty"):
@@ -119,6 +122,7 @@ def test_empty_workdir_and_user_errors_print_one_line(tmp_path):
     assert not bad.exists()
 
 
+@pytest.mark.slow
 def test_nested_config_fields_are_checked_by_their_path(tmp_path):
     """A composite experiment's parts are nested configs: a field is named, refused or set
     by its path, on the command line too, before anything is written."""
@@ -181,6 +185,7 @@ def test_results_are_strict_json(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": None}
 
 
+@pytest.mark.slow
 def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
     config = shapes_caption.get_config("quick")
     wd = Workdir(str(tmp_path))
@@ -202,6 +207,7 @@ def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
         connect.ConnectConfig(lr=float("nan"))
 
 
+@pytest.mark.slow
 def test_a_moved_workdir_reruns_without_retraining(quick_main_job, tmp_path):
     """Stage records hold paths relative to the workdir: a finished workdir moved elsewhere
     reuses every stage (nothing under them is written again)."""

@@ -14,6 +14,7 @@ def trained():
                           progress=False)
 
 
+@pytest.mark.slow
 def test_probe_on_held_out_test_images_is_far_above_chance(trained):
     test = scenes.generate("test", 0, 500, seed=0, image_size=32)
     acc = sp.probe_accuracy(trained, test["image"], test)
@@ -38,6 +39,7 @@ def test_probe_on_held_out_test_images_is_far_above_chance(trained):
     assert set(np.unique(b["num_objects"])) <= {1, 2}
 
 
+@pytest.mark.slow
 def test_probe_accuracy_is_one_when_predictions_are_the_truth(trained, monkeypatch):
     test = scenes.generate("test", 0, 60, seed=3, image_size=32)
 

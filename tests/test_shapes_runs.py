@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from c3_jax import runner
 from c3_jax.train import connect
@@ -27,6 +28,7 @@ def test_clip_loss_matches_a_numpy_reference():
     np.testing.assert_allclose(capped, 0.5 * (ce(big) + ce(big.T)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(quick_main_job,
                                                                             tmp_path):
     config, reference = quick_main_job
@@ -89,6 +91,7 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(quic
     assert_same_numbers(numbers(json.loads((two / "results.json").read_text())), want)
 
 
+@pytest.mark.slow
 def test_quick_sigma_sweep_marks_the_calibrated_sigma(quick_main_job, tmp_path):
     """On the main job's world and Connect (copied: the sweep reuses them)."""
     config = shapes_sigma_sweep.get_config("quick")

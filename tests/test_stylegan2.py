@@ -135,6 +135,7 @@ def tiny_models():
     return gen, disc, g, d
 
 
+@pytest.mark.slow
 def test_generator_and_discriminator_shapes_and_conditioning(tiny_models):
     gen, disc, g, d = tiny_models
     rng, b, r = _rng(6), 4, TINY.resolution
@@ -181,6 +182,7 @@ def test_noise_enters_only_through_noise_strength(tiny_models):
     np.testing.assert_array_equal(run(noisy, k1), run(noisy, k1))  # deterministic per key
 
 
+@pytest.mark.slow
 def test_orig_architecture_is_skip_without_the_lower_resolutions_rgb(tiny_models):
     """'orig' takes RGB from the last resolution only: its params lack the lower ToRGB
     layers, and 'skip' with those layers zeroed (their upsampled sum is then 0) draws the
@@ -303,6 +305,7 @@ def test_ema_beta_half_life():
 # The train step
 
 
+@pytest.mark.slow
 def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
     gen, disc, g, d = tiny_models
     b = 8
