@@ -4,7 +4,6 @@ can resume from. A source that fits in ``in_memory_bytes`` is read once into arr
 its batches gathered by index (the same batches as grain's, without per-record work)."""
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from typing import Callable, Optional, Sequence
@@ -320,7 +319,6 @@ class MemberBatches:
             it.set_position(position[k])
 
 
-@functools.lru_cache(maxsize=64)
 def _process_rows(sharding: jax.sharding.Sharding, rows: int) -> tuple:
     """(first, stop) rows of a ``rows``-long leading axis on this process's devices."""
     spans = [idx[0].indices(rows)[:2] for idx in
