@@ -13,7 +13,6 @@ import numpy as np
 from c3_jax.progress import progress_bar
 
 from c3_jax import c3, geometry
-from c3_jax.data import builders
 from c3_jax.data.text import encode_captions
 
 
@@ -175,20 +174,14 @@ def eval_rows(source, field: str, caption_field: str, limit: int = 0):
     return embeddings, references
 
 
-def config_sigma(config) -> float:
-    """A run's sigma: the config's ``noise_sigma``, or with ``sigma_from_calibration`` the
-    calibrated one (``noise_model``'s)."""
-    return noise_model(config)["sigma"] if config.sigma_from_calibration else config.noise_sigma
-
-
-def noise_model(config) -> dict:
-    """c3_aniso's noise model (``geometry.residual_noise``) of the first
-    ``calibration_pairs`` (eval_field, train_field's first caption) pairs of the config's
-    ``calibration_split``, rank ``noise_rank``; its ``sigma`` is the calibrated sigma."""
-    source = builders.data_source(config.dataset_dir, config.calibration_split)
-    x, _ = eval_rows(source, config.eval_field, config.caption_field, config.calibration_pairs)
-    y, _ = eval_rows(source, config.train_field, config.caption_field, config.calibration_pairs)
+def noise_model(source, split: str, eval_field: str, train_field: str, caption_field: str,
+                pairs: int, rank: int) -> dict:
+    """c3_aniso's noise model (``geometry.residual_noise``) of the first ``pairs``
+    (eval_field, train_field's first caption) pairs of ``source`` (the ``split`` named in
+    errors), rank ``rank``; its ``sigma`` is the calibrated sigma."""
+    x, _ = eval_rows(source, eval_field, caption_field, pairs)
+    y, _ = eval_rows(source, train_field, caption_field, pairs)
     if len(x) < 2:
-        raise ValueError(f"the {config.calibration_split!r} split has {len(x)} rows; "
-                         "calibration needs at least 2 pairs")
-    return geometry.residual_noise(x, y, config.noise_rank)
+        raise ValueError(f"the {split!r} split has {len(x)} rows; calibration needs at least "
+                         "2 pairs")
+    return geometry.residual_noise(x, y, rank)

@@ -85,7 +85,7 @@ def single_run(config, wd: Workdir) -> caption_sweep.Sweep:
     """The config's one captioner (its variant, seed, sigma and training field) as a sweep
     of one member, named after its variant."""
     member = caption_sweep.Member(config.variant, config.variant, config.seed,
-                                  cd.config_sigma(config), config.train_field)
+                                  caption_sweep.sigma_of(config), config.train_field)
     return caption_sweep.Sweep(config, [member], wd)
 
 
@@ -228,7 +228,7 @@ def sweep_members(config) -> list:
     sigmas = _floats(config.sigmas, "sigmas") or [config.noise_sigma]
     names = [v.strip() for v in config.variants.split(",") if v.strip()]
     return caption_sweep.named_members(
-        names, config, sigmas, lambda: cd.noise_model(config)["sigma"],
+        names, config, sigmas, lambda: caption_sweep.noise_model_of(config)["sigma"],
         len(sigmas) > 1)
 
 

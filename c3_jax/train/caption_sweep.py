@@ -107,6 +107,21 @@ def check_members(members: Sequence[Member]) -> None:
         c3.check_method(m.variant)
 
 
+def noise_model_of(config) -> dict:
+    """``cd.noise_model`` of the config's ``calibration_split``, ``calibration_pairs``,
+    fields and ``noise_rank``."""
+    return cd.noise_model(builders.data_source(config.dataset_dir, config.calibration_split),
+                          config.calibration_split, config.eval_field, config.train_field,
+                          config.caption_field, config.calibration_pairs, config.noise_rank)
+
+
+def sigma_of(config) -> float:
+    """A run's sigma: the config's ``noise_sigma``, or with ``sigma_from_calibration`` the
+    calibrated one (``noise_model_of``'s)."""
+    return noise_model_of(config)["sigma"] if config.sigma_from_calibration else \
+        config.noise_sigma
+
+
 def stream_key(member: Member) -> str:
     """The data stream a member reads ('seed/field'): members with the same key share it."""
     return f"{member.seed}/{member.train_field}"
@@ -162,7 +177,7 @@ class Sweep:
         self.moments = {f: cd.field_moments(source, f) for f in {*self.fields, config.eval_field}}
         evaluation = self.moments[config.eval_field]
         methods = {m.variant for m in members}
-        noise = cd.noise_model(config) if "c3_aniso" in methods else None
+        noise = noise_model_of(config) if "c3_aniso" in methods else None
         centroids = {f: cd.realign_centroid(source, f, self.moments[f], evaluation)
                      for f in {m.train_field for m in members if m.variant == "realign"}}
         self.settings = stack_settings([

@@ -155,7 +155,7 @@ def captioner_config(config, dataset: str, gpt2_path: str = ""):
 def calibrated_sigma(config, dataset: str) -> float:
     """Corrupt's sigma calibrated on the first ``calibration_pairs`` val pairs (each image
     with its first caption): ``captions.noise_model``'s, which c3_aniso's noise shares."""
-    return cd.noise_model(captioner_config(config, dataset))["sigma"]
+    return caption_sweep.noise_model_of(captioner_config(config, dataset))["sigma"]
 
 
 def members(config, dataset: str, sigmas=None) -> list:

@@ -139,7 +139,7 @@ def members(config, variants: list, base) -> list:
     """The sweep's members ``<variant>_seed<k>``: every variant (``caption_sweep.NAMED``:
     its method and sigma kind) x ``seeds`` generator seeds from ``seed``."""
     named = {v: caption_sweep.NAMED[v] for v in variants}  # (method, field, sigma kind)
-    calibrated = (cd.noise_model(base)["sigma"]
+    calibrated = (caption_sweep.noise_model_of(base)["sigma"]
                   if any(named[v][2] == "calibrated" for v in variants) else None)
     return [m for v in variants for m in caption_sweep.member_grid(
         v, named[v][0], base.train_field,
