@@ -1,7 +1,7 @@
 """Several JAX processes train exactly like one: the captioner on the tiny fake COCO of
 test_captioning with 2 processes x 2 CPU devices and fsdp=2 (jax.distributed on 127.0.0.1,
 gloo collectives) gives the losses, parameters and captions of 1 process x 2 devices, and a
-checkpoint written with one process count (2 x 1 device) resumes with the other (1 x 2);
+checkpoint written with one process count (1 x 2 devices) resumes with the other (2 x 1);
 the generator, extraction and the built-in world's jobs likewise."""
 import json
 import os
@@ -188,10 +188,12 @@ def test_two_processes_with_fsdp_train_and_evaluate_like_one(config, one_process
 
 @pytest.mark.slow
 def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_path):
-    """2 processes to the first checkpoint, 1 to the second, 2 to the end (before
-    evaluation): the reference's losses and parameters."""
+    """1 process (2 devices) to the second checkpoint, 2 processes (1 device each) on from
+    it to the end (before evaluation): the reference's losses and parameters. A checkpoint
+    written by one process count is restored by another, on 2 processes (the sharded
+    restore of several processes), and the last checkpoint is written by 2 processes."""
     workdir = str(tmp_path / "run")
-    for processes, stop in ((2, THIRD), (1, 2 * THIRD), (2, STEPS)):
+    for processes, stop in ((1, 2 * THIRD), (2, STEPS)):
         runs = _launch(config, workdir, processes, stop_at=stop)
         _ok(runs, code=3)
         assert f"of {processes} with {DEVICES // processes} of {DEVICES} devices" in runs[-1][1]
@@ -265,17 +267,20 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, t
 def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_path):
     """The README's own example, launch/local_multiprocess.sh, on ``shapes_t2i:quick``:
     2 processes x 1 CPU device give the figures of 1 process x 2 (this test process; the
-    sweep's generators split over the devices: over the processes), world and Connect
-    included. The main job's twin is in test_shapes_runs."""
+    sweep's generators split over the devices: over the processes). Both runs start from
+    the main job's world and Connect (copied, and reused on 1 process and on 2), so this
+    checks the generator sweep and the run's outputs on 2 processes; world and Connect built
+    on 2 processes are the main job's twin's, in test_shapes_runs."""
     config = override(shapes_t2i.get_config("quick"), variants="c1,c3")
-    # 1 process: on the main job's world and Connect (copied and reused; 1 process built
-    # them); 2 processes build their own.
-    copy_world(quick_main_job[1], tmp_path / "run1")
+    connect = mtimes(quick_main_job[1], "connect")
+    for run in ("run1", "run2"):
+        copy_world(quick_main_job[1], tmp_path / run)
     runner.run(config, str(tmp_path / "run1"))
-    assert mtimes(tmp_path / "run1", "connect") == mtimes(quick_main_job[1], "connect")  # reused
     out = launch_local(2, "configs/shapes_t2i.py:quick", tmp_path / "run2", tmp_path / "logs",
                        "--config.variants=c1,c3")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    for run in ("run1", "run2"):  # reused by 1 process and by 2
+        assert mtimes(tmp_path / run, "connect") == connect, run
     results = {p: numbers(json.loads((tmp_path / f"run{p}" / "results.json").read_text()))
                for p in (1, 2)}
     for run in ("run1", "run2"):
