@@ -46,7 +46,9 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     """One workdir through a user's corrections (more variants, a captioner setting, a
     world field), with wrong configs and the unchanged one rerun on the way. One test, so
     that the suite trains the main job's stages once for all of these checks. The workdir
-    starts with the main job's world and Connect (copied); the fresh run builds its own."""
+    and the fresh run start with the main job's world and Connect (copied; the main job
+    built them from nothing), so the fresh run trains its own captioners on them; the world
+    field's rerun builds world and Connect again (its one captioner, c1, after them)."""
     workdir = tmp_path / "run"
     copy_world(quick_main_job[1], workdir)
     lr = {"captioner": {"lr": 2e-3}}
@@ -63,6 +65,7 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     results = runner.run(config, str(workdir))
     assert mtimes(workdir, "connect") == connect_files
     assert mtimes(workdir, "captioners/c1_seed0") != c1
+    copy_world(quick_main_job[1], tmp_path / "fresh")
     fresh = runner.run(config, str(tmp_path / "fresh"))
     assert results["variants"] == json.loads(json.dumps(fresh["variants"]))
     assert results["geometry"]["modality_gap"] == pytest.approx(
@@ -84,9 +87,12 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
         json.loads((workdir / name).read_text(), parse_constant=lambda token: 1 / 0)
     # A world field: the world and everything after it are built again.
     world = snapshot(workdir / "data" / "shapes_world")
-    runner.run(override(config, world={"two_object_fraction": 0.5}), str(workdir))
+    c1 = mtimes(workdir, "captioners/c1_seed0")
+    runner.run(override(config, world={"two_object_fraction": 0.5}, variants="c1"),
+               str(workdir))
     assert snapshot(workdir / "data" / "shapes_world") != world
     assert mtimes(workdir, "connect") != connect_files
+    assert mtimes(workdir, "captioners/c1_seed0") != c1
 
 
 @pytest.mark.slow
