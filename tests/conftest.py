@@ -49,7 +49,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E4
 
 from c3_jax import runner  # noqa: E402
 from c3_jax.data import builders  # noqa: E402
-from configs import coco_caption, coco_t2i, shapes_methods  # noqa: E402
+from configs import coco_caption, coco_t2i, shapes_caption, shapes_methods  # noqa: E402
 
 
 WORDS = ["<pad>", "<eos>", "<unk>", "a", "red", "blue", "green", "circle", "square", "star",
@@ -195,6 +195,21 @@ def mtimes(root, sub: str) -> dict:
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "c3_jax.main", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
+
+
+def tiny_connect(wd):
+    """A tiny CLIP for the quick main job's world (built in ``wd``) and the world's tokenized
+    (image, caption) pairs: (model, pairs), for tests of Connect's training loop."""
+    from c3_jax.data import captions as cd
+    from c3_jax.world import common
+    config = shapes_caption.get_config("quick")
+    world = common.world_dataset(config, wd)
+    tokenizer = common.world_tokenizer(world, wd, {})
+    model = common.clip_model(tokenizer, config.connect, config.world.image_size,
+                              width=16, depth=1, heads=2, projection_dim=8, patch_size=8)
+    pairs = common.connect_pairs(world, tokenizer)
+    assert isinstance(pairs, cd.CaptionPairs)
+    return model, pairs
 
 
 def launch_local(processes: int, config_arg: str, workdir, log_dir, *overrides):

@@ -402,19 +402,11 @@ def test_sigint_during_a_checkpoint_save_leaves_a_resumable_workdir(tmp_path, mo
     ends equal to a run that was never interrupted."""
     import jax
     from c3_jax import main, progress
-    from c3_jax.data import captions as cd
     from c3_jax.train import checkpoints, connect
     from c3_jax.workdir import Workdir
-    from c3_jax.world import common
-    from configs import shapes_caption
-    config = shapes_caption.get_config("quick")
+    from conftest import tiny_connect
     wd = Workdir(str(tmp_path / "run"))
-    world = common.world_dataset(config, wd)
-    tokenizer = common.world_tokenizer(world, wd, {})
-    model = common.clip_model(tokenizer, config.connect, config.world.image_size,
-                              width=16, depth=1, heads=2, projection_dim=8, patch_size=8)
-    pairs = common.connect_pairs(world, tokenizer)
-    assert isinstance(pairs, cd.CaptionPairs)
+    model, pairs = tiny_connect(wd)
     cfg = connect.ConnectConfig(steps=4, batch_size=32, lr=1e-3, warmup_steps=0, log_every=1,
                                 checkpoint_every=2)
     save, in_flight = checkpoints.Checkpoints.save, []

@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 
 from c3_jax import runner
-from c3_jax.data import captions as cd
-from c3_jax.world import common
 from c3_jax.train import connect
 from c3_jax.workdir import MARKER, Workdir
 from configs import embeddings_dataset, geometry_synthetic, shapes_caption, shapes_t2i
-from conftest import ROOT, copy_world, mtimes, override, snapshot
+from conftest import ROOT, copy_world, mtimes, override, snapshot, tiny_connect
 
 def _quick(**overrides):
     """The main job's :quick config on two variants (what these tests need)."""
@@ -193,14 +191,8 @@ def test_results_are_strict_json(tmp_path):
 
 @pytest.mark.slow
 def test_a_connect_that_goes_non_finite_saves_no_checkpoint(tmp_path):
-    config = shapes_caption.get_config("quick")
+    model, pairs = tiny_connect(Workdir(str(tmp_path)))
     wd = Workdir(str(tmp_path))
-    world = common.world_dataset(config, wd)
-    tokenizer = common.world_tokenizer(world, wd, {})
-    model = common.clip_model(tokenizer, config.connect, config.world.image_size,
-                            width=16, depth=1, heads=2, projection_dim=8, patch_size=8)
-    pairs = common.connect_pairs(world, tokenizer)
-    assert isinstance(pairs, cd.CaptionPairs)
     cfg = connect.ConnectConfig(steps=6, batch_size=32, lr=1e30, warmup_steps=0, log_every=1,
                                 checkpoint_every=1)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step") as err:
