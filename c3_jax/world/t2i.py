@@ -149,7 +149,11 @@ def members(config, variants: list, base) -> list:
 
 def _generators(config, dataset: str, members: list, encoder, wd: Workdir) -> dict:
     """{member: its Workdir, with results.json and generated_test.npy}: each cached in
-    ``generators/<member>/``; those not done yet trained and sampled as one sweep."""
+    ``generators/<member>/``; those not done yet trained and sampled as one sweep per
+    generator seed (its variants). The step unrolls a sweep's members
+    (``gan_sweep.over_members``), so its compile time grows with their number: per seed,
+    every sweep is the same program, compiled once and then read from the persistent
+    compilation cache (a member's figures do not depend on the sweep it is in)."""
     base = _generator_config(config, dataset)
     shared = {"run": base.to_dict(), "upstream": common.connect_fields(config),
               "generated_from": list(GENERATED)}
@@ -168,7 +172,12 @@ def _generators(config, dataset: str, members: list, encoder, wd: Workdir) -> di
                 for source, file in GENERATED.items():
                     np.save(out.file(file), results[source][m.name]["images"])
 
-    return stages.cached_members(wd, "generator", members, shared, train)
+    by_seed = {}
+    for m in members:
+        by_seed.setdefault(m.seed, []).append(m)
+    return {name: out for group in by_seed.values()
+            for name, out in stages.cached_members(wd, "generator", group, shared,
+                                                   train).items()}
 
 
 def _embeddings(dataset: str, split: str) -> tuple:
