@@ -11,6 +11,7 @@ leaving a workdir that the same command resumes. --verbose keeps the INFO lines 
 libraries (Orbax, JAX) that are otherwise filtered out."""
 from __future__ import annotations
 
+import gc
 import json
 import logging as pylogging
 import os
@@ -112,13 +113,24 @@ def parse_flags(argv):
     return rest
 
 
+def ignores_exceptions(frame) -> bool:
+    """Whether ``frame`` runs inside a garbage-collection callback or a ``__del__``, where
+    Python prints an exception with its traceback and then ignores it."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def interrupt(signum, frame) -> None:
-    """SIGINT and SIGTERM end a run with KeyboardInterrupt, raised here and, should it land
-    where Python ignores exceptions, again at the next step of a progress bar."""
-    del frame
+    """SIGINT and SIGTERM end a run with KeyboardInterrupt: raised here, or, where Python
+    would ignore it (``ignores_exceptions``), at the next step of a progress bar."""
     name = signal.Signals(signum).name
     progress.RECEIVED.append(name)
-    raise KeyboardInterrupt(name)
+    if not ignores_exceptions(frame):
+        raise KeyboardInterrupt(name)
 
 
 def main(argv):

@@ -2,6 +2,7 @@
 or file and the fix, before any work, and leaves every byte on disk as it was. Most cases
 call the runner or the validation functions in-process; a few go through
 ``python -m c3_jax.main`` to check the exit status and that no traceback is printed."""
+import gc
 import json
 import os
 import signal
@@ -451,6 +452,19 @@ def test_a_signal_whose_interrupt_was_swallowed_ends_the_next_progress_step(monk
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"), progress.progress_bar(total=3) as bar:
         bar.update(1)
     assert steps == []
+    # Inside a garbage-collection callback the handler only records the signal (an
+    # exception there would be printed with its traceback and ignored).
+    monkeypatch.setattr(progress, "RECEIVED", [])
+    seen = []
+    callback = lambda phase, info: seen.append(main.interrupt(signal.SIGINT, sys._getframe()))
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert seen and progress.RECEIVED == ["SIGINT"] * len(seen)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        progress.raise_if_interrupted()
 
 
 def test_a_renamed_experiment_names_its_new_name():
