@@ -13,7 +13,8 @@ from c3_jax.experiments import checks
 from c3_jax.experiments.schema import field_types
 from c3_jax.models.stylegan2 import ARCHITECTURES, D_COND_SUMS
 from c3_jax.train import gan_sweep
-from c3_jax.train.generation import FID_PROTOCOLS, Encoder, check_init_from, check_method
+from c3_jax.train.generation import (FID_PROTOCOLS, ITC_SPACES, Encoder, check_init_from,
+                                      check_method)
 from c3_jax.workdir import Workdir
 
 
@@ -61,6 +62,10 @@ def default_config() -> ml_collections.ConfigDict:
     # The C^3 code subtracts the image mean twice in training (dataset.py, then loss.py)
     # for c2_collapse and c3; False: once, as LAFITE's own code and the paper describe.
     c.collapse_twice = True
+    # The itc term's image side (generation.ITC_SPACES): "clip", the generated image's
+    # normalized CLIP embedding uncollapsed (the official code); "condition", through the
+    # member's training transform (noise left out), the space of the condition it is paired with.
+    c.itc_space = "clip"
     c.fsdp, c.seed = 1, 0
     c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 5000, 2
     c.restore_from = ""
@@ -98,6 +103,7 @@ def check(config) -> None:
     checks.one_of(config, "architecture", ARCHITECTURES)
     checks.one_of(config, "d_cond_sum", D_COND_SUMS)
     checks.one_of(config, "fid_protocol", FID_PROTOCOLS)
+    checks.one_of(config, "itc_space", ITC_SPACES)
     checks.existing(config.dataset_dir, "dataset_dir")
     for field in ("clip", "inception_weights", "restore_from", "init_from"):
         if config[field]:

@@ -260,18 +260,37 @@ def train_condition(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> j
     return c3.member_train(s, jnp.where(twice, once, e), rng)
 
 
+# What the itc term compares with the condition: "clip", the generated image's L2-normalized
+# CLIP embedding, uncollapsed (LAFITE's and the C^3 code's ``training/loss.py``); "condition",
+# that embedding through the member's training transform without noise (the condition's own
+# space: Collapse applied to both sides, as this project did before following the official
+# code).
+ITC_SPACES = ("clip", "condition")
+
+
+def itc_features(space: str, s: dict) -> Callable:
+    """The map of the generated image's CLIP embedding into the itc term (``ITC_SPACES``),
+    for a member of settings ``s``."""
+    if space == "condition":
+        return lambda f: train_condition(s, f)
+    if space != "clip":
+        raise ValueError(f"itc_space={space!r} must be one of {ITC_SPACES}")
+    return c3.normalize
+
+
 def gan_update(gen: stylegan2.Generator, disc: stylegan2.Discriminator, encode: Callable,
                cfg: StepConfig, g_tx, d_tx, state: GANState, batch: dict, key,
                regs: tuple, condition: Callable, skip_nonfinite: bool = False,
-               image_size: int = 0):
+               image_size: int = 0, clip_space: Callable = c3.normalize):
     """One training step of LAFITE's ``training_loop.py`` on {'image' uint8, 'embedding'}:
     its phases in order, each with its own latents and condition noise: Gmain, Greg (the
     path-length penalty, when ``regs[0]``), Dmain, Dreg (R1, when ``regs[1]``), each an
     Adam step; then the EMA. ``condition(embedding, rng)`` is the method's train transform;
-    ``encode(images in [-1, 1])`` the frozen CLIP whose L2-normalized, uncollapsed
-    embedding of ``full_preprocess``'d generated images (to ``image_size``; 0: the images
-    as they are) enters the itc term. Negatives of the contrastive terms: the whole batch.
-    Returns (state, metrics)."""
+    ``encode(images in [-1, 1])`` the frozen CLIP whose embedding of ``full_preprocess``'d
+    generated images (to ``image_size``; 0: the images as they are) enters the itc term
+    through ``clip_space`` (by default L2-normalized and uncollapsed, as LAFITE's and the
+    C^3 ``training/loss.py::StyleGAN2Loss.accumulate_gradients``; ``itc_features``).
+    Negatives of the contrastive terms: the whole batch. Returns (state, metrics)."""
     gcfg = gen.config
     with_pl, with_r1 = regs if isinstance(regs, tuple) else (False, regs)  # bool: R1 only
     d_apply = lambda p, x, c: disc.apply({"params": p}, x, c)
@@ -293,7 +312,7 @@ def gan_update(gen: stylegan2.Generator, disc: stylegan2.Discriminator, encode: 
         fake = fake_of(g_params, z_of(k_z), cond, k_fake)
         logits, feat = d_apply(state.d_params, fake, cond)
         crop = full_preprocess(k_crop, fake, image_size) if image_size and cfg.itc_crop else fake
-        return g_main_objective(cfg, logits, feat, c3.normalize(encode(crop)), cond)
+        return g_main_objective(cfg, logits, feat, clip_space(encode(crop)), cond)
 
     def g_reg(g_params, cond, rng):
         k_z, k_ws, k_pl = jax.random.split(rng, 3)

@@ -43,6 +43,11 @@ def default_generator(quick: bool = False) -> ml_collections.ConfigDict:
     g.itd_weight, g.itc_weight = 5.0, 30.0
     g.ema_kimg = 2.0
     g.pl_weight, g.style_mixing = 2.0, 0.9  # LAFITE's path-length weight, style mixing
+    # Collapse in the losses, as the official C^3 code by default: the image mean subtracted
+    # twice in the training condition (collapse_twice) and the itc term on the generated
+    # image's uncollapsed CLIP embedding (itc_space "clip"; "condition": through the
+    # member's training transform). Both move the CLIP-space FD (docs/results/shapes_t2i.md).
+    g.collapse_twice, g.itc_space = True, "clip"
     if quick:
         g.z_dim, g.w_dim, g.cond_hidden, g.channel_base, g.channel_max = 8, 16, 16, 128, 8
         g.steps, g.batch = 4, 8
@@ -95,6 +100,7 @@ def check(config) -> None:
         "channel_max", "r1_every")] + ["seeds", "probe_steps", "num_samples"])
     checks.positive(config, ["generator.lr"])
     checks.one_of(config, "generator.architecture", stylegan2.ARCHITECTURES)
+    checks.one_of(config, "generator.itc_space", generation.ITC_SPACES)
     checks.at_least(config, 0.0, ["noise_sigma"] + [f"generator.{k}" for k in (
         "r1_gamma", "itd_weight", "itc_weight", "ema_kimg", "pl_weight", "style_mixing")])
     checks.at_least(config, config.generator.batch, ["world.train_size"])
@@ -122,6 +128,7 @@ def _generator_config(config, dataset: str):
         r1_gamma=g.r1_gamma, r1_every=g.r1_every, itd_weight=g.itd_weight,
         itc_weight=g.itc_weight, ema_kimg=g.ema_kimg, ema_rampup=0.05, seed=config.seed,
         pl_weight=g.pl_weight, style_mixing=g.style_mixing,
+        collapse_twice=g.collapse_twice, itc_space=g.itc_space,
         calibration_split="val", calibration_pairs=config.calibration_pairs,
         log_every=max(g.steps // 20, 1), checkpoint_every=g.steps,
         fid_protocol="paired", eval_max_examples=0, eval_batch_size=250,
