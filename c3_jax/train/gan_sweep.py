@@ -194,7 +194,7 @@ def member_step(sweep, cfg: generation.StepConfig, skip_nonfinite: bool):
         return generation.gan_update(sweep.gen, sweep.disc, sweep.encoder, cfg, sweep.g_tx,
                                      sweep.d_tx, state, batch, jax.random.key(seed), regs,
                                      condition, skip_nonfinite, sweep.encoder.image_size,
-                                     generation.itc_features(sweep.config.itc_space, s))
+                                     generation.itc_features(cfg.itc_space, s))
 
     def step(state, batch, settings, seeds, regs: tuple):
         return over_members(functools.partial(member, regs=regs), sweep.layout)(

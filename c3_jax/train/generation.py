@@ -70,6 +70,7 @@ class StepConfig:
     style_mixing: float = 0.9
     mirror: bool = True
     itc_crop: bool = True
+    itc_space: str = "clip"  # ITC_SPACES
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
