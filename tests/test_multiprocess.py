@@ -1,8 +1,8 @@
 """Several JAX processes train exactly like one: the captioner on the tiny fake COCO of
 test_captioning with 2 processes x 2 CPU devices and fsdp=2 (jax.distributed on 127.0.0.1,
-gloo collectives) gives the losses, parameters and captions of 1 process x 2 devices, and a
-checkpoint written with one process count (1 x 2 devices) resumes with the other (2 x 1);
-the generator, extraction and the built-in world's jobs likewise."""
+gloo collectives) gives the losses, parameters and captions of 1 process x 2 devices, also
+from a checkpoint written with one process (1 x 2 devices); the generator, extraction and
+the built-in world's jobs likewise."""
 import json
 import os
 import socket
@@ -164,41 +164,35 @@ def one_process(caption_reference):
 
 
 @pytest.mark.slow
-def test_two_processes_with_fsdp_train_and_evaluate_like_one(config, one_process, tmp_path):
-    """2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
-    devices, the parameters over each process's 2 devices): the losses, validation losses,
-    parameters and captions of the reference (1 process x 2 devices)."""
-    workdir = str(tmp_path / "run")
-    results = _launch(override(config, fsdp=2), workdir, 2, devices=4)
+def test_one_process_then_two_with_fsdp_train_and_evaluate_like_one(config, one_process,
+                                                                    tmp_path):
+    """fsdp=2, 1 process x 2 devices to the second checkpoint, then 2 processes x 2 devices
+    from it to the end and evaluation (the batch split over the processes and the devices,
+    the parameters over each process's 2 devices): the losses, validation losses,
+    parameters and captions of the reference (1 process x 2 devices, fsdp=1). A checkpoint
+    written by one process count is restored by another (the sharded restore of several
+    processes), the last one is written by 2 processes, process 0 alone writes the outputs
+    and evaluation gathers every process's captions."""
+    workdir, config = str(tmp_path / "run"), override(config, fsdp=2)
+    first = _launch(config, workdir, 1, stop_at=2 * THIRD)
+    _ok(first, code=3)
+    assert "RAN AS process 0 of 1 with 2 of 2 devices" in first[0][1]
+    assert _params(workdir)[1] == 2 * THIRD and not os.path.exists(workdir + "/results.json")
+    results = _launch(config, workdir, 2, devices=4)
     _ok(results)
     _assert_same_run(workdir, one_process)
-    # Process 0 alone wrote the outputs; evaluation gathered every process's captions.
     with open(os.path.join(workdir, "results.json")) as f:
         got = json.load(f)
     with open(os.path.join(one_process, "results.json")) as f:
         want = json.load(f)
     assert got["steps"] == STEPS and got["num_test"] == want["num_test"] == 2
+    assert got["resumed_from"] == 2 * THIRD
     with open(os.path.join(workdir, "captions_test.json")) as f:
         captions = json.load(f)
     with open(os.path.join(one_process, "captions_test.json")) as f:
         assert captions == json.load(f)
     for p, (_, log) in enumerate(results):
         assert f"RAN AS process {p} of 2 with 2 of 4 devices" in log
-
-
-@pytest.mark.slow
-def test_checkpoint_resumes_with_another_process_count(config, one_process, tmp_path):
-    """1 process (2 devices) to the second checkpoint, 2 processes (1 device each) on from
-    it to the end (before evaluation): the reference's losses and parameters. A checkpoint
-    written by one process count is restored by another, on 2 processes (the sharded
-    restore of several processes), and the last checkpoint is written by 2 processes."""
-    workdir = str(tmp_path / "run")
-    for processes, stop in ((1, 2 * THIRD), (2, STEPS)):
-        runs = _launch(config, workdir, processes, stop_at=stop)
-        _ok(runs, code=3)
-        assert f"of {processes} with {DEVICES // processes} of {DEVICES} devices" in runs[-1][1]
-        assert _params(workdir)[1] == stop and not os.path.exists(workdir + "/results.json")
-    _assert_same_run(workdir, one_process)
 
 
 @pytest.mark.slow
