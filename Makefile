@@ -25,13 +25,16 @@ WORKDIR ?= runs/shapes_caption
 
 install: .venv/installed
 
-# Bytecode written as the suite imports (pip installs without it, see PIP above).
+# The suite on 2 workers, each module's fixtures built once; bytecode written as it imports
+# (pip installs without it, see PIP above).
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
+
 test: .venv/test-installed
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
+	$(PYTEST) tests
 
 # The unit tests: everything not marked slow.
 test-fast: .venv/test-installed
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: .venv/lint-installed
 	$(PY) -m ruff check c3_jax configs tests benchmarks

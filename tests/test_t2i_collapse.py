@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from c3_jax import c3
 from c3_jax.train import generation
 from c3_jax.world import t2i
+from test_lafite import official_contra_loss  # StyleGAN2Loss.contra_loss, transcribed
 
 D = 8
 
@@ -48,18 +48,11 @@ def official_eval_condition(txt, mu_txt):
     return _unit(_unit(_unit(txt) - mu_txt))
 
 
-def official_contra(temp, a, b, lam=0.0):
-    """``StyleGAN2Loss.contra_loss`` at lam 0 (training/loss.py)."""
-    sim = torch.cosine_similarity(a.unsqueeze(1), b.unsqueeze(0), dim=-1)
-    sim = torch.exp(sim / temp)
-    return torch.log(torch.diagonal(F.softmax(sim, dim=0)) * temp)
-
-
 def official_itc(img_fts_gen_full, txt_fts_, temp, itc):
     """The itc part of Gmain: the generated image's CLIP embedding normalized, nothing
     subtracted, against the (collapsed) condition ``txt_fts_``."""
     g = img_fts_gen_full / img_fts_gen_full.norm(dim=-1, keepdim=True)
-    return -itc * official_contra(temp, g, txt_fts_).mean()
+    return -itc * official_contra_loss(temp, g, txt_fts_, 0.0).mean()
 
 
 def test_training_condition_is_the_c3_codes_for_c3_and_c2_collapse():
