@@ -261,17 +261,18 @@ def test_extraction_writes_one_shard_per_process_of_one_dataset(caption_world, t
 def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_path):
     """The README's own example, launch/local_multiprocess.sh, on ``shapes_t2i:quick``:
     2 processes x 1 CPU device give the figures of 1 process x 2 (this test process; the
-    sweep's generators split over the devices: over the processes), world and Connect
-    included. The main job's twin is in test_shapes_runs."""
+    sweep's generators split over the devices: over the processes). Both start from the
+    main job's world and Connect (copied and reused; 1 process built them): the main job's
+    twin in test_shapes_runs builds world and Connect on 2 processes."""
     config = override(shapes_t2i.get_config("quick"), variants="c1,c3")
-    # 1 process: on the main job's world and Connect (copied and reused; 1 process built
-    # them); 2 processes build their own.
-    copy_world(quick_main_job[1], tmp_path / "run1")
+    for run in ("run1", "run2"):
+        copy_world(quick_main_job[1], tmp_path / run)
     runner.run(config, str(tmp_path / "run1"))
-    assert mtimes(tmp_path / "run1", "connect") == mtimes(quick_main_job[1], "connect")  # reused
     out = launch_local(2, "configs/shapes_t2i.py:quick", tmp_path / "run2", tmp_path / "logs",
                        "--config.variants=c1,c3")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    for run in ("run1", "run2"):
+        assert mtimes(tmp_path / run, "connect") == mtimes(quick_main_job[1], "connect")
     results = {p: numbers(json.loads((tmp_path / f"run{p}" / "results.json").read_text()))
                for p in (1, 2)}
     for run in ("run1", "run2"):

@@ -55,11 +55,12 @@ def default_t2i(quick: bool = False) -> ml_collections.ConfigDict:
     t.image_size, t.rows, t.steps, t.eval_examples = 64, 256, 5, 16
     t.latent_dim, t.mapping_layers, t.channel_max = 512, 8, 512  # z, w, cond
     t.r1_every = 16  # lazy R1 as the 't2i' defaults (two programs: with and without R1)
+    t.pl_weight = 2.0  # the path-length penalty as the 't2i' defaults (0: none, no program)
     t.paper_steps = 750_000  # the 't2i' defaults' max_steps, to project
     if quick:
         t.image_size, t.rows, t.steps, t.eval_examples = 16, 32, 3, 4
         t.latent_dim, t.mapping_layers, t.channel_max = 16, 1, 8
-        t.r1_every = 1  # one program
+        t.r1_every, t.pl_weight = 1, 0.0  # one program
     return t
 
 
@@ -111,6 +112,7 @@ def check(config) -> None:
     # Two steps at least: the first compiles, the step time is taken over the others.
     checks.at_least(config, 2, ["captioner.steps", "t2i.steps"])
     checks.at_least(config, 16, ["t2i.image_size"])
+    checks.at_least(config, 0.0, ["t2i.pl_weight"])
     checks.at_least(config, config.captioner.eval_batch, ["captioner.eval_examples"])
     checks.at_least(config, 1, ["captioner.eval_batch"])
     checks.at_least(config, 0, ["captioner.vocab"])
@@ -294,6 +296,7 @@ def _t2i(config, sizes: dict, sub: Workdir) -> dict:
     width = g.latent_dim
     c.update(dict(z_dim=width, w_dim=width, cond_hidden=width,
                   mapping_layers=g.mapping_layers, r1_every=g.r1_every,
+                  pl_weight=g.pl_weight,
                   channel_max=g.channel_max,
                   clip="", dataset_dir=written["dataset_dir"], max_steps=g.steps,
                   log_every=1, checkpoint_every=g.steps,
