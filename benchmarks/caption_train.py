@@ -11,9 +11,10 @@ Both sides train the same model from the same weights on the same batches:
     caption tokens (ours: ``ClipCap.caption_nll``, the LM head over caption positions only,
     in chunks), AdamW (lr 2e-5, weight decay 0.01).
 Ours is our code path, the trainer's for a run of one captioner (a sweep of one member):
-``caption_sweep.optimizer``/``stacked_init``/``compiled_step`` (jitted, state donated; the
-C^3 transform from ``c3.member_settings``) on ``parallel.member_mesh(1)``, batches from
-numpy with their member axis placed by ``parallel.put_whole``. PyTorch is
+``captioning.make_optimizer``, ``caption_sweep.stacked_init`` and ``compiled_step`` (jitted,
+state donated; the C^3 transform from ``c3.member_settings``) on
+``parallel.member_mesh(1)``, batches from numpy with their member axis placed by
+``parallel.put_whole``. PyTorch is
 the ClipCap reference's way: ``GPT2LMHeadModel`` with ``inputs_embeds=cat(prefix, wte(ids))``
 and ``attention_mask``, an ``nn.Sequential`` mapper, ``torch.optim.AdamW``, ``model.train()``,
 default threads. GPT-2 dropout is set to 0 on the
@@ -101,7 +102,7 @@ class Ours:
         config.prefix_length = args.prefix_length
         self.model, gpt_params = captioning.build_module(config)
         total = args.warmup + args.steps + 1
-        tx = caption_sweep.optimizer(config, self.model, args.embed_dim, total)
+        tx = captioning.make_optimizer(config, total)
         self.mesh = parallel.member_mesh(1)
         self.seeds = parallel.put_members(self.mesh, np.zeros(1, np.uint32))
         init = caption_sweep.stacked_init(self.model, tx, args.embed_dim)

@@ -85,7 +85,7 @@ def sequential(config, n: int, data: list, dim: int) -> tuple:
     start, steady = time.perf_counter(), 0.0
     for i, s in enumerate(settings(n, dim)):
         model, _ = captioning.build_module(config)
-        tx = caption_sweep.optimizer(config, model, dim, len(data))
+        tx = captioning.make_optimizer(config, len(data))
         seeds = np.asarray([i], np.uint32)
         state = jax.jit(caption_sweep.stacked_init(model, tx, dim))(seeds, None)
         step = jax.jit(caption_sweep.member_step(model, tx), donate_argnums=0)
@@ -103,7 +103,7 @@ def sweep(config, n: int, data: list, dim: int) -> tuple:
     """All members in one vmapped program."""
     start = time.perf_counter()
     model, _ = captioning.build_module(config)
-    tx = caption_sweep.optimizer(config, model, dim, len(data))
+    tx = captioning.make_optimizer(config, len(data))
     state = jax.jit(caption_sweep.stacked_init(model, tx, dim))(np.arange(n, dtype=np.uint32),
                                                                  None)
     stacked = caption_sweep.stack_settings(settings(n, dim))

@@ -2,6 +2,7 @@
 the device mesh and shardings, and moving arrays between host and devices."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -154,6 +155,24 @@ def member_shardings(mesh: Mesh, abstract_tree, min_size: int = 2 ** 14):
     fsdp = mesh.shape["fsdp"]
     return jax.tree.map(lambda a: NamedSharding(mesh, P("data", *_leaf_spec(
         a.shape[1:], fsdp, min_size))), abstract_tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeShardings:
+    """A tree of shardings as a hashable value (its leaves and structure), so that a jitted
+    function can take it as a static argument and place its outputs with ``constrain``."""
+    leaves: tuple
+    treedef: Any
+
+    @classmethod
+    def of(cls, tree) -> "TreeShardings":
+        leaves, treedef = jax.tree.flatten(tree)
+        return cls(tuple(leaves), treedef)
+
+    def constrain(self, tree):
+        """``tree`` (inside a jitted function) laid out in these shardings."""
+        return jax.lax.with_sharding_constraint(tree, jax.tree.unflatten(self.treedef,
+                                                                         self.leaves))
 
 
 def member_batch_sharding(mesh: Mesh) -> NamedSharding:

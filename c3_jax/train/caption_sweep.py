@@ -16,6 +16,7 @@ data stream's position, so a sweep resumes exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -207,17 +208,25 @@ def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0):
     return jax.vmap(step)
 
 
-def compiled_step(model, tx, shardings, skip_nonfinite: bool = False, loss_chunk: int = 0):
-    """``member_step`` jitted as the trainer runs it: the state donated and kept in
-    ``shardings``."""
-    return jax.jit(member_step(model, tx, skip_nonfinite, loss_chunk), donate_argnums=0,
-                   out_shardings=(shardings, None))
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=(
+    "model", "tx", "shardings", "skip_nonfinite", "loss_chunk"))
+def sweep_step(state, batch, settings, seeds, *, model, tx: captioning.Optimizer,
+               shardings: parallel.TreeShardings, skip_nonfinite: bool, loss_chunk: int):
+    """``member_step`` as the trainer runs it: the state donated and kept in
+    ``shardings``. Its static arguments are values (equal settings, equal arguments), so a
+    second run, a resume or a test in the same process reuses the traced program."""
+    state, metrics = member_step(model, tx, skip_nonfinite, loss_chunk)(state, batch, settings,
+                                                                        seeds)
+    return shardings.constrain(state), metrics
 
 
-def optimizer(config, model, dim: int, updates: int):
-    """The members' optimizer (``captioning.make_optimizer`` over ``updates`` updates)."""
-    shapes = jax.eval_shape(lambda k: captioning.init_params(model, k, dim), jax.random.key(0))
-    return captioning.make_optimizer(config, updates, captioning.trainable_of(config, shapes))
+def compiled_step(model, tx: captioning.Optimizer, shardings, skip_nonfinite: bool = False,
+                  loss_chunk: int = 0) -> Callable:
+    """(state, batch, settings, seeds) -> (state, metrics): ``sweep_step`` with its static
+    arguments bound (``shardings``: the state's tree of shardings)."""
+    return functools.partial(sweep_step, model=model, tx=tx,
+                             shardings=parallel.TreeShardings.of(shardings),
+                             skip_nonfinite=skip_nonfinite, loss_chunk=loss_chunk)
 
 
 def initial_state(tx, params, with_best: bool = False, mode: str = "min") -> SweepState:
@@ -238,8 +247,27 @@ def stacked_init(model, tx, dim: int, with_best: bool = False, mode: str = "min"
     return jax.vmap(init, in_axes=(0, None))
 
 
+@functools.partial(jax.jit, static_argnames=("model", "tx", "dim", "with_best", "mode",
+                                             "shardings"))
+def initial_states(seeds, gpt_params, *, model, tx: captioning.Optimizer, dim: int,
+                   with_best: bool, mode: str, shardings: parallel.TreeShardings):
+    """``stacked_init`` compiled once per setting, placed in ``shardings``."""
+    return shardings.constrain(stacked_init(model, tx, dim, with_best, mode)(seeds, gpt_params))
+
+
 # ---------------------------------------------------------------------------
 # Validation and the best params
+
+
+@functools.partial(jax.jit, static_argnames=("model", "loss_chunk"))
+def member_nll(params, batch, settings, *, model, loss_chunk: int) -> tuple:
+    """Each member's summed caption NLL of its batch (no noise) and its token count."""
+    def one(p, b, s):
+        e = c3.member_train(s, b["embedding"])
+        nll, count = model.apply({"params": p}, e, b["ids"], b["mask"], loss_chunk,
+                                 method="caption_nll")
+        return nll * count, count
+    return jax.vmap(one)(params, batch, settings)
 
 
 def loss_validation(sweep: Sweep) -> Optional[Callable]:
@@ -258,12 +286,7 @@ def loss_validation(sweep: Sweep) -> Optional[Callable]:
     fields = [m.train_field for m in sweep.padded]
     sharding = parallel.member_batch_sharding(sweep.mesh)
 
-    def loss(params, batch, settings):
-        e = c3.member_train(settings, batch["embedding"])
-        nll, count = sweep.model.apply({"params": params}, e, batch["ids"], batch["mask"],
-                                       config.loss_chunk, method="caption_nll")
-        return nll * count, count
-    loss = jax.jit(jax.vmap(loss))
+    loss = functools.partial(member_nll, model=sweep.model, loss_chunk=config.loss_chunk)
     settings = parallel.put_members(sweep.mesh, sweep.settings)
 
     # Read once (into memory when it fits); each validation iterates from the start.
@@ -314,6 +337,15 @@ def validation(sweep: Sweep) -> Optional[Callable]:
     return loss_validation(sweep)
 
 
+@functools.partial(jax.jit, static_argnames="lower")
+def keep_better(state: SweepState, values: jax.Array, *, lower: bool) -> SweepState:
+    """Each member's best params and value, replaced where ``values`` is better."""
+    better = values < state.best_value if lower else values > state.best_value
+    pick = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    return state.replace(best=jax.tree.map(pick, state.params, state.best),
+                         best_value=jnp.where(better, values, state.best_value))
+
+
 def keep_best(sweep: Sweep, validate: Callable, last: dict):
     """At each checkpoint: the validation values, logged (their mean over the members as
     ``best_by``, each member's as ``best_by/<member>``), kept in ``last`` and folded into
@@ -322,16 +354,10 @@ def keep_best(sweep: Sweep, validate: Callable, last: dict):
     member = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
     lower = BEST[name] == "min"
 
-    @jax.jit
-    def update(state, values):
-        better = values < state.best_value if lower else values > state.best_value
-        pick = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-        return state.replace(best=jax.tree.map(pick, state.params, state.best),
-                             best_value=jnp.where(better, values, state.best_value))
-
     def at_checkpoint(state):
         values = validate(state.params)
-        state = update(state, parallel.put_whole(values.astype(np.float32), member))
+        state = keep_better(state, parallel.put_whole(values.astype(np.float32), member),
+                            lower=lower)
         last.update({n: float(v) for n, v in zip(names, values)})
         return state, {name: float(np.mean(values[:len(names)])),
                        **{f"{name}/{n}": last[n] for n in names}}
@@ -354,7 +380,7 @@ def train(sweep: Sweep) -> tuple:
                          f"devices each member is split over, and at most the {pairs} pairs")
     steps = captioning.total_steps(config, pairs)
     updates = max(steps // config.grad_accum, 1)
-    tx = optimizer(config, sweep.model, sweep.dim, updates)
+    tx = captioning.make_optimizer(config, updates)
     validate = validation(sweep)
     with_best, mode = validate is not None, BEST[config.best_by]
     init = stacked_init(sweep.model, tx, sweep.dim, with_best, mode)
@@ -371,7 +397,9 @@ def train(sweep: Sweep) -> tuple:
 
     def fresh():
         if not config.init_from:
-            return jax.jit(init, out_shardings=shardings)(seeds, sweep.gpt_params)
+            return initial_states(seeds, sweep.gpt_params, model=sweep.model, tx=tx,
+                                  dim=sweep.dim, with_best=with_best, mode=mode,
+                                  shardings=parallel.TreeShardings.of(shardings))
         start = jax.vmap(lambda p: initial_state(tx, p, with_best, mode))
         return jax.jit(start, out_shardings=shardings)(restore_params(sweep, config.init_from))
 
@@ -469,6 +497,22 @@ def restore_params(sweep: Sweep, run_dir: str):
 # Decoding and evaluation
 
 
+@functools.partial(jax.jit, static_argnames=("model", "decode", "temperature", "out"))
+def member_tokens(params, settings, e, memory, offset, *, model,
+                  decode: captioning.Decoder, temperature: float, out) -> jax.Array:
+    """Every member's caption tokens of ``e`` [n, d]: its inference transform (decap's
+    projection onto ``memory`` computed once for all), plus ``offset`` when not None, the
+    mapper and ``decode``: [members, n, T] in the sharding ``out``."""
+    def member(p, s, projected):
+        x = c3.member_eval(s, e, projected)
+        if offset is not None:
+            x = x + offset
+        return decode(p["gpt"], model.apply({"params": p}, x, method="prefix"))
+    projected = None if memory is None else c3.project_to_memory(e, memory, temperature)
+    tokens = jax.vmap(member, in_axes=(0, 0, None))(params, settings, projected)
+    return jax.lax.with_sharding_constraint(tokens, out)
+
+
 def generate(sweep: Sweep, params, embeddings: np.ndarray, settings: Optional[dict] = None,
              shift: Optional[np.ndarray] = None, marks: Optional[list] = None) -> list:
     """Every member's captions of raw ``embeddings`` [n, d]: its method's inference
@@ -482,22 +526,12 @@ def generate(sweep: Sweep, params, embeddings: np.ndarray, settings: Optional[di
     decode = captioning.make_decoder(config, gpt2.GPT2(sweep.model.gpt, sweep.model.dtype),
                                      stops, sweep.tokenizer.eos_token_id)
     offset = None if shift is None else jnp.asarray(shift)
-
-    def member(p, s, e, projected):
-        e = c3.member_eval(s, e, projected)
-        if offset is not None:
-            e = e + offset
-        return decode(p["gpt"], sweep.model.apply({"params": p}, e, method="prefix"))
-
-    def members(params, settings, e, memory):
-        projected = (None if memory is None else
-                     c3.project_to_memory(e, memory, config.decap_temperature))
-        return jax.vmap(member, in_axes=(0, 0, None, None))(params, settings, e, projected)
     spec = jax.sharding.PartitionSpec
     rows = jax.sharding.NamedSharding(sweep.mesh, spec("fsdp"))
     repl = jax.sharding.NamedSharding(sweep.mesh, spec())
-    fn = jax.jit(members, out_shardings=jax.sharding.NamedSharding(sweep.mesh,
-                                                                   spec("data", "fsdp")))
+    fn = functools.partial(member_tokens, model=sweep.model, decode=decode,
+                           temperature=config.decap_temperature,
+                           out=jax.sharding.NamedSharding(sweep.mesh, spec("data", "fsdp")))
     settings = parallel.put_members(sweep.mesh, sweep.settings if settings is None else settings)
     memory = None if sweep.memory is None else parallel.put_whole(sweep.memory, repl)
     split = sweep.mesh.shape["fsdp"]
@@ -506,7 +540,7 @@ def generate(sweep: Sweep, params, embeddings: np.ndarray, settings: Optional[di
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        out = fn(params, settings, parallel.put_whole(padded, rows), memory)
+        out = fn(params, settings, parallel.put_whole(padded, rows), memory, offset)
         tokens.append(parallel.to_host(out)[:, :len(chunk)])
         if marks is not None:
             marks.append((len(marks) + 1, time.perf_counter()))

@@ -8,6 +8,7 @@ Training, validation, the best params, decoding and evaluation have one path,
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -47,12 +48,6 @@ def init_params(model: clipcap.ClipCap, key, dim: int):
     return model.init(key, jnp.zeros((1, dim)), ids, jnp.ones_like(ids))["params"]
 
 
-def trainable_of(config, params) -> dict:
-    """Which params train: the mapper always, GPT-2 unless ``freeze_gpt``."""
-    return {"mapper": jax.tree.map(lambda _: True, params["mapper"]),
-            "gpt": jax.tree.map(lambda _: not config.freeze_gpt, params["gpt"])}
-
-
 def warmup_steps_of(config) -> int:
     """The run's warmup updates: ``warmup_steps``, times ``train_fraction`` when
     ``warmup_scales_with_fraction`` (the official stage-2 ``run.py``: int(5000 * fraction))."""
@@ -70,10 +65,40 @@ def schedule_of(config, total_updates: int) -> optax.Schedule:
     return st.warmup_linear_decay(config.lr, warmup_steps_of(config), total_updates)
 
 
-def make_optimizer(config, total_updates: int, trainable) -> optax.GradientTransformation:
-    """AdamW on ``schedule_of``, frozen params left alone, ``grad_accum`` micro-steps each."""
-    return st.adamw(schedule_of(config, total_updates), config.weight_decay,
-                    trainable if config.freeze_gpt else None, config.grad_accum)
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """The captioner's optimizer as a value: AdamW on ``schedule_of``, GPT-2's params left
+    alone when ``freeze_gpt``, ``grad_accum`` micro-steps per update. It has optax's
+    ``init`` and ``update``; equal settings make equal (and equally hashed) optimizers, so
+    the compiled steps that take one as a static argument are traced once per setting."""
+    lr: float
+    schedule: str  # 'warmup_linear_decay' or 'constant'
+    warmup: int
+    updates: int
+    weight_decay: float
+    freeze_gpt: bool
+    grad_accum: int
+
+    def transform(self, params) -> optax.GradientTransformation:
+        rate = (optax.constant_schedule(self.lr) if self.schedule == "constant" else
+                st.warmup_linear_decay(self.lr, self.warmup, self.updates))
+        trainable = {"mapper": jax.tree.map(lambda _: True, params["mapper"]),
+                     "gpt": jax.tree.map(lambda _: not self.freeze_gpt, params["gpt"])}
+        return st.adamw(rate, self.weight_decay, trainable if self.freeze_gpt else None,
+                        self.grad_accum)
+
+    def init(self, params):
+        return self.transform(params).init(params)
+
+    def update(self, grads, opt_state, params):
+        return self.transform(params).update(grads, opt_state, params)
+
+
+def make_optimizer(config, total_updates: int) -> Optimizer:
+    """The run's ``Optimizer`` over ``total_updates`` updates."""
+    return Optimizer(float(config.lr), config.lr_schedule, warmup_steps_of(config),
+                     total_updates, float(config.weight_decay), bool(config.freeze_gpt),
+                     config.grad_accum)
 
 
 # ---------------------------------------------------------------------------
@@ -126,17 +151,33 @@ def decode_text(tokenizer, tokens: np.ndarray, stops: tuple) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
-def make_decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int):
-    """(GPT-2 params, prefix [B, P, W]) -> tokens [B, T]: greedy or beam search."""
-    if config.decode == "greedy":
-        return lambda p, prefix: decoding.greedy(module, p, prompt_embeds=prefix,
-                                                 max_new_tokens=config.max_decode_tokens,
-                                                 stop_ids=stops, pad_id=pad_id)
-    if config.decode == "beam":
-        return lambda p, prefix: decoding.beam_search(
-            module, p, prompt_embeds=prefix, beam_size=config.beam_size,
-            max_new_tokens=config.max_decode_tokens, stop_ids=stops, pad_id=pad_id)[0]
-    raise ValueError(f"decode={config.decode!r}; expected 'greedy' or 'beam'")
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """(GPT-2 params, prefix [B, P, W]) -> tokens [B, T]: greedy or beam search, as a value
+    (a static argument of the compiled decoding, like ``Optimizer``)."""
+    module: gpt2.GPT2
+    kind: str  # 'greedy' or 'beam'
+    beam_size: int
+    max_new_tokens: int
+    stop_ids: tuple
+    pad_id: int
+
+    def __call__(self, params, prefix: jax.Array) -> jax.Array:
+        if self.kind == "greedy":
+            return decoding.greedy(self.module, params, prompt_embeds=prefix,
+                                   max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
+                                   pad_id=self.pad_id)
+        return decoding.beam_search(self.module, params, prompt_embeds=prefix,
+                                    beam_size=self.beam_size, max_new_tokens=self.max_new_tokens,
+                                    stop_ids=self.stop_ids, pad_id=self.pad_id)[0]
+
+
+def make_decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int) -> Decoder:
+    """The config's ``Decoder`` (``decode``: 'greedy' or 'beam')."""
+    if config.decode not in ("greedy", "beam"):
+        raise ValueError(f"decode={config.decode!r}; expected 'greedy' or 'beam'")
+    return Decoder(module, config.decode, config.beam_size, config.max_decode_tokens,
+                   tuple(stops), pad_id)
 
 
 def check_width(embeddings: np.ndarray, dim: int, field: str) -> None:
