@@ -112,6 +112,7 @@ def sequential(s, chosen, settings, data, regs) -> tuple:
     s.layout = gan_sweep.member_layout(1, 1)
     wall, steady, counted, losses = 0.0, 0.0, 0, []
     for (_, seed), setting in zip(chosen, settings):
+        jax.clear_caches()  # a run of its own traces its programs again
         start = time.perf_counter()
         state, step_fn, put, setting, seeds = side(s, 1, [seed], [setting])
         box = [state]
@@ -131,6 +132,7 @@ def sweep(s, chosen, settings, data, regs) -> tuple:
     """The N members stacked, trained by gan_sweep's one compiled step."""
     n = len(chosen)
     s.layout = gan_sweep.member_layout(n, 1)
+    jax.clear_caches()  # each sweep run traces its programs as a fresh run does
     start = time.perf_counter()
     state, step_fn, put, stacked, seeds = side(s, n, [seed for _, seed in chosen], settings)
     box = [state]

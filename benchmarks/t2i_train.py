@@ -186,12 +186,14 @@ def main():
         flops_of[r] = _flops(compiled[r])
 
     for i in range(args.warmup):
-        state, metrics = compiled[regs[i]](state, batches[i % len(batches)], settings, seeds)
+        state, metrics = compiled[regs[i]](state, batches[i % len(batches)], settings, seeds,
+                                           step_fn.encoder_params)
     jax.block_until_ready(state)
     timed = regs[args.warmup:]
     start = time.perf_counter()
     for i, r in enumerate(timed):
-        state, metrics = compiled[r](state, batches[i % len(batches)], settings, seeds)
+        state, metrics = compiled[r](state, batches[i % len(batches)], settings, seeds,
+                                     step_fn.encoder_params)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - start
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -122,8 +122,7 @@ class GanSweep:
 
     def stacked_init(self, seeds):
         """Each member's initial state (``generation.init_state`` from its seed)."""
-        return jax.vmap(lambda s: generation.init_state(self.gen, self.disc, self.tx, self.gan,
-                                                        jax.random.key(s)))(seeds)
+        return stacked_init(seeds, self.gen, self.disc, self.tx)
 
     def abstract_state(self) -> tuple:
         """(the stacked state's ShapeDtypeStructs, its shardings)."""
@@ -136,7 +135,8 @@ class GanSweep:
         from LAFITE's G, D and G_ema of that pickle (``lafite_import``), Adam fresh."""
         if not self.config.init_from:
             seeds = self.layout.put_members(self.seeds)
-            return jax.jit(self.stacked_init, out_shardings=shardings)(seeds)
+            return initial_states(seeds, gen=self.gen, disc=self.disc, tx=self.tx,
+                                  shardings=parallel.TreeShardings.of(shardings))
         nets = lafite_import.load(self.config.init_from, self.gan)
         g, d = nets["G"], nets["D"]
         one = generation.GANState(np.zeros((), np.int32), g, d, self.tx.init(g),
@@ -144,6 +144,18 @@ class GanSweep:
         n = len(self.padded)
         return jax.tree.map(lambda a, s: parallel.put_whole(np.stack([np.asarray(a)] * n), s),
                             one, shardings)
+
+
+def stacked_init(seeds, gen, disc, tx):
+    """Each member's initial state (``generation.init_state`` from its seed)."""
+    return jax.vmap(lambda s: generation.init_state(gen, disc, tx, gen.config,
+                                                    jax.random.key(s)))(seeds)
+
+
+@functools.partial(jax.jit, static_argnames=("gen", "disc", "tx", "shardings"))
+def initial_states(seeds, *, gen, disc, tx, shardings: parallel.TreeShardings):
+    """``stacked_init`` compiled once per setting, placed in ``shardings``."""
+    return shardings.constrain(stacked_init(seeds, gen, disc, tx))
 
 
 def member_settings(config, source, members: Sequence[Member]) -> dict:
@@ -186,33 +198,84 @@ def over_members(fn, layout: Layout, shared: int = 0):
     return mapped
 
 
-def member_step(sweep, cfg: generation.StepConfig, skip_nonfinite: bool):
-    """(state, batch, settings, seeds, regs) -> (state, metrics), over the members of
-    ``sweep`` (its gen, disc, encoder, g_tx, d_tx and layout)."""
-    def member(state, batch, s, seed, regs):
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What a sweep's G+D step is built from, as a value (the compiled step's static
+    argument: equal parts, one trace): G, D, the frozen encoder's ``fn`` and input size,
+    G's and D's Adam, the layout."""
+    gen: stylegan2.Generator
+    disc: stylegan2.Discriminator
+    encode: Callable
+    image_size: int
+    g_tx: generation.Adam
+    d_tx: generation.Adam
+    layout: Layout
+
+    @classmethod
+    def of(cls, sweep) -> "Parts":
+        """The parts of a ``GanSweep`` (or of anything with its attributes)."""
+        return cls(sweep.gen, sweep.disc, sweep.encoder.fn, sweep.encoder.image_size,
+                   sweep.g_tx, sweep.d_tx, sweep.layout)
+
+
+def member_step(parts: Parts, cfg: generation.StepConfig, skip_nonfinite: bool):
+    """(state, batch, settings, seeds, encoder params, regs) -> (state, metrics), over the
+    members."""
+    def member(state, batch, s, seed, encoder_params, regs):
         condition = lambda e, rng: generation.train_condition(s, e, rng)
-        return generation.gan_update(sweep.gen, sweep.disc, sweep.encoder, cfg, sweep.g_tx,
-                                     sweep.d_tx, state, batch, jax.random.key(seed), regs,
-                                     condition, skip_nonfinite, sweep.encoder.image_size,
+        encode = lambda images: parts.encode(encoder_params, images)
+        return generation.gan_update(parts.gen, parts.disc, encode, cfg, parts.g_tx,
+                                     parts.d_tx, state, batch, jax.random.key(seed), regs,
+                                     condition, skip_nonfinite, parts.image_size,
                                      generation.itc_features(cfg.itc_space, s))
 
-    def step(state, batch, settings, seeds, regs: tuple):
-        return over_members(functools.partial(member, regs=regs), sweep.layout)(
-            state, batch, settings, seeds)
+    def step(state, batch, settings, seeds, encoder_params, regs: tuple):
+        return over_members(functools.partial(member, regs=regs), parts.layout, shared=1)(
+            state, batch, settings, seeds, encoder_params)
     return step
 
 
-def make_train_step(sweep, cfg: generation.StepConfig, shardings, skip_nonfinite: bool = False,
-                    squeeze: bool = False):
-    """``member_step`` jitted, the state donated; ``regs`` (path-length step, R1 step) is
-    static: up to four compiled variants. ``squeeze``: the metrics of the one member
-    without the member axis."""
-    step = member_step(sweep, cfg, skip_nonfinite)
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=(
+    "regs", "parts", "cfg", "skip_nonfinite", "squeeze", "shardings"))
+def sweep_step(state, batch, settings, seeds, encoder_params, *, regs: tuple, parts: Parts,
+               cfg: generation.StepConfig, skip_nonfinite: bool, squeeze: bool,
+               shardings: parallel.TreeShardings):
+    """``member_step`` as the trainer runs it: the state donated and kept in ``shardings``;
+    ``regs`` (path-length step, R1 step): up to four compiled variants. ``squeeze``: the
+    metrics of the one member without the member axis. Its static arguments are values,
+    so a second run, a resume or a test in the same process reuses the traced program."""
+    state, metrics = member_step(parts, cfg, skip_nonfinite)(state, batch, settings, seeds,
+                                                             encoder_params, regs)
+    return (shardings.constrain(state),
+            jax.tree.map(lambda a: a[0], metrics) if squeeze else metrics)
 
-    def fn(state, batch, settings, seeds, regs: tuple):
-        state, metrics = step(state, batch, settings, seeds, regs)
-        return state, jax.tree.map(lambda a: a[0], metrics) if squeeze else metrics
-    return jax.jit(fn, static_argnums=4, donate_argnums=0, out_shardings=(shardings, None))
+
+class TrainStep:
+    """(state, batch, settings, seeds, regs) -> (state, metrics): ``sweep_step`` with a
+    sweep's parts, its encoder's params (replicated on its mesh) and the state's
+    shardings bound; ``lower`` as a jitted function's."""
+
+    def __init__(self, sweep, cfg: generation.StepConfig, shardings, skip_nonfinite: bool,
+                 squeeze: bool):
+        self.static = dict(parts=Parts.of(sweep), cfg=cfg, skip_nonfinite=skip_nonfinite,
+                           squeeze=squeeze, shardings=parallel.TreeShardings.of(shardings))
+        repl = NamedSharding(sweep.layout.mesh, P())
+        self.encoder_params = jax.tree.map(lambda a: parallel.put_whole(np.asarray(a), repl),
+                                           sweep.encoder.params)
+
+    def __call__(self, state, batch, settings, seeds, regs: tuple):
+        return sweep_step(state, batch, settings, seeds, self.encoder_params, regs=regs,
+                          **self.static)
+
+    def lower(self, state, batch, settings, seeds, regs: tuple):
+        return sweep_step.lower(state, batch, settings, seeds, self.encoder_params, regs=regs,
+                                **self.static)
+
+
+def make_train_step(sweep, cfg: generation.StepConfig, shardings, skip_nonfinite: bool = False,
+                    squeeze: bool = False) -> TrainStep:
+    """The sweep's ``TrainStep``."""
+    return TrainStep(sweep, cfg, shardings, skip_nonfinite, squeeze)
 
 
 def train(sweep: GanSweep) -> tuple:
@@ -269,6 +332,20 @@ def restore_ema(sweep: GanSweep, run_dir: str):
     return checkpoints.restore_state(directory, checkpoints.abstract(abstract, shardings)).ema
 
 
+@functools.partial(jax.jit, static_argnames=("gen", "layout", "from_images"))
+def member_images(ema, settings, seeds, e, i, *, gen, layout: Layout, from_images: bool):
+    """Every member's uint8 images of the embeddings ``e`` of test batch ``i``: its
+    condition (``evaluate``'s), latents from ``seed + 1`` folded with ``i``."""
+    transform = generation.train_condition if from_images else c3.member_eval
+
+    def member(params, settings, seed, e, i):
+        cond = transform(settings, e)
+        z_key, noise_key = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), i))
+        z = jax.random.normal(z_key, (e.shape[0], gen.config.z_dim))
+        return generation.to_uint8(gen.apply({"params": params}, z, cond, noise_key))
+    return over_members(member, layout, shared=2)(ema, settings, seeds, e, i)
+
+
 def evaluate(sweep: GanSweep, ema, limit: int = 0, from_images: bool = False) -> dict:
     """Every member's images from the first ``limit`` (0: all) test rows' text embeddings
     through its method (``c3.member_eval``), with its own latents (``seed + 1`` folded with
@@ -282,16 +359,9 @@ def evaluate(sweep: GanSweep, ema, limit: int = 0, from_images: bool = False) ->
     member's training transform without its noise (``generation.train_condition``), the
     condition the generator was trained on: what it renders with no modality gap to cross
     (the CLIP score is then taken against those image embeddings)."""
-    config, gen, layout = sweep.config, sweep.gen, sweep.layout
-    transform = generation.train_condition if from_images else c3.member_eval
-
-    def member(params, settings, seed, e, i):
-        cond = transform(settings, e)
-        z_key, noise_key = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), i))
-        z = jax.random.normal(z_key, (e.shape[0], gen.config.z_dim))
-        return generation.to_uint8(gen.apply({"params": params}, z, cond, noise_key))
-
-    fn = jax.jit(over_members(member, layout, shared=2))
+    config, layout = sweep.config, sweep.layout
+    fn = functools.partial(member_images, gen=sweep.gen, layout=layout,
+                           from_images=from_images)
     settings, seeds = layout.put_members((sweep.settings, sweep.seeds))
     repl = NamedSharding(layout.mesh, P())
     inception = generation.inception_of(config.inception_weights)

@@ -13,6 +13,7 @@ training rows, the frozen encoder, and the scores and FID protocol of generated 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Callable, Optional
 
@@ -92,12 +93,31 @@ def gan_config(config, cond_dim: int, resolution: int) -> stylegan2.GANConfig:
                                d_cond_sum=config.d_cond_sum, conv_clamp=config.conv_clamp)
 
 
-def optimizer(config, reg_every: int = 0) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class Adam:
+    """Adam (eps 1e-8) as a value: optax's ``init`` and ``update``, equal and equally hashed
+    for equal settings, so the compiled step that takes it as a static argument is traced
+    once per setting."""
+    lr: float
+    b1: float
+    b2: float
+
+    def transform(self) -> optax.GradientTransformation:
+        return optax.adam(self.lr, b1=self.b1, b2=self.b2, eps=1e-8)
+
+    def init(self, params):
+        return self.transform().init(params)
+
+    def update(self, grads, opt_state, params=None):
+        return self.transform().update(grads, opt_state, params)
+
+
+def optimizer(config, reg_every: int = 0) -> Adam:
     """StyleGAN2's Adam (lr 2.5e-3, betas (0, 0.99), eps 1e-8); with lazy regularization
     every ``reg_every`` steps, lr and betas rescaled by r = reg_every / (reg_every + 1)
     (lr * r, beta ** r: ``training_loop.py``; G's r = 4/5, D's 16/17)."""
     r = reg_every / (reg_every + 1.0) if reg_every > 0 else 1.0
-    return optax.adam(config.lr * r, b1=config.beta1 ** r, b2=config.beta2 ** r, eps=1e-8)
+    return Adam(config.lr * r, config.beta1 ** r, config.beta2 ** r)
 
 
 # ---------------------------------------------------------------------------
@@ -417,15 +437,41 @@ class ImageRows:
 class Encoder:
     """A frozen image encoder for the itc term and CLIP-space statistics:
     ``fn(params, images in [-1, 1] NHWC) -> embeddings``; ``image_size``: its input size
-    (0: unknown; the itc term then encodes generated images without LAFITE's crop)."""
+    (0: unknown; the itc term then encodes generated images without LAFITE's crop). The
+    compiled programs take ``fn`` as a static argument and ``params`` as an array
+    argument: an ``fn`` that is a value (``TowerFn``) is traced once per setting."""
 
     def __init__(self, fn: Callable, params, image_size: int = 0):
         self.fn, self.params, self.image_size = fn, params, image_size
-        # uint8 images -> embeddings, compiled once per encoder (not per scorer or member)
-        self.encode_uint8 = jax.jit(lambda p, x: fn(p, to_unit_range(x)))
 
     def __call__(self, images: jax.Array) -> jax.Array:
         return self.fn(self.params, images)
+
+    def encode_uint8(self, images) -> jax.Array:
+        """uint8 images [n, H, W, 3] -> embeddings."""
+        return encode_uint8(self.params, images, fn=self.fn)
+
+
+@functools.partial(jax.jit, static_argnames="fn")
+def encode_uint8(params, images, *, fn: Callable) -> jax.Array:
+    return fn(params, to_unit_range(images))
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerFn:
+    """A CLIP's image tower on images in [-1, 1]: resized to its input size, normalized
+    with ``mean``/``std`` (an ``Encoder``'s ``fn``)."""
+    module: clip.CLIP
+    mean: tuple
+    std: tuple
+
+    def __call__(self, p, images: jax.Array) -> jax.Array:
+        size = self.module.config.image_size
+        x = (images + 1.0) / 2.0
+        if images.shape[1:3] != (size, size):
+            x = jax.image.resize(x, (images.shape[0], size, size, 3), "bilinear")
+        x = jnp.transpose((x - jnp.asarray(self.mean)) / jnp.asarray(self.std), (0, 3, 1, 2))
+        return self.module.apply({"params": p}, x, method="encode_image")
 
 
 def check_encoder(encoder: Encoder, rows: "ImageRows", field: str) -> None:
@@ -445,20 +491,10 @@ def clip_encoder(path: str) -> Encoder:
 
 
 def tower_encoder(module: clip.CLIP, params, mean, std) -> Encoder:
-    """A CLIP's image tower on images in [-1, 1]: resized to its input size, normalized
-    with ``mean``/``std``."""
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
-
-    size = module.config.image_size
-
-    def fn(p, images):
-        x = (images + 1.0) / 2.0
-        if images.shape[1:3] != (size, size):
-            x = jax.image.resize(x, (images.shape[0], size, size, 3), "bilinear")
-        x = jnp.transpose((x - mean) / std, (0, 3, 1, 2))
-        return module.apply({"params": p}, x, method="encode_image")
-
-    return Encoder(fn, params, size)
+    """A CLIP's image tower on images in [-1, 1] (``TowerFn``) with its params."""
+    values = lambda v: tuple(float(x) for x in np.asarray(v, np.float32).reshape(-1))
+    return Encoder(TowerFn(module, values(mean), values(std)), params,
+                   module.config.image_size)
 
 
 # The variants the C^3 scripts run with --remove_mean (whose image mean its code subtracts
@@ -546,7 +582,7 @@ class ImageScores:
             self.logits.append(lg)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.encoder.encode_uint8(self.encoder.params, images))
+        return np.asarray(self.encoder.encode_uint8(images))
 
     def add_real(self, real: np.ndarray) -> None:
         """Adds real images to the reference statistics."""

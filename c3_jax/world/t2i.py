@@ -9,7 +9,10 @@ draw; and a linear probe reads each attribute from the embeddings themselves
 (``condition_readout``: a lower bound on what the condition tells a generator)."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -108,11 +111,19 @@ def check(config) -> None:
     caption.calibration_fits(config)
 
 
+@dataclasses.dataclass(frozen=True)
+class WorldTower:
+    """The world's CLIP image tower on images in [-1, 1] (an ``Encoder``'s ``fn``)."""
+    model: Any
+
+    def __call__(self, p, x: jax.Array) -> jax.Array:
+        return self.model.apply({"params": p}, connect.pixels((x + 1.0) * 127.5),
+                                method="encode_image")
+
+
 def _encoder(model, params) -> generation.Encoder:
     """The world's CLIP image tower on images in [-1, 1]."""
-    fn = lambda p, x: model.apply({"params": p}, connect.pixels((x + 1.0) * 127.5),
-                                  method="encode_image")
-    return generation.Encoder(fn, params)
+    return generation.Encoder(WorldTower(model), params)
 
 
 def _generator_config(config, dataset: str):
