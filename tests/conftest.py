@@ -317,6 +317,18 @@ def copy_world(workdir, to) -> None:
     shutil.copytree(workdir, to, ignore=left_out)
 
 
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Records each call of ``module.name`` (a function called while a jitted program is
+    traced: one entry per trace) in the returned list."""
+    calls, fn = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 def latest_state(workdir):
     """The latest checkpoint's state of a run (as numpy) and its step."""
     path = os.path.join(workdir, "checkpoints", "latest")

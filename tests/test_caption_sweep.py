@@ -11,7 +11,7 @@ from c3_jax import runner
 from c3_jax.experiments import caption
 from c3_jax.train import caption_sweep
 from c3_jax.workdir import Workdir
-from conftest import caption_config, override, run_script, latest_state
+from conftest import caption_config, count_calls, override, run_script, latest_state
 
 MEMBERS = [caption_sweep.Member("c3_seed0", "c3", 0, 0.1),
            caption_sweep.Member("supervised_seed1", "c1", 1, 0.1, "image_embedding"),
@@ -24,7 +24,12 @@ MEMBERS = [caption_sweep.Member("c3_seed0", "c3", 0, 0.1),
 
 
 @pytest.mark.slow
-def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path):
+def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path, monkeypatch):
+    """... and the step is traced once for the sweep and once for the runs alone (they
+    differ in data only: compiled once per setting), once more for c3_aniso's (its
+    settings hold the noise model's directions: arrays of other shapes)."""
+    jax.clear_caches()
+    traces = count_calls(monkeypatch, caption_sweep, "member_step")
     config = caption_config(caption_world, max_steps=8, checkpoint_every=8, val_batches=1)
     sweep = caption_sweep.Sweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
     params, summary = caption_sweep.train(sweep)
@@ -41,6 +46,7 @@ def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path
             np.testing.assert_allclose(summary[m.name][key], alone_summary[key], rtol=1e-5)
         assert captions[k] == caption_sweep.generate(
             run, alone, _test_embeddings(caption_world))[0], m.name
+    assert len(traces) == 3
     rows = [json.loads(line) for line in open(tmp_path / "sweep" / "metrics.jsonl")]
     assert all(f"loss/{m.name}" in rows[0] for m in MEMBERS)
     assert any(f"val_loss/{m.name}" in r for r in rows for m in MEMBERS)

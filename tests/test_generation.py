@@ -11,9 +11,9 @@ import pytest
 
 from c3_jax import runner
 from c3_jax.data import builders
-from c3_jax.train import checkpoints
+from c3_jax.train import checkpoints, gan_sweep
 from configs import coco_t2i, shapes_t2i
-from conftest import latest_state, random_state_dict, t2i_config
+from conftest import count_calls, latest_state, random_state_dict, t2i_config
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,9 @@ def test_restore_for_eval_with_fid_and_inception_score(t2i_world, trained, tmp_p
 @pytest.mark.slow
 def test_crashed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path, monkeypatch):
     """A crash right after the step-3 checkpoint: the restart ends bitwise equal to the
-    uninterrupted reference run (both on 2 devices)."""
+    uninterrupted reference run (both on 2 devices), and does not trace the step again."""
+    jax.clear_caches()
+    traces = count_calls(monkeypatch, gan_sweep, "member_step")
     config, straight = t2i_reference
     every, save = config.checkpoint_every, checkpoints.Checkpoints.save
 
@@ -91,6 +93,7 @@ def test_crashed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path, mon
         with pytest.raises(RuntimeError, match="crashed"):
             runner.run(config, str(tmp_path / "cut"))
     assert runner.run(config, str(tmp_path / "cut"))["resumed_from"] == every
+    assert len(traces) == 1
     want, step = latest_state(str(straight))
     got, step2 = latest_state(str(tmp_path / "cut"))
     assert step == step2 == config.max_steps > every
