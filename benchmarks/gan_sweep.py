@@ -99,8 +99,7 @@ def side(s, n: int, seeds_host, settings_host: list):
     layout = s.layout
     stacked = {k: np.stack([m[k] for m in settings_host]) for k in settings_host[0]}
     seeds, stacked = layout.put_members((np.asarray(seeds_host, np.uint32), stacked))
-    init = jax.vmap(lambda k: generation.init_state(s.gen, s.disc, s.tx, s.gan,
-                                                    jax.random.key(k)))
+    init = lambda k: gan_sweep.stacked_init(k, s.gen, s.disc, s.tx)
     shardings = layout.state_shardings(jax.eval_shape(init, seeds))
     state = jax.jit(init, out_shardings=shardings)(seeds)
     step_fn = gan_sweep.make_train_step(s, s.cfg, shardings)

@@ -155,8 +155,7 @@ def main():
     sweep = types.SimpleNamespace(  # what gan_sweep's step reads of a GanSweep
         gen=stylegan2.Generator(gan), disc=stylegan2.Discriminator(gan), encoder=encoder,
         g_tx=parts["g_tx"], d_tx=parts["d_tx"], layout=layout)
-    init = jax.vmap(lambda s: generation.init_state(sweep.gen, sweep.disc, parts["tx"], gan,
-                                                    jax.random.key(s)))
+    init = lambda s: gan_sweep.stacked_init(s, sweep.gen, sweep.disc, parts["tx"])
     seeds = layout.put_members(np.asarray([2], np.uint32))
     shardings = layout.state_shardings(jax.eval_shape(init, seeds))
     state = jax.jit(init, out_shardings=shardings)(seeds)

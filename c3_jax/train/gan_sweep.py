@@ -120,14 +120,10 @@ class GanSweep:
         self.settings = member_settings(config, self.train_source, self.padded)
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
 
-    def stacked_init(self, seeds):
-        """Each member's initial state (``generation.init_state`` from its seed)."""
-        return stacked_init(seeds, self.gen, self.disc, self.tx)
-
     def abstract_state(self) -> tuple:
         """(the stacked state's ShapeDtypeStructs, its shardings)."""
-        abstract = jax.eval_shape(self.stacked_init, jax.ShapeDtypeStruct(self.seeds.shape,
-                                                                          self.seeds.dtype))
+        abstract = jax.eval_shape(lambda s: stacked_init(s, self.gen, self.disc, self.tx),
+                                  jax.ShapeDtypeStruct(self.seeds.shape, self.seeds.dtype))
         return abstract, self.layout.state_shardings(abstract)
 
     def initial_state(self, shardings):
