@@ -6,8 +6,11 @@ random batches (embeddings, caption ids with padding), from the same initial par
   * sequential (one run per captioner): per member, the trainer's path for a run of one
     captioner, a sweep of one member (its own jit, hence its own compilation), its init,
     its steps;
-  * sweep: ``caption_sweep.member_step`` vmapped over the N members (one compilation),
-    ``caption_sweep.stacked_init``, the same steps for all members at once.
+  * sweep: ``caption_sweep.member_step`` over the N members (one compilation),
+    ``caption_sweep.stacked_init``, the same steps for all members at once: the members
+    one after another in the program (``lax.map``) where the trainer does so
+    (``caption_sweep.members_in_turn``: on CPU), and once more vmapped (the members at
+    once, the trainer's way on accelerators) for comparison.
 Sizes: 'world' (the built-in world's captioner: width 64, depth 2, 4-token prefix, its
 vocabulary and caption length, batch 64) or 'gpt2_small' (GPT-2 small from scratch, 512-d
 embeddings, 10-token prefix, 20 caption tokens, batch 8). Wall time includes compilation
@@ -88,7 +91,8 @@ def sequential(config, n: int, data: list, dim: int) -> tuple:
         tx = captioning.make_optimizer(config, len(data))
         seeds = np.asarray([i], np.uint32)
         state = jax.jit(caption_sweep.stacked_init(model, tx, dim))(seeds, None)
-        step = jax.jit(caption_sweep.member_step(model, tx), donate_argnums=0)
+        step = jax.jit(caption_sweep.member_step(
+            model, tx, in_turn=caption_sweep.members_in_turn()), donate_argnums=0)
         one = caption_sweep.stack_settings([s])
         for j, b in enumerate(data):
             b = {k: v[None] for k, v in b.items()}
@@ -99,15 +103,15 @@ def sequential(config, n: int, data: list, dim: int) -> tuple:
     return time.perf_counter() - start, steady
 
 
-def sweep(config, n: int, data: list, dim: int) -> tuple:
-    """All members in one vmapped program."""
+def sweep(config, n: int, data: list, dim: int, in_turn: bool) -> tuple:
+    """All members in one program: one after another (``in_turn``) or vmapped."""
     start = time.perf_counter()
     model, _ = captioning.build_module(config)
     tx = captioning.make_optimizer(config, len(data))
     state = jax.jit(caption_sweep.stacked_init(model, tx, dim))(np.arange(n, dtype=np.uint32),
                                                                  None)
     stacked = caption_sweep.stack_settings(settings(n, dim))
-    step = jax.jit(caption_sweep.member_step(model, tx), donate_argnums=0)
+    step = jax.jit(caption_sweep.member_step(model, tx, in_turn=in_turn), donate_argnums=0)
     seeds, steady = np.arange(n, dtype=np.uint32), 0.0
     for j, b in enumerate(data):
         b = {k: np.broadcast_to(v, (n,) + v.shape) for k, v in b.items()}
@@ -143,9 +147,14 @@ def main():
         for n in [int(v) for v in args.members.split(",")]:
             captions = n * config.batch_size * args.steps
             seq_wall, seq_steady = sequential(config, n, data, dim)
-            runs = [sweep(config, n, data, dim) for _ in range(max(args.sweep_runs, 1))]
+            in_turn = caption_sweep.members_in_turn()
+            runs = [sweep(config, n, data, dim, in_turn)
+                    for _ in range(max(args.sweep_runs, 1))]
+            vmapped = sweep(config, n, data, dim, False)
             per = lambda steady: n * config.batch_size * (args.steps - 1) / steady
             rows.append({"members": n, "steps": args.steps, "captions": captions,
+                         "members_in_turn": in_turn, "vmapped_wall_s": vmapped[0],
+                         "vmapped_steady_captions_per_s": per(vmapped[1]),
                          "sequential_wall_s": seq_wall, "sweep_wall_s": [w for w, _ in runs],
                          "sequential_steady_captions_per_s": per(seq_steady),
                          "sweep_steady_captions_per_s": [per(st) for _, st in runs],
@@ -157,8 +166,9 @@ def main():
                   f"({r['sequential_steady_captions_per_s']:8.0f} captions/s steady) | sweep "
                   f"{each('sweep_wall_s', '6.1f')} s "
                   f"({each('sweep_steady_captions_per_s', '8.0f')} captions/s) | wall "
-                  f"{each('wall_ratio', '.1f')}x, steady {each('steady_ratio', '.1f')}x",
-                  flush=True)
+                  f"{each('wall_ratio', '.1f')}x, steady {each('steady_ratio', '.2f')}x | "
+                  f"vmapped {vmapped[0]:6.1f} s ({r['vmapped_steady_captions_per_s']:8.0f} "
+                  "captions/s)", flush=True)
     common = {"size": args.size, "matmul_peak_gflops": peak / 1e9, "smoke": args.smoke,
               "load_average_1min": os.getloadavg()[0], "devices": str(jax.devices())}
     for r in rows:

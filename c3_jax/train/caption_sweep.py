@@ -2,7 +2,8 @@
 of a sweep of captioners trained as one program. A single run is a sweep of one member.
 
 The members (C^3 variant x seed x sigma x training field) are stacked on a leading axis
-and trained by one ``jax.vmap``ped, jitted step, with everything that differs between them
+and trained by one jitted step (vmapped over the members, or on CPU the members in turn:
+``members_in_turn``), with everything that differs between them
 passed as data: the collapse mean (zeros: no collapse), sigma (0: no noise), the gap
 direction (span_only), the RNG key and the embedding field each member reads. The member
 axis is split over the mesh's 'data' axis (each member's batch and large params over
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import PartitionSpec
 
 from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
@@ -195,28 +197,57 @@ class Sweep:
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
 
 
-def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0):
-    """The sweep's step, vmapped over members: (state, batch, settings, seed) -> (state,
-    metrics), each with a leading member axis; a member's step is ``captioning``'s update
-    with the method's settings as arrays (``c3.member_train``) and the noise of its seed."""
+def members_in_turn() -> bool:
+    """Whether a device runs its members one after another (``lax.map``) rather than all at
+    once (``vmap``): on CPU, where XLA ran the vmapped (batched) matmuls of the world's
+    small captioners at three quarters of a member's own rate and the members in turn at
+    its rate (benchmarks/sweep.py, BENCHMARKS.md); on accelerators one small captioner
+    leaves the device idle, so their members run at once."""
+    return jax.default_backend() == "cpu"
+
+
+def over_members(fn, mesh=None, in_turn: bool = False):
+    """``fn`` over the leading member axis of all its arguments: vmapped, or (``in_turn``)
+    the members one after another in a ``lax.map``, each device of the mesh's 'data' axis
+    running its own members (``shard_map``; 'fsdp' left to the partitioner)."""
+    if not in_turn:
+        return jax.vmap(fn)
+
+    def run(*args):
+        return jax.lax.map(lambda a: fn(*a), args)
+    if mesh is None or mesh.shape["data"] == 1:
+        return run
+    return lambda *args: jax.shard_map(
+        run, mesh=mesh, in_specs=(PartitionSpec("data"),) * len(args), out_specs=PartitionSpec("data"),
+        axis_names={"data"}, check_vma=False)(*args)
+
+
+def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0, mesh=None,
+                in_turn: bool = False):
+    """The sweep's step over its members (``over_members``): (state, batch, settings, seed)
+    -> (state, metrics), each with a leading member axis; a member's step is
+    ``captioning``'s update with the method's settings as arrays (``c3.member_train``) and
+    the noise of its seed."""
     def step(state, batch, settings, seed):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         embed = lambda e: c3.member_train(settings, e, rng)
         return captioning.train_update(model, tx, state, batch, embed, skip_nonfinite,
                                        loss_chunk)
 
-    return jax.vmap(step)
+    return over_members(step, mesh, in_turn)
 
 
 @functools.partial(jax.jit, donate_argnums=0, static_argnames=(
-    "model", "tx", "shardings", "skip_nonfinite", "loss_chunk"))
+    "model", "tx", "shardings", "skip_nonfinite", "loss_chunk", "in_turn"))
 def sweep_step(state, batch, settings, seeds, *, model, tx: captioning.Optimizer,
-               shardings: parallel.TreeShardings, skip_nonfinite: bool, loss_chunk: int):
+               shardings: parallel.TreeShardings, skip_nonfinite: bool, loss_chunk: int,
+               in_turn: bool):
     """``member_step`` as the trainer runs it: the state donated and kept in
     ``shardings``. Its static arguments are values (equal settings, equal arguments), so a
     second run, a resume or a test in the same process reuses the traced program."""
-    state, metrics = member_step(model, tx, skip_nonfinite, loss_chunk)(state, batch, settings,
-                                                                        seeds)
+    step = member_step(model, tx, skip_nonfinite, loss_chunk, shardings.leaves[0].mesh,
+                       in_turn)
+    state, metrics = step(state, batch, settings, seeds)
     return shardings.constrain(state), metrics
 
 
@@ -226,7 +257,8 @@ def compiled_step(model, tx: captioning.Optimizer, shardings, skip_nonfinite: bo
     arguments bound (``shardings``: the state's tree of shardings)."""
     return functools.partial(sweep_step, model=model, tx=tx,
                              shardings=parallel.TreeShardings.of(shardings),
-                             skip_nonfinite=skip_nonfinite, loss_chunk=loss_chunk)
+                             skip_nonfinite=skip_nonfinite, loss_chunk=loss_chunk,
+                             in_turn=members_in_turn())
 
 
 def initial_state(tx, params, with_best: bool = False, mode: str = "min") -> SweepState:
