@@ -1,15 +1,16 @@
-"""Captioners trained as one vmapped sweep: the member axis changes nothing (each member
-equals the same captioner run alone, a sweep of one, through the 'caption' experiment's
-path), and a killed sweep resumes bitwise."""
+"""Captioners trained as one sweep: the member axis changes nothing (each member equals the
+same captioner run alone, a sweep of one, through the 'caption' experiment's path; the
+members in turn equal them vmapped), and a killed sweep resumes bitwise."""
+import functools
 import json
 
 import jax
 import numpy as np
 import pytest
 
-from c3_jax import runner
+from c3_jax import parallel, runner
 from c3_jax.experiments import caption
-from c3_jax.train import caption_sweep
+from c3_jax.train import caption_sweep, captioning
 from c3_jax.workdir import Workdir
 from conftest import caption_config, count_calls, override, run_script, latest_state
 
@@ -50,6 +51,51 @@ def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path
     rows = [json.loads(line) for line in open(tmp_path / "sweep" / "metrics.jsonl")]
     assert all(f"loss/{m.name}" in rows[0] for m in MEMBERS)
     assert any(f"val_loss/{m.name}" in r for r in rows for m in MEMBERS)
+
+
+@pytest.mark.slow
+def test_members_in_turn_equal_the_members_vmapped(caption_world, tmp_path):
+    """The two ways a device runs its members (``caption_sweep.over_members``: in turn on
+    CPU, vmapped on accelerators) give the same steps, validation NLLs and captions, with
+    the members split over the 2 devices (a shard_map over 'data' when in turn)."""
+    config = caption_config(caption_world, max_steps=2)
+    sweep = caption_sweep.Sweep(config, MEMBERS[:4], Workdir(str(tmp_path / "sweep")))
+    assert sweep.mesh.shape["data"] == 2
+    assert caption_sweep.members_in_turn()  # CPU: what the other tests run
+    tx = captioning.make_optimizer(config, config.max_steps)
+    abstract = jax.eval_shape(lambda: caption_sweep.stacked_init(sweep.model, tx, sweep.dim)(
+        sweep.seeds, None))
+    shardings = parallel.member_shardings(sweep.mesh, abstract)
+    settings = parallel.put_members(sweep.mesh, sweep.settings)
+    seeds = parallel.put_members(sweep.mesh, sweep.seeds)
+    rng = np.random.default_rng(0)
+    n, b, t = len(sweep.seeds), config.batch_size, config.max_caption_tokens
+    batch = {"embedding": rng.normal(size=(n, b, sweep.dim)).astype(np.float32),
+             "ids": rng.integers(1, 10, (n, b, t)).astype(np.int32),
+             "mask": np.ones((n, b, t), np.int32)}
+    batch = jax.device_put(batch, parallel.member_batch_sharding(sweep.mesh))
+    out = {}
+    for in_turn in (True, False):
+        state = caption_sweep.initial_states(
+            sweep.seeds, None, model=sweep.model, tx=tx, dim=sweep.dim, with_best=False,
+            mode="min", shardings=parallel.TreeShardings.of(shardings))
+        step = functools.partial(caption_sweep.sweep_step, model=sweep.model, tx=tx,
+                                 shardings=parallel.TreeShardings.of(shardings),
+                                 skip_nonfinite=False, loss_chunk=0, in_turn=in_turn)
+        for _ in range(2):
+            state, metrics = step(state, batch, settings, seeds)
+        nll = caption_sweep.member_nll(state.params, batch, settings, model=sweep.model,
+                                       loss_chunk=0, mesh=sweep.mesh, in_turn=in_turn)
+        out[in_turn] = jax.tree.map(np.asarray, (state.params, metrics, nll))
+    _assert_params_equal(out[True][0], out[False][0], "in turn vs vmapped")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), out[True][1:],
+                 out[False][1:])
+    embeddings = _test_embeddings(caption_world)
+    params = jax.tree.map(jax.numpy.asarray, out[True][0])
+    in_turn = caption_sweep.generate(sweep, params, embeddings)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(caption_sweep, "members_in_turn", lambda: False)
+        assert caption_sweep.generate(sweep, params, embeddings) == in_turn
 
 
 def _assert_params_equal(got, want, name):

@@ -206,20 +206,25 @@ def members_in_turn() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def over_members(fn, mesh=None, in_turn: bool = False):
-    """``fn`` over the leading member axis of all its arguments: vmapped, or (``in_turn``)
-    the members one after another in a ``lax.map``, each device of the mesh's 'data' axis
-    running its own members (``shard_map``; 'fsdp' left to the partitioner)."""
-    if not in_turn:
-        return jax.vmap(fn)
+def over_members(fn, mesh=None, in_turn: bool = False, shared: int = 0):
+    """``fn`` over the leading member axis of its arguments (the last ``shared`` ones the
+    same for every member): vmapped, or (``in_turn``) the members one after another in a
+    ``lax.map``, each device of the mesh's 'data' axis running its own members
+    (``shard_map``; 'fsdp' left to the partitioner)."""
+    def run(members, same):
+        if not in_turn:
+            return jax.vmap(lambda m: fn(*m, *same))(members)
+        return jax.lax.map(lambda m: fn(*m, *same), members)
 
-    def run(*args):
-        return jax.lax.map(lambda a: fn(*a), args)
-    if mesh is None or mesh.shape["data"] == 1:
-        return run
-    return lambda *args: jax.shard_map(
-        run, mesh=mesh, in_specs=(PartitionSpec("data"),) * len(args), out_specs=PartitionSpec("data"),
-        axis_names={"data"}, check_vma=False)(*args)
+    def call(*args):
+        members, same = args[:len(args) - shared], args[len(args) - shared:]
+        if not in_turn or mesh is None or mesh.shape["data"] == 1:
+            return run(members, same)
+        spec = PartitionSpec
+        return jax.shard_map(run, mesh=mesh, in_specs=(spec("data"), spec()),
+                             out_specs=spec("data"), axis_names={"data"},
+                             check_vma=False)(members, same)
+    return call
 
 
 def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0, mesh=None,
@@ -291,15 +296,15 @@ def initial_states(seeds, gpt_params, *, model, tx: captioning.Optimizer, dim: i
 # Validation and the best params
 
 
-@functools.partial(jax.jit, static_argnames=("model", "loss_chunk"))
-def member_nll(params, batch, settings, *, model, loss_chunk: int) -> tuple:
+@functools.partial(jax.jit, static_argnames=("model", "loss_chunk", "mesh", "in_turn"))
+def member_nll(params, batch, settings, *, model, loss_chunk: int, mesh, in_turn: bool) -> tuple:
     """Each member's summed caption NLL of its batch (no noise) and its token count."""
     def one(p, b, s):
         e = c3.member_train(s, b["embedding"])
         nll, count = model.apply({"params": p}, e, b["ids"], b["mask"], loss_chunk,
                                  method="caption_nll")
         return nll * count, count
-    return jax.vmap(one)(params, batch, settings)
+    return over_members(one, mesh, in_turn)(params, batch, settings)
 
 
 def loss_validation(sweep: Sweep) -> Optional[Callable]:
@@ -318,7 +323,8 @@ def loss_validation(sweep: Sweep) -> Optional[Callable]:
     fields = [m.train_field for m in sweep.padded]
     sharding = parallel.member_batch_sharding(sweep.mesh)
 
-    loss = functools.partial(member_nll, model=sweep.model, loss_chunk=config.loss_chunk)
+    loss = functools.partial(member_nll, model=sweep.model, loss_chunk=config.loss_chunk,
+                             mesh=sweep.mesh, in_turn=members_in_turn())
     settings = parallel.put_members(sweep.mesh, sweep.settings)
 
     # Read once (into memory when it fits); each validation iterates from the start.
@@ -529,9 +535,11 @@ def restore_params(sweep: Sweep, run_dir: str):
 # Decoding and evaluation
 
 
-@functools.partial(jax.jit, static_argnames=("model", "decode", "temperature", "out"))
+@functools.partial(jax.jit, static_argnames=("model", "decode", "temperature", "out",
+                                             "in_turn"))
 def member_tokens(params, settings, e, memory, offset, *, model,
-                  decode: captioning.Decoder, temperature: float, out) -> jax.Array:
+                  decode: captioning.Decoder, temperature: float, out,
+                  in_turn: bool) -> jax.Array:
     """Every member's caption tokens of ``e`` [n, d]: its inference transform (decap's
     projection onto ``memory`` computed once for all), plus ``offset`` when not None, the
     mapper and ``decode``: [members, n, T] in the sharding ``out``."""
@@ -541,7 +549,7 @@ def member_tokens(params, settings, e, memory, offset, *, model,
             x = x + offset
         return decode(p["gpt"], model.apply({"params": p}, x, method="prefix"))
     projected = None if memory is None else c3.project_to_memory(e, memory, temperature)
-    tokens = jax.vmap(member, in_axes=(0, 0, None))(params, settings, projected)
+    tokens = over_members(member, out.mesh, in_turn, shared=1)(params, settings, projected)
     return jax.lax.with_sharding_constraint(tokens, out)
 
 
@@ -563,7 +571,8 @@ def generate(sweep: Sweep, params, embeddings: np.ndarray, settings: Optional[di
     repl = jax.sharding.NamedSharding(sweep.mesh, spec())
     fn = functools.partial(member_tokens, model=sweep.model, decode=decode,
                            temperature=config.decap_temperature,
-                           out=jax.sharding.NamedSharding(sweep.mesh, spec("data", "fsdp")))
+                           out=jax.sharding.NamedSharding(sweep.mesh, spec("data", "fsdp")),
+                           in_turn=members_in_turn())
     settings = parallel.put_members(sweep.mesh, sweep.settings if settings is None else settings)
     memory = None if sweep.memory is None else parallel.put_whole(sweep.memory, repl)
     split = sweep.mesh.shape["fsdp"]
