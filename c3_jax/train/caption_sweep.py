@@ -200,9 +200,9 @@ class Sweep:
 def members_in_turn() -> bool:
     """Whether a device runs its members one after another (``lax.map``) rather than all at
     once (``vmap``): on CPU, where XLA ran the vmapped (batched) matmuls of the world's
-    small captioners at three quarters of a member's own rate and the members in turn at
-    its rate (benchmarks/sweep.py, BENCHMARKS.md); on accelerators one small captioner
-    leaves the device idle, so their members run at once."""
+    small captioners at 0.60-0.73 of a member's own rate and the members in turn at its
+    rate (benchmarks/sweep.py, BENCHMARKS.md); on accelerators one small captioner leaves
+    the device idle, so their members run at once."""
     return jax.default_backend() == "cpu"
 
 
@@ -220,9 +220,8 @@ def over_members(fn, mesh=None, in_turn: bool = False, shared: int = 0):
         members, same = args[:len(args) - shared], args[len(args) - shared:]
         if not in_turn or mesh is None or mesh.shape["data"] == 1:
             return run(members, same)
-        spec = PartitionSpec
-        return jax.shard_map(run, mesh=mesh, in_specs=(spec("data"), spec()),
-                             out_specs=spec("data"), axis_names={"data"},
+        return jax.shard_map(run, mesh=mesh, in_specs=(PartitionSpec("data"), PartitionSpec()),
+                             out_specs=PartitionSpec("data"), axis_names={"data"},
                              check_vma=False)(members, same)
     return call
 
