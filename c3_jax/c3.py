@@ -202,7 +202,7 @@ def realign_centroid(batches: Iterable, train: Moments, evaluation: Moments) -> 
 
 def member_train(s: dict, e: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
     """A method's training-side transform with its settings ``s`` as arrays (so that the
-    members of a vmapped sweep can differ): normalize, subtract ``mean``, scale, add
+    members of one sweep program can differ): normalize, subtract ``mean``, scale, add
     ``shift``; where ``centroid`` is set, normalize and add ``recenter`` (ReAlign's Centroid
     step); with an ``rng``, add noise ``sigma * z`` (per dimension) ``+ factor @ z'``
     less its component along ``gap`` (zeros: none); renormalize. For the paper's variants

@@ -1,6 +1,6 @@
 """Table 2 of the paper as one program: the C^3 ablations (c1, c2_collapse, c2_corrupt,
 c3) x 3 seeds on MS-COCO, GPT-2 prefix captioners trained together on CLIP text
-embeddings only (``caption_sweep``: one vmapped step, members split over the devices),
+embeddings only (``caption_sweep``: one compiled step, members split over the devices),
 each evaluated on CLIP image embeddings; scores per member and mean ± std per variant.
 
 Variants (comma-separated):
