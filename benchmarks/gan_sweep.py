@@ -6,7 +6,7 @@ the same random batches, from the same initial parameters, with the trainer's pa
 ``t2i_train.py``'s preset (default: shapes_t2i's generator, discriminator and world CLIP
 image tower, batch 8):
   * sequential (one run per generator): per member, a sweep of one over all devices, as a
-    single run trains it (``gan_sweep.make_train_step``, its own jit, hence its own
+    single run trains it (``gan_sweep.TrainStep``, its own jit, hence its own
     compilation of each regularization variant), its init, its steps;
   * sweep: the N members stacked and split over the devices (``gan_sweep.member_layout``),
     one after another on each inside one compiled program (``gan_sweep.over_members``),
@@ -102,7 +102,7 @@ def side(s, n: int, seeds_host, settings_host: list):
     init = lambda k: gan_sweep.stacked_init(k, s.gen, s.disc, s.tx)
     shardings = layout.state_shardings(jax.eval_shape(init, seeds))
     state = jax.jit(init, out_shardings=shardings)(seeds)
-    step_fn = gan_sweep.make_train_step(s, s.cfg, shardings)
+    step_fn = gan_sweep.TrainStep(s, s.cfg, shardings)
     return state, step_fn, layout.batch_sharding(), stacked, seeds
 
 

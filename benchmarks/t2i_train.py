@@ -2,7 +2,7 @@
 image tower for the itc term, Adam for G and D, lazy R1 and path-length penalties, EMA),
 with its FLOP rate against the machine's float32 matmul peak.
 
-The step is ``gan_sweep.make_train_step`` as ``gan_sweep.train`` builds it for a single run
+The step is ``gan_sweep.TrainStep`` as ``gan_sweep.train`` builds it for a single run
 (a sweep of one member over all devices, ``gan_sweep.member_layout(1, 1)``; jitted, state
 donated; the step settings ``StepConfig.from_config``, G's and D's Adam rescaled for lazy
 regularization, the regularization phases ``regs_at``), with random weights and random
@@ -175,7 +175,7 @@ def main():
         "embedding": rng.normal(size=(b, gan.cond_dim)).astype(np.float32)})
         for _ in range(4)]
 
-    step_fn = gan_sweep.make_train_step(sweep, cfg, shardings, squeeze=True)
+    step_fn = gan_sweep.TrainStep(sweep, cfg, shardings, squeeze=True)
     regs = [generation.regs_at(config, i) for i in range(args.warmup + steps)]
     compiled, flops_of, compile_s = {}, {}, 0.0
     for r in sorted(set(regs)):  # each variant the run meets, compiled once

@@ -175,6 +175,32 @@ class TreeShardings:
                                                                          self.leaves))
 
 
+def over_members(fn, mesh: Optional[Mesh] = None, loop: str = "vmap", shared: int = 0):
+    """``fn`` over the leading member axis of its arguments (the last ``shared`` ones the
+    same for every member), in one compiled program: vmapped (``loop`` 'vmap', the
+    partitioner splitting the members over the devices), or the members one after another
+    in a ``lax.map`` ('map') or a Python loop unrolled at trace time ('unroll'), each
+    device of ``mesh``'s 'data' axis running its own members (``shard_map``; the other
+    axes left to the partitioner; no mesh: every member over all devices)."""
+    def run(members, same):
+        one = lambda m: fn(*m, *same)
+        if loop == "vmap":
+            return jax.vmap(one)(members)
+        if loop == "map":
+            return jax.lax.map(one, members)
+        count = jax.tree.leaves(members)[0].shape[0]
+        outs = [one(jax.tree.map(lambda a: a[k], members)) for k in range(count)]
+        return jax.tree.map(lambda *a: jax.numpy.stack(a), *outs)
+
+    def call(*args):
+        members, same = args[:len(args) - shared], args[len(args) - shared:]
+        if loop == "vmap" or mesh is None or mesh.shape["data"] == 1:
+            return run(members, same)
+        return jax.shard_map(run, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"),
+                             axis_names={"data"}, check_vma=False)(members, same)
+    return call
+
+
 def member_batch_sharding(mesh: Mesh) -> NamedSharding:
     """A sweep's batches [members, batch, ...]: members over 'data', the batch over 'fsdp'."""
     return NamedSharding(mesh, P("data", "fsdp"))

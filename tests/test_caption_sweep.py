@@ -55,7 +55,7 @@ def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path
 
 @pytest.mark.slow
 def test_members_in_turn_equal_the_members_vmapped(caption_world, tmp_path):
-    """The two ways a device runs its members (``caption_sweep.over_members``: in turn on
+    """The two ways a device runs its members (``parallel.over_members``: in turn on
     CPU, vmapped on accelerators) give the same steps, validation NLLs and captions, with
     the members split over the 2 devices (a shard_map over 'data' when in turn)."""
     config = caption_config(caption_world, max_steps=2)

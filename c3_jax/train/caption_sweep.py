@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import PartitionSpec
 
 from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
@@ -206,39 +205,24 @@ def members_in_turn() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def over_members(fn, mesh=None, in_turn: bool = False, shared: int = 0):
-    """``fn`` over the leading member axis of its arguments (the last ``shared`` ones the
-    same for every member): vmapped, or (``in_turn``) the members one after another in a
-    ``lax.map``, each device of the mesh's 'data' axis running its own members
-    (``shard_map``; 'fsdp' left to the partitioner)."""
-    def run(members, same):
-        if not in_turn:
-            return jax.vmap(lambda m: fn(*m, *same))(members)
-        return jax.lax.map(lambda m: fn(*m, *same), members)
-
-    def call(*args):
-        members, same = args[:len(args) - shared], args[len(args) - shared:]
-        if not in_turn or mesh is None or mesh.shape["data"] == 1:
-            return run(members, same)
-        return jax.shard_map(run, mesh=mesh, in_specs=(PartitionSpec("data"), PartitionSpec()),
-                             out_specs=PartitionSpec("data"), axis_names={"data"},
-                             check_vma=False)(members, same)
-    return call
+def member_loop(in_turn: bool) -> str:
+    """``parallel.over_members``' loop: the members in turn ('map') or vmapped."""
+    return "map" if in_turn else "vmap"
 
 
 def member_step(model, tx, skip_nonfinite: bool = False, loss_chunk: int = 0, mesh=None,
                 in_turn: bool = False):
-    """The sweep's step over its members (``over_members``): (state, batch, settings, seed)
-    -> (state, metrics), each with a leading member axis; a member's step is
-    ``captioning``'s update with the method's settings as arrays (``c3.member_train``) and
-    the noise of its seed."""
+    """The sweep's step over its members (``parallel.over_members``): (state, batch,
+    settings, seed) -> (state, metrics), each with a leading member axis; a member's step
+    is ``captioning``'s update with the method's settings as arrays (``c3.member_train``)
+    and the noise of its seed."""
     def step(state, batch, settings, seed):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         embed = lambda e: c3.member_train(settings, e, rng)
         return captioning.train_update(model, tx, state, batch, embed, skip_nonfinite,
                                        loss_chunk)
 
-    return over_members(step, mesh, in_turn)
+    return parallel.over_members(step, mesh, member_loop(in_turn))
 
 
 @functools.partial(jax.jit, donate_argnums=0, static_argnames=(
@@ -303,7 +287,7 @@ def member_nll(params, batch, settings, *, model, loss_chunk: int, mesh, in_turn
         nll, count = model.apply({"params": p}, e, b["ids"], b["mask"], loss_chunk,
                                  method="caption_nll")
         return nll * count, count
-    return over_members(one, mesh, in_turn)(params, batch, settings)
+    return parallel.over_members(one, mesh, member_loop(in_turn))(params, batch, settings)
 
 
 def loss_validation(sweep: Sweep) -> Optional[Callable]:
@@ -548,7 +532,8 @@ def member_tokens(params, settings, e, memory, offset, *, model,
             x = x + offset
         return decode(p["gpt"], model.apply({"params": p}, x, method="prefix"))
     projected = None if memory is None else c3.project_to_memory(e, memory, temperature)
-    tokens = over_members(member, out.mesh, in_turn, shared=1)(params, settings, projected)
+    tokens = parallel.over_members(member, out.mesh, member_loop(in_turn), shared=1)(
+        params, settings, projected)
     return jax.lax.with_sharding_constraint(tokens, out)
 
 

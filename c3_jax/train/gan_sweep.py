@@ -18,7 +18,6 @@ import os
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -170,28 +169,14 @@ def member_settings(config, source, members: Sequence[Member]) -> dict:
 
 
 def over_members(fn, layout: Layout, shared: int = 0):
-    """``fn`` over the leading member axis of its arguments (the last ``shared`` ones are the
-    same for every member), the members one after another in the one compiled program (a
-    Python loop, unrolled at trace time); with a split layout each device runs its own
-    members (``shard_map``). Not ``vmap``: vmapping StyleGAN2's convolutions over
-    per-member weights makes grouped convolutions, which XLA:CPU ran 5x slower than the
-    members one by one and which XLA's SPMD partitioner cannot split over devices. Not
-    ``lax.map`` either: XLA:CPU ran the G+D step 17x slower inside its while loop (3.8 s
-    against 0.23 s per step for one shapes_t2i generator, on this project's 2-core CPU)."""
-    def run(*args):
-        members, same = args[:len(args) - shared], args[len(args) - shared:]
-        count = jax.tree.leaves(members)[0].shape[0]
-        outs = [fn(*jax.tree.map(lambda a: a[k], members), *same) for k in range(count)]
-        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
-
-    if not layout.split:
-        return run
-
-    def mapped(*args):
-        specs = (P("data"),) * (len(args) - shared) + (P(),) * shared
-        return jax.shard_map(run, mesh=layout.mesh, in_specs=specs, out_specs=P("data"),
-                             check_vma=False)(*args)
-    return mapped
+    """``parallel.over_members`` unrolled: the members one after another in the compiled
+    program, with a split layout each device its own. Not ``vmap``: vmapping StyleGAN2's
+    convolutions over per-member weights makes grouped convolutions, which XLA:CPU ran 5x
+    slower than the members one by one and which XLA's SPMD partitioner cannot split over
+    devices. Not ``lax.map`` either: XLA:CPU ran the G+D step 17x slower inside its while
+    loop (3.8 s against 0.23 s per step for one shapes_t2i generator, on this project's
+    2-core CPU)."""
+    return parallel.over_members(fn, layout.mesh if layout.split else None, "unroll", shared)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,8 +236,8 @@ class TrainStep:
     sweep's parts, its encoder's params (replicated on its mesh) and the state's
     shardings bound; ``lower`` as a jitted function's."""
 
-    def __init__(self, sweep, cfg: generation.StepConfig, shardings, skip_nonfinite: bool,
-                 squeeze: bool):
+    def __init__(self, sweep, cfg: generation.StepConfig, shardings,
+                 skip_nonfinite: bool = False, squeeze: bool = False):
         self.static = dict(parts=Parts.of(sweep), cfg=cfg, skip_nonfinite=skip_nonfinite,
                            squeeze=squeeze, shardings=parallel.TreeShardings.of(shardings))
         repl = NamedSharding(sweep.layout.mesh, P())
@@ -268,12 +253,6 @@ class TrainStep:
                                 **self.static)
 
 
-def make_train_step(sweep, cfg: generation.StepConfig, shardings, skip_nonfinite: bool = False,
-                    squeeze: bool = False) -> TrainStep:
-    """The sweep's ``TrainStep``."""
-    return TrainStep(sweep, cfg, shardings, skip_nonfinite, squeeze)
-
-
 def train(sweep: GanSweep) -> tuple:
     """Trains (or resumes) the sweep in ``sweep.wd``; returns (the members' EMA generators,
     stacked; {member: summary}). A sweep of one logs its metrics as they are; several
@@ -285,8 +264,8 @@ def train(sweep: GanSweep) -> tuple:
     settings, seeds = layout.put_members((sweep.settings, sweep.seeds))
     names = tuple(m.name for m in sweep.members)
     logged = names if len(names) > 1 else ()
-    step_fn = make_train_step(sweep, generation.StepConfig.from_config(config), shardings,
-                              config.skip_nonfinite, squeeze=not logged)
+    step_fn = TrainStep(sweep, generation.StepConfig.from_config(config), shardings,
+                        config.skip_nonfinite, squeeze=not logged)
     sharding = layout.batch_sharding()
     data = pipeline.MemberBatches([str(m.seed) for m in sweep.padded],
                                   [sweep.rows] * len(sweep.padded),
