@@ -96,10 +96,11 @@ class Ours:
 
     def __init__(self, gpt_dir: str, args, sigma: float, mean: np.ndarray):
         config = caption_defaults()
-        config.gpt2, config.dtype, config.noise_sigma = gpt_dir, args.dtype, sigma
-        config.variant, config.batch_size, config.seed = "c3", args.batch, 0
-        config.warmup_steps = 0  # lr 2e-5 from the first step (the schedule costs nothing)
-        config.prefix_length = args.prefix_length
+        config.captioner.gpt2, config.captioner.dtype = gpt_dir, args.dtype
+        config.method.variant, config.method.noise_sigma = "c3", sigma
+        config.captioner.batch_size, config.seed = args.batch, 0
+        config.captioner.warmup_steps = 0  # lr 2e-5 from the first step (the schedule costs nothing)
+        config.captioner.prefix_length = args.prefix_length
         self.model, gpt_params = captioning.build_module(config)
         total = args.warmup + args.steps + 1
         tx = captioning.make_optimizer(config, total)

@@ -134,7 +134,7 @@ else
   decode=(--batch "${C3_GPU_DECODE_BATCH:-256}" --ref_captions 4 --tokens 20 --rounds 3)
   embed=(--batch "${C3_GPU_EMBED_BATCH:-256}" --seconds 10)
   main_args=(--config=configs/shapes_caption.py:quick
-             "--config.captioner.steps=${C3_GPU_MAIN_STEPS:-300}")
+             "--config.captioner.max_steps=${C3_GPU_MAIN_STEPS:-300}")
 fi
 
 workdir=""

@@ -57,8 +57,9 @@ def setup(size: str, directory: str):
                    "n_embd": width, "n_layer": depth, "n_head": heads,
                    "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}, f)
     c = caption_defaults("caption")
-    c.update(dict(gpt2=gpt_dir, gpt2_from_scratch=True, prefix_length=prefix,
-                  batch_size=batch, lr=1e-3, warmup_steps=10, max_caption_tokens=tokens))
+    c.update(dict(captioner=dict(gpt2=gpt_dir, gpt2_from_scratch=True, prefix_length=prefix,
+                                 batch_size=batch, lr=1e-3, warmup_steps=10),
+                  data=dict(max_caption_tokens=tokens)))
     return c, tokens, dim, vocab
 
 
@@ -143,15 +144,15 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as d:
         config, tokens, dim, vocab = setup(args.size, d)
-        data = batches(args.steps, config.batch_size, tokens, dim, vocab)
+        data = batches(args.steps, config.captioner.batch_size, tokens, dim, vocab)
         for n in [int(v) for v in args.members.split(",")]:
-            captions = n * config.batch_size * args.steps
+            captions = n * config.captioner.batch_size * args.steps
             seq_wall, seq_steady = sequential(config, n, data, dim)
             in_turn = caption_sweep.members_in_turn()
             runs = [sweep(config, n, data, dim, in_turn)
                     for _ in range(max(args.sweep_runs, 1))]
             vmapped = sweep(config, n, data, dim, False)
-            per = lambda steady: n * config.batch_size * (args.steps - 1) / steady
+            per = lambda steady: n * config.captioner.batch_size * (args.steps - 1) / steady
             rows.append({"members": n, "steps": args.steps, "captions": captions,
                          "members_in_turn": in_turn, "vmapped_wall_s": vmapped[0],
                          "vmapped_steady_captions_per_s": per(vmapped[1]),

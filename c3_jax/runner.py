@@ -24,10 +24,11 @@ from c3_jax import parallel
 from c3_jax.experiments import EXPERIMENTS, RENAMED, RESUMABLE, STAGED
 from c3_jax.workdir import Workdir, check_usable, ownership, read_config_json, write_marker
 
-# Top-level config fields that name files or directories: '~' is expanded and a relative
+# Config fields (at any depth) that name files or directories: '~' is expanded and a relative
 # path resolved against the current directory, so config.json records absolute paths.
 PATH_FIELDS = ("embeddings", "captions", "dataset_dir", "data_dir", "clip", "annotations",
-               "image_root", "gpt2", "restore_from", "init_from", "inception_weights")
+               "image_root", "gpt2", "restore_from", "init_from", "inception_weights",
+               "official_checkpoint")
 ORBAX_TMP = "*.orbax-checkpoint-tmp*"  # what an interrupted Orbax save leaves
 
 
@@ -41,6 +42,8 @@ def _type_ok(value, expected: type) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if expected is tuple:  # a list: the tuple as config.json gives it back
+        return isinstance(value, (tuple, list))
     return isinstance(value, expected)
 
 
@@ -84,15 +87,19 @@ def expand_path(value: str) -> str:
 
 
 def resolve_paths(config) -> ml_collections.ConfigDict:
-    """A copy of ``config`` whose path fields (``PATH_FIELDS``; 'embeddings' may list
-    several, comma-separated) are absolute, '~' expanded."""
-    data = config.to_dict()
-    for name in PATH_FIELDS:
-        value = data.get(name)
-        if isinstance(value, str) and value.strip():
-            parts = value.split(",") if name == "embeddings" else [value]
-            data[name] = ",".join(expand_path(p.strip()) for p in parts)
-    return ml_collections.ConfigDict(data)
+    """A copy of ``config`` whose path fields (``PATH_FIELDS``, at any depth; 'embeddings'
+    may list several, comma-separated) are absolute, '~' expanded."""
+    def resolved(data: dict) -> dict:
+        out = {}
+        for name, value in data.items():
+            if isinstance(value, dict):
+                value = resolved(value)
+            elif name in PATH_FIELDS and isinstance(value, str) and value.strip():
+                parts = value.split(",") if name == "embeddings" else [value]
+                value = ",".join(expand_path(p.strip()) for p in parts)
+            out[name] = value
+        return out
+    return ml_collections.ConfigDict(resolved(config.to_dict()))
 
 
 def resolve(config) -> Callable:

@@ -17,7 +17,7 @@ def get_config(arg: str = ""):
     c = caption.default_config("caption_sweep")
     parts = parse_arg(arg, VARIANTS, "coco_caption_sweep")
     if "supervised" in parts:
-        c.variants += ",supervised"
+        c.sweep.variants += ("supervised",)
     if "sigma" in parts:
-        c.sigmas = "0.05,0.1265,0.2"
+        c.sweep.sigmas = (0.05, 0.1265, 0.2)
     return c

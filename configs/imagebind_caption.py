@@ -23,16 +23,21 @@ VARIANTS = MODALITIES + ABLATIONS
 
 def get_config(arg: str = "audio"):
     c = caption.default_config("caption")
-    c.mapper, c.prefix_length, c.clip_length = "mlp", 10, 10
-    c.lr, c.lr_schedule, c.batch_size, c.num_epochs = 1e-3, "constant", 64, 20
-    c.dataset_dir = "data/clotho_imagebind/1.0.0"
-    c.eval_field = "audio_embedding"
+    c.captioner.mapper = "mlp"  # 1024 -> 3840 -> 7680
+    c.captioner.prefix_length = 10
+    c.captioner.clip_length = 10
+    c.captioner.lr = 1e-3
+    c.captioner.lr_schedule = "constant"  # no scheduler in the official config
+    c.captioner.batch_size = 64
+    c.captioner.num_epochs = 20
+    c.data.dataset_dir = "data/clotho_imagebind/1.0.0"
+    c.data.eval_field = "audio_embedding"
     for part in parse_arg(arg or "audio", VARIANTS, "imagebind_caption"):
         if part in MODALITIES:
-            c.eval_field = f"{part}_embedding"
-            c.dataset_dir = {"image": "data/coco_imagebind/1.0.0",
+            c.data.eval_field = f"{part}_embedding"
+            c.data.dataset_dir = {"image": "data/coco_imagebind/1.0.0",
                              "audio": "data/clotho_imagebind/1.0.0",
                              "video": "data/msrvtt_imagebind/1.0.0"}[part]
         elif part in ABLATIONS:
-            c.variant = part
+            c.method.variant = part
     return c

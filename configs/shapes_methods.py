@@ -20,6 +20,6 @@ VARIANTS = ("quick",)
 def get_config(arg: str = ""):
     parts = parse_arg(arg, VARIANTS, "shapes_methods")
     c = caption.default_config("quick" in parts)
-    c.variants = ("c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,c3_aniso,c3_standardize,"
-                  "realign,capdec_offset,decap")
+    c.sweep.variants = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "supervised",
+                        "c3_aniso", "c3_standardize", "realign", "capdec_offset", "decap")
     return c

@@ -249,10 +249,10 @@ def caption_config(world, variant="c3", **overrides):
     each test process), which test_caption_metrics and the ``trained`` run check."""
     c = coco_caption.get_config(variant)
     c.unlock()
-    c.update(dict(dataset_dir=world["dataset"], gpt2=world["gpt2"], batch_size=8, max_steps=12,
-                  warmup_steps=3, lr=1e-3, log_every=1, checkpoint_every=4, val_batches=2,
-                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False,
-                  meteor=False))
+    c.update(dict(data=dict(dataset_dir=world["dataset"], max_caption_tokens=12),
+                  captioner=dict(gpt2=world["gpt2"], batch_size=8, max_steps=12, warmup_steps=3,
+                                 lr=1e-3, log_every=1, checkpoint_every=4, val_batches=2),
+                  eval=dict(max_decode_tokens=8, batch_size=8, spice=False, meteor=False)))
     c.update(overrides)
     return c
 
@@ -260,8 +260,8 @@ def caption_config(world, variant="c3", **overrides):
 # The captioner reference run: 1 process x 2 devices, validated every third of the way with
 # 'best' checkpoints beside the 'latest' ones, METEOR on. test_captioning checks its outputs;
 # test_multiprocess checks that other process counts reproduce it.
-CAPTION_REFERENCE = dict(max_steps=15, checkpoint_every=5, val_batches=1, eval_max_examples=2,
-                         meteor=True)
+CAPTION_REFERENCE = dict(captioner=dict(max_steps=15, checkpoint_every=5, val_batches=1),
+                         eval=dict(max_examples=2, meteor=True))
 
 
 def reference_run(factory, name: str, config) -> pathlib.Path:

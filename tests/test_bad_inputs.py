@@ -80,7 +80,8 @@ def test_empty_and_over_long_captions(t2i_world, tmp_path):
     empty = writer.final
     for name, dataset, overrides, message in (
             ("empty", empty, {}, "caption 1 is empty"),
-            ("long", t2i_world["dataset"], {"max_caption_tokens": 3, "truncate_captions": False},
+            ("long", t2i_world["dataset"],
+             {"data": {"max_caption_tokens": 3, "truncate_captions": False}},
              "caption 0 has 5 tokens with EOS, over max_length=3")):
         before = _occupied(tmp_path / name)
         config = caption_config({"dataset": dataset, "gpt2": str(tmp_path / "gpt2")}, **overrides)

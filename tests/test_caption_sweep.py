@@ -31,14 +31,16 @@ def test_a_member_trained_in_a_sweep_equals_it_run_alone(caption_world, tmp_path
     settings hold the noise model's directions: arrays of other shapes)."""
     jax.clear_caches()
     traces = count_calls(monkeypatch, caption_sweep, "member_step")
-    config = caption_config(caption_world, max_steps=8, checkpoint_every=8, val_batches=1)
+    config = caption_config(caption_world,
+                            captioner=dict(max_steps=8, checkpoint_every=8, val_batches=1))
     sweep = caption_sweep.Sweep(config, MEMBERS, Workdir(str(tmp_path / "sweep")))
     params, summary = caption_sweep.train(sweep)
     params = jax.tree.map(np.asarray, params)
     captions = caption_sweep.generate(sweep, params, _test_embeddings(caption_world))
     for k, m in enumerate(MEMBERS):
-        alone_config = override(config, variant=m.variant, seed=m.seed, noise_sigma=m.sigma,
-                                train_field=m.train_field)
+        alone_config = override(config, seed=m.seed,
+                                method={"variant": m.variant, "noise_sigma": m.sigma},
+                                data={"train_field": m.train_field})
         run = caption.single_run(alone_config, Workdir(str(tmp_path / m.name)))
         alone, alone_summary = caption.train_or_restore(run)
         _assert_params_equal(jax.tree.map(lambda a: a[k], params),
@@ -58,18 +60,18 @@ def test_members_in_turn_equal_the_members_vmapped(caption_world, tmp_path):
     """The two ways a device runs its members (``parallel.over_members``: in turn on
     CPU, vmapped on accelerators) give the same steps, validation NLLs and captions, with
     the members split over the 2 devices (a shard_map over 'data' when in turn)."""
-    config = caption_config(caption_world, max_steps=2)
+    config = caption_config(caption_world, captioner=dict(max_steps=2))
     sweep = caption_sweep.Sweep(config, MEMBERS[:4], Workdir(str(tmp_path / "sweep")))
     assert sweep.mesh.shape["data"] == 2
     assert caption_sweep.members_in_turn()  # CPU: what the other tests run
-    tx = captioning.make_optimizer(config, config.max_steps)
+    tx = captioning.make_optimizer(config, config.captioner.max_steps)
     abstract = jax.eval_shape(lambda: caption_sweep.stacked_init(sweep.model, tx, sweep.dim)(
         sweep.seeds, None))
     shardings = parallel.member_shardings(sweep.mesh, abstract)
     settings = parallel.put_members(sweep.mesh, sweep.settings)
     seeds = parallel.put_members(sweep.mesh, sweep.seeds)
     rng = np.random.default_rng(0)
-    n, b, t = len(sweep.seeds), config.batch_size, config.max_caption_tokens
+    n, b, t = len(sweep.seeds), config.captioner.batch_size, config.data.max_caption_tokens
     batch = {"embedding": rng.normal(size=(n, b, sweep.dim)).astype(np.float32),
              "ids": rng.integers(1, 10, (n, b, t)).astype(np.int32),
              "mask": np.ones((n, b, t), np.int32)}
@@ -123,10 +125,11 @@ def test_a_killed_sweep_resumes_bitwise(caption_world, tmp_path):
     """Killed after its step-4 checkpoint and run again, a sweep (on two devices: the
     members split over them) ends with the uninterrupted sweep's state, best params
     included."""
-    config = override(caption_config(caption_world, max_steps=8, checkpoint_every=4,
-                                     val_batches=1),
-                      experiment="caption_sweep", variants="c1,c3,supervised", seeds=1,
-                      sigmas="", spice=False)
+    config = override(caption_config(caption_world, captioner=dict(
+                          max_steps=8, checkpoint_every=4, val_batches=1)),
+                      experiment="caption_sweep",
+                      sweep={"variants": ("c1", "c3", "supervised"), "seeds": 1, "sigmas": ()},
+                      eval={"spice": False})
     runner.run(config, str(tmp_path / "straight"))  # this process: 2 devices too
     killed = run_script(config, str(tmp_path / "killed"), kill_at=4, devices=2)
     assert killed.returncode == -9, killed.stderr[-3000:]

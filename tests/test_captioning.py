@@ -15,6 +15,21 @@ from configs import coco_caption
 from conftest import (CAPTION_REFERENCE, caption_config, checkpoint_params, cli, latest_state,
                       override, run_script)
 
+
+def _changed_flags(config, default, prefix="") -> list:
+    """--config.<path>=<value> of every field of ``config`` (nested: by its dotted path)
+    whose value differs from ``default``'s, the experiment's name left out."""
+    flags = []
+    for k, v in config.items():
+        if k == "experiment" and not prefix:
+            continue
+        if hasattr(v, "items"):
+            flags += _changed_flags(v, default[k], f"{prefix}{k}.")
+        elif v != default[k]:
+            flags.append(f"--config.{prefix}{k}={v}")
+    return flags
+
+
 @pytest.fixture(scope="module")
 def trained(caption_reference):
     """The text-only C3 reference run on the tiny caption_world: (its workdir, its results)."""
@@ -29,7 +44,7 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(caption_wor
     for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert np.isfinite(metrics[key]), key
     assert "SPICE_skipped" in metrics
-    steps = CAPTION_REFERENCE["max_steps"]
+    steps = CAPTION_REFERENCE["captioner"]["max_steps"]
     assert results["num_test"] == 2 and results["steps"] == steps
     rows = [json.loads(line) for line in open(train_dir / "metrics.jsonl")]
     losses = [r["loss"] for r in rows if "loss" in r]
@@ -40,10 +55,10 @@ def test_text_only_training_then_image_captions_and_restore_for_eval(caption_wor
     assert state["best_value"].shape == (1,) and np.isfinite(state["best_value"]).all()
     captions = json.loads((train_dir / "captions_test.json").read_text())
     # Evaluation only, from the trained run's checkpoint, by the command line: same captions.
-    again = caption_config(caption_world, restore_from=str(train_dir), **CAPTION_REFERENCE)
+    again = override(caption_config(caption_world, **CAPTION_REFERENCE),
+                     captioner={"restore_from": str(train_dir)})
     out = cli("--config=configs/coco_caption.py:c3", f"--workdir={tmp_path / 'eval'}",
-               *[f"--config.{k}={v}" for k, v in again.items()
-                 if k != "experiment" and v != coco_caption.get_config("c3")[k]])
+               *_changed_flags(again, coco_caption.get_config("c3")))
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "captions_test.json").read_text()) == captions
     assert not (tmp_path / "eval" / "checkpoints").exists()
@@ -54,8 +69,10 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_
                                                                        tmp_path):
     train_dir, _ = trained
     # lr 0: the fine-tuned params must be exactly the text-trained run's best params.
-    config = caption_config(caption_world, "finetune", init_from=str(train_dir), train_fraction=0.5,
-                         lr=0.0, max_steps=2, checkpoint_every=2, eval_max_examples=1)
+    config = caption_config(caption_world, "finetune", data=dict(train_fraction=0.5),
+                            captioner=dict(init_from=str(train_dir), lr=0.0, max_steps=2,
+                                           checkpoint_every=2),
+                            eval=dict(max_examples=1))
     results = runner.run(config, str(tmp_path / "ft"))
     assert results["train_pairs"] == 6 * 5  # half of the 12 training images, 5 captions each
     best = latest_state(str(train_dir))[0]["best"]
@@ -67,9 +84,10 @@ def test_finetune_starts_from_the_text_run_on_a_fraction_of_image_pairs(caption_
 @pytest.mark.slow
 def test_finetune_keeps_the_checkpoint_of_the_best_val_rouge_l(caption_world, trained, tmp_path):
     train_dir, _ = trained
-    config = caption_config(caption_world, "finetune", init_from=str(train_dir),
-                            train_fraction=0.5, max_steps=6, checkpoint_every=2,
-                            eval_max_examples=1, val_decode_examples=2)
+    config = caption_config(caption_world, "finetune", data=dict(train_fraction=0.5),
+                            captioner=dict(init_from=str(train_dir), max_steps=6,
+                                           checkpoint_every=2, val_decode_examples=2),
+                            eval=dict(max_examples=1))
     results = runner.run(config, str(tmp_path / "ft"))
     rows = [json.loads(line) for line in open(tmp_path / "ft" / "metrics.jsonl")]
     scores = {r["step"]: r["val_rouge_l"] for r in rows if "val_rouge_l" in r}
@@ -157,9 +175,9 @@ def test_killed_while_saving_resumes_bitwise(caption_reference, tmp_path):
     state, best params included, and losses (on 2 devices; METEOR off in the restart). A
     kill after a finished save: test_caption_sweep."""
     config, straight = caption_reference
-    config = override(config, meteor=False)
+    config = override(config, eval={"meteor": False})
     want, step = latest_state(str(straight))
-    every = config.checkpoint_every
+    every = config.captioner.checkpoint_every
     losses = lambda d: [(r.get("loss"), r.get("val_loss"))
                         for r in map(json.loads, open(d / "metrics.jsonl"))]
     killed = run_script(config, str(tmp_path / "killed"), kill_at=2 * every, devices=2,
@@ -173,7 +191,7 @@ def test_killed_while_saving_resumes_bitwise(caption_reference, tmp_path):
     assert json.loads((tmp_path / "killed" / "results.json").read_text())["resumed_from"] == (
         every if writing else 2 * every)
     got, step2 = latest_state(str(tmp_path / "killed"))
-    assert step == step2 == config.max_steps
+    assert step == step2 == config.captioner.max_steps
     jax.tree.map(np.testing.assert_array_equal, want, got)
     assert losses(tmp_path / "killed") == losses(straight)
 
@@ -198,19 +216,20 @@ def test_calibrated_variants_take_sigma_from_the_calibration():
     from configs import coco_caption
     for name, method in (("c3_calibrated", "c3"), ("c3_aniso", "c3_aniso")):
         c = coco_caption.get_config(name)
-        assert c.variant == method and c.sigma_from_calibration
-    assert not coco_caption.get_config("c3_standardize").sigma_from_calibration
+        assert c.method.variant == method and c.method.sigma_from_calibration
+    assert not coco_caption.get_config("c3_standardize").method.sigma_from_calibration
 
 
 @pytest.mark.slow
 def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path):
     from configs import caption_gap_sensitivity
     c = caption_gap_sensitivity.get_config()
-    c.update(dict(dataset_dir=caption_world["dataset"], gpt2=caption_world["gpt2"], batch_size=8,
-                  max_steps=4, warmup_steps=1, lr=1e-3, log_every=2, checkpoint_every=4,
-                  val_batches=0,
-                  max_caption_tokens=12, max_decode_tokens=8, eval_batch_size=8, spice=False,
-                  shift_norms="0,1", shift_gamma=0.9))
+    c.update(dict(data=dict(dataset_dir=caption_world["dataset"], max_caption_tokens=12),
+                  captioner=dict(gpt2=caption_world["gpt2"], batch_size=8, max_steps=4,
+                                 warmup_steps=1, lr=1e-3, log_every=2, checkpoint_every=4,
+                                 val_batches=0),
+                  eval=dict(max_decode_tokens=8, batch_size=8, spice=False),
+                  gap=dict(shift_norms=(0.0, 1.0), shift_gamma=0.9)))
     results = runner.run(c, str(tmp_path / "gap"))
     rows = results["by_gap_distance"]
     assert set(rows) == {"0", "1"}
@@ -233,9 +252,10 @@ def test_imagebind_audio_captioning_from_precomputed_embeddings(caption_world, t
     dataset = builders.build_pairs_dataset("clotho_imagebind", str(tmp_path / "data"), splits,
                                            captions)
     c = imagebind_caption.get_config("audio")
-    c.update(dict(dataset_dir=dataset, gpt2=caption_world["gpt2"], batch_size=8, max_steps=4,
-                  warmup_steps=1, log_every=2, checkpoint_every=4, val_split="", val_batches=0,
-                  max_caption_tokens=8, max_decode_tokens=6, eval_batch_size=8, spice=False))
+    c.update(dict(data=dict(dataset_dir=dataset, val_split="", max_caption_tokens=8),
+                  captioner=dict(gpt2=caption_world["gpt2"], batch_size=8, max_steps=4,
+                                 warmup_steps=1, log_every=2, checkpoint_every=4, val_batches=0),
+                  eval=dict(max_decode_tokens=6, batch_size=8, spice=False)))
     results = runner.run(c, str(tmp_path / "run"))
     assert results["num_test"] == 4 and np.isfinite(results["metrics"]["BLEU-1"])
     assert results["train_pairs"] == 16
@@ -294,8 +314,10 @@ def test_bfloat16_step_keeps_float32_params_and_close_loss():
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(caption_world, tmp_path):
     import re
     # lr 1e30: the first update blows the weights up, a later loss overflows.
-    config = caption_config(caption_world, lr=1e30, warmup_steps=1, max_steps=8, checkpoint_every=1,
-                         val_batches=0, eval_max_examples=1)
+    config = caption_config(caption_world,
+                            captioner=dict(lr=1e30, warmup_steps=1, max_steps=8,
+                                           checkpoint_every=1, val_batches=0),
+                            eval=dict(max_examples=1))
     with pytest.raises(FloatingPointError,
                        match="non-finite loss or gradients of member\\(s\\) c3 at step") as err:
         runner.run(config, str(tmp_path / "stop"))
@@ -306,7 +328,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(capt
     assert not (tmp_path / "stop" / "results.json").exists()
     # skip_nonfinite: the same run goes on, dropping every non-finite update; as most of
     # its steps were skipped, it ends with an error and no results.
-    config.skip_nonfinite = True
+    config.captioner.skip_nonfinite = True
     with pytest.raises(FloatingPointError, match=f"{8 - bad + 1} of the 8 steps run by "
                        "member\\(s\\) c3 had non-finite loss or gradients and were skipped"):
         runner.run(config, str(tmp_path / "skip"))

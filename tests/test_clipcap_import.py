@@ -399,7 +399,7 @@ def world_checkpoint(world, path, prefix_length=10):
 @pytest.mark.slow
 def test_official_run_decodes_and_scores_the_torch_models_captions(caption_world, tmp_path):
     model, path = world_checkpoint(caption_world, tmp_path / "capdec.pt")
-    config = caption_config(caption_world, "official,c1", official_checkpoint=path)
+    config = caption_config(caption_world, "official,c1", eval=dict(official_checkpoint=path))
     results = runner.run(config, str(tmp_path / "run"))
     assert results["official_checkpoint"] == path and "steps" not in results
     assert np.isfinite(results["metrics"]["CIDEr"])
@@ -414,7 +414,7 @@ def test_official_run_decodes_and_scores_the_torch_models_captions(caption_world
     for i in range(len(source)):
         e = torch.tensor(np.asarray(source[i]["image_embedding"], np.float32))[None]
         tokens = generate2(model, model.prefix(e / e.norm(dim=-1, keepdim=True)),
-                           (period, eos), config.max_decode_tokens)
+                           (period, eos), config.eval.max_decode_tokens)
         want.append(tokenizer.decode([t for t in tokens if t != eos],
                                      skip_special_tokens=True).strip())
     assert got == want and all(got)
@@ -423,9 +423,10 @@ def test_official_run_decodes_and_scores_the_torch_models_captions(caption_world
 @pytest.mark.slow
 def test_official_checkpoint_is_for_evaluation_alone(caption_world, tmp_path):
     _, path = world_checkpoint(caption_world, tmp_path / "capdec.pt")
-    config = caption_config(caption_world, "official,c1", official_checkpoint=path,
-                            restore_from=str(tmp_path))
-    with pytest.raises(ValueError, match="'official_checkpoint' and 'restore_from'"):
+    config = caption_config(caption_world, "official,c1", eval=dict(official_checkpoint=path),
+                            captioner=dict(restore_from=str(tmp_path)))
+    with pytest.raises(ValueError,
+                       match="'eval.official_checkpoint' and 'captioner.restore_from'"):
         caption.check_official(config)
 
 
@@ -434,9 +435,9 @@ def test_official_run_with_a_file_that_does_not_fit_writes_nothing(caption_world
     _, path = world_checkpoint(caption_world, tmp_path / "p5.pt", prefix_length=5)
     workdir = tmp_path / "run"
     out = cli("--config=configs/coco_caption.py:official,c1", f"--workdir={workdir}",
-              f"--config.official_checkpoint={path}",
-              f"--config.dataset_dir={caption_world['dataset']}",
-              f"--config.gpt2={caption_world['gpt2']}")
+              f"--config.eval.official_checkpoint={path}",
+              f"--config.data.dataset_dir={caption_world['dataset']}",
+              f"--config.captioner.gpt2={caption_world['gpt2']}")
     assert out.returncode == 2, out.stderr[-3000:]
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "'clip_project.model.0.weight' has shape [80, 16]" in lines[0]

@@ -378,18 +378,19 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
         checks.tokenizer_fits(str(tmp_path / "gpt2"), "gpt2")
 
 
-@pytest.mark.parametrize("config_file,field,value,message", [
-    ("shapes_caption", "calibration_pairs", 600, "'calibration_pairs' is 600 but the world has "
-     "500 val pairs"),
-    ("shapes_caption", "noise_rank", 65, "'noise_rank' is 65 but the space has 64 dimensions"),
-    ("shapes_t2i", "calibration_pairs", 501, "'calibration_pairs' is 501 but the world has "
+@pytest.mark.parametrize("config_file,fields,message", [
+    ("shapes_caption", {"method": {"calibration_pairs": 600}},
+     "'method.calibration_pairs' is 600 but the world has 500 val pairs"),
+    ("shapes_caption", {"method": {"noise_rank": 65}},
+     "'method.noise_rank' is 65 but the space has 64 dimensions"),
+    ("shapes_t2i", {"calibration_pairs": 501}, "'calibration_pairs' is 501 but the world has "
      "500 val pairs")])
 def test_world_values_that_only_the_world_would_reveal_are_refused_first(
-        config_file, field, value, message, tmp_path):
+        config_file, fields, message, tmp_path):
     """Values whose conflict would surface only after the world and Connect are built."""
     import importlib
     config = importlib.import_module(f"configs.{config_file}").get_config()
-    config = override(config, **{field: value})
+    config = override(config, **fields)
     with pytest.raises(ValueError, match=message) as err:
         runner.run(config, str(tmp_path / "run"))
     assert message in _one_line(err)

@@ -21,7 +21,8 @@ from conftest import (CACHE_ENV, CAPTION_REFERENCE, FAST_COMPILE, ROOT, assert_s
                       copy_world, launch_local, mtimes, numbers, override)
 from configs import shapes_t2i
 
-STEPS, THIRD = CAPTION_REFERENCE["max_steps"], CAPTION_REFERENCE["checkpoint_every"]
+STEPS = CAPTION_REFERENCE["captioner"]["max_steps"]
+THIRD = CAPTION_REFERENCE["captioner"]["checkpoint_every"]
 DEVICES = 2  # 1 process x 2 devices is the reference of 2 processes x 1
 
 _SCRIPT = textwrap.dedent("""
@@ -140,7 +141,7 @@ def _assert_same_params(got_dir, want_dir, keys=("params",)) -> None:
 def config(caption_reference):
     """The captioner reference's config (validation on every process; 'best' checkpoints
     saved alongside 'latest' ones), METEOR off (each process would start its JVM)."""
-    return override(caption_reference[0], meteor=False)
+    return override(caption_reference[0], eval={"meteor": False})
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,7 @@ def test_one_process_then_two_with_fsdp_train_and_evaluate_like_one(config, one_
     written by one process count is restored by another (the sharded restore of several
     processes), the last one is written by 2 processes, process 0 alone writes the outputs
     and evaluation gathers every process's captions."""
-    workdir, config = str(tmp_path / "run"), override(config, fsdp=2)
+    workdir, config = str(tmp_path / "run"), override(config, captioner={"fsdp": 2})
     save = checkpoints.Checkpoints.save
 
     def save_then_stop(self, step, *args, **kwargs):

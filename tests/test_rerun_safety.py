@@ -22,16 +22,17 @@ from conftest import ROOT, copy_world, mtimes, override, snapshot, tiny_connect
 
 def _quick(**overrides):
     """The main job's :quick config on two variants (what these tests need)."""
-    return override(shapes_caption.get_config("quick"), **{"variants": "c1,c3", **overrides})
+    config = override(shapes_caption.get_config("quick"), sweep={"variants": ("c1", "c3")})
+    return override(config, **overrides)
 
 
 # Wrong settings of a finished main job, each refused before anything is written.
 FAILED_RUNS = [
-    ({"noise_sigma": -0.1}, "'noise_sigma' is -0.1; it must be >= 0"),
-    ({"variants": "c1,c4"}, "unknown variants \\['c4'\\]"),
+    ({"method": {"noise_sigma": -0.1}}, "'method.noise_sigma' is -0.1; it must be >= 0"),
+    ({"sweep": {"variants": ("c1", "c4")}}, "unknown variants \\['c4'\\]"),
     ({"connect": {"lr": float("nan")}}, "'connect.lr' is nan; it must be a finite number"),
-    ({"captioner": {"steps": 0}}, "'captioner.steps' is 0; it must be >= 1"),
-    ({"captioner": {"batch": 100_000}}, "'world.train_size' is 256; it must be >= 100000"),
+    ({"captioner": {"batch_size": 0}}, "'captioner.batch_size' is 0; it must be >= 1"),
+    ({"captioner": {"batch_size": 100_000}}, "'world.train_size' is 256; it must be >= 100000"),
 ]
 # What a rerun of an unchanged config may rewrite: the run's own outputs, no stage.
 OUTPUTS = {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png", "spectra.png",
@@ -50,7 +51,7 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     workdir = tmp_path / "run"
     copy_world(quick_main_job[1], workdir)
     lr = {"captioner": {"lr": 2e-3}}
-    runner.run(_quick(variants="c1", **lr), str(workdir))
+    runner.run(_quick(sweep={"variants": ("c1",)}, **lr), str(workdir))
     connect_files = mtimes(workdir, "connect")
     c1 = mtimes(workdir, "captioners/c1_seed0")
     # More variants: the world, Connect and the c1 captioner are reused.
@@ -86,7 +87,7 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     # A world field: the world and everything after it are built again.
     world = snapshot(workdir / "data" / "shapes_world")
     c1 = mtimes(workdir, "captioners/c1_seed0")
-    runner.run(override(config, world={"two_object_fraction": 0.5}, variants="c1"),
+    runner.run(override(config, world={"two_object_fraction": 0.5}, sweep={"variants": ("c1",)}),
                str(workdir))
     assert snapshot(workdir / "data" / "shapes_world") != world
     assert mtimes(workdir, "connect") != connect_files

@@ -36,7 +36,7 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(quic
     for name in ("config.json", "connect/metrics.jsonl", "results.json", "RESULTS.md",
                  "samples.png", "gap_statistics.png", "spectra.png", "gap_structure.png"):
         assert (reference / name).exists(), name
-    variants = [v for v in config.variants.split(",")]
+    variants = list(config.sweep.variants)
     assert sorted(results["variants"]) == sorted(variants)
     for name, row in results["variants"].items():
         for metric in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "attribute_accuracy"):
@@ -78,7 +78,7 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(quic
     connect_log = (reference / "connect" / "metrics.jsonl").read_bytes()
     copy_world(reference, two)
     out = launch_local(2, "configs/shapes_methods.py:quick", two, tmp_path / "logs",
-                       f"--config.variants={','.join(kinds)}")
+                       f"--config.sweep.variants={','.join(kinds)}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     for output in ("RESULTS.md", "samples.png", "config.json"):
         assert (two / output).exists(), output
@@ -101,7 +101,7 @@ def test_quick_sigma_sweep_marks_the_calibrated_sigma(quick_main_job, tmp_path):
     assert mtimes(tmp_path, "connect") == mtimes(quick_main_job[1], "connect")
     assert sorted(results["by_sigma"]) == ["0", "0.1"]
     for row in results["by_sigma"].values():
-        assert len(row["attribute_accuracy"]["per_seed"]) == config.seeds == 2
+        assert len(row["attribute_accuracy"]["per_seed"]) == config.sweep.seeds == 2
         assert 0 <= row["attribute_accuracy"]["mean"] <= 1
     assert results["best_sigma"] in (0.0, 0.1) and results["sigma_calibrated"] > 0
     assert (tmp_path / "sigma_sweep.png").exists()

@@ -136,10 +136,13 @@ def main_record(workdir: str) -> dict:
     sweeps = sorted(glob.glob(os.path.join(workdir, "captioners", "*", "metrics.jsonl")))
     if sweeps and steady_step_s(sweeps[0]):
         step_s = steady_step_s(sweeps[0])
-        members = len(config["variants"].split(",")) * config["seeds"]
+        variants = config["sweep"]["variants"]  # a tuple: a list in the JSON
+        if isinstance(variants, str):
+            variants = variants.split(",")
+        members = len(variants) * config["sweep"]["seeds"]
         record.update(captioner_step_s=step_s, members=members,
-                      captioner_steps=config["captioner"]["steps"],
-                      throughput=members * config["captioner"]["batch"] / step_s)
+                      captioner_steps=config["captioner"]["max_steps"],
+                      throughput=members * config["captioner"]["batch_size"] / step_s)
     return record
 
 

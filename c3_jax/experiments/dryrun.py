@@ -263,10 +263,11 @@ def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
     its evaluation on ``captioner.eval_examples`` test images; step time and projection."""
     ds, cap = config.dataset, config.captioner
     c = caption.default_config("caption")
-    c.update(dict(gpt2=gpt2_path, gpt2_from_scratch=True, dataset_dir=dataset,
-                  max_steps=cap.steps, log_every=1, checkpoint_every=cap.steps,
-                  val_batches=1, eval_max_examples=cap.eval_examples,
-                  eval_batch_size=cap.eval_batch, spice=False, seed=config.seed))
+    c.seed = config.seed
+    c.data.dataset_dir = dataset
+    c.captioner.update(dict(gpt2=gpt2_path, gpt2_from_scratch=True, max_steps=cap.steps,
+                            log_every=1, checkpoint_every=cap.steps, val_batches=1))
+    c.eval.update(dict(max_examples=cap.eval_examples, batch_size=cap.eval_batch, spice=False))
     start = time.perf_counter()
     out = caption.run_caption(c, sub)
     seconds = time.perf_counter() - start
@@ -274,7 +275,7 @@ def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
     steps = cap.paper_epochs * (pairs // cap.paper_batch)
     per_step = out["seconds_per_step"]
     decode = out["seconds_per_decode_batch"] / cap.eval_batch
-    return {"steps": cap.steps, "batch_size": c.batch_size,
+    return {"steps": cap.steps, "batch_size": c.captioner.batch_size,
             "seconds_per_step": per_step, "run_seconds": seconds,
             "decode_seconds_per_image": decode,
             "paper_schedule": {"epochs": cap.paper_epochs, "batch": cap.paper_batch,

@@ -19,3 +19,28 @@ def parse_arg(arg: str, known: Iterable[str], config_name: str) -> List[str]:
         raise ValueError(f"unknown variant {unknown[0]!r} of {config_name}; known variants: "
                          f"{sorted(known) or 'none'}")
     return parts
+
+
+def names(value, field: str) -> List[str]:
+    """The names of a tuple field (or a comma-separated string): ``('c1', 'c3')``; an element
+    may itself list several, as ``--config.<field>=c1,c3`` gives ``('c1,c3',)``."""
+    parts = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(p, str) for p in parts):
+        raise ValueError(f"config field {field!r} is {value!r}; it must be a tuple of names")
+    return [n.strip() for p in parts for n in p.split(",") if n.strip()]
+
+
+def floats(value, field: str) -> List[float]:
+    """The numbers of a tuple field (or a comma-separated string): ``(0.05, 0.2)``."""
+    parts = (value,) if isinstance(value, str) else tuple(value)
+    out = []
+    for p in parts:
+        for v in (p.split(",") if isinstance(p, str) else [p]):
+            if isinstance(v, str) and not v.strip():
+                continue
+            try:
+                out.append(float(v))
+            except (TypeError, ValueError):
+                raise ValueError(f"config field {field!r} is {value!r}; it must be a tuple of "
+                                 "numbers") from None
+    return out

@@ -69,16 +69,16 @@ def named_members(names: Sequence[str], config, sigmas: Sequence[float], calibra
                   tag_sigma: bool) -> list:
     """The members of the named variants (``NAMED``) x seeds of ``config`` (its seed, seeds,
     train_field and eval_field): noisy variants at each of ``sigmas``, calibrated ones at
-    ``calibrated()`` (called only when needed), the others at ``config.noise_sigma``."""
+    ``calibrated()`` (called only when needed), the others at ``config.method.noise_sigma``."""
     out = []
     for name in names:
         if name not in NAMED:
             raise ValueError(f"unknown variant {name!r}; known: {sorted(NAMED)}")
         method, on, kind = NAMED[name]
-        field = config.train_field if on == "train" else config.eval_field
+        field = config.data.train_field if on == "train" else config.data.eval_field
         values = ([calibrated()] if kind == "calibrated" else
-                  list(sigmas) if method in c3.NOISY else [config.noise_sigma])
-        out += member_grid(name, method, field, values, config.seed, config.seeds,
+                  list(sigmas) if method in c3.NOISY else [config.method.noise_sigma])
+        out += member_grid(name, method, field, values, config.seed, config.sweep.seeds,
                            tag_sigma and kind == "fixed" and method in c3.NOISY)
     return out
 
@@ -109,19 +109,20 @@ def check_members(members: Sequence[Member]) -> None:
         c3.check_method(m.variant)
 
 
-def noise_model_of(config) -> dict:
-    """``cd.noise_model`` of the config's ``calibration_split``, ``calibration_pairs``,
-    fields and ``noise_rank``."""
-    return cd.noise_model(builders.data_source(config.dataset_dir, config.calibration_split),
-                          config.calibration_split, config.eval_field, config.train_field,
-                          config.caption_field, config.calibration_pairs, config.noise_rank)
+def noise_model_of(data, method) -> dict:
+    """``cd.noise_model`` of ``method``'s ``calibration_split``, ``calibration_pairs`` and
+    ``noise_rank`` on the fields of ``data`` (a captioning config's sub-configs; a
+    text-to-image config, flat, is both)."""
+    return cd.noise_model(builders.data_source(data.dataset_dir, method.calibration_split),
+                          method.calibration_split, data.eval_field, data.train_field,
+                          data.caption_field, method.calibration_pairs, method.noise_rank)
 
 
-def sigma_of(config) -> float:
-    """A run's sigma: the config's ``noise_sigma``, or with ``sigma_from_calibration`` the
+def sigma_of(data, method) -> float:
+    """A run's sigma: ``method.noise_sigma``, or with ``method.sigma_from_calibration`` the
     calibrated one (``noise_model_of``'s)."""
-    return noise_model_of(config)["sigma"] if config.sigma_from_calibration else \
-        config.noise_sigma
+    return (noise_model_of(data, method)["sigma"] if method.sigma_from_calibration
+            else method.noise_sigma)
 
 
 def stream_key(member: Member) -> str:
@@ -134,15 +135,15 @@ def training_pairs(config, source, tokenizer, members: Sequence[Member]) -> dict
     whole split, or with ``train_fraction`` < 1 the rows ``cd.fraction_rows`` draws with the
     member's seed; captions are tokenized once per set of rows, and streams of one field
     and set of rows share one pairs object (read once)."""
-    tokenized, shared, out = {}, {}, {}
+    data, tokenized, shared, out = config.data, {}, {}, {}
     for m in members:
-        rows_seed = m.seed if config.train_fraction < 1 else None
+        rows_seed = m.seed if data.train_fraction < 1 else None
         if rows_seed not in tokenized:
             rows = (None if rows_seed is None else
-                    cd.fraction_rows(len(source), config.train_fraction, rows_seed))
+                    cd.fraction_rows(len(source), data.train_fraction, rows_seed))
             tokenized[rows_seed] = cd.CaptionPairs(
-                source, m.train_field, config.caption_field, rows).tokenize(
-                tokenizer, config.max_caption_tokens, config.truncate_captions)
+                source, m.train_field, data.caption_field, rows).tokenize(
+                tokenizer, data.max_caption_tokens, data.truncate_captions)
         key = (rows_seed, m.train_field)
         if key not in shared:
             shared[key] = tokenized[rows_seed].with_field(m.train_field)
@@ -164,35 +165,37 @@ class Sweep:
         check_members(members)
         self.config, self.wd, self.members = config, wd, tuple(members)
         parallel.maybe_initialize_distributed()
-        self.mesh = parallel.member_mesh(len(members), config.fsdp)
+        self.mesh = parallel.member_mesh(len(members), config.captioner.fsdp)
         data = self.mesh.shape["data"]
         self.size = -(-len(members) // data) * data  # padded with copies of member 0
         self.padded = self.members + (self.members[0],) * (self.size - len(members))
-        self.train_source = source = builders.data_source(config.dataset_dir,
-                                                          config.train_split)
-        self.tokenizer = load_tokenizer(config.gpt2)
+        self.train_source = source = builders.data_source(config.data.dataset_dir,
+                                                          config.data.train_split)
+        self.tokenizer = load_tokenizer(config.captioner.gpt2)
         self.fields = sorted({m.train_field for m in members})
         self.pairs = training_pairs(config, source, self.tokenizer, self.padded)
         self.dim = next(iter(self.pairs.values())).dim
         self.model, self.gpt_params = captioning.build_module(config)
         # Algorithm 1's means (and stds) over the whole training split, per field.
-        self.moments = {f: cd.field_moments(source, f) for f in {*self.fields, config.eval_field}}
-        evaluation = self.moments[config.eval_field]
+        self.moments = {f: cd.field_moments(source, f)
+                        for f in {*self.fields, config.data.eval_field}}
+        evaluation = self.moments[config.data.eval_field]
         methods = {m.variant for m in members}
-        noise = noise_model_of(config) if "c3_aniso" in methods else None
+        noise = noise_model_of(config.data, config.method) if "c3_aniso" in methods else None
         centroids = {f: cd.realign_centroid(source, f, self.moments[f], evaluation)
                      for f in {m.train_field for m in members if m.variant == "realign"}}
         self.settings = stack_settings([
             c3.member_settings(m.variant, m.sigma, self.moments[m.train_field], evaluation,
-                               noise, config.renormalize, centroids.get(m.train_field))
+                               noise, config.method.renormalize, centroids.get(m.train_field))
             for m in self.padded])
         self.memory = None
         if "decap" in methods:
-            if any(m.variant == "decap" and m.train_field != config.train_field
+            if any(m.variant == "decap" and m.train_field != config.data.train_field
                    for m in members):
-                raise ValueError(f"decap's memory is {config.train_field!r}; a decap member "
+                raise ValueError(f"decap's memory is {config.data.train_field!r}; a decap member "
                                  "must train on it")
-            self.memory = cd.field_rows(source, config.train_field, config.decap_memory)
+            self.memory = cd.field_rows(source, config.data.train_field,
+                                        config.method.decap_memory)
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
 
 
@@ -293,20 +296,20 @@ def member_nll(params, batch, settings, *, model, loss_chunk: int, mesh, in_turn
 def loss_validation(sweep: Sweep) -> Optional[Callable]:
     """params -> per-member mean validation NLL ([size], no noise): the first
     ``val_batches`` batches of the val split in order; None without validation."""
-    config = sweep.config
-    if config.val_batches <= 0 or not config.val_split:
+    data, cap = sweep.config.data, sweep.config.captioner
+    if cap.val_batches <= 0 or not data.val_split:
         return None
-    source = builders.data_source(config.dataset_dir, config.val_split)
-    first = cd.CaptionPairs(source, sweep.fields[0], config.caption_field).tokenize(
-        sweep.tokenizer, config.max_caption_tokens, config.truncate_captions)
+    source = builders.data_source(data.dataset_dir, data.val_split)
+    first = cd.CaptionPairs(source, sweep.fields[0], data.caption_field).tokenize(
+        sweep.tokenizer, data.max_caption_tokens, data.truncate_captions)
     val = {f: first.with_field(f) for f in sweep.fields}
-    batch = min(config.batch_size, len(first) // jax.device_count() * jax.device_count())
+    batch = min(cap.batch_size, len(first) // jax.device_count() * jax.device_count())
     if batch == 0:
         return None
     fields = [m.train_field for m in sweep.padded]
     sharding = parallel.member_batch_sharding(sweep.mesh)
 
-    loss = functools.partial(member_nll, model=sweep.model, loss_chunk=config.loss_chunk,
+    loss = functools.partial(member_nll, model=sweep.model, loss_chunk=cap.loss_chunk,
                              mesh=sweep.mesh, in_turn=members_in_turn())
     settings = parallel.put_members(sweep.mesh, sweep.settings)
 
@@ -317,7 +320,7 @@ def loss_validation(sweep: Sweep) -> Optional[Callable]:
     def validate(params) -> np.ndarray:
         loaders = {f: iter(reader) for f, reader in readers.items()}
         total = count = 0.0
-        for _ in range(config.val_batches):
+        for _ in range(cap.val_batches):
             try:
                 read = {f: next(it) for f, it in loaders.items()}
             except StopIteration:
@@ -334,12 +337,12 @@ def rouge_validation(sweep: Sweep) -> Optional[Callable]:
     """params -> per-member ROUGE-L ([size]) of the captions of the first
     ``val_decode_examples`` val rows' ``eval_field`` embeddings (the official stage 2 keeps
     its best checkpoint by val ROUGE-L of 1,000 val images); None without a val split."""
-    config = sweep.config
-    if not config.val_split:
+    data = sweep.config.data
+    if not data.val_split:
         return None
-    source = builders.data_source(config.dataset_dir, config.val_split)
-    embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
-                                    config.val_decode_examples)
+    source = builders.data_source(data.dataset_dir, data.val_split)
+    embeddings, refs = cd.eval_rows(source, data.eval_field, data.caption_field,
+                                    sweep.config.captioner.val_decode_examples)
     names = [m.name for m in sweep.members]
 
     def validate(params) -> np.ndarray:
@@ -353,7 +356,7 @@ def rouge_validation(sweep: Sweep) -> Optional[Callable]:
 
 def validation(sweep: Sweep) -> Optional[Callable]:
     """The per-member value best params are kept by (``best_by``), or None."""
-    if sweep.config.best_by == "val_rouge_l":
+    if sweep.config.captioner.best_by == "val_rouge_l":
         return rouge_validation(sweep)
     return loss_validation(sweep)
 
@@ -371,7 +374,7 @@ def keep_best(sweep: Sweep, validate: Callable, last: dict):
     """At each checkpoint: the validation values, logged (their mean over the members as
     ``best_by``, each member's as ``best_by/<member>``), kept in ``last`` and folded into
     each member's best params (lowest val loss, highest val ROUGE-L)."""
-    name, names = sweep.config.best_by, [m.name for m in sweep.members]
+    name, names = sweep.config.captioner.best_by, [m.name for m in sweep.members]
     member = jax.sharding.NamedSharding(sweep.mesh, jax.sharding.PartitionSpec("data"))
     lower = BEST[name] == "min"
 
@@ -393,53 +396,52 @@ def train(sweep: Sweep) -> tuple:
     """Trains (or resumes) the sweep in ``sweep.wd``; returns (the members' last params,
     stacked; {member: summary}). Each member's best params by validation are kept in the
     checkpoints (``best``); with ``init_from`` every member starts from that run's params."""
-    config, wd = sweep.config, sweep.wd
+    config, cap, wd = sweep.config, sweep.config.captioner, sweep.wd
     pairs = len(next(iter(sweep.pairs.values())))
     split = sweep.mesh.shape["fsdp"]
-    if config.batch_size % split or config.batch_size > pairs:
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the {split} "
+    if cap.batch_size % split or cap.batch_size > pairs:
+        raise ValueError(f"captioner.batch_size={cap.batch_size} must be a multiple of the {split} "
                          f"devices each member is split over, and at most the {pairs} pairs")
     steps = captioning.total_steps(config, pairs)
-    updates = max(steps // config.grad_accum, 1)
+    updates = max(steps // cap.grad_accum, 1)
     tx = captioning.make_optimizer(config, updates)
     validate = validation(sweep)
-    with_best, mode = validate is not None, BEST[config.best_by]
+    with_best, mode = validate is not None, BEST[cap.best_by]
     init = stacked_init(sweep.model, tx, sweep.dim, with_best, mode)
     seeds = parallel.put_members(sweep.mesh, sweep.seeds)
     abstract = jax.eval_shape(init, seeds, sweep.gpt_params)
     shardings = parallel.member_shardings(sweep.mesh, abstract)
     settings = parallel.put_members(sweep.mesh, sweep.settings)
-    step_fn = compiled_step(sweep.model, tx, shardings, config.skip_nonfinite, config.loss_chunk)
+    step_fn = compiled_step(sweep.model, tx, shardings, cap.skip_nonfinite, cap.loss_chunk)
     sharding = parallel.member_batch_sharding(sweep.mesh)
     data = pipeline.MemberBatches(
         [stream_key(m) for m in sweep.padded], [sweep.pairs[stream_key(m)] for m in sweep.padded],
-        [m.seed for m in sweep.padded], config.batch_size, ("embedding", "ids", "mask"),
+        [m.seed for m in sweep.padded], cap.batch_size, ("embedding", "ids", "mask"),
         lambda a: parallel.put_whole(a, sharding))
 
     def fresh():
-        if not config.init_from:
+        if not cap.init_from:
             return initial_states(seeds, sweep.gpt_params, model=sweep.model, tx=tx,
                                   dim=sweep.dim, with_best=with_best, mode=mode,
                                   shardings=parallel.TreeShardings.of(shardings))
         start = jax.vmap(lambda p: initial_state(tx, p, with_best, mode))
-        return jax.jit(start, out_shardings=shardings)(restore_params(sweep, config.init_from))
+        return jax.jit(start, out_shardings=shardings)(restore_params(sweep, cap.init_from))
 
-    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), cap.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data, fresh)
     schedule = captioning.schedule_of(config, updates)
     names, val = tuple(m.name for m in sweep.members), {}
     state, last, _ = loop.fit(
         state, start, lambda s, batch, i: step_fn(s, batch, settings, seeds), data, None,
-        ckpts, wd, loop.LoopConfig(steps, config.log_every, config.checkpoint_every,
-                                   config.skip_nonfinite,
+        ckpts, wd, loop.LoopConfig(steps, cap.log_every, cap.checkpoint_every, cap.skip_nonfinite,
                                    desc="train" if len(names) == 1 else "sweep", members=names),
-        learning_rate=lambda i: schedule(i // config.grad_accum),
+        learning_rate=lambda i: schedule(i // cap.grad_accum),
         at_checkpoint=None if validate is None else keep_best(sweep, validate, val))
     pace = {k: last[k] for k in ("seconds_per_step",) if k in last}
     summary = {n: {"steps": steps, "resumed_from": start, "train_pairs": pairs,
                    **({"final_loss": last[f"loss/{n}"]} if f"loss/{n}" in last else {}),
                    **pace, "skipped_nonfinite_steps": last[f"skipped_nonfinite_steps/{n}"],
-                   **({config.best_by: val[n]} if n in val else {})}
+                   **({cap.best_by: val[n]} if n in val else {})}
                for n in names}
     return state.params, summary
 
@@ -546,7 +548,7 @@ def generate(sweep: Sweep, params, embeddings: np.ndarray, settings: Optional[di
     batch's rows are split over the 'fsdp' devices; ``marks`` gets (batch, time) as each
     batch's tokens reach the host."""
     config = sweep.config
-    stops = captioning.stop_ids(sweep.tokenizer, config.stop_at_period)
+    stops = captioning.stop_ids(sweep.tokenizer, config.eval.stop_at_period)
     decode = captioning.make_decoder(config, gpt2.GPT2(sweep.model.gpt, sweep.model.dtype),
                                      stops, sweep.tokenizer.eos_token_id)
     offset = None if shift is None else jnp.asarray(shift)
@@ -554,13 +556,13 @@ def generate(sweep: Sweep, params, embeddings: np.ndarray, settings: Optional[di
     rows = jax.sharding.NamedSharding(sweep.mesh, spec("fsdp"))
     repl = jax.sharding.NamedSharding(sweep.mesh, spec())
     fn = functools.partial(member_tokens, model=sweep.model, decode=decode,
-                           temperature=config.decap_temperature,
+                           temperature=config.method.decap_temperature,
                            out=jax.sharding.NamedSharding(sweep.mesh, spec("data", "fsdp")),
                            in_turn=members_in_turn())
     settings = parallel.put_members(sweep.mesh, sweep.settings if settings is None else settings)
     memory = None if sweep.memory is None else parallel.put_whole(sweep.memory, repl)
     split = sweep.mesh.shape["fsdp"]
-    batch, n = max(split, config.eval_batch_size // split * split), len(embeddings)
+    batch, n = max(split, config.eval.batch_size // split * split), len(embeddings)
     tokens = []
     for start in progress_bar(range(0, n, batch), desc="captions", unit="batch", leave=False):
         chunk = embeddings[start:start + batch]
@@ -587,15 +589,15 @@ def evaluate(sweep: Sweep, params, marks: Optional[list] = None) -> dict:
     """Each member's captions of the test split's ``eval_field`` embeddings, scored against
     the references: {member: {metrics, captions, samples (the first five)}}; writes
     ``captions_test.json``; ``marks`` as ``generate``'s."""
-    config = sweep.config
-    source = builders.data_source(config.dataset_dir, config.test_split)
-    embeddings, refs = cd.eval_rows(source, config.eval_field, config.caption_field,
-                                    config.eval_max_examples)
-    captioning.check_width(embeddings, sweep.dim, config.eval_field)
+    data, options = sweep.config.data, sweep.config.eval
+    source = builders.data_source(data.dataset_dir, data.test_split)
+    embeddings, refs = cd.eval_rows(source, data.eval_field, data.caption_field,
+                                    options.max_examples)
+    captioning.check_width(embeddings, sweep.dim, data.eval_field)
     captions = {m.name: c for m, c in zip(sweep.members,
                                           generate(sweep, params, embeddings, marks=marks))}
     metrics = score_caption_sets({n: dict(enumerate(c)) for n, c in captions.items()},
-                                 dict(enumerate(refs)), spice=config.spice, meteor=config.meteor)
+                                 dict(enumerate(refs)), spice=options.spice, meteor=options.meteor)
     sweep.wd.write_json("captions_test.json", captions_record(refs, captions))
     return {n: {"metrics": metrics[n], "captions": c,
                 "samples": [{"prediction": p, "reference": r[0]}

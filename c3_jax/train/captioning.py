@@ -27,18 +27,20 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_module(config):
-    """The ClipCap module and GPT-2's pretrained params (None when trained from scratch)."""
-    if config.dtype not in DTYPES:
-        raise ValueError(f"dtype={config.dtype!r}; expected one of {sorted(DTYPES)}")
-    dtype = DTYPES[config.dtype]
-    if config.gpt2_from_scratch:
-        hf = hf_import.read_config(config.gpt2)
+    """The ClipCap module of ``config.captioner`` and GPT-2's pretrained params (None when
+    trained from scratch)."""
+    cap = config.captioner
+    if cap.dtype not in DTYPES:
+        raise ValueError(f"captioner.dtype={cap.dtype!r}; expected one of {sorted(DTYPES)}")
+    dtype = DTYPES[cap.dtype]
+    if cap.gpt2_from_scratch:
+        hf = hf_import.read_config(cap.gpt2)
         gpt_config, gpt_params = gpt2.GPT2Config.from_hf(hf), None
     else:
-        gpt_module, gpt_params = gpt2.from_pretrained(config.gpt2, dtype)
+        gpt_module, gpt_params = gpt2.from_pretrained(cap.gpt2, dtype)
         gpt_config = gpt_module.config
-    mapper = clipcap.MapperConfig(config.mapper, config.prefix_length, config.clip_length,
-                                  config.mapper_depth)
+    mapper = clipcap.MapperConfig(cap.mapper, cap.prefix_length, cap.clip_length,
+                                  cap.mapper_depth)
     return clipcap.ClipCap(mapper, gpt_config, dtype), gpt_params
 
 
@@ -51,18 +53,18 @@ def init_params(model: clipcap.ClipCap, key, dim: int):
 def warmup_steps_of(config) -> int:
     """The run's warmup updates: ``warmup_steps``, times ``train_fraction`` when
     ``warmup_scales_with_fraction`` (the official stage-2 ``run.py``: int(5000 * fraction))."""
-    if config.warmup_scales_with_fraction:
-        return int(config.warmup_steps * config.train_fraction)
-    return config.warmup_steps
+    if config.captioner.warmup_scales_with_fraction:
+        return int(config.captioner.warmup_steps * config.data.train_fraction)
+    return config.captioner.warmup_steps
 
 
 def schedule_of(config, total_updates: int) -> optax.Schedule:
     """The learning rate per update: ClipCap's linear warmup then linear decay to 0
     ('warmup_linear_decay'), or ``lr`` throughout ('constant': no scheduler, as the
     official ImageBind config)."""
-    if config.lr_schedule == "constant":
-        return optax.constant_schedule(config.lr)
-    return st.warmup_linear_decay(config.lr, warmup_steps_of(config), total_updates)
+    if config.captioner.lr_schedule == "constant":
+        return optax.constant_schedule(config.captioner.lr)
+    return st.warmup_linear_decay(config.captioner.lr, warmup_steps_of(config), total_updates)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +98,9 @@ class Optimizer:
 
 def make_optimizer(config, total_updates: int) -> Optimizer:
     """The run's ``Optimizer`` over ``total_updates`` updates."""
-    return Optimizer(float(config.lr), config.lr_schedule, warmup_steps_of(config),
-                     total_updates, float(config.weight_decay), bool(config.freeze_gpt),
-                     config.grad_accum)
+    cap = config.captioner
+    return Optimizer(float(cap.lr), cap.lr_schedule, warmup_steps_of(config), total_updates,
+                     float(cap.weight_decay), bool(cap.freeze_gpt), cap.grad_accum)
 
 
 # ---------------------------------------------------------------------------
@@ -123,8 +125,8 @@ def train_update(model: clipcap.ClipCap, tx, state, batch: dict, embed: Callable
 
 def total_steps(config, num_pairs: int) -> int:
     """Micro-steps of the run: ``max_steps``, or ``num_epochs`` over the pairs."""
-    return config.max_steps if config.max_steps > 0 else (
-        config.num_epochs * (num_pairs // config.batch_size))
+    cap = config.captioner
+    return cap.max_steps if cap.max_steps > 0 else cap.num_epochs * (num_pairs // cap.batch_size)
 
 
 # ---------------------------------------------------------------------------
@@ -174,9 +176,10 @@ class Decoder:
 
 def make_decoder(config, module: gpt2.GPT2, stops: tuple, pad_id: int) -> Decoder:
     """The config's ``Decoder`` (``decode``: 'greedy' or 'beam')."""
-    if config.decode not in ("greedy", "beam"):
-        raise ValueError(f"decode={config.decode!r}; expected 'greedy' or 'beam'")
-    return Decoder(module, config.decode, config.beam_size, config.max_decode_tokens,
+    options = config.eval
+    if options.decode not in ("greedy", "beam"):
+        raise ValueError(f"eval.decode={options.decode!r}; expected 'greedy' or 'beam'")
+    return Decoder(module, options.decode, options.beam_size, options.max_decode_tokens,
                    tuple(stops), pad_id)
 
 

@@ -86,8 +86,8 @@ def member_layout(members: int, fsdp: int) -> Layout:
 def config_member(config) -> Member:
     """The one member of a single run: the config's variant, seed and sigma (the calibrated
     one with ``sigma_from_calibration``)."""
-    return Member(config.variant, config.variant, config.seed, caption_sweep.sigma_of(config),
-                  config.train_field)
+    return Member(config.variant, config.variant, config.seed,
+                  caption_sweep.sigma_of(config, config), config.train_field)
 
 
 class GanSweep:
@@ -159,7 +159,7 @@ def member_settings(config, source, members: Sequence[Member]) -> dict:
     methods = {m.variant for m in members}
     train = cd.field_moments(source, config.train_field)
     test = cd.field_moments(source, config.eval_field)
-    noise = caption_sweep.noise_model_of(config) if "c3_aniso" in methods else None
+    noise = caption_sweep.noise_model_of(config, config) if "c3_aniso" in methods else None
     centroid = (cd.realign_centroid(source, config.train_field, train, test)
                 if "realign" in methods else None)
     settings = [{**c3.member_settings(m.variant, m.sigma, train, test, noise, centroid=centroid),

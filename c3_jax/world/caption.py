@@ -9,11 +9,10 @@ import numpy as np
 from absl import logging
 
 from c3_jax import plots, stats
-from c3_jax.c3 import CLIP_SIGMA
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
+from c3_jax.experiments import caption as captioning
 from c3_jax.experiments import checks, stages
-from c3_jax.experiments.caption import default_config as captioning_defaults
 from c3_jax.experiments.geometry_runs import pair_geometry
 from c3_jax.experiments.schema import field_types
 from c3_jax.models import gpt2
@@ -22,37 +21,54 @@ from c3_jax.workdir import Workdir
 from c3_jax.world import common, scenes
 
 
-def default_captioner(quick: bool = False) -> ml_collections.ConfigDict:
-    """Captioner: MLP mapper -> prefix -> GPT-2 trained from scratch on the world's words."""
-    c = ml_collections.ConfigDict()
-    c.width, c.depth, c.heads, c.prefix_length = 64, 2, 4, 4
-    c.steps, c.batch, c.lr, c.warmup = 300, 64, 3e-3, 30
-    c.max_decode_tokens, c.eval_batch_size = 20, 250
-    if quick:
-        c.width, c.depth = 32, 1
-        c.steps, c.batch, c.warmup = 10, 32, 2
-        c.max_decode_tokens, c.eval_batch_size = 8, 64
-    return c
+def default_world_gpt2(quick: bool = False) -> ml_collections.ConfigDict:
+    """The world's GPT-2, trained from scratch on its words (its config is written by the
+    run, ``gpt2_dir``)."""
+    g = ml_collections.ConfigDict()
+    g.width = 32 if quick else 64
+    g.depth = 1 if quick else 2
+    g.heads = 4
+    return g
 
 
 def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     """Every field of the main job ('shapes_caption') with its default; ``quick``: a tiny
-    end-to-end check for tests (under a minute)."""
-    c = ml_collections.ConfigDict()
+    end-to-end check for tests (under a minute). The captioners' ``data``, ``captioner``,
+    ``method``, ``eval`` and ``sweep`` are the captioning experiments' sub-configs
+    (``c3_jax.experiments.caption.default_config``), with the world's values."""
+    c = captioning.default_config("caption_sweep")
     c.experiment = "shapes_caption"
     c.seed = 0  # the world's, Connect's and the first captioner's
+    c.world = common.default_world(quick)
+    c.connect = common.default_connect(quick)
+    c.world_gpt2 = default_world_gpt2(quick)
+    # The world's dataset and GPT-2 directory: '' (what the run builds in its workdir).
+    c.data.dataset_dir = ""
+    c.captioner.gpt2 = ""
+    c.data.max_caption_tokens = common.MAX_TOKENS  # the longest world caption fits
+    c.data.truncate_captions = False
+    c.captioner.gpt2_from_scratch = True
+    c.captioner.prefix_length = 4
+    c.captioner.max_steps = 10 if quick else 300
+    c.captioner.batch_size = 32 if quick else 64
+    c.captioner.lr = 3e-3
+    c.captioner.warmup_steps = 2 if quick else 30
+    c.captioner.log_every = 50
+    # One checkpoint, at the end (follows max_steps unless set).
+    c.captioner.checkpoint_every = c.captioner.get_ref("max_steps")
+    c.captioner.val_batches = 4
+    # 'c3_calibrated' (and 'c3_aniso') take sigma from the residual of the first
+    # `calibration_pairs` val pairs (quick: all of its val pairs).
+    c.method.calibration_pairs = 64 if quick else 100
+    c.eval.max_decode_tokens = 8 if quick else 20
+    c.eval.batch_size = 64 if quick else 250
+    c.eval.spice = False
+    c.sweep.variants = ("c1", "c2_collapse", "c2_corrupt", "c3", "c3_calibrated", "supervised",
+                        "span_only")
     # Captioners of seed, seed + 1, ... (one sweep: one program). Five, so that the paired
     # 95 % interval of c3 - c1 excludes 0 in CIDEr and attribute accuracy (with three it
     # did not: [-8.7, +104.9] CIDEr); docs/results/shapes_caption.md.
-    c.seeds = 1 if quick else 5
-    c.variants = "c1,c2_collapse,c2_corrupt,c3,c3_calibrated,supervised,span_only"
-    c.noise_sigma = CLIP_SIGMA  # the paper's fixed sigma
-    # 'c3_calibrated' (and 'c3_aniso') take sigma from the residual of the first
-    # `calibration_pairs` val pairs; c3_aniso's noise has its top `noise_rank` directions
-    # (0: the full covariance).
-    c.calibration_pairs, c.noise_rank = 64 if quick else 100, 0  # quick: all its val pairs
-    c.world, c.connect = common.default_world(quick), common.default_connect(quick)
-    c.captioner = default_captioner(quick)
+    c.sweep.seeds = 1 if quick else 5
     return c
 
 
@@ -74,33 +90,27 @@ PUBLISHED_COCO = {"c2_corrupt": ("CapDec", "26.4 / 25.1 / 91.8"),
 def check(config) -> None:
     """Every value of a shapes_caption config, checked before any work."""
     common.check_world(config)
-    common.variant_names(config.variants, VARIANTS)
-    checks.at_least(config, 1, ["seeds", "captioner.width", "captioner.depth",
-                                "captioner.heads", "captioner.prefix_length",
-                                "captioner.steps", "captioner.batch",
-                                "captioner.max_decode_tokens", "captioner.eval_batch_size"])
-    checks.at_least(config, 0, ["captioner.warmup"])
-    checks.at_least(config, 2, ["calibration_pairs"])
-    checks.at_least(config, 0, ["noise_rank"])
-    checks.positive(config, ["captioner.lr"])
-    checks.at_least(config, 0.0, ["noise_sigma"])
-    checks.divides(config, "captioner.heads", "captioner.width")
-    checks.at_least(config, config.captioner.batch, ["world.train_size"])
-    calibration_fits(config)
+    captioning.check_settings(config)
+    common.variant_names(config.sweep.variants, VARIANTS)
+    checks.at_least(config, 1, ["world_gpt2.width", "world_gpt2.depth", "world_gpt2.heads"])
+    checks.divides(config, "world_gpt2.heads", "world_gpt2.width")
+    checks.at_least(config, config.captioner.batch_size, ["world.train_size"])
+    calibration_fits(config, config.method)
     checks.java()
 
 
-def calibration_fits(config) -> None:
+def calibration_fits(config, method, path: str = "method.") -> None:
     """σ is calibrated on the first ``calibration_pairs`` val pairs and c3_aniso's noise
-    keeps ``noise_rank`` directions of the space: both must exist (checked before the
-    world and Connect are built)."""
-    if config.calibration_pairs > config.world.val_size:
-        raise ValueError(f"config field 'calibration_pairs' is {config.calibration_pairs} but "
-                         f"the world has {config.world.val_size} val pairs "
+    keeps ``noise_rank`` directions of the space (fields of ``method``, the sub-config at
+    ``path`` of ``config``): both must exist (checked before the world and Connect are
+    built)."""
+    if method.calibration_pairs > config.world.val_size:
+        raise ValueError(f"config field '{path}calibration_pairs' is {method.calibration_pairs} "
+                         f"but the world has {config.world.val_size} val pairs "
                          "(world.val_size); lower one or raise the other")
-    if config.get("noise_rank", 0) > config.connect.projection_dim:
-        raise ValueError(f"config field 'noise_rank' is {config.noise_rank} but the space has "
-                         f"{config.connect.projection_dim} dimensions "
+    if method.get("noise_rank", 0) > config.connect.projection_dim:
+        raise ValueError(f"config field '{path}noise_rank' is {method.noise_rank} but the space "
+                         f"has {config.connect.projection_dim} dimensions "
                          "(connect.projection_dim); use at most that (0: all)")
 
 
@@ -113,75 +123,68 @@ def geometry_report(config, dataset: str, wd: Workdir) -> dict:
     y = np.stack([np.asarray(test[i]["text_embedding"][0], np.float32) for i in range(len(test))])
     group = min(100, max(2, len(x) // 5))  # Table 1 uses groups of 100
     report = pair_geometry(x, y, wd, seed=config.seed, group_size=group,
-                           calibration_pairs=config.calibration_pairs, gamma=0.99,
+                           calibration_pairs=config.method.calibration_pairs, gamma=0.99,
                            title="shapes world, learned CLIP space", names=("image", "text"))
     return report
 
 
 def gpt2_dir(config, tokenizer, wd: Workdir) -> str:
-    """A GPT-2 config (trained from scratch) with the world's tokenizer."""
+    """A GPT-2 config (``world_gpt2``, trained from scratch) with the world's tokenizer."""
     path = wd.file("gpt2")
-    c = config.captioner
-    fields = {**common.world_fields(config), "gpt2": _gpt2_fields(config)}
+    g = config.world_gpt2
+    fields = {**common.world_fields(config), "gpt2": g.to_dict()}
     if stages.begin(wd, "gpt2", fields, [path]):
         return path
     if wd.primary:
-        gpt2.write_config_dir(path, tokenizer, c.width, c.depth, c.heads, 64)
+        gpt2.write_config_dir(path, tokenizer, g.width, g.depth, g.heads, 64)
     stages.finish(wd, "gpt2")
     return path
 
 
-def _gpt2_fields(config) -> dict:
-    return {k: config.captioner[k] for k in ("width", "depth", "heads")}
-
-
-def captioner_config(config, dataset: str, gpt2_path: str = ""):
-    """The captioners' shared settings (a sweep member gives variant, seed, sigma, field):
-    the captioning trainer's config filled from the nested ``captioner`` config."""
-    t = config.captioner
-    c = captioning_defaults("caption")
-    c.update(dict(
-        seed=config.seed, calibration_pairs=config.calibration_pairs,
-        noise_rank=config.noise_rank, gpt2=gpt2_path, gpt2_from_scratch=True,
-        prefix_length=t.prefix_length,
-        dataset_dir=dataset, max_caption_tokens=common.MAX_TOKENS,
-        truncate_captions=False, batch_size=t.batch, max_steps=t.steps, lr=t.lr,
-        warmup_steps=t.warmup, log_every=50, checkpoint_every=t.steps, val_batches=4,
-        max_decode_tokens=t.max_decode_tokens, eval_batch_size=t.eval_batch_size,
-        spice=False))
+def with_world(config, dataset: str, gpt2_path: str = ""):
+    """The config with the world's dataset (and GPT-2 directory) in ``data.dataset_dir``
+    (``captioner.gpt2``): what the captioning trainer reads."""
+    c = config.copy_and_resolve_references()
+    c.data.dataset_dir = dataset
+    c.captioner.gpt2 = gpt2_path
     return c
 
 
 def calibrated_sigma(config, dataset: str) -> float:
     """Corrupt's sigma calibrated on the first ``calibration_pairs`` val pairs (each image
     with its first caption): ``captions.noise_model``'s, which c3_aniso's noise shares."""
-    return caption_sweep.noise_model_of(captioner_config(config, dataset))["sigma"]
+    return caption_sweep.noise_model_of(with_world(config, dataset).data, config.method)["sigma"]
 
 
 def members(config, dataset: str, sigmas=None) -> list:
     """The sweep: every variant (noisy ones at each of ``sigmas``, default the config's
     sigma; calibrated ones at ``calibrated_sigma``) x seed."""
-    base = captioner_config(config, dataset)
-    base.seeds = config.seeds
     return caption_sweep.named_members(
-        common.variant_names(config.variants, VARIANTS), base,
-        sigmas or [config.noise_sigma], lambda: calibrated_sigma(config, dataset), bool(sigmas))
+        common.variant_names(config.sweep.variants, VARIANTS), config,
+        sigmas or [config.method.noise_sigma], lambda: calibrated_sigma(config, dataset),
+        bool(sigmas))
 
 
 def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
                      wd: Workdir) -> dict:
     """{member: its Workdir, with results.json and captions_test.json}: each member cached
-    in ``captioners/<member>/``; those not done yet trained and decoded as one sweep."""
-    base = captioner_config(config, dataset, gpt2_path)
-    shared = {"run": base.to_dict(), "gpt2": _gpt2_fields(config),
-              "upstream": common.connect_fields(config)}
+    in ``captioners/<member>/``; those not done yet trained and decoded as one sweep. A
+    member's stage is shaped by the captioning sub-configs (not by the sweep's list of
+    members, nor by the variant and sigma the member carries), the world's GPT-2 and
+    everything upstream."""
+    run = with_world(config, dataset, gpt2_path)
+    method = {k: v for k, v in run.method.to_dict().items() if k not in ("variant", "noise_sigma")}
+    shared = {"run": {"seed": run.seed, "data": run.data.to_dict(),
+                      "captioner": run.captioner.to_dict(), "method": method,
+                      "eval": run.eval.to_dict()},
+              "gpt2": config.world_gpt2.to_dict(), "upstream": common.connect_fields(config)}
 
     def train(pending, sweep_wd, outputs):
-        sweep = caption_sweep.Sweep(base, pending, sweep_wd)
+        sweep = caption_sweep.Sweep(run, pending, sweep_wd)
         params, summary = caption_sweep.train(sweep)
         results = caption_sweep.evaluate(sweep, params)
-        refs = cd.eval_rows(builders.data_source(dataset, base.test_split), base.eval_field,
-                            base.caption_field)[1]
+        refs = cd.eval_rows(builders.data_source(dataset, run.data.test_split),
+                            run.data.eval_field, run.data.caption_field)[1]
         for m in pending:
             outputs[m.name].write_json("results.json", {**summary[m.name],
                                                         "metrics": results[m.name]["metrics"]})
@@ -310,12 +313,12 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
             member_result(done[m.name], attrs))
     agg = _aggregate(runs)
     chance = scenes.chance_accuracy(attrs)
-    table = _results_table(agg, chance, config.seeds, config.seed)
+    table = _results_table(agg, chance, config.sweep.seeds, config.seed)
     wd.write_text("RESULTS.md", "# Shapes world: captioning images from text-only "
                   "training\n\n" + table)
     print("\n" + table)
     _samples_png(dataset, world, runs, wd)
     return {"variants": agg, "paired": paired_differences(agg), "chance": chance,
             "geometry": geometry,
-            "sigma_calibrated": sigma, "sigma_fixed": config.noise_sigma,
-            "seeds": config.seeds, "num_test": int(len(attrs["shape"]))}
+            "sigma_calibrated": sigma, "sigma_fixed": config.method.noise_sigma,
+            "seeds": config.sweep.seeds, "num_test": int(len(attrs["shape"]))}

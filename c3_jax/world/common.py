@@ -15,7 +15,7 @@ from c3_jax import geometry
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.data.text import build_word_tokenizer, encode_captions, load_tokenizer
-from c3_jax.experiments import checks, stages
+from c3_jax.experiments import checks, schema, stages
 from c3_jax.models import clip
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
@@ -70,12 +70,13 @@ def connect_fields(config) -> dict:
     return {**world_fields(config), "connect": config.connect.to_dict()}
 
 
-def variant_names(text: str, known) -> list:
-    """The comma-separated variant names of a config field, each checked against ``known``."""
-    names = [v.strip() for v in text.split(",") if v.strip()]
+def variant_names(value, known) -> list:
+    """The variant names of a config field (a tuple, or comma-separated), each checked
+    against ``known``."""
+    names = schema.names(value, "variants")
     unknown = sorted(set(names) - set(known))
     if unknown or not names:
-        raise ValueError(f"variants={text!r}: unknown variants {unknown}; known: "
+        raise ValueError(f"variants={value!r}: unknown variants {unknown}; known: "
                          f"{sorted(known)}" if unknown else "variants is empty")
     return names
 

@@ -1,10 +1,10 @@
 """The main job's orderings over worlds. Each run of ``configs/shapes_caption.py`` with its
 own ``--config.seed`` draws its own world, Connect and captioners; its mean over its first
-``seeds`` captioner seeds is that world's figure, and variants are compared by the paired
+``sweep.seeds`` captioner seeds is that world's figure, and variants are compared by the paired
 difference across worlds (95 % t-interval).
 
     for w in 0 1 2; do python -m c3_jax.main --config=configs/shapes_caption.py \\
-        --workdir=runs/world$w --config.seed=$w --config.seeds=3; done
+        --workdir=runs/world$w --config.seed=$w --config.sweep.seeds=3; done
     python -m c3_jax.world.over_worlds runs/world0 runs/world1 runs/world2
 """
 from __future__ import annotations

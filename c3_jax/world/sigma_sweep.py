@@ -7,6 +7,7 @@ import ml_collections
 from absl import logging
 
 from c3_jax import c3, plots, stats
+from c3_jax.experiments import schema
 from c3_jax.experiments.schema import field_types
 from c3_jax.workdir import Workdir
 from c3_jax.world import caption, common
@@ -17,11 +18,10 @@ def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     fields, C^3 alone over ``sigmas``; ``quick``: a tiny end-to-end check for tests."""
     c = caption.default_config(quick)
     c.experiment = "shapes_sigma_sweep"
-    c.variants = "c3"
-    c.sigmas = "0,0.01,0.02,0.05,0.1,0.1265,0.2,0.3"  # 0.1265 = sqrt(0.016), the paper's
-    c.seeds = 3
-    if quick:
-        c.sigmas, c.seeds = "0,0.1", 2
+    c.sweep.variants = ("c3",)
+    # 0.1265 = sqrt(0.016), the paper's
+    c.sweep.sigmas = (0.0, 0.1) if quick else (0.0, 0.01, 0.02, 0.05, 0.1, 0.1265, 0.2, 0.3)
+    c.sweep.seeds = 2 if quick else 3
     return c
 
 
@@ -30,22 +30,19 @@ SCORES = ("attribute_accuracy", "exact_match", "CIDEr", "BLEU-4")
 
 
 def sigmas_of(config) -> list:
-    try:
-        values = [float(v) for v in config.sigmas.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"config field 'sigmas' is {config.sigmas!r}; it must be "
-                         "comma-separated numbers") from None
+    values = schema.floats(config.sweep.sigmas, "sweep.sigmas")
     if not values or min(values) < 0 or len(set(values)) != len(values):
-        raise ValueError(f"config field 'sigmas' is {config.sigmas!r}; it must name distinct "
-                         "sigmas >= 0")
+        raise ValueError(f"config field 'sweep.sigmas' is {config.sweep.sigmas!r}; it must name "
+                         "distinct sigmas >= 0")
     return sorted(values)
 
 
 def check(config) -> None:
     caption.check(config)
     sigmas_of(config)
-    if common.variant_names(config.variants, caption.VARIANTS) != ["c3"]:
-        raise ValueError("config field 'variants' must be 'c3': the sweep is over its sigma")
+    if common.variant_names(config.sweep.variants, caption.VARIANTS) != ["c3"]:
+        raise ValueError("config field 'sweep.variants' must be ('c3',): the sweep is over its "
+                         "sigma")
 
 
 def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
@@ -71,14 +68,14 @@ def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
         {f"calibrated sigma {calibrated:.3f}": calibrated,
          f"paper's sigma {c3.CLIP_SIGMA:.3f}": c3.CLIP_SIGMA},
         "Corrupt's sigma", wd.file("sigma_sweep.png"))
-    table = _table(rows, sigmas, config.seeds, calibrated, best)
+    table = _table(rows, sigmas, config.sweep.seeds, calibrated, best)
     if wd.primary:
         with open(wd.file("SIGMA_SWEEP.md"), "w") as f:
             f.write(table)
     print("\n" + table)
     logging.info("best sigma by attribute accuracy %g; calibrated %.4f", best, calibrated)
     return {"by_sigma": rows, "sigma_calibrated": calibrated, "best_sigma": best,
-            "seeds": config.seeds, "num_test": int(len(attrs["shape"]))}
+            "seeds": config.sweep.seeds, "num_test": int(len(attrs["shape"]))}
 
 
 def _table(rows: dict, sigmas: list, seeds: int, calibrated: float, best: float) -> str:

@@ -72,7 +72,7 @@ def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     c.seeds = 1 if quick else 3
     c.variants = "c1,c2_collapse,c2_corrupt,c3"
     c.noise_sigma = CLIP_SIGMA
-    c.calibration_pairs = main.calibration_pairs
+    c.calibration_pairs = main.method.calibration_pairs
     c.world, c.connect, c.generator = main.world, main.connect, default_generator(quick)
     c.probe_steps = 20 if quick else 800  # the attribute probe, trained on real images
     c.num_samples = 4 if quick else 10
@@ -108,7 +108,7 @@ def check(config) -> None:
         "r1_gamma", "itd_weight", "itc_weight", "ema_kimg", "pl_weight", "style_mixing")])
     checks.at_least(config, config.generator.batch, ["world.train_size"])
     checks.at_least(config, 2, ["calibration_pairs"])
-    caption.calibration_fits(config)
+    caption.calibration_fits(config, config, "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +157,7 @@ def members(config, variants: list, base) -> list:
     """The sweep's members ``<variant>_seed<k>``: every variant (``caption_sweep.NAMED``:
     its method and sigma kind) x ``seeds`` generator seeds from ``seed``."""
     named = {v: caption_sweep.NAMED[v] for v in variants}  # (method, field, sigma kind)
-    calibrated = (caption_sweep.noise_model_of(base)["sigma"]
+    calibrated = (caption_sweep.noise_model_of(base, base)["sigma"]
                   if any(named[v][2] == "calibrated" for v in variants) else None)
     return [m for v in variants for m in caption_sweep.member_grid(
         v, named[v][0], base.train_field,
