@@ -151,7 +151,8 @@ def main():
     p.add_argument("--preset", choices=sorted(t2i_train.PRESETS), default="shapes_t2i")
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--steps", type=int, default=None,
-                   help="steps per member (default: 2 * r1_every, two lazy-R1 cycles)")
+                   help="steps per member (default: 2 * generator.r1_every, two lazy-R1 "
+                        "cycles)")
     p.add_argument("--sweep_runs", type=int, default=2,
                    help="times the sweep runs (after the sequential side; the spread shows "
                         "slow spells)")
@@ -165,12 +166,13 @@ def main():
     if args.members < 1:
         raise SystemExit("--members must be >= 1")
     s = setup(args.preset)
-    steps = args.steps or 2 * s.config.r1_every
+    steps = args.steps or 2 * s.config.generator.r1_every
     regs = [generation.regs_at(s.config, i) for i in range(steps)]
     if steps <= len(set(regs)):
         raise SystemExit(f"--steps must be > {len(set(regs))} (the first step of each "
                          "regularization variant compiles, then timed ones)")
-    chosen, settings = members(args.members, s.gan.cond_dim, s.config.collapse_twice)
+    chosen, settings = members(args.members, s.gan.cond_dim,
+                               s.config.generator.collapse_twice)
     data = batches(steps, s.cfg.batch_size, s.gan)
     images = args.members * s.cfg.batch_size
     print(f"preset {args.preset}: {args.members} members x {steps} steps, batch "

@@ -9,14 +9,15 @@ regularization, the regularization phases ``regs_at``), with random weights and 
 batches; every preset is a full 't2i' trainer config
 (``c3_jax.experiments.t2i.default_config``):
   * ``--preset shapes_t2i`` (default): configs/shapes_t2i.py's generator and discriminator
-    (as ``shapes_t2i`` fills the trainer's config from its ``generator`` fields: 32x32,
-    cond 64-d, batch 8, R1 every 16 steps, the path-length penalty every 4) and its
+    (its config as ``shapes_t2i`` trains on it, the same nested schema: 32x32, cond 64-d,
+    generator.batch_size 8, R1 every 16 steps, the path-length penalty every 4) and its
     world's CLIP image tower (width 64, depth 3, 4 heads, MLP 256, gelu, patch 8,
     projection 64), wrapped as the experiment wraps it;
   * ``--preset coco64``: the COCO setup of ``t2i.default_config()`` (z 512, w 512,
     8 mapping layers, cond_hidden 512, R1 gamma 10 every 16 steps, batch 16) at 64x64 with
-    channel_base 8192, channel_max 128, and a ViT-B/32-shaped CLIP image tower (random
-    weights) at 224x224, through ``generation.tower_encoder`` (resize, CLIP normalization);
+    generator.channel_base 8192, generator.channel_max 128, and a ViT-B/32-shaped CLIP
+    image tower (random weights) at 224x224, through ``generation.tower_encoder`` (resize,
+    CLIP normalization);
   * ``--preset tiny`` (``--smoke``): 8x8 images (one upsampling block), 16-d condition,
     batch 4, R1 on every step, no path-length penalty (one compiled program).
 
@@ -53,16 +54,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _shapes_preset() -> dict:
+    # The world's config is a full trainer config (the t2i schema with the world's
+    # generator.*): the shapes_t2i experiment trains on it as it is.
     world = world_t2i.default_config()
-    g, k = world.generator, world.connect
-    config = t2i_defaults()
-    config.update(dict(  # as the shapes_t2i experiment fills the trainer's config
-        z_dim=g.z_dim, w_dim=g.w_dim, mapping_layers=g.mapping_layers,
-        cond_hidden=g.cond_hidden, channel_base=g.channel_base, channel_max=g.channel_max,
-        architecture=g.architecture, batch_size=g.batch, lr=g.lr, r1_gamma=g.r1_gamma,
-        r1_every=g.r1_every, itd_weight=g.itd_weight, itc_weight=g.itc_weight,
-        ema_kimg=g.ema_kimg, ema_rampup=0.05, pl_weight=g.pl_weight,
-        style_mixing=g.style_mixing))
+    config, k = world, world.connect
     tower = clip.Tower(k.width, k.depth, k.heads, 4 * k.width, "gelu")
     clip_config = clip.CLIPConfig(text=tower, vision=tower, projection_dim=k.projection_dim,
                                   vocab_size=100, max_positions=20, eos_token_id=1,
@@ -73,15 +68,16 @@ def _shapes_preset() -> dict:
 
 def _coco64_preset() -> dict:
     config = t2i_defaults()
-    config.channel_base, config.channel_max = 8192, 128
+    config.generator.channel_base, config.generator.channel_max = 8192, 128
     return {"config": config, "clip": clip.CLIPConfig(),  # ViT-B/32 shapes, random weights
             "resolution": 64, "cond_dim": 512, "encoder": "vit_b32_shaped_clip_224"}
 
 
 def _tiny_preset() -> dict:
     config = t2i_defaults()
-    config.update(dict(z_dim=8, w_dim=8, mapping_layers=2, cond_hidden=8, channel_base=64,
-                       channel_max=8, batch_size=4, r1_every=1, pl_weight=0.0))
+    config.generator.update(dict(z_dim=8, w_dim=8, mapping_layers=2, cond_hidden=8,
+                                 channel_base=64, channel_max=8, batch_size=4, r1_every=1,
+                                 pl_weight=0.0))
     tower = clip.Tower(16, 1, 2, 32, "gelu")
     clip_config = clip.CLIPConfig(text=tower, vision=tower, projection_dim=16, vocab_size=20,
                                   max_positions=8, eos_token_id=1, image_size=8, patch_size=4)
@@ -117,8 +113,8 @@ def trainer_parts(preset_name: str) -> dict:
     gan = generation.gan_config(config, preset["cond_dim"], preset["resolution"])
     return {"config": config, "gan": gan, "encoder": make_encoder(preset["clip"], preset_name),
             "tx": generation.optimizer(config),
-            "g_tx": generation.optimizer(config, config.pl_every),
-            "d_tx": generation.optimizer(config, config.r1_every),
+            "g_tx": generation.optimizer(config, config.generator.pl_every),
+            "d_tx": generation.optimizer(config, config.generator.r1_every),
             "cfg": generation.StepConfig.from_config(config), "encoder_name": preset["encoder"]}
 
 
@@ -135,7 +131,8 @@ def main():
     p.add_argument("--preset", choices=sorted(PRESETS), default="shapes_t2i")
     p.add_argument("--batch", type=int, default=None, help="images per step (preset's batch)")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps (default: 2 * r1_every, two lazy-R1 cycles)")
+                   help="timed steps (default: 2 * generator.r1_every, two lazy-R1 "
+                   "cycles)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps")
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny sizes, same code path (the test suite's run): {SMOKE}")
@@ -146,10 +143,10 @@ def main():
     parts = trainer_parts(args.preset)
     config, gan, encoder = parts["config"], parts["gan"], parts["encoder"]
     if args.batch:
-        config.batch_size = args.batch
+        config.generator.batch_size = args.batch
     cfg = generation.StepConfig.from_config(config)
-    steps = args.steps or 2 * config.r1_every
-    b = config.batch_size
+    steps = args.steps or 2 * config.generator.r1_every
+    b = config.generator.batch_size
 
     layout = gan_sweep.member_layout(1, 1)
     sweep = types.SimpleNamespace(  # what gan_sweep's step reads of a GanSweep
@@ -167,7 +164,7 @@ def main():
     moments = c3.Moments((e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0),
                          np.ones(gan.cond_dim))
     settings = {**c3.member_settings("c3", c3.CLIP_SIGMA, moments, moments),
-                "twice": generation.collapse_twice("c3", config.collapse_twice)}
+                "twice": generation.collapse_twice("c3", config.generator.collapse_twice)}
     settings = layout.put_members(jax.tree.map(lambda a: np.asarray(a)[None], settings))
     batch_sharding = layout.batch_sharding()
     batches = [jax.tree.map(lambda a: jax.device_put(a[None], batch_sharding), {

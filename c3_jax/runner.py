@@ -160,9 +160,18 @@ def check_workdir(path: str, config: dict) -> None:
     if old == new or (config["experiment"] in STAGED and old.get("experiment") ==
                       config["experiment"]):
         return
+    old, new = dotted(old), dotted(new)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise ConfigError(f"--workdir {path} holds a run of another config (fields {changed} "
                       "differ); resume it with its own config or use a new --workdir")
+
+
+def dotted(config: dict, prefix: str = "") -> dict:
+    """{'a.b': value} of a nested config's fields, by their dotted paths."""
+    out = {}
+    for k, v in config.items():
+        out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 @contextlib.contextmanager

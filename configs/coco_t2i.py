@@ -3,7 +3,7 @@ embeddings only, evaluated from caption text embeddings with FID / IS computed a
 protocol (fid_protocol "lafite": 30,000 images from the first 30,000 rows of test_split,
 LAFITE's val2014, one random caption each, against every training image; results.json's
 metrics.fid_protocol says what was generated). Training follows LAFITE and the C^3 scripts
-(c3_jax.experiments.t2i.default_config); --config.init_from=pre-trained-google-cc-best-fid.pkl
+(c3_jax.experiments.t2i.default_config); --config.generator.init_from=pre-trained-google-cc-best-fid.pkl
 starts from LAFITE's released networks, as C^3's Table 3 does.
 
 Variants: '' or 'c3' (Collapse + Corrupt), 'c1', 'c2_collapse', 'c2_corrupt', 'lafite'
@@ -24,8 +24,8 @@ def get_config(arg: str = ""):
     if len(parts) > 1:
         raise ValueError(f"coco_t2i takes one variant, got {parts}")
     name = parts[0] if parts else "c3"
-    c.variant = name
+    c.method.variant = name
     if name == "lafite":
-        c.noise_sigma = 0.75  # the mix level of LAFITE's perturbation
-    c.sigma_from_calibration = name == "c3_aniso"
+        c.method.noise_sigma = 0.75  # the mix level of LAFITE's perturbation
+    c.method.sigma_from_calibration = name == "c3_aniso"
     return c

@@ -1,6 +1,6 @@
 """Text-to-image on the built-in world, on CPU with no downloads: the small CLIP of
 Connect (the same as shapes_caption's), LAFITE StyleGAN2s trained on ``train`` images only,
-one per C^3 variant and generator seed (--config.seeds, 3 by default: members
+one per C^3 variant and generator seed (--config.sweep.seeds, 3 by default: members
 <variant>_seed<k> of one sweep), images generated from ``test`` captions (and, with no
 modality gap, from the test images' own embeddings), scored by a probe classifier trained
 on real images (attribute accuracy) and by the Fréchet distance in the CLIP image space;
@@ -8,8 +8,8 @@ RESULTS.md reports mean ± sample std over the seeds, what the gap costs and pai
 differences with 95 % t-intervals.
 
 Variants: '' (the full run), 'quick' (a tiny end-to-end check for tests). The C^3
-variants (--config.variants=...): c1, c2_collapse, c2_corrupt, c3 (the default four), and
-c3_calibrated (c3 at the sigma calibrated on `calibration_pairs` val pairs), and this
+variants (--config.sweep.variants=...): c1, c2_collapse, c2_corrupt, c3 (the default four), and
+c3_calibrated (c3 at the sigma calibrated on `method.calibration_pairs` val pairs), and this
 project's own c3_standardize and c3_aniso (Corrupt with those pairs' shrunk residual
 covariance, at the calibrated sigma); see c3.member_settings.
 The world and Connect are shapes_caption's nested configs (--config.world.*,

@@ -400,15 +400,16 @@ def _build_t2i_world(root) -> dict:
 
 
 def t2i_config(world, variant="c3", **overrides):
-    """A tiny LAFITE run on ``world``. R1 on every step (r1_every=1): one compiled G+D
-    program per run instead of two (lazy R1, two programs, is what test_gan_sweep and
+    """A tiny LAFITE run on ``world``. R1 on every step (generator.r1_every=1): one compiled
+    G+D program per run instead of two (lazy R1, two programs, is what test_gan_sweep and
     test_stylegan2 check)."""
     c = coco_t2i.get_config(variant)
-    c.update(dict(clip=world["clip"], dataset_dir=world["dataset"], z_dim=8, w_dim=8,
-                  mapping_layers=2, cond_hidden=8, channel_base=64, channel_max=8,
-                  batch_size=8, max_steps=6, r1_every=1, pl_weight=0.0, log_every=1,
-                  checkpoint_every=3,
-                  eval_max_examples=0, eval_batch_size=8, num_samples=4))
+    c.update(dict(data=dict(dataset_dir=world["dataset"]),
+                  generator=dict(clip=world["clip"], z_dim=8, w_dim=8, mapping_layers=2,
+                                 cond_hidden=8, channel_base=64, channel_max=8, batch_size=8,
+                                 max_steps=6, r1_every=1, pl_weight=0.0, log_every=1,
+                                 checkpoint_every=3),
+                  eval=dict(max_examples=0, batch_size=8, num_samples=4)))
     c.update(overrides)
     return c
 

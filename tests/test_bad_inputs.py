@@ -42,7 +42,7 @@ def _where(path) -> str:
 def finished(t2i_world, tmp_path_factory):
     """A finished 2-step generation run, checkpointed at steps 1 and 2: (its config, its
     workdir, the snapshot of its files). Tests leave it as it is (each checks its snapshot)."""
-    config = t2i_config(t2i_world, max_steps=2, checkpoint_every=1)
+    config = t2i_config(t2i_world, generator=dict(max_steps=2, checkpoint_every=1))
     workdir = tmp_path_factory.mktemp("finished") / "run"
     runner.run(config, str(workdir))
     return config, workdir, snapshot(workdir)
@@ -95,7 +95,7 @@ def test_a_dataset_missing_a_split_names_the_splits_it_has(t2i_world, tmp_path):
         builders.data_source(str(tmp_path / "nowhere"), "train")
     before = _occupied(tmp_path / "run")
     with pytest.raises(KeyError, match="has no split 'val'; it has \\['test', 'train'\\]"):
-        runner.run(t2i_config(t2i_world, train_split="val"), str(tmp_path / "run"))
+        runner.run(t2i_config(t2i_world, data=dict(train_split="val")), str(tmp_path / "run"))
     _kept(tmp_path / "run", before)
 
 
@@ -110,7 +110,7 @@ def test_embedding_width_that_does_not_match_the_encoder(t2i_world, tmp_path):
                                         {"train": captions, "test": captions})
     before = _occupied(tmp_path / "run")
     with pytest.raises(ValueError, match="gives 16-d embeddings but 'image_embedding' is 5-d"):
-        runner.run(t2i_config(t2i_world, dataset_dir=data), str(tmp_path / "run"))
+        runner.run(t2i_config(t2i_world, data=dict(dataset_dir=data)), str(tmp_path / "run"))
     _kept(tmp_path / "run", before)
 
 
@@ -137,8 +137,11 @@ def test_unknown_or_mistyped_config_fields(finished):
     unknown = ml_collections.ConfigDict({**config.to_dict(), "lerning_rate": 1e-3})
     with pytest.raises(runner.ConfigError, match="\\['lerning_rate'\\] are not used"):
         runner.run(unknown, str(workdir))
-    mistyped = ml_collections.ConfigDict({**config.to_dict(), "batch_size": "eight"})
-    with pytest.raises(runner.ConfigError, match="'batch_size' must be int, got str 'eight'"):
+    fields = config.to_dict()
+    fields["generator"]["batch_size"] = "eight"
+    mistyped = ml_collections.ConfigDict(fields)
+    with pytest.raises(runner.ConfigError,
+                       match="'generator.batch_size' must be int, got str 'eight'"):
         runner.run(mistyped, str(workdir))
     assert snapshot(workdir) == before
 
@@ -147,15 +150,15 @@ def test_unknown_or_mistyped_config_fields(finished):
 def test_a_workdir_holding_a_run_of_another_config(finished):
     config, workdir, before = finished
     with pytest.raises(runner.ConfigError, match=f"--workdir {_where(workdir)} holds a run of "
-                       "another config \\(fields \\['lr'\\] differ\\)"):
-        runner.run(override(config, lr=1.0), str(workdir))
+                       "another config \\(fields \\['generator.lr'\\] differ\\)"):
+        runner.run(override(config, generator={"lr": 1.0}), str(workdir))
     assert snapshot(workdir) == before
 
 
 @pytest.mark.slow
 def test_a_checkpoint_of_another_architecture(t2i_world, finished, tmp_path):
     _, workdir, before = finished
-    other = t2i_config(t2i_world, channel_max=16, restore_from=str(workdir))
+    other = t2i_config(t2i_world, generator=dict(channel_max=16, restore_from=str(workdir)))
     eval_before = _occupied(tmp_path / "eval")
     with pytest.raises(CheckpointError, match=(
             f"checkpoint {_where(workdir / 'checkpoints' / 'latest' / '2')} holds a model of "
@@ -184,7 +187,8 @@ def _restoring_fails(config, copy, before, tmp_path, message) -> None:
     eval_before = _occupied(tmp_path / "eval")
     for restore_from, workdir in ((str(copy), tmp_path / "eval"), ("", copy)):
         with pytest.raises(CheckpointError, match=message):
-            runner.run(override(config, restore_from=restore_from), str(workdir))
+            runner.run(override(config, generator={"restore_from": restore_from}),
+                       str(workdir))
         assert snapshot(copy) == before
     _kept(tmp_path / "eval", eval_before)
 
@@ -212,7 +216,7 @@ def test_missing_checkpoint_files(finished, tmp_path):
     _restoring_fails(finished[0], copy, before, tmp_path,
                      f"checkpoint {_where(step_dir)} could not be restored \\(corrupt or "
                      f"incomplete\\): .* does not exist at {_where(step_dir / 'state')}")
-    evaluation = override(finished[0], restore_from=str(copy))
+    evaluation = override(finished[0], generator={"restore_from": str(copy)})
     latest = copy / "checkpoints" / "latest"
     shutil.rmtree(latest)  # as if the run had stopped before its first checkpoint
     with pytest.raises(FileNotFoundError, match=f"no latest checkpoint in {_where(latest)}"):
@@ -247,7 +251,7 @@ def _refusing_new_files(path):
 @pytest.mark.slow
 def test_a_non_writable_workdir_stops_the_run_before_it_starts(finished, tmp_path):
     config, workdir, before = finished
-    undownloaded = override(config, dataset_dir=str(tmp_path / "not_yet_downloaded"))
+    undownloaded = override(config, data={"dataset_dir": str(tmp_path / "not_yet_downloaded")})
     with _refusing_new_files(workdir):  # stops before the dataset is looked for
         with pytest.raises(WorkdirError, match=f"--workdir {_where(workdir)} is not writable: "):
             runner.run(undownloaded, str(workdir))

@@ -81,10 +81,11 @@ def test_fixed_temperature_sets_the_logit_scale_and_learned_is_capped():
 
 def test_bad_axis_is_refused_before_anything_is_written(tmp_path):
     config = shapes_connect_study.get_config("quick")
-    config.depths = "1,0"
+    config.depths = (1, 0)
     with pytest.raises(ValueError, match="depth"):
         runner.run(config, str(tmp_path))
-    config.depths, config.temperatures = "1", "0.01,cold"
+    config.depths = (1,)
+    config.temperatures = (0.01, "cold")
     with pytest.raises(ValueError, match="temperatures"):
         runner.run(config, str(tmp_path))
     assert not (tmp_path / "data").exists() and not (tmp_path / "recipes").exists()

@@ -21,13 +21,13 @@ def test_a_sweep_of_two_equals_each_member_as_a_sweep_of_one(t2i_reference, tmp_
     the same parameters, losses, images and scores."""
     config, reference = t2i_reference
     alone = gan_sweep.config_member(config)
-    other = gan_sweep.Member("c3_aniso_seed1", "c3_aniso", 1, 0.2, config.train_field)
+    other = gan_sweep.Member("c3_aniso_seed1", "c3_aniso", 1, 0.2, config.data.train_field)
     sweep = gan_sweep.GanSweep(config, [other, alone], Workdir(str(tmp_path / "sweep")))
     assert sweep.layout.split and len(sweep.padded) == 2
     ema, summary = gan_sweep.train(sweep)
     state, step = latest_state(str(tmp_path / "sweep"))
     want, want_step = latest_state(str(reference))
-    assert step == want_step == config.max_steps
+    assert step == want_step == config.generator.max_steps
     for part in ("g_params", "d_params", "ema"):
         for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state[part])[0],
                                 jax.tree.leaves(want[part])):
@@ -47,10 +47,10 @@ def test_a_sweep_of_two_equals_each_member_as_a_sweep_of_one(t2i_reference, tmp_
 
 def test_lazy_regularization_phases():
     """LAFITE's lazy R1 and path-length steps, and none at weight 0 (no program compiled)."""
-    config = override(coco_t2i.get_config(), r1_every=2, pl_every=3)
+    config = override(coco_t2i.get_config(), generator={"r1_every": 2, "pl_every": 3})
     assert [generation.regs_at(config, i) for i in range(4)] == [
         (True, True), (False, False), (False, True), (True, False)]
-    config = override(config, r1_gamma=0.0, pl_weight=0.0)
+    config = override(config, generator={"r1_gamma": 0.0, "pl_weight": 0.0})
     assert not any(any(generation.regs_at(config, i)) for i in range(4))
 
 
@@ -62,11 +62,13 @@ def test_images_from_the_test_images_take_the_training_condition_without_noise(t
     the image embedding less the image mean: what the text path gives when its eval field
     is the image field (its collapse mean is then the image mean). Untrained generators
     suffice; the member's latents are the same on both paths. (With the C^3 code's double
-    image-mean subtraction, ``collapse_twice``, the training condition is not that: off.)"""
+    image-mean subtraction, ``generator.collapse_twice``, the training condition is not
+    that: off.)"""
     members = [gan_sweep.Member("c2_collapse_seed0", "c2_collapse", 0, 0.0),
                gan_sweep.Member("c3_seed1", "c3", 1, 0.3)]
-    config = t2i_config(t2i_world, collapse_twice=False, fid_protocol="paired")
-    image_eval = override(config, eval_field="image_embedding")
+    config = t2i_config(t2i_world, generator=dict(collapse_twice=False),
+                        eval=dict(fid_protocol="paired"))
+    image_eval = override(config, data={"eval_field": "image_embedding"})
     sweeps = [gan_sweep.GanSweep(c, members, Workdir(str(tmp_path / name)))
               for name, c in (("a", config), ("b", image_eval))]
     s = sweeps[0]

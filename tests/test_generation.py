@@ -53,7 +53,8 @@ def test_restore_for_eval_with_fid_and_inception_score(t2i_world, trained, tmp_p
     from c3_jax.models import inception
     path = str(tmp_path / inception.WEIGHTS_FILE)
     torch.save(random_state_dict(), path)
-    config = t2i_config(t2i_world, restore_from=str(trained[0]), inception_weights=path)
+    config = t2i_config(t2i_world, generator=dict(restore_from=str(trained[0])),
+                        eval=dict(inception_weights=path))
     results = runner.run(config, str(tmp_path / "eval"))
     metrics = results["metrics"]
     assert results["restored_from"] == str(trained[0])
@@ -81,7 +82,7 @@ def test_crashed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path, mon
     jax.clear_caches()
     traces = count_calls(monkeypatch, gan_sweep, "member_step")
     config, straight = t2i_reference
-    every, save = config.checkpoint_every, checkpoints.Checkpoints.save
+    every, save = config.generator.checkpoint_every, checkpoints.Checkpoints.save
 
     def save_then_crash(self, at, *args, **kwargs):
         save(self, at, *args, **kwargs)
@@ -96,7 +97,7 @@ def test_crashed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path, mon
     assert len(traces) == 1
     want, step = latest_state(str(straight))
     got, step2 = latest_state(str(tmp_path / "cut"))
-    assert step == step2 == config.max_steps > every
+    assert step == step2 == config.generator.max_steps > every
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b)
     lines = lambda d: [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}
@@ -108,7 +109,7 @@ def test_crashed_after_a_checkpoint_resumes_bitwise(t2i_reference, tmp_path, mon
 def test_lafite_protocol_draws_one_random_caption_per_row(t2i_world):
     """LAFITE's dataset get_txt_features: one of the row's captions at random."""
     from c3_jax.train import generation
-    config = t2i_config(t2i_world, eval_batch_size=3)
+    config = t2i_config(t2i_world, eval=dict(batch_size=3))
     test = builders.data_source(t2i_world["dataset"], "test")
     rng = np.random.default_rng(5)
     index = np.concatenate([rng.integers(0, 2, n) for n in (3, 3, 2)])
@@ -125,11 +126,13 @@ def test_bad_inputs_get_clear_errors(t2i_world, tmp_path):
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         coco_t2i.get_config("nope")
     with pytest.raises(KeyError, match="no field 'pixels'"):
-        runner.run(t2i_config(t2i_world, image_field="pixels"), str(tmp_path / "a"))
+        runner.run(t2i_config(t2i_world, data=dict(image_field="pixels")), str(tmp_path / "a"))
     with pytest.raises(ValueError, match="multiple of the 2 devices"):
-        runner.run(t2i_config(t2i_world, batch_size=3, mbstd_group=1), str(tmp_path / "b"))
+        runner.run(t2i_config(t2i_world, generator=dict(batch_size=3, mbstd_group=1)),
+                   str(tmp_path / "b"))
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        runner.run(t2i_config(t2i_world, restore_from=str(tmp_path)), str(tmp_path / "c"))
+        runner.run(t2i_config(t2i_world, generator=dict(restore_from=str(tmp_path))),
+                   str(tmp_path / "c"))
 
 
 def test_every_t2i_config_variant_validates():
@@ -144,13 +147,13 @@ def test_every_t2i_config_variant_validates():
 def test_nonfinite_losses_stop_or_are_skipped(t2i_world, tmp_path):
     import os
     # lr 1e30 with Adam's beta1 = 0: the first D update already makes G's loss NaN.
-    config = t2i_config(t2i_world, lr=1e30, max_steps=3, checkpoint_every=1)
+    config = t2i_config(t2i_world, generator=dict(lr=1e30, max_steps=3, checkpoint_every=1))
     with pytest.raises(FloatingPointError, match="non-finite loss or gradients at step 1;"
                        ".*last checkpoint \\(none\\)"):
         runner.run(config, str(tmp_path / "stop"))
     assert not (tmp_path / "stop" / "results.json").exists()
     assert not os.listdir(tmp_path / "stop" / "checkpoints" / "latest")
-    config.skip_nonfinite = True  # every step is skipped: the initial state survives,
+    config.generator.skip_nonfinite = True  # every step is skipped: the initial state survives,
     with pytest.raises(FloatingPointError, match="3 of the 3 steps run"):  # and no results
         runner.run(config, str(tmp_path / "skip"))
     assert not (tmp_path / "skip" / "results.json").exists()

@@ -169,7 +169,7 @@ def test_lazy_regularization_adam_matches_torch():
     Adam (eps 1e-8), over a few steps of random gradients."""
     class Cfg(dict):
         __getattr__ = dict.__getitem__
-    config = Cfg(lr=2.5e-3, beta1=0.0, beta2=0.99)
+    config = Cfg(generator=Cfg(lr=2.5e-3, beta1=0.0, beta2=0.99))
     rng = _rng(6)
     p0 = rng.normal(size=5)
     grads = rng.normal(size=(4, 5))
@@ -206,7 +206,7 @@ def test_init_from_turns_the_ema_rampup_off():
     from c3_jax.experiments import t2i
     config = t2i.default_config()
     assert generation.StepConfig.from_config(config).ema_rampup == 0.05
-    config.init_from = "lafite.pkl"
+    config.generator.init_from = "lafite.pkl"
     assert generation.StepConfig.from_config(config).ema_rampup == 0.0
 
 

@@ -485,7 +485,7 @@ def test_bad_files_get_one_error_naming_the_first_mismatched_key(lafite_file, tm
 def test_init_from_starts_a_run_from_the_pickle_and_checks_it_first(lafite_file, t2i_world,
                                                                      tmp_path):
     path, _ = lafite_file
-    config = t2i_config(t2i_world, init_from=str(path))
+    config = t2i_config(t2i_world, generator=dict(init_from=str(path)))
     generation.check_init_from(config)
     sweep = gan_sweep.GanSweep(config, [gan_sweep.config_member(config)],
                                Workdir(str(tmp_path / "run")))
@@ -498,4 +498,5 @@ def test_init_from_starts_a_run_from_the_pickle_and_checks_it_first(lafite_file,
             np.testing.assert_array_equal(a, np.asarray(b))
     assert generation.StepConfig.from_config(config).ema_rampup == 0.0
     with pytest.raises(ValueError, match=r"'mapping\.fc0\.bias' has shape"):
-        generation.check_init_from(t2i_config(t2i_world, init_from=str(path), w_dim=16))
+        generation.check_init_from(t2i_config(t2i_world,
+                                              generator=dict(init_from=str(path), w_dim=16)))

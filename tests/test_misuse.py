@@ -383,8 +383,8 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
      "'method.calibration_pairs' is 600 but the world has 500 val pairs"),
     ("shapes_caption", {"method": {"noise_rank": 65}},
      "'method.noise_rank' is 65 but the space has 64 dimensions"),
-    ("shapes_t2i", {"calibration_pairs": 501}, "'calibration_pairs' is 501 but the world has "
-     "500 val pairs")])
+    ("shapes_t2i", {"method": {"calibration_pairs": 501}},
+     "'method.calibration_pairs' is 501 but the world has 500 val pairs")])
 def test_world_values_that_only_the_world_would_reveal_are_refused_first(
         config_file, fields, message, tmp_path):
     """Values whose conflict would surface only after the world and Connect are built."""

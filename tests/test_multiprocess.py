@@ -194,12 +194,12 @@ def test_one_process_then_two_with_fsdp_train_and_evaluate_like_one(config, one_
 @pytest.mark.slow
 def test_generator_trains_alike_on_two_processes_with_fsdp(t2i_reference, tmp_path):
     """The generator reference, 1 process x 2 devices (the batch split over them), against
-    2 processes x 2 devices with fsdp=2 (the batch split over the processes and the
-    devices, the parameters over each process's 2 devices): the same losses, parameters
+    2 processes x 2 devices with generator.fsdp=2 (the batch split over the processes and
+    the devices, the parameters over each process's 2 devices): the same losses, parameters
     and images."""
     config, one = t2i_reference
-    steps, one, two = config.max_steps, str(one), str(tmp_path / "two")
-    _ok(_launch(override(config, fsdp=2), two, 2, devices=4))
+    steps, one, two = config.generator.max_steps, str(one), str(tmp_path / "two")
+    _ok(_launch(override(config, generator={"fsdp": 2}), two, 2, devices=4))
     keys = ("d_adv", "g_adv", "g_itd", "g_itc", "r1")
     want_params, want_step = _params(one, ("g_params", "d_params", "ema"))
     for key in keys:  # every step logs every key
@@ -260,12 +260,12 @@ def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_
     sweep's generators split over the devices: over the processes). Both start from the
     main job's world and Connect (copied and reused; 1 process built them): the main job's
     twin in test_shapes_runs builds world and Connect on 2 processes."""
-    config = override(shapes_t2i.get_config("quick"), variants="c1,c3")
+    config = override(shapes_t2i.get_config("quick"), sweep={"variants": ("c1", "c3")})
     for run in ("run1", "run2"):
         copy_world(quick_main_job[1], tmp_path / run)
     runner.run(config, str(tmp_path / "run1"))
     out = launch_local(2, "configs/shapes_t2i.py:quick", tmp_path / "run2", tmp_path / "logs",
-                       "--config.variants=c1,c3")
+                       "--config.sweep.variants=c1,c3")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     for run in ("run1", "run2"):
         assert mtimes(tmp_path / run, "connect") == mtimes(quick_main_job[1], "connect")

@@ -361,7 +361,8 @@ def test_train_step_updates_params_ema_and_lazy_r1(tiny_models):
     for tree0, tree1, k in ((before.g_params, after.g_params, 1),
                             (before.d_params, after.d_params, 1 + np.sqrt(2))):
         for p0, p1 in zip(jax.tree.leaves(tree0), jax.tree.leaves(tree1)):
-            bound = k * tx_config.lr * (1 + 1e-5) + 2 * np.spacing(np.abs(p0).astype(np.float32))
+            bound = (k * tx_config.generator.lr * (1 + 1e-5)
+                     + 2 * np.spacing(np.abs(p0).astype(np.float32)))
             assert np.all(np.abs(p1 - p0) <= bound)
 
     state, m1 = step_fn(state, jax.device_put(batch(), parallel.batch_sharding(mesh)), settings,

@@ -28,48 +28,55 @@ from c3_jax.workdir import Workdir
 def default_dataset(quick: bool = False) -> ml_collections.ConfigDict:
     """The synthetic dataset: the Karpathy split's sizes, CLIP ViT-B/32-like embeddings."""
     d = ml_collections.ConfigDict()
-    d.train_size, d.val_size, d.test_size = 113_287, 5_000, 5_000
-    d.captions_per_image, d.embedding_dim, d.write_batch = 5, 512, 1024
-    if quick:
-        d.train_size, d.val_size, d.test_size, d.write_batch = 96, 8, 8, 32
+    d.train_size = 96 if quick else 113_287
+    d.val_size = 8 if quick else 5_000
+    d.test_size = 8 if quick else 5_000
+    d.captions_per_image = 5
+    d.embedding_dim = 512
+    d.write_batch = 32 if quick else 1024  # rows per write
     return d
 
 
 def default_captioner(quick: bool = False) -> ml_collections.ConfigDict:
     """Captioning: the 'caption' defaults' setup (batch 40, prefix 10, MLP mapper) on GPT-2 small."""
     c = ml_collections.ConfigDict()
-    c.width, c.depth, c.heads, c.vocab = 768, 12, 12, 50257  # vocab 0: the tokenizer's
-    c.steps = 8  # the first compiles; the step time is taken over the others
-    c.eval_examples = 120  # three decoding batches of 40
-    c.eval_batch = 40
-    c.paper_epochs, c.paper_batch = 10, 40  # Section 4.1's schedule, to project
-    if quick:
-        c.width, c.depth, c.heads, c.vocab = 32, 1, 2, 0
-        c.steps, c.eval_examples, c.eval_batch = 3, 8, 4
+    c.width = 32 if quick else 768
+    c.depth = 1 if quick else 12
+    c.heads = 2 if quick else 12
+    c.vocab = 0 if quick else 50257  # 0: the tokenizer's
+    c.steps = 3 if quick else 8  # the first compiles; the step time is taken over the others
+    c.eval_examples = 8 if quick else 120  # three decoding batches of 40
+    c.eval_batch = 4 if quick else 40
+    c.paper_epochs = 10  # Section 4.1's schedule, to project
+    c.paper_batch = 40
     return c
 
 
 def default_t2i(quick: bool = False) -> ml_collections.ConfigDict:
     """Text-to-image: the 't2i' defaults' LAFITE StyleGAN2 (batch 16) at 64 px."""
     t = ml_collections.ConfigDict()
-    t.image_size, t.rows, t.steps, t.eval_examples = 64, 256, 5, 16
-    t.latent_dim, t.mapping_layers, t.channel_max = 512, 8, 512  # z, w, cond
-    t.r1_every = 16  # lazy R1 as the 't2i' defaults (two programs: with and without R1)
-    t.pl_weight = 2.0  # the path-length penalty as the 't2i' defaults (0: none, no program)
+    t.image_size = 16 if quick else 64
+    t.rows = 32 if quick else 256
+    t.steps = 3 if quick else 5
+    t.eval_examples = 4 if quick else 16
+    t.latent_dim = 16 if quick else 512  # z, w, cond
+    t.mapping_layers = 1 if quick else 8
+    t.channel_max = 8 if quick else 512
+    # Lazy R1 as the 't2i' defaults (two programs: with and without R1); quick: one program.
+    t.r1_every = 1 if quick else 16
+    t.pl_weight = 0.0 if quick else 2.0  # the path-length penalty as the 't2i' defaults (0: none)
     t.paper_steps = 750_000  # the 't2i' defaults' max_steps, to project
-    if quick:
-        t.image_size, t.rows, t.steps, t.eval_examples = 16, 32, 3, 4
-        t.latent_dim, t.mapping_layers, t.channel_max = 16, 1, 8
-        t.r1_every, t.pl_weight = 1, 0.0  # one program
     return t
 
 
 def default_clip(quick: bool = False) -> ml_collections.ConfigDict:
     """Its frozen encoder: CLIP ViT-B/32's image tower, randomly initialised."""
     c = ml_collections.ConfigDict()
-    c.width, c.depth, c.heads, c.image_size, c.patch_size = 768, 12, 12, 224, 32
-    if quick:
-        c.width, c.depth, c.heads, c.image_size, c.patch_size = 32, 1, 2, 32, 8
+    c.width = 32 if quick else 768
+    c.depth = 1 if quick else 12
+    c.heads = 2 if quick else 12
+    c.image_size = 32 if quick else 224
+    c.patch_size = 8 if quick else 32
     return c
 
 
@@ -79,8 +86,10 @@ def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.experiment = "coco_dryrun"
     c.seed = 0
-    c.dataset, c.captioner = default_dataset(quick), default_captioner(quick)
-    c.t2i, c.clip = default_t2i(quick), default_clip(quick)
+    c.dataset = default_dataset(quick)
+    c.captioner = default_captioner(quick)
+    c.t2i = default_t2i(quick)
+    c.clip = default_clip(quick)
     return c
 
 
@@ -294,22 +303,21 @@ def _t2i(config, sizes: dict, sub: Workdir) -> dict:
                                       ds.captions_per_image, ds.embedding_dim,
                                       g.image_size, ds.write_batch, config.seed)
     c = t2i.default_config()
+    c.seed = config.seed
+    c.data.dataset_dir = written["dataset_dir"]
     width = g.latent_dim
-    c.update(dict(z_dim=width, w_dim=width, cond_hidden=width,
-                  mapping_layers=g.mapping_layers, r1_every=g.r1_every,
-                  pl_weight=g.pl_weight,
-                  channel_max=g.channel_max,
-                  clip="", dataset_dir=written["dataset_dir"], max_steps=g.steps,
-                  log_every=1, checkpoint_every=g.steps,
-                  eval_max_examples=g.eval_examples,
-                  eval_batch_size=g.eval_examples, num_samples=4,
-                  seed=config.seed))
+    c.generator.update(dict(z_dim=width, w_dim=width, cond_hidden=width,
+                            mapping_layers=g.mapping_layers, r1_every=g.r1_every,
+                            pl_weight=g.pl_weight, channel_max=g.channel_max, clip="",
+                            max_steps=g.steps, log_every=1, checkpoint_every=g.steps))
+    c.eval.update(dict(max_examples=g.eval_examples, batch_size=g.eval_examples,
+                       num_samples=4))
     start = time.perf_counter()
     out = t2i.run_t2i(c, Workdir(sub.file("run")), _random_clip(config))
     seconds = time.perf_counter() - start
     per_step = out["final_metrics"]["seconds_per_step"]
     return {"image_size": g.image_size, "steps": g.steps,
-            "batch_size": c.batch_size, "r1_every": c.r1_every,
+            "batch_size": c.generator.batch_size, "r1_every": c.generator.r1_every,
             "seconds_per_step": per_step, "run_seconds": seconds,
             "paper_steps": g.paper_steps,
             "projected_train_hours": g.paper_steps * per_step / 3600,

@@ -21,26 +21,28 @@ def parse_arg(arg: str, known: Iterable[str], config_name: str) -> List[str]:
     return parts
 
 
-def names(value, field: str) -> List[str]:
-    """The names of a tuple field (or a comma-separated string): ``('c1', 'c3')``; an element
-    may itself list several, as ``--config.<field>=c1,c3`` gives ``('c1,c3',)``."""
+def items(value) -> list:
+    """The elements of a tuple field (or a comma-separated string), an element that is a
+    string split at its commas: ``--config.<field>=c1,c3`` gives ``('c1,c3',)``, and
+    ``('c1', 'c3')`` either way."""
     parts = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(p, str) for p in parts):
+    return [v for p in parts
+            for v in ([s.strip() for s in p.split(",") if s.strip()] if isinstance(p, str)
+                      else [p])]
+
+
+def names(value, field: str) -> List[str]:
+    """The names of a tuple field (``items``): ``('c1', 'c3')``."""
+    out = items(value)
+    if not all(isinstance(v, str) for v in out):
         raise ValueError(f"config field {field!r} is {value!r}; it must be a tuple of names")
-    return [n.strip() for p in parts for n in p.split(",") if n.strip()]
+    return out
 
 
 def floats(value, field: str) -> List[float]:
-    """The numbers of a tuple field (or a comma-separated string): ``(0.05, 0.2)``."""
-    parts = (value,) if isinstance(value, str) else tuple(value)
-    out = []
-    for p in parts:
-        for v in (p.split(",") if isinstance(p, str) else [p]):
-            if isinstance(v, str) and not v.strip():
-                continue
-            try:
-                out.append(float(v))
-            except (TypeError, ValueError):
-                raise ValueError(f"config field {field!r} is {value!r}; it must be a tuple of "
-                                 "numbers") from None
-    return out
+    """The numbers of a tuple field (``items``): ``(0.05, 0.2)``."""
+    try:
+        return [float(v) for v in items(value)]
+    except (TypeError, ValueError):
+        raise ValueError(f"config field {field!r} is {value!r}; it must be a tuple of "
+                         "numbers") from None

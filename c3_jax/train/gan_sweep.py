@@ -86,8 +86,8 @@ def member_layout(members: int, fsdp: int) -> Layout:
 def config_member(config) -> Member:
     """The one member of a single run: the config's variant, seed and sigma (the calibrated
     one with ``sigma_from_calibration``)."""
-    return Member(config.variant, config.variant, config.seed,
-                  caption_sweep.sigma_of(config, config), config.train_field)
+    return Member(config.method.variant, config.method.variant, config.seed,
+                  caption_sweep.sigma_of(config.data, config.method), config.data.train_field)
 
 
 class GanSweep:
@@ -102,20 +102,21 @@ class GanSweep:
             generation.check_method(m.variant)
         self.config, self.wd, self.members = config, wd, tuple(members)
         parallel.maybe_initialize_distributed()
-        self.layout = member_layout(len(members), config.fsdp)
+        self.layout = member_layout(len(members), config.generator.fsdp)
         self.mesh = self.layout.mesh
         self.padded = self.members + (self.members[0],) * (
             self.layout.size(len(members)) - len(members))
-        self.train_source = builders.data_source(config.dataset_dir, config.train_split)
-        self.rows = generation.ImageRows(self.train_source, config.image_field,
-                                         config.train_field)
-        self.encoder = encoder or generation.clip_encoder(config.clip)
-        generation.check_encoder(self.encoder, self.rows, config.train_field)
+        self.train_source = builders.data_source(config.data.dataset_dir,
+                                                 config.data.train_split)
+        self.rows = generation.ImageRows(self.train_source, config.data.image_field,
+                                         config.data.train_field)
+        self.encoder = encoder or generation.clip_encoder(config.generator.clip)
+        generation.check_encoder(self.encoder, self.rows, config.data.train_field)
         self.gan = generation.gan_config(config, self.rows.dim, self.rows.resolution)
         self.gen, self.disc = stylegan2.Generator(self.gan), stylegan2.Discriminator(self.gan)
         self.tx = generation.optimizer(config)
-        self.g_tx = generation.optimizer(config, config.pl_every)
-        self.d_tx = generation.optimizer(config, config.r1_every)
+        self.g_tx = generation.optimizer(config, config.generator.pl_every)
+        self.d_tx = generation.optimizer(config, config.generator.r1_every)
         self.settings = member_settings(config, self.train_source, self.padded)
         self.seeds = np.asarray([m.seed for m in self.padded], np.uint32)
 
@@ -128,11 +129,11 @@ class GanSweep:
     def initial_state(self, shardings):
         """The first stacked state: ``stacked_init``, or with ``init_from`` every member
         from LAFITE's G, D and G_ema of that pickle (``lafite_import``), Adam fresh."""
-        if not self.config.init_from:
+        if not self.config.generator.init_from:
             seeds = self.layout.put_members(self.seeds)
             return initial_states(seeds, gen=self.gen, disc=self.disc, tx=self.tx,
                                   shardings=parallel.TreeShardings.of(shardings))
-        nets = lafite_import.load(self.config.init_from, self.gan)
+        nets = lafite_import.load(self.config.generator.init_from, self.gan)
         g, d = nets["G"], nets["D"]
         one = generation.GANState(np.zeros((), np.int32), g, d, self.tx.init(g),
                                   self.tx.init(d), nets["G_ema"], np.zeros((), np.float32))
@@ -157,13 +158,14 @@ def member_settings(config, source, members: Sequence[Member]) -> dict:
     """The members' ``c3.member_settings`` stacked (trained on ``train_field``, conditioned
     on ``eval_field`` at inference), with ``train_condition``'s ``twice``."""
     methods = {m.variant for m in members}
-    train = cd.field_moments(source, config.train_field)
-    test = cd.field_moments(source, config.eval_field)
-    noise = caption_sweep.noise_model_of(config, config) if "c3_aniso" in methods else None
-    centroid = (cd.realign_centroid(source, config.train_field, train, test)
+    train = cd.field_moments(source, config.data.train_field)
+    test = cd.field_moments(source, config.data.eval_field)
+    noise = caption_sweep.noise_model_of(config.data, config.method) if "c3_aniso" in methods else None
+    centroid = (cd.realign_centroid(source, config.data.train_field, train, test)
                 if "realign" in methods else None)
     settings = [{**c3.member_settings(m.variant, m.sigma, train, test, noise, centroid=centroid),
-                 "twice": generation.collapse_twice(m.variant, config.collapse_twice)}
+                 "twice": generation.collapse_twice(m.variant,
+                                                    config.generator.collapse_twice)}
                 for m in members]
     return {k: np.stack([s[k] for s in settings]) for k in settings[0]}
 
@@ -257,7 +259,7 @@ def train(sweep: GanSweep) -> tuple:
     """Trains (or resumes) the sweep in ``sweep.wd``; returns (the members' EMA generators,
     stacked; {member: summary}). A sweep of one logs its metrics as they are; several
     members log each one's ('g_adv/<member>') and their mean."""
-    config, wd = sweep.config, sweep.wd
+    config, g, wd = sweep.config, sweep.config.generator, sweep.wd
     generation.check_batch(config, sweep.rows)
     layout = sweep.layout
     abstract, shardings = sweep.abstract_state()
@@ -265,23 +267,23 @@ def train(sweep: GanSweep) -> tuple:
     names = tuple(m.name for m in sweep.members)
     logged = names if len(names) > 1 else ()
     step_fn = TrainStep(sweep, generation.StepConfig.from_config(config), shardings,
-                        config.skip_nonfinite, squeeze=not logged)
+                        g.skip_nonfinite, squeeze=not logged)
     sharding = layout.batch_sharding()
     data = pipeline.MemberBatches([str(m.seed) for m in sweep.padded],
                                   [sweep.rows] * len(sweep.padded),
-                                  [m.seed for m in sweep.padded], config.batch_size,
+                                  [m.seed for m in sweep.padded], g.batch_size,
                                   ("image", "embedding"), lambda a: parallel.put_whole(a, sharding))
-    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoints.Checkpoints(wd.file("checkpoints"), g.keep_checkpoints)
     state, start = ckpts.resume_or_init(abstract, shardings, data,
                                         lambda: sweep.initial_state(shardings))
     state, last, _ = loop.fit(
         state, start, lambda s, batch, i: step_fn(s, batch, settings, seeds,
                                                   generation.regs_at(config, i)),
         data, None, ckpts, wd,
-        loop.LoopConfig(config.max_steps, config.log_every, config.checkpoint_every,
-                        config.skip_nonfinite, "train G+D", ("g_adv", "d_adv"), members=logged),
-        learning_rate=lambda i: config.lr)
-    summary = {n: {"steps": config.max_steps, "resumed_from": start,
+        loop.LoopConfig(g.max_steps, g.log_every, g.checkpoint_every, g.skip_nonfinite,
+                        "train G+D", ("g_adv", "d_adv"), members=logged),
+        learning_rate=lambda i: g.lr)
+    summary = {n: {"steps": g.max_steps, "resumed_from": start,
                    "train_images": len(sweep.rows),
                    "final_metrics": member_metrics(last, n, logged)}
                for n in names}
@@ -339,12 +341,12 @@ def evaluate(sweep: GanSweep, ema, limit: int = 0, from_images: bool = False) ->
                            from_images=from_images)
     settings, seeds = layout.put_members((sweep.settings, sweep.seeds))
     repl = NamedSharding(layout.mesh, P())
-    inception = generation.inception_of(config.inception_weights)
+    inception = generation.inception_of(config.eval.inception_weights)
     scores = [generation.ImageScores(sweep.encoder, inception) for _ in sweep.members]
     real = generation.ImageScores(sweep.encoder, inception)
-    lafite = config.fid_protocol == "lafite"
+    lafite = config.eval.fid_protocol == "lafite"
     pick = np.random.default_rng(config.seed) if lafite else None
-    field = config.train_field if from_images else config.eval_field
+    field = config.data.train_field if from_images else config.data.eval_field
     images, captions = [[] for _ in sweep.members], []
     for i, (e, rows, caps) in enumerate(generation.test_batches(config, limit, field, pick)):
         fake = parallel.to_host(fn(ema, settings, seeds,

@@ -75,22 +75,22 @@ class StepConfig:
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
-        """The step's fields from a generation config (``ema_rampup`` 0 when ``init_from``
+        """The step's fields from a generation config (``ema_rampup`` 0 when ``generator.init_from``
         names a checkpoint: LAFITE turns the ramp-up off when resuming)."""
-        values = {f.name: config[f.name] for f in dataclasses.fields(cls)}
-        if config.get("init_from", ""):
+        values = {f.name: config.generator[f.name] for f in dataclasses.fields(cls)}
+        if config.generator.init_from:
             values["ema_rampup"] = 0.0
         return cls(**values)
 
 
 def gan_config(config, cond_dim: int, resolution: int) -> stylegan2.GANConfig:
-    return stylegan2.GANConfig(resolution=resolution, cond_dim=cond_dim, z_dim=config.z_dim,
-                               w_dim=config.w_dim, mapping_layers=config.mapping_layers,
-                               cond_hidden=config.cond_hidden,
-                               channel_base=config.channel_base,
-                               channel_max=config.channel_max, mbstd_group=config.mbstd_group,
-                               architecture=config.architecture,
-                               d_cond_sum=config.d_cond_sum, conv_clamp=config.conv_clamp)
+    g = config.generator
+    return stylegan2.GANConfig(resolution=resolution, cond_dim=cond_dim, z_dim=g.z_dim,
+                               w_dim=g.w_dim, mapping_layers=g.mapping_layers,
+                               cond_hidden=g.cond_hidden, channel_base=g.channel_base,
+                               channel_max=g.channel_max, mbstd_group=g.mbstd_group,
+                               architecture=g.architecture, d_cond_sum=g.d_cond_sum,
+                               conv_clamp=g.conv_clamp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,8 @@ def optimizer(config, reg_every: int = 0) -> Adam:
     every ``reg_every`` steps, lr and betas rescaled by r = reg_every / (reg_every + 1)
     (lr * r, beta ** r: ``training_loop.py``; G's r = 4/5, D's 16/17)."""
     r = reg_every / (reg_every + 1.0) if reg_every > 0 else 1.0
-    return Adam(config.lr * r, config.beta1 ** r, config.beta2 ** r)
+    g = config.generator
+    return Adam(g.lr * r, g.beta1 ** r, g.beta2 ** r)
 
 
 # ---------------------------------------------------------------------------
@@ -381,11 +382,11 @@ def gan_update(gen: stylegan2.Generator, disc: stylegan2.Discriminator, encode: 
 
 
 def check_init_from(config) -> None:
-    """Raises (one line naming the first mismatched key) unless ``init_from`` is a LAFITE
+    """Raises (one line naming the first mismatched key) unless ``generator.init_from`` is a LAFITE
     pickle whose networks fit this config's sizes and dataset."""
-    rows = ImageRows(builders.data_source(config.dataset_dir, config.train_split),
-                     config.image_field, config.train_field)
-    lafite_import.load(config.init_from, gan_config(config, rows.dim, rows.resolution))
+    rows = ImageRows(builders.data_source(config.data.dataset_dir, config.data.train_split),
+                     config.data.image_field, config.data.train_field)
+    lafite_import.load(config.generator.init_from, gan_config(config, rows.dim, rows.resolution))
 
 
 def check_method(name: str) -> None:
@@ -522,17 +523,19 @@ def init_state(gen, disc, tx, cfg: stylegan2.GANConfig, key) -> GANState:
 def check_batch(config, rows: ImageRows) -> int:
     """This process's share of ``batch_size``, once it fits the devices, the training
     images and ``mbstd_group``."""
-    if config.batch_size % config.mbstd_group and config.batch_size > config.mbstd_group:
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of "
-                         f"mbstd_group={config.mbstd_group}")
-    return parallel.local_batch_size(config.batch_size, len(rows), "training images")
+    g = config.generator
+    if g.batch_size % g.mbstd_group and g.batch_size > g.mbstd_group:
+        raise ValueError(f"generator.batch_size={g.batch_size} must be a multiple of "
+                         f"generator.mbstd_group={g.mbstd_group}")
+    return parallel.local_batch_size(g.batch_size, len(rows), "training images")
 
 
 def regs_at(config, step: int) -> tuple:
     """(path-length penalty, R1) at ``step``: LAFITE's lazy regularization phases (never
     at weight 0, so that no program is compiled for them)."""
-    return (config.pl_weight > 0 and step % config.pl_every == 0,
-            config.r1_gamma > 0 and step % config.r1_every == 0)
+    g = config.generator
+    return (g.pl_weight > 0 and step % g.pl_every == 0,
+            g.r1_gamma > 0 and step % g.r1_every == 0)
 
 
 # ---------------------------------------------------------------------------
@@ -544,7 +547,7 @@ def _batches(source, config, limit: int, field: str, pick: Optional[np.random.Ge
     several embeddings (one per caption), its first, or with ``pick`` one drawn at random
     (LAFITE's ``get_txt_features``: one random caption per image)."""
     n = len(source) if limit <= 0 else min(limit, len(source))
-    size = config.eval_batch_size
+    size = config.eval.batch_size
     for start in range(0, n, size):
         rows = [source[i] for i in range(start, min(start + size, n))]
         e = np.stack([np.asarray(r[field], np.float32) for r in rows])
@@ -555,8 +558,8 @@ def _batches(source, config, limit: int, field: str, pick: Optional[np.random.Ge
             e = e[np.arange(len(rows)), index]
         if not np.isfinite(e).all():
             raise ValueError(f"{field!r} embeddings contain NaN or Inf")
-        images = np.stack([np.asarray(r[config.image_field], np.uint8) for r in rows])
-        caps = [cd.captions_of(r, config.caption_field) for r in rows]
+        images = np.stack([np.asarray(r[config.data.image_field], np.uint8) for r in rows])
+        caps = [cd.captions_of(r, config.data.caption_field) for r in rows]
         yield e, images, [c[min(k, len(c) - 1)] for c, k in zip(caps, index)]
 
 
@@ -600,7 +603,7 @@ class ImageScores:
                    "clip_score": float(np.mean(np.concatenate(self.clip_scores))),
                    "num_generated": stats["clip_fake"].count}
         if self.inception is None:
-            metrics["FID_skipped"] = ("no inception_weights file given (the standard FID "
+            metrics["FID_skipped"] = ("no eval.inception_weights file given (the standard FID "
                                       "Inception weights, pt_inception-2015-12-05-6726825d.pth)")
         else:
             metrics["FID"] = im.frechet_distance_of_stats(stats["inc_fake"], stats["inc_real"])
@@ -611,14 +614,14 @@ class ImageScores:
 
 def test_batches(config, limit: int = 0, field: str = "",
                  pick: Optional[np.random.Generator] = None):
-    """The test split's batches (embeddings of ``field``, by default ``eval_field``: the
+    """The test split's batches (embeddings of ``field``, by default ``data.eval_field``: the
     text's; real images; captions; ``pick``: a random caption per row), with a progress
     bar."""
-    source = builders.data_source(config.dataset_dir, config.test_split)
+    source = builders.data_source(config.data.dataset_dir, config.data.test_split)
     total = len(source) if limit <= 0 else min(limit, len(source))
-    return progress_bar(_batches(source, config, limit, field or config.eval_field, pick),
+    return progress_bar(_batches(source, config, limit, field or config.data.eval_field, pick),
                         desc="generate", unit="batch",
-                        total=-(-total // config.eval_batch_size))
+                        total=-(-total // config.eval.batch_size))
 
 
 # How generated images are scored: "lafite" is LAFITE's and C^3's protocol (drboog/Lafite
@@ -631,19 +634,20 @@ FID_PROTOCOLS = ("lafite", "paired")
 
 def protocol_note(config, generated: int, real: int) -> str:
     """results.json's description of what the FID (and CLIP FD) were computed on."""
-    if config.fid_protocol == "lafite":
-        return (f"lafite: {generated} images from the first {generated} {config.test_split!r} "
-                f"rows, one random caption each, vs {real} {config.train_split!r} images")
+    data = config.data
+    if config.eval.fid_protocol == "lafite":
+        return (f"lafite: {generated} images from the first {generated} {data.test_split!r} "
+                f"rows, one random caption each, vs {real} {data.train_split!r} images")
     return (f"paired: {generated} images from the first caption of the first {generated} "
-            f"{config.test_split!r} rows, vs those rows' {real} images")
+            f"{data.test_split!r} rows, vs those rows' {real} images")
 
 
 def train_images(config):
-    """Every image of the training split, in batches of ``eval_batch_size``."""
-    source = builders.data_source(config.dataset_dir, config.train_split)
-    for start in range(0, len(source), config.eval_batch_size):
-        stop = min(start + config.eval_batch_size, len(source))
-        yield np.stack([np.asarray(source[i][config.image_field], np.uint8)
+    """Every image of the training split, in batches of ``eval.batch_size``."""
+    source = builders.data_source(config.data.dataset_dir, config.data.train_split)
+    for start in range(0, len(source), config.eval.batch_size):
+        stop = min(start + config.eval.batch_size, len(source))
+        yield np.stack([np.asarray(source[i][config.data.image_field], np.uint8)
                         for i in range(start, stop)])
 
 

@@ -213,8 +213,9 @@ def skipped_steps(watch: st.NonFiniteWatch, loop: LoopConfig, start: int) -> dic
             n for n, c in zip(loop.members, counts) if c > MAX_SKIPPED_SHARE * ran))
         raise FloatingPointError(
             f"{worst} of the {ran} steps run{who} had non-finite loss or gradients and were "
-            f"skipped (skip_nonfinite); the checkpoints are kept but no results are written. "
-            f"Lower the learning rate or check the data for NaN/Inf")
+            "skipped (captioner.skip_nonfinite / generator.skip_nonfinite); the checkpoints "
+            "are kept but no results are written. Lower the learning rate or check the data "
+            "for NaN/Inf")
     return out
 
 

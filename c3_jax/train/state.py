@@ -76,7 +76,8 @@ class NonFiniteWatch:
             f"non-finite loss or gradients{who} at step {step}; stopped without saving it. The "
             f"last checkpoint ({'none' if last is None else f'step {last}'}) in "
             f"{ckpts.directory} is intact; lower the learning rate, check the data for NaN/Inf, "
-            "or set --config.skip_nonfinite=True to skip such steps")
+            "or set --config.captioner.skip_nonfinite=True (text-to-image: "
+            "--config.generator.skip_nonfinite=True) to skip such steps")
 
 
 def warmup_linear_decay(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:

@@ -95,21 +95,21 @@ def check(config) -> None:
     checks.at_least(config, 1, ["world_gpt2.width", "world_gpt2.depth", "world_gpt2.heads"])
     checks.divides(config, "world_gpt2.heads", "world_gpt2.width")
     checks.at_least(config, config.captioner.batch_size, ["world.train_size"])
-    calibration_fits(config, config.method)
+    calibration_fits(config)
     checks.java()
 
 
-def calibration_fits(config, method, path: str = "method.") -> None:
-    """σ is calibrated on the first ``calibration_pairs`` val pairs and c3_aniso's noise
-    keeps ``noise_rank`` directions of the space (fields of ``method``, the sub-config at
-    ``path`` of ``config``): both must exist (checked before the world and Connect are
-    built)."""
+def calibration_fits(config) -> None:
+    """σ is calibrated on the first ``method.calibration_pairs`` val pairs and c3_aniso's
+    noise keeps ``method.noise_rank`` directions of the space: both must exist (checked
+    before the world and Connect are built)."""
+    method = config.method
     if method.calibration_pairs > config.world.val_size:
-        raise ValueError(f"config field '{path}calibration_pairs' is {method.calibration_pairs} "
+        raise ValueError(f"config field 'method.calibration_pairs' is {method.calibration_pairs} "
                          f"but the world has {config.world.val_size} val pairs "
                          "(world.val_size); lower one or raise the other")
-    if method.get("noise_rank", 0) > config.connect.projection_dim:
-        raise ValueError(f"config field '{path}noise_rank' is {method.noise_rank} but the space "
+    if method.noise_rank > config.connect.projection_dim:
+        raise ValueError(f"config field 'method.noise_rank' is {method.noise_rank} but the space "
                          f"has {config.connect.projection_dim} dimensions "
                          "(connect.projection_dim); use at most that (0: all)")
 

@@ -29,33 +29,38 @@ REPORTED_ATTRIBUTES = scenes.ATTRIBUTES + ("num_objects",)
 def default_world(quick: bool = False) -> ml_collections.ConfigDict:
     """The world: disjoint splits of scenes (5 captions each), drawn from the run's seed."""
     w = ml_collections.ConfigDict()
-    w.image_size, w.two_object_fraction = 32, 0.3
-    w.connect_size, w.train_size, w.val_size, w.test_size = 20_000, 5_000, 500, 500
+    # Pixels per side (quick: the smallest world, fewer generator blocks in shapes_t2i).
+    w.image_size = 16 if quick else 32
+    w.two_object_fraction = 0.3  # share of scenes with two objects
+    w.connect_size = 512 if quick else 20_000  # scenes Connect trains on
+    w.train_size = 256 if quick else 5_000  # the captioners' (generators') training scenes
+    w.val_size = 64 if quick else 500
+    w.test_size = 64 if quick else 500
     # The share of captions that are terse (say less than their image shows: a one-object
     # caption without size and position, a two-object one without colours). Pairs that do
     # not determine each other keep the gap born at initialization: at depth 2, 0.65 at 5 %
     # (0.45 at 0); of the shares measured, 5 % alone gives CLIP's geometry with a
     # well-trained space (10 % and more retrieve under the bar). README: "The Connect study".
     w.caption_omit = 0.05
-    if quick:
-        w.image_size = 16  # the smallest world (fewer generator blocks in shapes_t2i)
-        w.connect_size, w.train_size, w.val_size, w.test_size = 512, 256, 64, 64
     return w
 
 
 def default_connect(quick: bool = False) -> ml_collections.ConfigDict:
     """Connect: a small CLIP (ViT on patches + causal text transformer), CLIP's loss."""
     c = ml_collections.ConfigDict()
-    c.width, c.depth, c.heads, c.patch_size, c.projection_dim = 64, 3, 4, 8, 64
+    c.width = 32 if quick else 64  # both towers'
+    c.depth = 1 if quick else 3  # transformer layers per tower
+    c.heads = 4
+    c.patch_size = 8
+    c.projection_dim = 32 if quick else 64  # the shared space's dimension
     # The temperature is held at 0.01, CLIP's end value (its logit scale hits the cap of 100).
     # With CLIP's learned temperature (from 0.07; it only reaches ~0.046 in 600 steps) the
     # gap closes to ~0.08 and Collapse has nothing to remove; at 0.01 the space keeps 0.62
     # (depth 3; 0.45 at depth 2 with complete captions only). README: "The Connect study".
-    c.steps, c.batch, c.lr = 600, 256, 2e-3
+    c.steps = 20 if quick else 600
+    c.batch = 64 if quick else 256
+    c.lr = 2e-3
     c.temperature = 0.01  # 0: learned from 0.07 (capped at 0.01); > 0: fixed
-    if quick:
-        c.width, c.depth, c.projection_dim = 32, 1, 32
-        c.steps, c.batch = 20, 64
     return c
 
 

@@ -28,7 +28,7 @@ import ml_collections
 from absl import logging
 
 from c3_jax import parallel, plots
-from c3_jax.experiments import checks
+from c3_jax.experiments import checks, schema
 from c3_jax.experiments.schema import field_types
 from c3_jax.train import connect
 from c3_jax.workdir import Workdir
@@ -52,16 +52,14 @@ def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     if not quick:
         c.connect.depth = 2
     c.base_caption_omit = main.world.caption_omit
-    # Axes. Temperature 'learned' starts at CLIP's 0.07 (logit scale capped at 100).
-    c.depths = "1,2,3,4,8"
-    c.temperatures = "0.01,0.07,0.2,learned"
-    c.caption_omits = "0,0.5,1"  # share of captions that leave out size/position or colours
-    c.probe_steps = "0,25,50,100,200,300,400,600"
-    c.group_size = 100  # Table 1's groups of pairs
-    if quick:
-        c.depths, c.temperatures, c.caption_omits = "1", "0.01", "0"  # omit 0: the landed world
-        c.probe_steps = "0,10"
-        c.group_size = 10
+    # Axes (quick: the landed world's values).
+    c.depths = (1,) if quick else (1, 2, 3, 4, 8)
+    # 'learned' starts at CLIP's 0.07 (logit scale capped at 100).
+    c.temperatures = (0.01,) if quick else (0.01, 0.07, 0.2, "learned")
+    # Share of captions that leave out size/position or colours.
+    c.caption_omits = (0.0,) if quick else (0.0, 0.5, 1.0)
+    c.probe_steps = (0, 10) if quick else (0, 25, 50, 100, 200, 300, 400, 600)
+    c.group_size = 10 if quick else 100  # Table 1's groups of pairs
     return c
 
 
@@ -92,12 +90,12 @@ class Recipe:
         return f"depth{self.depth}_tau{t}_omit{self.caption_omit:g}"
 
 
-def _numbers(text: str, kind, field: str) -> list:
-    """The comma-separated values of a config field ('learned' reads as 0)."""
+def _numbers(value, kind, field: str) -> list:
+    """The values of a tuple field (``schema.items``; 'learned' reads as 0)."""
     try:
-        return [kind(0 if v.strip() == "learned" else v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"config field {field}={text!r} must be comma-separated numbers"
+        return [kind(0 if v == "learned" else v) for v in schema.items(value)]
+    except (TypeError, ValueError):
+        raise ValueError(f"config field {field}={value!r} must be a tuple of numbers"
                          + (" or 'learned'" if field == "temperatures" else "")) from None
 
 

@@ -1,6 +1,6 @@
 """Text-to-image on the built-in world: the CLIP of Connect (shared with shapes_caption),
 LAFITE StyleGAN2s trained on ``train`` images only, one per C^3 variant and generator seed
-(``seeds`` of them, all in one sweep), images generated from ``test`` captions, scored by
+(``sweep.seeds`` of them, all in one sweep), images generated from ``test`` captions, scored by
 Fréchet distance in the CLIP image space and by the attribute accuracy a probe classifier
 (trained on real images) reads from them, as mean ± sample std over the seeds. Each generator also
 draws the test scenes from their images' own embeddings (its training condition, no
@@ -18,65 +18,75 @@ import numpy as np
 from absl import logging
 
 from c3_jax import geometry, parallel, plots, stats
-from c3_jax.c3 import CLIP_SIGMA
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
-from c3_jax.models import stylegan2
 from c3_jax.experiments import checks, stages
 from c3_jax.experiments.schema import field_types
-from c3_jax.experiments.t2i import default_config as generate_defaults
+from c3_jax.experiments.t2i import check_settings as t2i_check_settings
+from c3_jax.experiments.t2i import default_config as t2i_defaults
 from c3_jax.train import caption_sweep, connect, gan_sweep, generation
 from c3_jax.workdir import Workdir
 from c3_jax.world import caption, common, scenes
 from c3_jax.world import probe as attribute_probe
 
 
-def default_generator(quick: bool = False) -> ml_collections.ConfigDict:
-    """LAFITE's generator and discriminator: 32x32, 32 channels at most, 2 mapping layers.
-    Settings that differ from StyleGAN2's and LAFITE's: RGB from the last resolution only
-    ('orig', not 'skip'), batch 8 (more steps in the same time), Adam's lr 1e-2 (not 2.5e-3)
-    and the itc weight 30 (not 10), chosen by the probe's shape accuracy on images drawn
-    from the val images' embeddings (c3, seed 0, confirmed at seed 1; README, shapes_t2i)."""
-    g = ml_collections.ConfigDict()
-    g.z_dim, g.w_dim, g.mapping_layers, g.cond_hidden = 32, 64, 2, 64
-    g.channel_base, g.channel_max = 512, 32
-    g.architecture = "orig"  # or "skip"
-    g.steps, g.batch, g.lr = 6000, 8, 1e-2
-    g.r1_gamma, g.r1_every = 1.0, 16
-    g.itd_weight, g.itc_weight = 5.0, 30.0
-    g.ema_kimg = 2.0
-    g.pl_weight, g.style_mixing = 2.0, 0.9  # LAFITE's path-length weight, style mixing
-    # Collapse in the losses, as the official C^3 code by default: the image mean subtracted
-    # twice in the training condition (collapse_twice) and the itc term on the generated
-    # image's uncollapsed CLIP embedding (itc_space "clip"; "condition": through the
-    # member's training transform). Both move the CLIP-space FD (docs/results/shapes_t2i.md).
-    g.collapse_twice, g.itc_space = True, "clip"
-    if quick:
-        g.z_dim, g.w_dim, g.cond_hidden, g.channel_base, g.channel_max = 8, 16, 16, 128, 8
-        g.steps, g.batch = 4, 8
-        g.r1_every = 1  # R1 on every step: one compiled G+D program instead of two
-        g.pl_weight = 0.0  # no path-length program to compile
-    return g
-
-
 def default_config(quick: bool = False) -> ml_collections.ConfigDict:
     """Every field of text-to-image on the world ('shapes_t2i') with its default: the main
-    job's world and Connect; ``quick``: a tiny end-to-end check for tests."""
+    job's world and Connect, and the text-to-image experiment's ``data``, ``generator``,
+    ``method`` and ``eval`` sub-configs (``c3_jax.experiments.t2i.default_config``) with the
+    world's values; ``quick``: a tiny end-to-end check for tests."""
     main = caption.default_config(quick)
-    c = ml_collections.ConfigDict()
+    c = t2i_defaults()
     c.experiment = "shapes_t2i"
     c.seed = main.seed
+    c.world = main.world
+    c.connect = main.connect
+    # The world's dataset (what the run builds) and its own CLIP (Connect's image tower).
+    c.data.dataset_dir = ""
+    c.generator.clip = ""
+    world_generator(c.generator, quick)
+    c.method.calibration_split = "val"
+    c.method.calibration_pairs = main.method.calibration_pairs
+    c.eval.fid_protocol = "paired"
+    c.eval.max_examples = 0  # all test rows
+    c.eval.num_samples = 4 if quick else 10
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.variants = ("c1", "c2_collapse", "c2_corrupt", "c3")
     # Generator seeds per variant: seed, seed + 1, ... (members <variant>_seed<k> of one
     # sweep); a seed varies the generator's initialization, data order, latents and noise,
     # not the world, Connect or probe (those of `seed`).
-    c.seeds = 1 if quick else 3
-    c.variants = "c1,c2_collapse,c2_corrupt,c3"
-    c.noise_sigma = CLIP_SIGMA
-    c.calibration_pairs = main.method.calibration_pairs
-    c.world, c.connect, c.generator = main.world, main.connect, default_generator(quick)
+    c.sweep.seeds = 1 if quick else 3
     c.probe_steps = 20 if quick else 800  # the attribute probe, trained on real images
-    c.num_samples = 4 if quick else 10
     return c
+
+
+def world_generator(g: ml_collections.ConfigDict, quick: bool) -> None:
+    """LAFITE's generator and discriminator at the world's size: 32x32, 32 channels at most,
+    2 mapping layers. Settings that differ from StyleGAN2's and LAFITE's: RGB from the last
+    resolution only ('orig', not 'skip'), batch 8 (more steps in the same time), Adam's lr
+    1e-2 (not 2.5e-3) and the itc weight 30 (not 10), chosen by the probe's shape accuracy
+    on images drawn from the val images' embeddings (c3, seed 0, confirmed at seed 1;
+    docs/results/shapes_t2i.md). Collapse in the losses stays as the official C^3 code by
+    default (collapse_twice, itc_space "clip"); both move the CLIP-space FD."""
+    g.z_dim = 8 if quick else 32
+    g.w_dim = 16 if quick else 64
+    g.mapping_layers = 2
+    g.cond_hidden = 16 if quick else 64
+    g.channel_base = 128 if quick else 512
+    g.channel_max = 8 if quick else 32
+    g.architecture = "orig"
+    g.max_steps = 4 if quick else 6000
+    g.batch_size = 8
+    g.lr = 1e-2
+    g.r1_gamma = 1.0
+    # quick: R1 on every step (one compiled G+D program instead of two)
+    g.r1_every = 1 if quick else 16
+    g.itd_weight = 5.0
+    g.itc_weight = 30.0
+    g.ema_kimg = 2.0
+    g.pl_weight = 0.0 if quick else 2.0  # quick: no path-length program to compile
+    g.log_every = 1 if quick else 300  # 20 lines a run
+    g.checkpoint_every = g.get_ref("max_steps")  # one checkpoint, at the end
 
 
 FIELDS = {"shapes_t2i": field_types(default_config())}
@@ -97,18 +107,11 @@ PAIRED_METRICS = ("attribute_accuracy", "clip_frechet_distance")
 def check(config) -> None:
     """Every value of a shapes_t2i config, checked before any work."""
     common.check_world(config)
-    common.variant_names(config.variants, VARIANTS)
-    checks.at_least(config, 1, [f"generator.{k}" for k in (
-        "steps", "batch", "z_dim", "w_dim", "mapping_layers", "cond_hidden", "channel_base",
-        "channel_max", "r1_every")] + ["seeds", "probe_steps", "num_samples"])
-    checks.positive(config, ["generator.lr"])
-    checks.one_of(config, "generator.architecture", stylegan2.ARCHITECTURES)
-    checks.one_of(config, "generator.itc_space", generation.ITC_SPACES)
-    checks.at_least(config, 0.0, ["noise_sigma"] + [f"generator.{k}" for k in (
-        "r1_gamma", "itd_weight", "itc_weight", "ema_kimg", "pl_weight", "style_mixing")])
-    checks.at_least(config, config.generator.batch, ["world.train_size"])
-    checks.at_least(config, 2, ["calibration_pairs"])
-    caption.calibration_fits(config, config, "")
+    t2i_check_settings(config)
+    common.variant_names(config.sweep.variants, VARIANTS)
+    checks.at_least(config, 1, ["sweep.seeds", "probe_steps"])
+    checks.at_least(config, config.generator.batch_size, ["world.train_size"])
+    caption.calibration_fits(config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,24 +129,11 @@ def _encoder(model, params) -> generation.Encoder:
     return generation.Encoder(WorldTower(model), params)
 
 
-def _generator_config(config, dataset: str):
-    """The generators' shared settings (a sweep member gives variant, sigma and seed): the
-    generation trainer's config filled from the nested ``generator`` config."""
-    g = config.generator
-    c = generate_defaults()
-    c.update(dict(
-        clip="", z_dim=g.z_dim, w_dim=g.w_dim, mapping_layers=g.mapping_layers,
-        cond_hidden=g.cond_hidden, channel_base=g.channel_base, channel_max=g.channel_max,
-        architecture=g.architecture,
-        dataset_dir=dataset, batch_size=g.batch, max_steps=g.steps, lr=g.lr,
-        r1_gamma=g.r1_gamma, r1_every=g.r1_every, itd_weight=g.itd_weight,
-        itc_weight=g.itc_weight, ema_kimg=g.ema_kimg, ema_rampup=0.05, seed=config.seed,
-        pl_weight=g.pl_weight, style_mixing=g.style_mixing,
-        collapse_twice=g.collapse_twice, itc_space=g.itc_space,
-        calibration_split="val", calibration_pairs=config.calibration_pairs,
-        log_every=max(g.steps // 20, 1), checkpoint_every=g.steps,
-        fid_protocol="paired", eval_max_examples=0, eval_batch_size=250,
-        num_samples=config.num_samples))
+def with_world(config, dataset: str):
+    """The config with the world's dataset in ``data.dataset_dir``: what the text-to-image
+    trainer reads."""
+    c = config.copy_and_resolve_references()
+    c.data.dataset_dir = dataset
     return c
 
 
@@ -153,16 +143,17 @@ def _split(world: str, split: str) -> tuple:
     return np.stack([np.asarray(r["image"]) for r in rows]), common.row_attributes(rows)
 
 
-def members(config, variants: list, base) -> list:
+def members(config, variants: list, dataset: str) -> list:
     """The sweep's members ``<variant>_seed<k>``: every variant (``caption_sweep.NAMED``:
-    its method and sigma kind) x ``seeds`` generator seeds from ``seed``."""
+    its method and sigma kind) x ``sweep.seeds`` generator seeds from ``seed``."""
     named = {v: caption_sweep.NAMED[v] for v in variants}  # (method, field, sigma kind)
-    calibrated = (caption_sweep.noise_model_of(base, base)["sigma"]
+    calibrated = (caption_sweep.noise_model_of(with_world(config, dataset).data,
+                                               config.method)["sigma"]
                   if any(named[v][2] == "calibrated" for v in variants) else None)
     return [m for v in variants for m in caption_sweep.member_grid(
-        v, named[v][0], base.train_field,
-        [calibrated if named[v][2] == "calibrated" else config.noise_sigma],
-        config.seed, config.seeds, False)]
+        v, named[v][0], config.data.train_field,
+        [calibrated if named[v][2] == "calibrated" else config.method.noise_sigma],
+        config.seed, config.sweep.seeds, False)]
 
 
 def _generators(config, dataset: str, members: list, encoder, wd: Workdir) -> dict:
@@ -172,14 +163,17 @@ def _generators(config, dataset: str, members: list, encoder, wd: Workdir) -> di
     (``gan_sweep.over_members``), so its compile time grows with their number: per seed,
     every sweep is the same program, compiled once and then read from the persistent
     compilation cache (a member's figures do not depend on the sweep it is in)."""
-    base = _generator_config(config, dataset)
-    shared = {"run": base.to_dict(), "upstream": common.connect_fields(config),
-              "generated_from": list(GENERATED)}
+    base = with_world(config, dataset)
+    method = {k: v for k, v in base.method.to_dict().items() if k not in ("variant", "noise_sigma")}
+    shared = {"run": {"seed": base.seed, "data": base.data.to_dict(),
+                      "generator": base.generator.to_dict(), "method": method,
+                      "eval": base.eval.to_dict()},
+              "upstream": common.connect_fields(config), "generated_from": list(GENERATED)}
 
     def train(pending, sweep_wd, outputs):
         sweep = gan_sweep.GanSweep(base, pending, sweep_wd, encoder)
         ema, summary = gan_sweep.train(sweep)
-        results = {source: gan_sweep.evaluate(sweep, ema, base.eval_max_examples,
+        results = {source: gan_sweep.evaluate(sweep, ema, base.eval.max_examples,
                                               from_images=source == "image")
                    for source in GENERATED}
         for m in pending:
@@ -347,8 +341,8 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
                                         seed=config.seed)
     ceiling = attribute_probe.probe_accuracy(probe, test_images, test_attrs)
     logging.info("probe on real test images: %.3f mean attribute accuracy", ceiling["mean"])
-    variants = common.variant_names(config.variants, VARIANTS)
-    sweep_members = members(config, variants, _generator_config(config, dataset))
+    variants = common.variant_names(config.sweep.variants, VARIANTS)
+    sweep_members = members(config, variants, dataset)
     done = _generators(config, dataset, sweep_members, encoder, wd)
     runs = {source: {} for source in GENERATED}
     for m in sweep_members:
@@ -361,16 +355,16 @@ def run_shapes_t2i(config, wd: Workdir) -> dict:
     paired = paired_differences(agg["text"])
     chance = scenes.chance_accuracy(test_attrs)
     readout = condition_readout(dataset)
-    table = results_table(agg, gap, paired, ceiling, chance, readout, config.seeds, config.seed)
+    table = results_table(agg, gap, paired, ceiling, chance, readout, config.sweep.seeds, config.seed)
     wd.write_text("RESULTS.md", "# Shapes world: images from test captions, generators "
                   "trained on images only\n\n" + table)
     print("\n" + table)
     test = builders.data_source(world, "test")
     captions = [cd.captions_of(test[i], "caption")[0]
-                for i in range(min(config.num_samples, len(test)))]
+                for i in range(min(config.eval.num_samples, len(test)))]
     first = {name: seeds[0] for name, seeds in runs["text"].items()}  # the first seed's
-    _samples_png(test_images, captions, first, wd, config.num_samples)
+    _samples_png(test_images, captions, first, wd, config.eval.num_samples)
     return {"variants": agg["text"], "variants_from_images": agg["image"],
             "text_minus_image": gap, "paired": paired, "probe_ceiling": ceiling,
-            "chance": chance, "seeds": config.seeds, "num_test": int(len(test_images)),
+            "chance": chance, "seeds": config.sweep.seeds, "num_test": int(len(test_images)),
             "condition_readout": readout}
