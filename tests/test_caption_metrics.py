@@ -66,8 +66,15 @@ def direct_meteor():
 
 
 @pytest.fixture(scope="module")
-def ours(direct_meteor):
-    return score_captions(PREDICTIONS, REFERENCES)
+def scorer():
+    """One METEOR JVM for the module's calls (each call without one starts its own)."""
+    with caption_metrics.Scorer() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def ours(direct_meteor, scorer):
+    return score_captions(PREDICTIONS, REFERENCES, scorer=scorer)
 
 
 @pytest.mark.slow
@@ -98,37 +105,37 @@ def test_spice_present_or_skipped_with_reason(ours):
 
 
 @pytest.mark.slow
-def test_spice_skipped_when_models_absent(tmp_path, monkeypatch):
+def test_spice_skipped_when_models_absent(tmp_path, monkeypatch, scorer):
     jars = [str(tmp_path / "lib" / f"stanford-corenlp-3.6.0{s}.jar") for s in ("", "-models")]
     monkeypatch.setattr(caption_metrics, "_spice_jars", lambda: jars)
     monkeypatch.setattr(caption_metrics, "_spice_score", lambda *a: pytest.fail("SPICE ran"))
-    out = score_captions({1: "a cat"}, {1: ["a cat on a mat"]})
+    out = score_captions({1: "a cat"}, {1: ["a cat on a mat"]}, scorer=scorer)
     assert "SPICE" not in out and jars[1] in out["SPICE_skipped"]
-    out = score_captions({1: "a cat"}, {1: ["a cat on a mat"]}, spice=False)
+    out = score_captions({1: "a cat"}, {1: ["a cat on a mat"]}, spice=False, scorer=scorer)
     assert "SPICE" not in out and "spice=False" in out["SPICE_skipped"]
 
 
 @pytest.mark.slow
-def test_identical_caption_scores_one():
+def test_identical_caption_scores_one(scorer):
     caption = "A man riding a wave on top of a surfboard."
-    out = score_captions({"x": caption}, {"x": [caption]}, spice=False)
+    out = score_captions({"x": caption}, {"x": [caption]}, spice=False, scorer=scorer)
     for n in range(1, 5):
         assert out[f"BLEU-{n}"] == pytest.approx(1.0, abs=1e-6)
     assert out["ROUGE-L"] == pytest.approx(1.0, abs=1e-12)
     assert out["METEOR"] > 0.9
 
 
-def test_disjoint_prediction_scores_zero():
+def test_disjoint_prediction_scores_zero(scorer):
     refs = {1: ["a cat sleeps on the sofa", "the kitten is asleep"],
             2: ["two dogs run in a park", "dogs playing outside"]}
     preds = {1: "blue sky over mountains", 2: "green vegetables for dinner"}
-    out = score_captions(preds, refs, spice=False)
+    out = score_captions(preds, refs, spice=False, scorer=scorer)
     assert out["BLEU-1"] == pytest.approx(0.0, abs=1e-9)
     assert out["CIDEr"] == 0.0 and out["ROUGE-L"] == 0.0
     assert out["METEOR"] < 0.1  # not 0: METEOR's paraphrase table matches some unrelated words
 
 
-def test_bleu1_by_hand():
+def test_bleu1_by_hand(scorer):
     refs = {1: ["The cat sat on the mat.", "A cat sat!"],
             2: ["a big dog barks", "Dogs bark loudly at night"]}
     preds = {1: "the THE the cat, sat", 2: "A dog."}
@@ -136,33 +143,37 @@ def test_bleu1_by_hand():
     # closest reference length 6. Image 2: 2 words, both correct; closest reference length 4.
     correct, guessed, ref_len = 4 + 2, 5 + 2, 6 + 4
     expected = correct / guessed * math.exp(1 - ref_len / guessed)
-    out = score_captions(preds, refs, spice=False)
+    out = score_captions(preds, refs, spice=False, scorer=scorer)
     assert out["BLEU-1"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_empty_and_multiline_predictions():
+def test_empty_and_multiline_predictions(scorer):
     refs = {1: ["a dog runs on the grass"], 2: ["a cat on a mat"], 3: ["a red car"]}
-    out = score_captions({1: "", 2: "...", 3: "  "}, refs, spice=False)
+    out = score_captions({1: "", 2: "...", 3: "  "}, refs, spice=False, scorer=scorer)
     assert all(out[k] == 0.0 for k in KEYS)
     # A line break inside a caption must not shift later captions onto other ids.
-    split = score_captions({1: "a dog\r\nruns", 2: "", 3: "a red\u2028car"}, refs, spice=False)
-    joined = score_captions({1: "a dog runs", 2: "", 3: "a red car"}, refs, spice=False)
+    split = score_captions({1: "a dog\r\nruns", 2: "", 3: "a red\u2028car"}, refs,
+                           spice=False, scorer=scorer)
+    joined = score_captions({1: "a dog runs", 2: "", 3: "a red car"}, refs, spice=False,
+                            scorer=scorer)
     assert {k: split[k] for k in KEYS} == {k: joined[k] for k in KEYS}
     assert joined["BLEU-1"] > 0.2  # all 6 words match; brevity penalty exp(1 - 14/6)
 
 
-def test_prediction_sets_score_as_each_alone():
+def test_prediction_sets_score_as_each_alone(scorer):
     """A sweep's members scored with one tokenizer JVM: each set's scores are its own call's."""
     sets = {"a": {1: "A cat, on the mat.", 2: "dogs bark"},
             "b": {1: "a dog runs", 2: ""},
             "c": dict(PREDICTIONS)}
     refs = {1: ["The cat sat on the mat.", "A cat sat!"], 2: ["a big dog barks"]}
-    together = score_caption_sets({k: sets[k] for k in ("a", "b")}, refs, spice=False)
+    together = score_caption_sets({k: sets[k] for k in ("a", "b")}, refs, spice=False,
+                                  scorer=scorer)
     for name in ("a", "b"):
-        assert together[name] == score_captions(sets[name], refs, spice=False), name
-    assert list(score_caption_sets({"c": sets["c"]}, REFERENCES, spice=False)) == ["c"]
+        assert together[name] == score_captions(sets[name], refs, spice=False, scorer=scorer), name
+    assert list(score_caption_sets({"c": sets["c"]}, REFERENCES, spice=False,
+                                   scorer=scorer)) == ["c"]
     with pytest.raises(ValueError, match="without references"):
-        score_caption_sets({"a": sets["a"], "c": sets["c"]}, refs)
+        score_caption_sets({"a": sets["a"], "c": sets["c"]}, refs, scorer=scorer)
 
 
 def test_input_errors(monkeypatch):

@@ -3,13 +3,14 @@
 Both sides are tokenized with pycocoevalcap's PTBTokenizer (lower-cased, punctuation
 dropped), as the COCO caption evaluation server does. METEOR, the tokenizer and SPICE
 are Java programs: a JRE on PATH is required. The METEOR JVM takes ~5 s to load its
-paraphrase table, so one instance is started lazily and reused across calls. SPICE needs
+paraphrase table: a ``Scorer`` starts one when first needed and keeps it until it is closed
+(``with Scorer() as scorer:`` around several calls), and a call given no scorer uses one of
+its own for all of its prediction sets. SPICE needs
 the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap would download on first use; this
 module never downloads anything and reports SPICE as skipped when they are absent.
 """
 from __future__ import annotations
 
-import atexit
 import collections
 import contextlib
 import io
@@ -30,24 +31,60 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 _CORENLP_URL = f"http://nlp.stanford.edu/software/{_spice_models.CORENLP}.zip"
 
-_meteor: Meteor | None = None
-_meteor_lock = threading.Lock()
+class Scorer:
+    """Holds one METEOR JVM, started when first needed, for every call it is given to;
+    ``close`` (or leaving its ``with`` block) stops it."""
+
+    def __init__(self):
+        self.meteor: Meteor | None = None
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self.lock:
+            _close_meteor(self.meteor)
+            self.meteor = None
+
+    def meteor_score(self, gts: dict, res: dict) -> float:
+        """Corpus METEOR with this scorer's JVM (started again if it died)."""
+        with self.lock:
+            if self.meteor is None or self.meteor.meteor_p.poll() is not None:
+                self.meteor = Meteor()
+            try:
+                return float(self.meteor.compute_score(gts, res)[0])
+            except Exception as e:
+                broken, self.meteor = self.meteor, None
+                _close_meteor(broken)
+                raise RuntimeError("METEOR (java -jar meteor-1.5.jar) failed; is Java >= 8 "
+                                   "installed and is 2 GB of memory free for its JVM?") from e
 
 
 def score_captions(predictions: Mapping[Hashable, str],
                    references: Mapping[Hashable, Sequence[str]],
-                   spice: bool = True, meteor: bool = True) -> dict:
+                   spice: bool = True, meteor: bool = True,
+                   scorer: Scorer | None = None) -> dict:
     """Corpus-level COCO caption scores of one predicted caption per id against its references
-    (without METEOR when ``meteor`` is False: its JVM needs 2 GB and ~5 s to start)."""
-    return score_caption_sets({0: predictions}, references, spice, meteor)[0]
+    (without METEOR when ``meteor`` is False: its JVM needs 2 GB and ~5 s to start; with
+    ``scorer``, its JVM)."""
+    return score_caption_sets({0: predictions}, references, spice, meteor, scorer)[0]
 
 
 def score_caption_sets(prediction_sets: Mapping[Hashable, Mapping[Hashable, str]],
                        references: Mapping[Hashable, Sequence[str]],
-                       spice: bool = True, meteor: bool = True) -> dict:
+                       spice: bool = True, meteor: bool = True,
+                       scorer: Scorer | None = None) -> dict:
     """``score_captions`` of several prediction sets (e.g. a sweep's members) against the same
-    references: {set: scores}, with one tokenizer JVM for all of them (the tokenizer sees
-    each line alone, so a set's scores equal its ``score_captions``)."""
+    references: {set: scores}, with one tokenizer JVM and one METEOR JVM (``scorer``'s, or
+    one for this call) for all of them (the tokenizer sees each line alone, so a set's
+    scores equal its ``score_captions``)."""
+    if scorer is None:
+        with Scorer() as own:
+            return score_caption_sets(prediction_sets, references, spice, meteor, own)
     if not prediction_sets:
         raise ValueError("No prediction sets to score")
     for predictions in prediction_sets.values():
@@ -66,18 +103,20 @@ def score_caption_sets(prediction_sets: Mapping[Hashable, Mapping[Hashable, str]
     if empty_refs:
         raise ValueError(f"References empty after PTB tokenization (blank or punctuation only) "
                          f"for ids {_preview(empty_refs)}")
-    return {name: _scores(gts, {i: both[(n, i)] for i in range(len(ids))}, spice, meteor)
+    return {name: _scores(gts, {i: both[(n, i)] for i in range(len(ids))}, spice,
+                          scorer if meteor else None)
             for n, name in enumerate(names)}
 
 
-def _scores(gts: dict, res: dict, spice: bool, meteor: bool) -> dict:
-    """The metrics of tokenized predictions ``res`` against tokenized references ``gts``."""
+def _scores(gts: dict, res: dict, spice: bool, meteor: Scorer | None) -> dict:
+    """The metrics of tokenized predictions ``res`` against tokenized references ``gts``
+    (METEOR with ``meteor``'s JVM, none without)."""
     out: dict = {}
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         out.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
-        if meteor:
-            out["METEOR"] = _meteor_score(gts, res)
+        if meteor is not None:
+            out["METEOR"] = meteor.meteor_score(gts, res)
         else:
             out["METEOR_skipped"] = "disabled (meteor=False)"
         out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
@@ -149,24 +188,8 @@ def _tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
             for k, caps in flat.items()}
 
 
-def _meteor_score(gts: dict, res: dict) -> float:
-    """Corpus METEOR with a lazily started, reused METEOR JVM."""
-    global _meteor
-    with _meteor_lock:
-        if _meteor is None or _meteor.meteor_p.poll() is not None:
-            _meteor = Meteor()
-        try:
-            return float(_meteor.compute_score(gts, res)[0])
-        except Exception as e:
-            broken, _meteor = _meteor, None
-            _close_meteor(broken)
-            raise RuntimeError("METEOR (java -jar meteor-1.5.jar) failed; is Java >= 8 installed "
-                               "and is 2 GB of memory free for its JVM?") from e
-
-
-def _close_meteor(meteor: Meteor | None = None) -> None:
-    """Kill a METEOR JVM (default: the cached one), leaving its lock free for Meteor.__del__."""
-    meteor = meteor if meteor is not None else _meteor
+def _close_meteor(meteor: Meteor | None) -> None:
+    """Kill a METEOR JVM, leaving its lock free for Meteor.__del__."""
     if meteor is None:
         return
     if meteor.lock.locked():  # compute_score raised while holding it; __del__ would deadlock
@@ -174,8 +197,6 @@ def _close_meteor(meteor: Meteor | None = None) -> None:
     meteor.meteor_p.kill()
     meteor.meteor_p.wait()
 
-
-atexit.register(_close_meteor)
 
 
 def _spice_jars() -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 from c3_jax import c3, geometry, plots, stats
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
-from c3_jax.eval.caption_metrics import rouge_n, score_captions
+from c3_jax.eval.caption_metrics import Scorer, rouge_n, score_captions
 from c3_jax.experiments import checks
 from c3_jax.experiments.schema import field_types, floats, names
 from c3_jax.models import clipcap, clipcap_import, gpt2, hf_import
@@ -272,12 +272,15 @@ def run_gap_sensitivity(config, wd: Workdir) -> dict:
     unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
                                      jax.random.key(config.seed), config.gap.shift_gamma)
     rows = {}
-    for norm in floats(config.gap.shift_norms, "gap.shift_norms"):
-        captions = caption_sweep.generate(sweep, params, embeddings, settings,
-                                          shift=norm * unit)[0]
-        scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)), spice=False)
-        rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1), "ROUGE-L": scores["ROUGE-L"],
-                             "METEOR": scores["METEOR"], "sample": captions[0]}
+    with Scorer() as scorer:  # one METEOR JVM for every distance
+        for norm in floats(config.gap.shift_norms, "gap.shift_norms"):
+            captions = caption_sweep.generate(sweep, params, embeddings, settings,
+                                              shift=norm * unit)[0]
+            scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)),
+                                    spice=False, scorer=scorer)
+            rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1),
+                                 "ROUGE-L": scores["ROUGE-L"], "METEOR": scores["METEOR"],
+                                 "sample": captions[0]}
     _plot_gap_sensitivity(rows, wd)
     return {**summary, "by_gap_distance": rows}
 
