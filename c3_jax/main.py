@@ -11,7 +11,9 @@ leaving a workdir that the same command resumes. --verbose keeps the INFO lines 
 libraries (Orbax, JAX) that are otherwise filtered out."""
 from __future__ import annotations
 
+import difflib
 import gc
+import importlib.util
 import json
 import logging as pylogging
 import os
@@ -109,8 +111,38 @@ def parse_flags(argv):
     except Exception as err:  # noqa: BLE001 (a config file is user code: anything can fail)
         if debug:
             raise
-        fail(f"{one_line(err)} (--debug shows the traceback)")
+        fail(f"{unknown_field(argv) or one_line(err)} (--debug shows the traceback)")
     return rest
+
+
+def unknown_field(argv) -> str:
+    """'' or one line naming the first ``--config.<path>`` the config file has no field for,
+    with the fields it may have meant: the closest of its sub-config's, those of the same
+    name elsewhere (a field that moved into a sub-config), or the closest paths."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if not values:
+        return ""
+    path, _, arg = values[-1].partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("c3_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        fields = runner.dotted(module.get_config(arg).to_dict())
+    except Exception:  # noqa: BLE001 (the config file's own error is one_line's to report)
+        return ""
+    for name in re.findall(r"^--config\.([\w.]+)", "\n".join(argv), re.M):
+        if name in fields or any(f.startswith(name + ".") for f in fields):
+            continue
+        parts, parent = name.split("."), ""
+        while len(parts) > 1 and any(f.startswith(f"{parent}{parts[0]}.") for f in fields):
+            parent, parts = f"{parent}{parts[0]}.", parts[1:]
+        under = sorted({f[len(parent):].split(".")[0] for f in fields if f.startswith(parent)})
+        hints = ([parent + m for m in difflib.get_close_matches(parts[0], under, 3)]
+                 or [f for f in fields if f.rsplit(".", 1)[-1] == parts[-1]])
+        return (f"--config has no field {name!r}; "
+                + (f"did you mean {' or '.join(repr(h) for h in hints)}?" if hints else
+                   f"{repr(parent[:-1]) if parent else 'the config'} has {under}"))
+    return ""
 
 
 def ignores_exceptions(frame) -> bool:
