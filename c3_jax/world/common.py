@@ -75,14 +75,14 @@ def connect_fields(config) -> dict:
     return {**world_fields(config), "connect": config.connect.to_dict()}
 
 
-def variant_names(value, known) -> list:
-    """The variant names of a config field (a tuple, or comma-separated), each checked
-    against ``known``."""
-    names = schema.names(value, "variants")
+def variant_names(value, known, field: str = "sweep.variants") -> list:
+    """The variant names of config field ``field`` (a tuple, or comma-separated), each
+    checked against ``known``."""
+    names = schema.names(value, field)
     unknown = sorted(set(names) - set(known))
     if unknown or not names:
-        raise ValueError(f"variants={value!r}: unknown variants {unknown}; known: "
-                         f"{sorted(known)}" if unknown else "variants is empty")
+        raise ValueError(f"config field {field!r} is {value!r}: " + (
+            f"unknown variants {unknown}; known: {sorted(known)}" if unknown else "no variant"))
     return names
 
 
