@@ -33,6 +33,9 @@ FAILED_RUNS = [
     ({"connect": {"lr": float("nan")}}, "'connect.lr' is nan; it must be a finite number"),
     ({"captioner": {"batch_size": 0}}, "'captioner.batch_size' is 0; it must be >= 1"),
     ({"captioner": {"batch_size": 100_000}}, "'world.train_size' is 256; it must be >= 100000"),
+    ({"data": {"dataset_dir": "data/elsewhere"}}, "'data.dataset_dir' is '.*'; the world "
+     "trains its captioners on the dataset and GPT-2 it builds"),
+    ({"eval": {"meteor": False}}, "'eval.meteor' is False; the world's tables report METEOR"),
 ]
 # What a rerun of an unchanged config may rewrite: the run's own outputs, no stage.
 OUTPUTS = {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png", "spectra.png",

@@ -42,6 +42,14 @@ def one_of(config, name: str, allowed: Iterable[str]) -> None:
                          f"of {tuple(allowed)}")
 
 
+def unset(config, names: Iterable[str], why: str) -> None:
+    """Each of ``names`` is '' (a field the experiment fills itself, or does not use)."""
+    for name in names:
+        if value(config, name):
+            raise ValueError(f"config field {name!r} is {value(config, name)!r}; {why} "
+                             "(leave it '')")
+
+
 def divides(config, divisor: str, dividend: str) -> None:
     if value(config, divisor) <= 0 or value(config, dividend) % value(config, divisor):
         raise ValueError(f"config field {dividend!r}={value(config, dividend)} must be a "

@@ -95,6 +95,12 @@ def check(config) -> None:
     checks.at_least(config, 1, ["world_gpt2.width", "world_gpt2.depth", "world_gpt2.heads"])
     checks.divides(config, "world_gpt2.heads", "world_gpt2.width")
     checks.at_least(config, config.captioner.batch_size, ["world.train_size"])
+    checks.unset(config, ["data.dataset_dir", "captioner.gpt2", "captioner.restore_from",
+                          "eval.official_checkpoint"],
+                 "the world trains its captioners on the dataset and GPT-2 it builds")
+    if not config.eval.meteor:
+        raise ValueError("config field 'eval.meteor' is False; the world's tables report "
+                         "METEOR (leave it True)")
     calibration_fits(config)
     checks.java()
 

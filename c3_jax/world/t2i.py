@@ -111,6 +111,9 @@ def check(config) -> None:
     common.variant_names(config.sweep.variants, VARIANTS)
     checks.at_least(config, 1, ["sweep.seeds", "probe_steps"])
     checks.at_least(config, config.generator.batch_size, ["world.train_size"])
+    checks.unset(config, ["data.dataset_dir", "generator.clip", "generator.restore_from",
+                          "generator.init_from"],
+                 "the world trains its generators on the dataset and CLIP it builds")
     caption.calibration_fits(config)
 
 
