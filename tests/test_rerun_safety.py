@@ -36,6 +36,7 @@ FAILED_RUNS = [
     ({"data": {"dataset_dir": "data/elsewhere"}}, "'data.dataset_dir' is '.*'; the world "
      "trains its captioners on the dataset and GPT-2 it builds"),
     ({"eval": {"meteor": False}}, "'eval.meteor' is False; the world's tables report METEOR"),
+    ({"eval": {"max_examples": 5}}, "'eval.max_examples' is 5; the world scores every test"),
 ]
 # What a rerun of an unchanged config may rewrite: the run's own outputs, no stage.
 OUTPUTS = {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png", "spectra.png",
