@@ -111,8 +111,8 @@ def check_members(members: Sequence[Member]) -> None:
 
 def noise_model_of(data, method) -> dict:
     """``cd.noise_model`` of ``method``'s ``calibration_split``, ``calibration_pairs`` and
-    ``noise_rank`` on the fields of ``data`` (a captioning config's sub-configs; a
-    text-to-image config, flat, is both)."""
+    ``noise_rank`` on the fields of ``data`` (a captioning or text-to-image config's
+    sub-configs of those names)."""
     return cd.noise_model(builders.data_source(data.dataset_dir, method.calibration_split),
                           method.calibration_split, data.eval_field, data.train_field,
                           data.caption_field, method.calibration_pairs, method.noise_rank)

@@ -85,7 +85,7 @@ def world_generator(g: ml_collections.ConfigDict, quick: bool) -> None:
     g.itc_weight = 30.0
     g.ema_kimg = 2.0
     g.pl_weight = 0.0 if quick else 2.0  # quick: no path-length program to compile
-    g.log_every = 1 if quick else 300  # 20 lines a run
+    g.log_every = 1 if quick else 300  # 20 lines in 6,000 steps
     g.checkpoint_every = g.get_ref("max_steps")  # one checkpoint, at the end
 
 
