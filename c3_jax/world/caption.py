@@ -98,9 +98,7 @@ def check(config) -> None:
     checks.unset(config, ["data.dataset_dir", "captioner.gpt2", "captioner.restore_from",
                           "eval.official_checkpoint"],
                  "the world trains its captioners on the dataset and GPT-2 it builds")
-    if config.eval.max_examples:
-        raise ValueError(f"config field 'eval.max_examples' is {config.eval.max_examples}; the "
-                         "world scores every test scene (leave it 0)")
+    common.every_test_scene(config)
     if not config.eval.meteor:
         raise ValueError("config field 'eval.meteor' is False; the world's tables report "
                          "METEOR (leave it True)")

@@ -86,6 +86,13 @@ def variant_names(value, known, field: str = "sweep.variants") -> list:
     return names
 
 
+def every_test_scene(config) -> None:
+    """A world experiment scores every test scene (its attributes are the whole split's)."""
+    if config.eval.max_examples:
+        raise ValueError(f"config field 'eval.max_examples' is {config.eval.max_examples}; the "
+                         "world scores every test scene (leave it 0)")
+
+
 def check_world(config, splits=("connect", "train", "val", "test")) -> None:
     """The ``world`` and ``connect`` configs of a shapes config, checked before any work."""
     checks.at_least(config, 1, ["world.image_size", "connect.width", "connect.depth",

@@ -114,9 +114,7 @@ def check(config) -> None:
     checks.unset(config, ["data.dataset_dir", "generator.clip", "generator.restore_from",
                           "generator.init_from"],
                  "the world trains its generators on the dataset and CLIP it builds")
-    if config.eval.max_examples:
-        raise ValueError(f"config field 'eval.max_examples' is {config.eval.max_examples}; the "
-                         "world scores every test scene (leave it 0)")
+    common.every_test_scene(config)
     caption.calibration_fits(config)
 
 
