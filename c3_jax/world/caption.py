@@ -148,19 +148,11 @@ def gpt2_dir(config, tokenizer, wd: Workdir) -> str:
     return path
 
 
-def with_world(config, dataset: str, gpt2_path: str = ""):
-    """The config with the world's dataset (and GPT-2 directory) in ``data.dataset_dir``
-    (``captioner.gpt2``): what the captioning trainer reads."""
-    c = config.copy_and_resolve_references()
-    c.data.dataset_dir = dataset
-    c.captioner.gpt2 = gpt2_path
-    return c
-
-
 def calibrated_sigma(config, dataset: str) -> float:
     """Corrupt's sigma calibrated on the first ``calibration_pairs`` val pairs (each image
     with its first caption): ``captions.noise_model``'s, which c3_aniso's noise shares."""
-    return caption_sweep.noise_model_of(with_world(config, dataset).data, config.method)["sigma"]
+    return caption_sweep.noise_model_of(common.with_dataset(config, dataset).data,
+                                        config.method)["sigma"]
 
 
 def members(config, dataset: str, sigmas=None) -> list:
@@ -179,12 +171,10 @@ def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
     member's stage is shaped by the captioning sub-configs (not by the sweep's list of
     members, nor by the variant and sigma the member carries), the world's GPT-2 and
     everything upstream."""
-    run = with_world(config, dataset, gpt2_path)
-    method = {k: v for k, v in run.method.to_dict().items() if k not in ("variant", "noise_sigma")}
-    shared = {"run": {"seed": run.seed, "data": run.data.to_dict(),
-                      "captioner": run.captioner.to_dict(), "method": method,
-                      "eval": run.eval.to_dict()},
-              "gpt2": config.world_gpt2.to_dict(), "upstream": common.connect_fields(config)}
+    run = common.with_dataset(config, dataset)
+    run.captioner.gpt2 = gpt2_path
+    shared = {"run": common.member_fields(run, "captioner"), "gpt2": config.world_gpt2.to_dict(),
+              "upstream": common.connect_fields(config)}
 
     def train(pending, sweep_wd, outputs):
         sweep = caption_sweep.Sweep(run, pending, sweep_wd)

@@ -86,6 +86,23 @@ def variant_names(value, known, field: str = "sweep.variants") -> list:
     return names
 
 
+def with_dataset(config, dataset: str):
+    """A copy of a world config whose ``data.dataset_dir`` is the dataset the run built:
+    what the library's trainers read."""
+    c = config.copy_and_resolve_references()
+    c.data.dataset_dir = dataset
+    return c
+
+
+def member_fields(run, trainer: str) -> dict:
+    """What shapes each member of a world sweep besides the member itself: the seed and the
+    trainer's sub-configs ('data', ``trainer``, 'method' less the variant and sigma that
+    each member carries, 'eval')."""
+    method = {k: v for k, v in run.method.to_dict().items() if k not in ("variant", "noise_sigma")}
+    return {"seed": run.seed, "data": run.data.to_dict(), trainer: run[trainer].to_dict(),
+            "method": method, "eval": run.eval.to_dict()}
+
+
 def every_test_scene(config) -> None:
     """A world experiment scores every test scene (its attributes are the whole split's)."""
     if config.eval.max_examples:

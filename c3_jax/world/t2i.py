@@ -133,14 +133,6 @@ def _encoder(model, params) -> generation.Encoder:
     return generation.Encoder(WorldTower(model), params)
 
 
-def with_world(config, dataset: str):
-    """The config with the world's dataset in ``data.dataset_dir``: what the text-to-image
-    trainer reads."""
-    c = config.copy_and_resolve_references()
-    c.data.dataset_dir = dataset
-    return c
-
-
 def _split(world: str, split: str) -> tuple:
     """Images [n, R, R, 3] and attribute arrays of a world split."""
     rows = common.split_rows(world, split)
@@ -151,7 +143,7 @@ def members(config, variants: list, dataset: str) -> list:
     """The sweep's members ``<variant>_seed<k>``: every variant (``caption_sweep.NAMED``:
     its method and sigma kind) x ``sweep.seeds`` generator seeds from ``seed``."""
     named = {v: caption_sweep.NAMED[v] for v in variants}  # (method, field, sigma kind)
-    calibrated = (caption_sweep.noise_model_of(with_world(config, dataset).data,
+    calibrated = (caption_sweep.noise_model_of(common.with_dataset(config, dataset).data,
                                                config.method)["sigma"]
                   if any(named[v][2] == "calibrated" for v in variants) else None)
     return [m for v in variants for m in caption_sweep.member_grid(
@@ -167,11 +159,8 @@ def _generators(config, dataset: str, members: list, encoder, wd: Workdir) -> di
     (``gan_sweep.over_members``), so its compile time grows with their number: per seed,
     every sweep is the same program, compiled once and then read from the persistent
     compilation cache (a member's figures do not depend on the sweep it is in)."""
-    base = with_world(config, dataset)
-    method = {k: v for k, v in base.method.to_dict().items() if k not in ("variant", "noise_sigma")}
-    shared = {"run": {"seed": base.seed, "data": base.data.to_dict(),
-                      "generator": base.generator.to_dict(), "method": method,
-                      "eval": base.eval.to_dict()},
+    base = common.with_dataset(config, dataset)
+    shared = {"run": common.member_fields(base, "generator"),
               "upstream": common.connect_fields(config), "generated_from": list(GENERATED)}
 
     def train(pending, sweep_wd, outputs):
