@@ -49,6 +49,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E4
 
 from c3_jax import runner  # noqa: E402
 from c3_jax.data import builders  # noqa: E402
+from c3_jax.eval import caption_metrics  # noqa: E402
 from configs import coco_caption, coco_t2i, shapes_caption, shapes_methods  # noqa: E402
 
 
@@ -264,20 +265,28 @@ CAPTION_REFERENCE = dict(captioner=dict(max_steps=15, checkpoint_every=5, val_ba
                          eval=dict(max_examples=2, meteor=True))
 
 
-def reference_run(factory, name: str, config) -> pathlib.Path:
+@pytest.fixture(scope="session")
+def scorer():
+    """One METEOR JVM for this test process's in-process runs (``runner.run(...,
+    scorer=scorer)``): starting one takes about 7 s."""
+    with caption_metrics.Scorer() as shared:
+        yield shared
+
+
+def reference_run(factory, name: str, config, **objects) -> pathlib.Path:
     """The workdir of ``config`` run once per test session (shared by the pytest-xdist
-    workers; tests read it and copy what they change)."""
+    workers; tests read it and copy what they change); ``objects`` go to ``runner.run``."""
     def build(root):
-        runner.run(config, str(root / "run"))
+        runner.run(config, str(root / "run"), **objects)
         return {"root": root}
     return shared_once(factory, name, build)["root"] / "run"
 
 
 @pytest.fixture(scope="session")
-def caption_reference(caption_world, tmp_path_factory):
+def caption_reference(caption_world, tmp_path_factory, scorer):
     """(config, workdir) of the captioner reference run (``CAPTION_REFERENCE``)."""
     config = caption_config(caption_world, **CAPTION_REFERENCE)
-    return config, reference_run(tmp_path_factory, "caption_reference", config)
+    return config, reference_run(tmp_path_factory, "caption_reference", config, scorer=scorer)
 
 
 @pytest.fixture(scope="session")
@@ -290,12 +299,12 @@ def t2i_reference(t2i_world, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quick_main_job(tmp_path_factory):
+def quick_main_job(tmp_path_factory, scorer):
     """(config, workdir) of the built-in world's main job with every method
     (``shapes_methods:quick``) on 1 process x 2 devices. Its world, tokenizer, Connect and
     embeddings stages are those of every ':quick' job on the world (``copy_world``)."""
     config = shapes_methods.get_config("quick")
-    return config, reference_run(tmp_path_factory, "quick_main_job", config)
+    return config, reference_run(tmp_path_factory, "quick_main_job", config, scorer=scorer)
 
 
 # A ':quick' shapes workdir's top-level entries that are not its shared stages.

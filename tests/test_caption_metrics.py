@@ -66,13 +66,6 @@ def direct_meteor():
 
 
 @pytest.fixture(scope="module")
-def scorer():
-    """One METEOR JVM for the module's calls (each call without one starts its own)."""
-    with caption_metrics.Scorer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def ours(direct_meteor, scorer):
     return score_captions(PREDICTIONS, REFERENCES, scorer=scorer)
 

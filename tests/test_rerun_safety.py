@@ -45,7 +45,7 @@ OUTPUTS = {"results.json", "RESULTS.md", "samples.png", "gap_statistics.png", "s
 
 @pytest.mark.slow
 def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothing(
-        quick_main_job, tmp_path):
+        quick_main_job, scorer, tmp_path):
     """One workdir through a user's corrections (more variants, a captioner setting, a
     world field), with wrong configs and the unchanged one rerun on the way. One test, so
     that the suite trains the main job's stages once for all of these checks. The workdir
@@ -55,21 +55,21 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     workdir = tmp_path / "run"
     copy_world(quick_main_job[1], workdir)
     lr = {"captioner": {"lr": 2e-3}}
-    runner.run(_quick(sweep={"variants": ("c1",)}, **lr), str(workdir))
+    runner.run(_quick(sweep={"variants": ("c1",)}, **lr), str(workdir), scorer=scorer)
     connect_files = mtimes(workdir, "connect")
     c1 = mtimes(workdir, "captioners/c1_seed0")
     # More variants: the world, Connect and the c1 captioner are reused.
-    runner.run(_quick(**lr), str(workdir))
+    runner.run(_quick(**lr), str(workdir), scorer=scorer)
     assert mtimes(workdir, "connect") == connect_files
     assert mtimes(workdir, "captioners/c1_seed0") == c1
     assert os.path.exists(workdir / "captioners" / "c3_seed0" / "results.json")
     # A captioner setting: captioners again, Connect reused; equal to a fresh run.
     config = _quick()
-    results = runner.run(config, str(workdir))
+    results = runner.run(config, str(workdir), scorer=scorer)
     assert mtimes(workdir, "connect") == connect_files
     assert mtimes(workdir, "captioners/c1_seed0") != c1
     copy_world(quick_main_job[1], tmp_path / "fresh")
-    fresh = runner.run(config, str(tmp_path / "fresh"))
+    fresh = runner.run(config, str(tmp_path / "fresh"), scorer=scorer)
     assert results["variants"] == json.loads(json.dumps(fresh["variants"]))
     assert results["geometry"]["modality_gap"] == pytest.approx(
         fresh["geometry"]["modality_gap"], rel=1e-6)
@@ -80,7 +80,7 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
             runner.run(override(config, **overrides), str(workdir))
         assert snapshot(workdir) == before, overrides
     # The unchanged config again: every stage reused, only the run's outputs rewritten.
-    again = runner.run(config, str(workdir))
+    again = runner.run(config, str(workdir), scorer=scorer)
     assert again["variants"] == json.loads(json.dumps(results["variants"]))
     after = snapshot(workdir)
     changed = {k for k in before if after.get(k) != before[k]}
@@ -92,7 +92,7 @@ def test_reruns_reuse_exactly_the_unchanged_stages_and_failed_ones_change_nothin
     world = snapshot(workdir / "data" / "shapes_world")
     c1 = mtimes(workdir, "captioners/c1_seed0")
     runner.run(override(config, world={"two_object_fraction": 0.5}, sweep={"variants": ("c1",)}),
-               str(workdir))
+               str(workdir), scorer=scorer)
     assert snapshot(workdir / "data" / "shapes_world") != world
     assert mtimes(workdir, "connect") != connect_files
     assert mtimes(workdir, "captioners/c1_seed0") != c1

@@ -92,12 +92,12 @@ def test_quick_main_job_writes_every_output_and_runs_alike_on_two_processes(quic
 
 
 @pytest.mark.slow
-def test_quick_sigma_sweep_marks_the_calibrated_sigma(quick_main_job, tmp_path):
+def test_quick_sigma_sweep_marks_the_calibrated_sigma(quick_main_job, scorer, tmp_path):
     """On the main job's world and Connect (copied: the sweep reuses them)."""
     config = shapes_sigma_sweep.get_config("quick")
     tmp_path = tmp_path / "run"
     copy_world(quick_main_job[1], tmp_path)
-    results = runner.run(config, str(tmp_path))
+    results = runner.run(config, str(tmp_path), scorer=scorer)
     assert mtimes(tmp_path, "connect") == mtimes(quick_main_job[1], "connect")
     assert sorted(results["by_sigma"]) == ["0", "0.1"]
     for row in results["by_sigma"].values():

@@ -2,6 +2,9 @@
 on another's ('caption'), and its sensitivity to the gap ('caption_gap_sensitivity')."""
 from __future__ import annotations
 
+import contextlib
+from typing import Optional
+
 import jax
 import ml_collections
 import numpy as np
@@ -144,14 +147,14 @@ FIELDS = {name: field_types(default_config(name))
           for name in ("caption", "caption_gap_sensitivity", "caption_sweep")}
 
 
-def single_run(config, wd: Workdir) -> caption_sweep.Sweep:
+def single_run(config, wd: Workdir, scorer: Optional[Scorer] = None) -> caption_sweep.Sweep:
     """The config's one captioner (its variant, seed, sigma and training field) as a sweep
-    of one member, named after its variant."""
+    of one member, named after its variant (``scorer``: the sweep's METEOR JVM)."""
     variant = config.method.variant
     member = caption_sweep.Member(variant, variant, config.seed,
                                   caption_sweep.sigma_of(config.data, config.method),
                                   config.data.train_field)
-    return caption_sweep.Sweep(config, [member], wd)
+    return caption_sweep.Sweep(config, [member], wd, scorer)
 
 
 def train_or_restore(sweep: caption_sweep.Sweep) -> tuple:
@@ -240,10 +243,11 @@ def check_official(config) -> None:
     clipcap_import.check_file(path, mapper, gpt, np.shape(row[data.eval_field])[-1])
 
 
-def run_caption(config, wd: Workdir) -> dict:
+def run_caption(config, wd: Workdir, scorer: Optional[Scorer] = None) -> dict:
     """Train on ``train_field`` (text: uni-modal), evaluate on ``eval_field`` (images); the
-    last params are evaluated (``checkpoints`` keep the best by ``best_by`` beside them)."""
-    sweep = single_run(config, wd)
+    last params are evaluated (``checkpoints`` keep the best by ``best_by`` beside them).
+    ``scorer``: a METEOR JVM to use (a caller's, shared by its runs), else one of its own."""
+    sweep = single_run(config, wd, scorer)
     params, summary = train_or_restore(sweep)
     marks = []
     result = caption_sweep.evaluate(sweep, params, marks)[sweep.members[0].name]
@@ -253,10 +257,11 @@ def run_caption(config, wd: Workdir) -> dict:
             "variant": config.method.variant, "sigma": sweep.members[0].sigma}
 
 
-def run_gap_sensitivity(config, wd: Workdir) -> dict:
+def run_gap_sensitivity(config, wd: Workdir, scorer: Optional[Scorer] = None) -> dict:
     """Appendix G / Table 6: trained on ``train_field``, evaluated on the test split's same
-    modality shifted by a constant c orthogonal to its span, for each |c|."""
-    sweep = single_run(config, wd)
+    modality shifted by a constant c orthogonal to its span, for each |c| (``scorer``: as
+    ``run_caption``'s)."""
+    sweep = single_run(config, wd, scorer)
     params, summary = train_or_restore(sweep)
     data, method = config.data, config.method
     source = builders.data_source(data.dataset_dir, data.test_split)
@@ -272,7 +277,7 @@ def run_gap_sensitivity(config, wd: Workdir) -> dict:
     unit = geometry.orthogonal_shift(np.asarray(c3.normalize(embeddings)), 1.0,
                                      jax.random.key(config.seed), config.gap.shift_gamma)
     rows = {}
-    with Scorer() as scorer:  # one METEOR JVM for every distance
+    with contextlib.nullcontext(scorer) if scorer else Scorer() as scorer:  # one for all
         for norm in floats(config.gap.shift_norms, "gap.shift_norms"):
             captions = caption_sweep.generate(sweep, params, embeddings, settings,
                                               shift=norm * unit)[0]
@@ -302,10 +307,11 @@ def sweep_members(config) -> list:
         len(sigmas) > 1)
 
 
-def run_caption_sweep(config, wd: Workdir) -> dict:
+def run_caption_sweep(config, wd: Workdir, scorer: Optional[Scorer] = None) -> dict:
     """Every member of ``sweep_members`` trained and evaluated as one program; scores per
-    member and, per variant (and sigma), their mean and sample std (ddof = 1) over seeds."""
-    sweep = caption_sweep.Sweep(config, sweep_members(config), wd)
+    member and, per variant (and sigma), their mean and sample std (ddof = 1) over seeds
+    (``scorer``: as ``run_caption``'s)."""
+    sweep = caption_sweep.Sweep(config, sweep_members(config), wd, scorer)
     params, summary = caption_sweep.train(sweep)
     results = caption_sweep.evaluate(sweep, params)
     groups = {}

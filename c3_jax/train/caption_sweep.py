@@ -32,7 +32,7 @@ from c3_jax import c3, parallel
 from c3_jax.data import builders, pipeline
 from c3_jax.data import captions as cd
 from c3_jax.data.text import load_tokenizer
-from c3_jax.eval.caption_metrics import score_caption_sets
+from c3_jax.eval.caption_metrics import Scorer, score_caption_sets
 from c3_jax.models import gpt2
 from c3_jax.progress import progress_bar
 from c3_jax.train import captioning, checkpoints, loop
@@ -159,11 +159,14 @@ def stack_settings(settings: Sequence[dict]) -> dict:
 class Sweep:
     """What training and decoding of a sweep share: the config's shared settings (its
     ``seed``, ``variant``, ``noise_sigma`` and ``train_field`` are the members'), the mesh,
-    the pairs each member trains on, the model and the per-member settings."""
+    the pairs each member trains on, the model and the per-member settings; ``scorer``
+    (optional): the METEOR JVM its evaluation uses (else one of its own)."""
 
-    def __init__(self, config, members: Sequence[Member], wd: Workdir):
+    def __init__(self, config, members: Sequence[Member], wd: Workdir,
+                 scorer: Optional[Scorer] = None):
         check_members(members)
         self.config, self.wd, self.members = config, wd, tuple(members)
+        self.scorer = scorer
         parallel.maybe_initialize_distributed()
         self.mesh = parallel.member_mesh(len(members), config.captioner.fsdp)
         data = self.mesh.shape["data"]
@@ -597,7 +600,8 @@ def evaluate(sweep: Sweep, params, marks: Optional[list] = None) -> dict:
     captions = {m.name: c for m, c in zip(sweep.members,
                                           generate(sweep, params, embeddings, marks=marks))}
     metrics = score_caption_sets({n: dict(enumerate(c)) for n, c in captions.items()},
-                                 dict(enumerate(refs)), spice=options.spice, meteor=options.meteor)
+                                 dict(enumerate(refs)), spice=options.spice, meteor=options.meteor,
+                                 scorer=sweep.scorer)
     sweep.wd.write_json("captions_test.json", captions_record(refs, captions))
     return {n: {"metrics": metrics[n], "captions": c,
                 "samples": [{"prediction": p, "reference": r[0]}

@@ -3,6 +3,7 @@ space -> captioners trained on text embeddings only, per C^3 variant and seed ->
 test images scored by COCO metrics and by attribute accuracy against the ground truth."""
 from __future__ import annotations
 
+from typing import Optional
 
 import ml_collections
 import numpy as np
@@ -11,6 +12,7 @@ from absl import logging
 from c3_jax import plots, stats
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
+from c3_jax.eval.caption_metrics import Scorer
 from c3_jax.experiments import caption as captioning
 from c3_jax.experiments import checks, stages
 from c3_jax.experiments.geometry_runs import pair_geometry
@@ -165,19 +167,20 @@ def members(config, dataset: str, sigmas=None) -> list:
 
 
 def train_captioners(config, dataset: str, gpt2_path: str, sweep_members: list,
-                     wd: Workdir) -> dict:
+                     wd: Workdir, scorer: Optional[Scorer] = None) -> dict:
     """{member: its Workdir, with results.json and captions_test.json}: each member cached
     in ``captioners/<member>/``; those not done yet trained and decoded as one sweep. A
     member's stage is shaped by the captioning sub-configs (not by the sweep's list of
     members, nor by the variant and sigma the member carries), the world's GPT-2 and
-    everything upstream."""
+    everything upstream. ``scorer``: the METEOR JVM the sweep's evaluation uses (else its
+    own)."""
     run = common.with_dataset(config, dataset)
     run.captioner.gpt2 = gpt2_path
     shared = {"run": common.member_fields(run, "captioner"), "gpt2": config.world_gpt2.to_dict(),
               "upstream": common.connect_fields(config)}
 
     def train(pending, sweep_wd, outputs):
-        sweep = caption_sweep.Sweep(run, pending, sweep_wd)
+        sweep = caption_sweep.Sweep(run, pending, sweep_wd, scorer)
         params, summary = caption_sweep.train(sweep)
         results = caption_sweep.evaluate(sweep, params)
         refs = cd.eval_rows(builders.data_source(dataset, run.data.test_split),
@@ -290,8 +293,9 @@ def _samples_png(dataset: str, world: str, runs: dict, wd: Workdir, count: int =
     return plots.captioned_images(images, {"truth": truth, **captions}, wd.file("samples.png"))
 
 
-def run_shapes_caption(config, wd: Workdir) -> dict:
-    """Connect -> Collapse -> Corrupt on the built-in world; see the module docstring."""
+def run_shapes_caption(config, wd: Workdir, scorer: Optional[Scorer] = None) -> dict:
+    """Connect -> Collapse -> Corrupt on the built-in world; see the module docstring
+    (``scorer``: a METEOR JVM to use, a caller's shared by its runs; else one of its own)."""
     model, params, world, tokenizer, dataset = common.connected_world(config, wd)
     geometry = geometry_report(config, dataset, wd)
     # The criterion the Connect recipe was chosen by (the Connect study's): val pairs.
@@ -303,7 +307,7 @@ def run_shapes_caption(config, wd: Workdir) -> dict:
     gpt2_path = gpt2_dir(config, tokenizer, wd)
     attrs = common.test_attributes(dataset)
     sweep_members = members(config, dataset)
-    done = train_captioners(config, dataset, gpt2_path, sweep_members, wd)
+    done = train_captioners(config, dataset, gpt2_path, sweep_members, wd, scorer)
     runs = {}
     for m in sweep_members:
         runs.setdefault(m.name.rsplit("_seed", 1)[0], []).append(

@@ -3,10 +3,13 @@ one sweep on the main job's world and Connect, scored on test images, against th
 calibrated from the learned space's alignment noise."""
 from __future__ import annotations
 
+from typing import Optional
+
 import ml_collections
 from absl import logging
 
 from c3_jax import c3, plots, stats
+from c3_jax.eval.caption_metrics import Scorer
 from c3_jax.experiments import schema
 from c3_jax.experiments.schema import field_types
 from c3_jax.workdir import Workdir
@@ -45,15 +48,16 @@ def check(config) -> None:
                          "sigma")
 
 
-def run_shapes_sigma_sweep(config, wd: Workdir) -> dict:
-    """See the module docstring; writes sigma_sweep.png and SIGMA_SWEEP.md."""
+def run_shapes_sigma_sweep(config, wd: Workdir, scorer: Optional[Scorer] = None) -> dict:
+    """See the module docstring; writes sigma_sweep.png and SIGMA_SWEEP.md (``scorer``:
+    as ``caption.run_shapes_caption``'s)."""
     _, _, _, tokenizer, dataset = common.connected_world(config, wd)
     caption.geometry_report(config, dataset, wd)
     calibrated = caption.calibrated_sigma(config, dataset)
     sigmas = sigmas_of(config)
     members = caption.members(config, dataset, sigmas)
     done = caption.train_captioners(config, dataset, caption.gpt2_dir(config, tokenizer, wd),
-                                    members, wd)
+                                    members, wd, scorer)
     attrs = common.test_attributes(dataset)
     scores = {}
     for m in members:
