@@ -237,16 +237,23 @@ def data_parallel(fn: Callable, params, batches, desc: str,
                                                                       unit="batch")])
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def rows_sharded(fn: Callable, shard: NamedSharding, params, arrays) -> jax.Array:
+    """``fn(params, arrays)``, its output's rows laid out as ``shard``. ``fn`` is a static
+    argument: one that is a value (a frozen dataclass) is traced once per equal value."""
+    return jax.lax.with_sharding_constraint(fn(params, arrays), shard)
+
+
 def sharded_function(fn: Callable, params, devices: Optional[Sequence] = None) -> Callable:
     """``f(*host arrays) -> host array``: jitted ``fn(params, arrays)`` with the arrays'
     rows sharded over ``devices``: by default all devices of all processes, every process
     passing the same arrays; with ``jax.local_devices()`` each process computes its own
-    arrays alone. Any row count (the last rows are repeated to fill the devices)."""
+    arrays alone. Any row count (the last rows are repeated to fill the devices). ``fn``
+    must be hashable (``rows_sharded``)."""
     devices = jax.devices() if devices is None else list(devices)
     mesh = Mesh(np.array(devices), ("data",))
     shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     params = jax.device_put(params, replicated)
-    step = jax.jit(fn, in_shardings=(replicated, shard), out_shardings=shard)
 
     def apply(*arrays) -> np.ndarray:
         n = len(arrays[0])
@@ -254,6 +261,6 @@ def sharded_function(fn: Callable, params, devices: Optional[Sequence] = None) -
         arrays = tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays)
         # Every process holds the whole batch; each places its devices' rows.
         arrays = tuple(put_whole(a, shard) for a in arrays)
-        return to_host(step(params, arrays))[:n]
+        return to_host(rows_sharded(fn, shard, params, arrays))[:n]
 
     return apply

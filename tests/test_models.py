@@ -137,3 +137,21 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
     assert np.abs(half - full).max() < 0.05 * np.abs(full).max()
     assert (half.argmax(-1) == full.argmax(-1)).mean() > 0.9
+
+
+def test_frozen_features_of_equal_models_are_traced_once(monkeypatch):
+    """connect.encode's program is a value of the model (``connect.Features``): a second
+    model of the same config, e.g. a rerun's, reuses the first one's trace."""
+    from c3_jax.train import connect
+    from conftest import count_calls
+    config = clip.CLIPConfig(text=clip.Tower(16, 1, 2, 32), vision=clip.Tower(16, 1, 2, 32),
+                             projection_dim=8, vocab_size=20, max_positions=6, eos_token_id=1,
+                             image_size=16, patch_size=8)
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    params = clip.CLIP(config).init(jax.random.PRNGKey(0), connect.pixels(images[:1]),
+                                    method="encode_image")["params"]
+    traces = count_calls(monkeypatch, connect, "pixels")
+    first = connect.encode(clip.CLIP(config), params, images=images)
+    again = connect.encode(clip.CLIP(config), params, images=images)
+    assert len(traces) == 1 and first.shape == (5, 8)
+    np.testing.assert_array_equal(again, first)

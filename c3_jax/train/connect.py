@@ -139,20 +139,30 @@ def train(model: clip.CLIP, pairs: cd.CaptionPairs, config: ConnectConfig, wd: W
     return state.params
 
 
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """A CLIP's features (``params``, arrays): of uint8 images [B, H, W, 3] (``tower``
+    'image') or of token ids and mask ('text'). A value: equal ones share one traced
+    program (``parallel.rows_sharded``)."""
+    model: clip.CLIP
+    tower: str
+
+    def __call__(self, params, arrays) -> jax.Array:
+        if self.tower == "image":
+            return self.model.apply({"params": params}, pixels(arrays[0]),
+                                    method="encode_image")
+        return self.model.apply({"params": params}, arrays[0], arrays[1], method="encode_text")
+
+
 def encode(model: clip.CLIP, params, images: Optional[np.ndarray] = None,
            ids: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None,
            batch_size: int = 1024) -> np.ndarray:
     """Frozen features of uint8 ``images`` or of token ``ids``/``mask``, data-parallel."""
-    if images is not None:
-        fn = lambda p, a: model.apply({"params": p}, pixels(a[0]), method="encode_image")
-        arrays = (images,)
-    else:
-        fn = lambda p, a: model.apply({"params": p}, a[0], a[1], method="encode_text")
-        arrays = (ids, mask)
+    tower = "image" if images is not None else "text"
+    arrays = (images,) if images is not None else (ids, mask)
     batches = (tuple(a[i:i + batch_size] for a in arrays)
                for i in range(0, len(arrays[0]), batch_size))
-    return parallel.data_parallel(fn, params, batches, "image features" if images is not None
-                               else "text features")
+    return parallel.data_parallel(Features(model, tower), params, batches, f"{tower} features")
 
 
 def image_pairs(source) -> cd.CaptionPairs:
