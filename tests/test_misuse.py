@@ -482,3 +482,21 @@ def test_a_renamed_experiment_names_its_new_name():
     assert _one_line(err) == ("experiment 'generate' is now 't2i' (named after its module); set "
                               "experiment='t2i'")
     assert coco_t2i.get_config().experiment == "t2i"
+
+
+@pytest.mark.parametrize("config_file,fields", [
+    ("shapes_caption", {"method": {"variant": "c1"}}),
+    ("shapes_sigma_sweep", {"method": {"sigma_from_calibration": True}}),
+    ("shapes_t2i", {"method": {"variant": "c2_collapse"}}),
+    ("coco_caption_sweep", {"method": {"sigma_from_calibration": True}})])
+def test_sweeps_refuse_the_single_run_fields_they_do_not_read(config_file, fields, tmp_path):
+    """A sweep's members take their variants from sweep.variants: a changed method.variant
+    or method.sigma_from_calibration would be silently ignored, so it is refused first."""
+    import importlib
+    config = override(importlib.import_module(f"configs.{config_file}").get_config(), **fields)
+    (name, value), = fields["method"].items()
+    message = f"'method.{name}' is {value!r}; a sweep does not read it"
+    with pytest.raises((ValueError, runner.ConfigError), match=message) as err:
+        runner.run(config, str(tmp_path / "run"))
+    assert message in _one_line(err) and "sweep.variants" in _one_line(err)
+    assert not (tmp_path / "run").exists()

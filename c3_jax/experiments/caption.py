@@ -196,6 +196,7 @@ def check_settings(config) -> None:
     if "sweep" in config:
         checks.at_least(config, 1, ["sweep.seeds"])
         floats(config.sweep.sigmas, "sweep.sigmas")
+        checks.unread_by_sweeps(config)
 
 
 def check(config) -> None:

@@ -50,6 +50,18 @@ def unset(config, names: Iterable[str], why: str) -> None:
                              "(leave it '')")
 
 
+def unread_by_sweeps(config) -> None:
+    """A sweep names its members' variants and sigmas in ``sweep``: ``method.variant`` and
+    ``method.sigma_from_calibration`` (a single run's) stay at their defaults."""
+    if "sweep" not in config:
+        return
+    for name, default in (("method.variant", "c3"), ("method.sigma_from_calibration", False)):
+        if value(config, name) != default:
+            raise ValueError(f"config field {name!r} is {value(config, name)!r}; a sweep does "
+                             "not read it: its members' variants are 'sweep.variants' (a "
+                             f"calibrated sigma: variant 'c3_calibrated'). Leave it {default!r}")
+
+
 def divides(config, divisor: str, dividend: str) -> None:
     if value(config, divisor) <= 0 or value(config, dividend) % value(config, divisor):
         raise ValueError(f"config field {dividend!r}={value(config, dividend)} must be a "

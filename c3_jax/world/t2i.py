@@ -114,6 +114,7 @@ def check(config) -> None:
     checks.unset(config, ["data.dataset_dir", "generator.clip", "generator.restore_from",
                           "generator.init_from"],
                  "the world trains its generators on the dataset and CLIP it builds")
+    checks.unread_by_sweeps(config)
     common.every_test_scene(config)
     caption.calibration_fits(config)
 
