@@ -196,7 +196,7 @@ def check_settings(config) -> None:
     if "sweep" in config:
         checks.at_least(config, 1, ["sweep.seeds"])
         floats(config.sweep.sigmas, "sweep.sigmas")
-        checks.unread_by_sweeps(config)
+        checks.unread_by_sweeps(config, default_method())
 
 
 def check(config) -> None:

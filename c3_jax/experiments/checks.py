@@ -50,12 +50,14 @@ def unset(config, names: Iterable[str], why: str) -> None:
                              "(leave it '')")
 
 
-def unread_by_sweeps(config) -> None:
+def unread_by_sweeps(config, method_defaults) -> None:
     """A sweep names its members' variants and sigmas in ``sweep``: ``method.variant`` and
-    ``method.sigma_from_calibration`` (a single run's) stay at their defaults."""
+    ``method.sigma_from_calibration`` (a single run's) stay at their defaults (those of
+    ``method_defaults``, the task's default ``method`` sub-config)."""
     if "sweep" not in config:
         return
-    for name, default in (("method.variant", "c3"), ("method.sigma_from_calibration", False)):
+    for field in ("variant", "sigma_from_calibration"):
+        name, default = f"method.{field}", method_defaults[field]
         if value(config, name) != default:
             raise ValueError(f"config field {name!r} is {value(config, name)!r}; a sweep does "
                              "not read it: its members' variants are 'sweep.variants' (a "

@@ -24,6 +24,7 @@ from c3_jax.experiments import checks, stages
 from c3_jax.experiments.schema import field_types
 from c3_jax.experiments.t2i import check_settings as t2i_check_settings
 from c3_jax.experiments.t2i import default_config as t2i_defaults
+from c3_jax.experiments.t2i import default_method as t2i_method_defaults
 from c3_jax.train import caption_sweep, connect, gan_sweep, generation
 from c3_jax.workdir import Workdir
 from c3_jax.world import caption, common, scenes
@@ -114,7 +115,7 @@ def check(config) -> None:
     checks.unset(config, ["data.dataset_dir", "generator.clip", "generator.restore_from",
                           "generator.init_from"],
                  "the world trains its generators on the dataset and CLIP it builds")
-    checks.unread_by_sweeps(config)
+    checks.unread_by_sweeps(config, t2i_method_defaults())
     common.every_test_scene(config)
     caption.calibration_fits(config)
 
