@@ -125,6 +125,34 @@ LONG_FIRST = ("test_multiprocess", "test_shapes_runs", "test_rerun_safety", "tes
               "test_models", "test_geometry")
 
 
+# The day's float32 matmul peak (c3_jax.timing, 2048x2048, in a process of its own with
+# JAX's default flags, as the benchmarks measure it), before the tests and after them: the
+# suite's time means little without it. Measured by the pytest process alone, not by the
+# pytest-xdist workers.
+PEAK_SCRIPT = ("from c3_jax.timing import matmul_peak_flops; "
+               "print(f'{matmul_peak_flops() / 1e9:.0f}')")
+
+
+def matmul_peak() -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout.strip() if out.returncode == 0 else "?"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts its workers
+def pytest_sessionstart(session):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        session.config.c3_peak_before = matmul_peak()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and hasattr(config, "c3_peak_before"):
+        terminalreporter.write_line(
+            f"float32 matmul peak of this machine (2048x2048, c3_jax.timing): "
+            f"{config.c3_peak_before} GFLOP/s before the tests, {matmul_peak()} after")
+
+
 def pytest_collection_modifyitems(items):
     rank = lambda item: (LONG_FIRST.index(item.module.__name__)
                          if item.module.__name__ in LONG_FIRST else len(LONG_FIRST))
