@@ -54,8 +54,6 @@ def unread_by_sweeps(config, method_defaults) -> None:
     """A sweep names its members' variants and sigmas in ``sweep``: ``method.variant`` and
     ``method.sigma_from_calibration`` (a single run's) stay at their defaults (those of
     ``method_defaults``, the task's default ``method`` sub-config)."""
-    if "sweep" not in config:
-        return
     for field in ("variant", "sigma_from_calibration"):
         name, default = f"method.{field}", method_defaults[field]
         if value(config, name) != default:
