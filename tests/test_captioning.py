@@ -221,7 +221,7 @@ def test_calibrated_variants_take_sigma_from_the_calibration():
 
 
 @pytest.mark.slow
-def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path):
+def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, scorer, tmp_path):
     from configs import caption_gap_sensitivity
     c = caption_gap_sensitivity.get_config()
     c.update(dict(data=dict(dataset_dir=caption_world["dataset"], max_caption_tokens=12),
@@ -230,7 +230,7 @@ def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path
                                  val_batches=0),
                   eval=dict(max_decode_tokens=8, batch_size=8, spice=False),
                   gap=dict(shift_norms=(0.0, 1.0), shift_gamma=0.9)))
-    results = runner.run(c, str(tmp_path / "gap"))
+    results = runner.run(c, str(tmp_path / "gap"), scorer=scorer)
     rows = results["by_gap_distance"]
     assert set(rows) == {"0", "1"}
     for row in rows.values():
@@ -239,7 +239,7 @@ def test_gap_sensitivity_reports_scores_per_gap_distance(caption_world, tmp_path
 
 
 @pytest.mark.slow
-def test_imagebind_audio_captioning_from_precomputed_embeddings(caption_world, tmp_path):
+def test_imagebind_audio_captioning_from_precomputed_embeddings(caption_world, scorer, tmp_path):
     from c3_jax.data import builders
     from configs import imagebind_caption
     rng = np.random.default_rng(0)
@@ -256,7 +256,7 @@ def test_imagebind_audio_captioning_from_precomputed_embeddings(caption_world, t
                   captioner=dict(gpt2=caption_world["gpt2"], batch_size=8, max_steps=4,
                                  warmup_steps=1, log_every=2, checkpoint_every=4, val_batches=0),
                   eval=dict(max_decode_tokens=6, batch_size=8, spice=False)))
-    results = runner.run(c, str(tmp_path / "run"))
+    results = runner.run(c, str(tmp_path / "run"), scorer=scorer)
     assert results["num_test"] == 4 and np.isfinite(results["metrics"]["BLEU-1"])
     assert results["train_pairs"] == 16
 

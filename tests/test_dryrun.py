@@ -24,12 +24,12 @@ def test_synthetic_rows_do_not_depend_on_the_batching():
 
 
 @pytest.mark.slow
-def test_quick_dry_run_reports_every_figure_and_reuses_its_stages(tmp_path):
+def test_quick_dry_run_reports_every_figure_and_reuses_its_stages(tmp_path, scorer):
     config = coco_dryrun.get_config("quick")
     with pytest.raises(runner.ConfigError, match="captioner.vocab 8 is smaller"):
         runner.run(override(config, captioner={"vocab": 8}), str(tmp_path / "bad"))
     assert not (tmp_path / "bad" / "dataset").exists()
-    results = runner.run(config, str(tmp_path / "run"))
+    results = runner.run(config, str(tmp_path / "run"), scorer=scorer)
     data = results["dataset"]
     for split, n in (("train", config.dataset.train_size), ("test", config.dataset.test_size)):
         assert len(builders.data_source(data["dataset_dir"], split)) == n

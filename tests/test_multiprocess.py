@@ -282,3 +282,43 @@ def test_shapes_t2i_gives_the_figures_of_one_process_on_two(quick_main_job, tmp_
     assert {k.split("/")[2] for k in readout} == {"image_embedding", "text_embedding"}
     assert all(v is None or 0 <= v <= 1 for v in readout.values())  # None: NaN, no val row
     assert_same_numbers(results[2], results[1])
+
+
+_ON_PROCESS_ZERO = textwrap.dedent("""
+    import jax
+    from c3_jax import parallel
+    parallel.maybe_initialize_distributed()
+    calls = []
+
+    def scores():
+        calls.append(1)
+        return {"c3": {"BLEU-1": 0.1 + jax.process_index(), "METEOR_skipped": "disabled"}}
+    print("VALUE", parallel.on_process_zero(scores), len(calls), flush=True)
+
+    def fails():
+        raise ValueError("no java")
+    try:
+        parallel.on_process_zero(fails)
+    except RuntimeError as e:
+        print("RAISED", e, flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_host_work_of_process_zero_reaches_every_process():
+    """``parallel.on_process_zero``: process 0 alone computes the value (the caption metrics:
+    one METEOR JVM, not one per process) and every process gets it; an exception in process
+    0 is raised in every process, so that none waits for the others."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_PROCESSES="2",
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}")
+    procs = [subprocess.Popen([sys.executable, "-c", _ON_PROCESS_ZERO], cwd=ROOT,
+                              env={**env, "JAX_PROCESS_ID": str(p)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for p in range(2)]
+    logs = [proc.communicate(timeout=120)[0] for proc in procs]
+    for p, (proc, log) in enumerate(zip(procs, logs)):
+        assert proc.returncode == 0, log[-3000:]
+        value = "{'c3': {'BLEU-1': 0.1, 'METEOR_skipped': 'disabled'}}"
+        assert f"VALUE {value} {1 - p}" in log, log[-3000:]  # computed by process 0 alone
+        assert "RAISED process 0 failed: ValueError: no java" in log, log[-3000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from typing import Optional
 
 import jax
 import ml_collections
@@ -17,6 +18,7 @@ import numpy as np
 from c3_jax.data import builders
 from c3_jax.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from c3_jax.data.text import build_word_tokenizer
+from c3_jax.eval.caption_metrics import Scorer
 from c3_jax.experiments import caption, checks, stages, t2i
 from c3_jax.experiments.schema import field_types
 from c3_jax.models import clip, gpt2
@@ -222,7 +224,7 @@ def _staged(wd: Workdir, name: str, fields: dict, build) -> dict:
     return figures
 
 
-def run_coco_dryrun(config, wd: Workdir) -> dict:
+def run_coco_dryrun(config, wd: Workdir, scorer: Optional[Scorer] = None) -> dict:
     ds, cap = config.dataset, config.captioner
     sizes = {"train": ds.train_size, "val": ds.val_size, "test": ds.test_size}
     k, dim = ds.captions_per_image, ds.embedding_dim
@@ -236,7 +238,7 @@ def run_coco_dryrun(config, wd: Workdir) -> dict:
         **base, "sizes": sizes, "gpt2": _gpt2_fields(config),
         "steps": cap.steps, "eval": cap.eval_examples, "eval_batch": cap.eval_batch,
         "paper": [cap.paper_epochs, cap.paper_batch]},  # the projection is in the figures
-        lambda sub: _captioning(config, dataset["dataset_dir"], gpt2_path, sub))
+        lambda sub: _captioning(config, dataset["dataset_dir"], gpt2_path, sub, scorer))
     t2i_sizes = {"train": config.t2i.rows, "test": config.t2i.eval_examples}
     t2i_figures = _staged(wd, "t2i", {
         **base, "sizes": t2i_sizes,
@@ -267,9 +269,11 @@ def _gpt2_dir(config, wd: Workdir) -> str:
     return path
 
 
-def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
+def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir,
+                scorer: Optional[Scorer]) -> dict:
     """The 'caption' experiment (C^3, the paper's setup) for ``captioner.steps`` steps and
-    its evaluation on ``captioner.eval_examples`` test images; step time and projection."""
+    its evaluation on ``captioner.eval_examples`` test images (METEOR with ``scorer``'s
+    JVM, else one of its own); step time and projection."""
     ds, cap = config.dataset, config.captioner
     c = caption.default_config("caption")
     c.seed = config.seed
@@ -278,7 +282,7 @@ def _captioning(config, dataset: str, gpt2_path: str, sub: Workdir) -> dict:
                             log_every=1, checkpoint_every=cap.steps, val_batches=1))
     c.eval.update(dict(max_examples=cap.eval_examples, batch_size=cap.eval_batch, spice=False))
     start = time.perf_counter()
-    out = caption.run_caption(c, sub)
+    out = caption.run_caption(c, sub, scorer)
     seconds = time.perf_counter() - start
     pairs = ds.train_size * ds.captions_per_image
     steps = cap.paper_epochs * (pairs // cap.paper_batch)

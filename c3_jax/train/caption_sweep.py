@@ -599,9 +599,9 @@ def evaluate(sweep: Sweep, params, marks: Optional[list] = None) -> dict:
     captioning.check_width(embeddings, sweep.dim, data.eval_field)
     captions = {m.name: c for m, c in zip(sweep.members,
                                           generate(sweep, params, embeddings, marks=marks))}
-    metrics = score_caption_sets({n: dict(enumerate(c)) for n, c in captions.items()},
-                                 dict(enumerate(refs)), spice=options.spice, meteor=options.meteor,
-                                 scorer=sweep.scorer)
+    metrics = parallel.on_process_zero(lambda: score_caption_sets(
+        {n: dict(enumerate(c)) for n, c in captions.items()}, dict(enumerate(refs)),
+        spice=options.spice, meteor=options.meteor, scorer=sweep.scorer))
     sweep.wd.write_json("captions_test.json", captions_record(refs, captions))
     return {n: {"metrics": metrics[n], "captions": c,
                 "samples": [{"prediction": p, "reference": r[0]}
