@@ -37,21 +37,29 @@ def on_process_zero(fn: Callable[[], Any]) -> Any:
     """``fn()``, a JSON value, computed by process 0 alone and given to every process: for
     host work whose result every process needs and none should repeat (the caption metrics:
     one METEOR JVM of 2 GB and about 10 s of start-up per process otherwise). An exception
-    in process 0 is raised, as a RuntimeError with its message, in every process."""
+    in process 0 is raised there as it is and in the other processes as a RuntimeError
+    with its message, so that none of them waits for the others."""
     if jax.process_count() == 1:
         return fn()
-    payload = b""
     if jax.process_index() == 0:
         try:
-            payload = json.dumps({"value": fn()}).encode()
-        except Exception as e:  # every process stops, not only process 0
-            payload = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
-    size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(payload), np.int64)))
-    data = np.frombuffer(payload, np.uint8) if payload else np.zeros(size, np.uint8)
-    out = json.loads(np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes())
+            value = fn()
+        except Exception as e:
+            broadcast_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+            raise
+        return json.loads(broadcast_bytes(json.dumps({"value": value}).encode()))["value"]
+    out = json.loads(broadcast_bytes(b""))
     if "error" in out:
         raise RuntimeError(f"process 0 failed: {out['error']}")
     return out["value"]
+
+
+def broadcast_bytes(payload: bytes) -> bytes:
+    """Process 0's ``payload`` on every process (the others pass anything)."""
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(payload), np.int64)))
+    data = (np.frombuffer(payload, np.uint8) if jax.process_index() == 0
+            else np.zeros(size, np.uint8))
+    return np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
 
 
 def maybe_initialize_distributed() -> None:
