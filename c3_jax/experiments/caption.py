@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from c3_jax import c3, geometry, plots, stats
+from c3_jax import c3, geometry, parallel, plots, stats
 from c3_jax.data import builders
 from c3_jax.data import captions as cd
 from c3_jax.eval.caption_metrics import Scorer, rouge_n, score_captions
@@ -282,8 +282,8 @@ def run_gap_sensitivity(config, wd: Workdir, scorer: Optional[Scorer] = None) ->
         for norm in floats(config.gap.shift_norms, "gap.shift_norms"):
             captions = caption_sweep.generate(sweep, params, embeddings, settings,
                                               shift=norm * unit)[0]
-            scores = score_captions(dict(enumerate(captions)), dict(enumerate(own)),
-                                    spice=False, scorer=scorer)
+            scores = parallel.on_process_zero(lambda: score_captions(  # one METEOR JVM
+                dict(enumerate(captions)), dict(enumerate(own)), spice=False, scorer=scorer))
             rows[f"{norm:g}"] = {"ROUGE-1": rouge_n(captions, own, 1),
                                  "ROUGE-L": scores["ROUGE-L"], "METEOR": scores["METEOR"],
                                  "sample": captions[0]}
