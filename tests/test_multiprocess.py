@@ -316,7 +316,11 @@ def test_host_work_of_process_zero_reaches_every_process():
     procs = [subprocess.Popen([sys.executable, "-c", _ON_PROCESS_ZERO], cwd=ROOT,
                               env={**env, "JAX_PROCESS_ID": str(p)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for p in range(2)]
-    logs = [proc.communicate(timeout=120)[0] for proc in procs]
+    try:
+        logs = [proc.communicate(timeout=120)[0] for proc in procs]
+    finally:  # a process left waiting for the other is not left behind
+        for proc in procs:
+            proc.kill()
     for p, (proc, log) in enumerate(zip(procs, logs)):
         assert proc.returncode == 0, log[-3000:]
         value = "{'c3': {'BLEU-1': 0.1, 'METEOR_skipped': 'disabled'}}"
